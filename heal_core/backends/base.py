@@ -1,0 +1,82 @@
+"""The teacher-backend protocol every backend (HF transformers, vLLM, OpenAI-compatible server) implements.
+
+HEAL asks three things of a teacher, and only these three:
+
+* ``sample``: N trajectories per prompt, each with the exact per-token entropy of the next-token
+  distribution it was drawn from (GEAR finds breakpoints in it);
+* ``continue_``: resume a partially written assistant answer (GEAR repairs after the breakpoint);
+* ``score`` / ``score_prefixes``: log-probabilities of given text (PURE), the batched form scoring one
+  answer after every step prefix of a trajectory while re-using the shared prefix's computation.
+
+Prompts are user-message strings; a backend applies the model's chat template when it has one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from heal_core.config import SamplingConfig
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class Generation:
+    """One sampled completion.
+
+    ``entropy[t]`` is the Shannon entropy (nats) of softmax(logits_t / temperature) over the full
+    vocabulary, before top-k/top-p truncation: the distribution's own uncertainty at the sampling
+    temperature, which is what a breakpoint surge means. It has one value per token in ``token_ids``.
+    """
+
+    token_ids: list[int]
+    text: str
+    entropy: np.ndarray
+    finish_reason: FinishReason
+    seed: int
+
+    def __post_init__(self) -> None:
+        if len(self.entropy) != len(self.token_ids):
+            raise ValueError(f"entropy has {len(self.entropy)} values for {len(self.token_ids)} tokens")
+
+
+@dataclass
+class PrefixScores:
+    """Log-probs from one ``score_prefixes`` call.
+
+    ``segment_logprobs[j]`` holds the per-token log-probs of segment j given the prompt and segments < j.
+    ``answer_logprobs[k]`` holds the per-token log-probs of the answer placed after segments[:k] and the
+    lead-in text, for k = 0..K (K = number of segments). Lead-in tokens are not included.
+    """
+
+    segment_logprobs: list[np.ndarray]
+    answer_logprobs: list[np.ndarray] = field(default_factory=list)
+
+
+@runtime_checkable
+class TeacherBackend(Protocol):
+    name: str
+
+    def sample(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
+        """``n`` samples for each prompt; result[i][j] is sample j of prompt i."""
+        ...
+
+    def continue_(
+        self, prompt: str, prefix: str | Sequence[int], n: int, sampling: SamplingConfig
+    ) -> list[Generation]:
+        """``n`` continuations of a partial assistant answer; returned text excludes the prefix."""
+        ...
+
+    def score(self, prompt: str, continuation: str) -> np.ndarray:
+        """Per-token log-probs (temperature 1) of ``continuation`` as the assistant's answer to ``prompt``."""
+        ...
+
+    def score_prefixes(
+        self, prompt: str, segments: Sequence[str], answer_lead: str, answer: str
+    ) -> PrefixScores:
+        """Score ``segments`` (which concatenate to one answer) and ``answer`` after every segment prefix."""
+        ...

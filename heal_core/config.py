@@ -1,0 +1,252 @@
+"""The one configuration model of heal.
+
+Every number the paper gives is a default here (arXiv 2603.10359: N=30 samples, Stage II below pass rate
+0.5, GEAR 10 failed paths x 20 continuations, PURE lambda=0.2 / epsilon=0.01, SFT 5 epochs, lr 1e-5,
+batch 8). Where the paper is silent the default is ours and the field's docstring says why.
+
+A config is YAML, validated strictly: an unknown key or a wrong type is an error that names the key's
+dotted path, because a silently ignored typo (``pure.lamda: 0.3``) would change a run's science.
+``--set section.key=value`` overrides are parsed as YAML scalars, so ``--set teacher.sampling.n=8`` is an int.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SamplingConfig(_Section):
+    """How the teacher samples.
+
+    ``top_k=0`` disables top-k: HF ``generate`` silently defaults to 50 while vLLM defaults to off, and
+    the paper's pass rates assume plain temperature sampling. temperature/top_p defaults follow the common
+    R1-distillation setting (0.7 / 0.95); the paper does not state them.
+    """
+
+    n: int = Field(30, ge=1, description="samples per problem (paper: 30)")
+    temperature: float = Field(0.7, gt=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 = disabled")
+    max_new_tokens: int = Field(4096, ge=1)
+    seed: int = 0
+
+
+class TeacherConfig(_Section):
+    backend: Literal["hf"] = "hf"
+    model: str = Field("", description="HF model path or hub name")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field("auto", description="'auto' picks cuda when available, else cpu")
+    max_batch_sequences: int = Field(
+        64, ge=1, description="sequences per generate() call; n is split across calls when larger"
+    )
+    prompt_template: str = Field(
+        "{problem}\n\nPlease reason step by step, separate steps with a blank line, "
+        "and put your final answer within \\boxed{{}}.",
+        description="user message built from a problem; {problem} is replaced",
+    )
+    sampling: SamplingConfig = SamplingConfig()
+
+
+class HintsConfig(_Section):
+    """Stage II, global hindsight: regenerate hard problems with the gold answer in the prompt."""
+
+    pass_rate_below: float = Field(0.5, ge=0.0, le=1.0, description="problems below this pass rate get hints")
+    template: str = Field(
+        "{problem}\n\nHint: the final answer is {answer}. Derive it step by step without mentioning "
+        "this hint, separate steps with a blank line, and put your final answer within \\boxed{{}}.",
+        description="hinted user message; {problem} and {answer} are replaced",
+    )
+    n: int = Field(30, ge=1, description="hinted samples per hard problem (paper: same N as Stage I)")
+    leakage_patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"\bhint\b",
+            r"\bgiven (final )?answer\b",
+            r"\bthe answer (is|was) (given|provided)\b",
+            r"\bwe (are|were) told the answer\b",
+        ],
+        description="case-insensitive regexes; a trajectory matching any is rejected as leaking the hint",
+    )
+    max_per_problem: int = Field(4, ge=1, description="kept hinted samples per problem")
+
+
+class GearConfig(_Section):
+    """Stage III, GEAR: entropy-guided repair of failed trajectories of extremely hard problems."""
+
+    extreme_max_correct: int = Field(1, ge=0, description="<= this many correct of N is 'extremely hard' (paper: 1)")
+    failed_paths: int = Field(10, ge=1, description="failed trajectories repaired per problem (paper: 10)")
+    continuations: int = Field(20, ge=1, description="continuations per breakpoint (paper: 20)")
+    search_fraction: float = Field(
+        1 / 3, gt=0.0, le=1.0, description="breakpoint searched in this leading share of tokens (paper: first third)"
+    )
+    surge_window: int = Field(
+        16, ge=1, description="trailing moving-average window (tokens) that a surge is measured against"
+    )
+    hint_template: str = Field(
+        "{problem}\n\nHint: the final answer is {answer}. Continue the partial solution step by step "
+        "without mentioning this hint, separate steps with a blank line, and put your final answer "
+        "within \\boxed{{}}.",
+        description="user message for repairs; the kept prefix is the partially written answer",
+    )
+    max_per_problem: int = Field(4, ge=1, description="kept repairs per problem")
+
+
+class PureConfig(_Section):
+    """PURE shortcut filter; see heal_core/pure.py for the formulation."""
+
+    lam: float = Field(0.2, ge=0.0, description="lambda: reject when forced-answer ratio R > lam (paper: 0.2)")
+    eps: float = Field(0.01, gt=0.0, description="epsilon in R = U_{K-1} / (U_0 + eps) (paper: 0.01)")
+    answer_lead: str = Field(
+        "\n\nThe final answer is \\boxed{", description="text between a step prefix and the scored gold answer"
+    )
+    leap_drop_share: float = Field(
+        0.8, gt=0.0, le=1.0, description="a step that removes this share of the uncertainty drop is a leap candidate"
+    )
+    leap_log_ppl_margin: float = Field(
+        1.0, ge=0.0, description="... and is rejected when its log-perplexity exceeds the median step's by this"
+    )
+    enabled: bool = True
+
+
+class PaceConfig(_Section):
+    """PACE: three sequential SFT stages, each initialised from the previous stage's weights."""
+
+    epochs: float = Field(5.0, gt=0.0, description="per stage (paper: 5)")
+    learning_rate: float = Field(1e-5, gt=0.0, description="paper: 1e-5")
+    batch_size: int = Field(8, ge=1, description="effective batch size (paper: 8)")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(8192, ge=16, description="long: TRL truncates the tail, answer included")
+    mode: Literal["cumulative", "incremental"] = Field(
+        "cumulative", description="stage k trains on stages <= k (cumulative) or on stage k's new data only"
+    )
+    stage1_cap_per_problem: int = Field(4, ge=1, description="verified samples per problem kept for Stage I")
+    seed: int = 0
+
+
+class StudentConfig(_Section):
+    model: str = Field("", description="HF model path or hub name of the student's starting checkpoint")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class StorageConfig(_Section):
+    uri: str = Field("./heal-data", description="local path or s3://bucket/prefix; runs land under <uri>/runs/")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="passed to fsspec (s3fs: endpoint_url, key, secret, ...); AWS_* env vars also apply",
+    )
+
+
+class OrchestrationConfig(_Section):
+    shard_size: int = Field(64, ge=1, description="problems per shard (one deployment run each)")
+    cpu_pool: str = "cpu"
+    gpu_pool: str = "gpu"
+
+
+class ProblemsConfig(_Section):
+    """Where problems come from and which record fields hold what."""
+
+    uri: str = Field("", description="JSONL or Parquet file of problems")
+    id_field: str = "id"
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+
+
+class HealConfig(_Section):
+    problems: ProblemsConfig = ProblemsConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    hints: HintsConfig = HintsConfig()
+    gear: GearConfig = GearConfig()
+    pure: PureConfig = PureConfig()
+    pace: PaceConfig = PaceConfig()
+    student: StudentConfig = StudentConfig()
+    storage: StorageConfig = StorageConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    @model_validator(mode="after")
+    def _extreme_within_n(self) -> HealConfig:
+        if self.gear.extreme_max_correct >= self.teacher.sampling.n:
+            raise ValueError(
+                f"gear.extreme_max_correct ({self.gear.extreme_max_correct}) must be below "
+                f"teacher.sampling.n ({self.teacher.sampling.n})"
+            )
+        return self
+
+    def config_hash(self) -> str:
+        """Stable short hash of every setting: shard outputs are keyed by it."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}'")
+        else:
+            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{assignment}' is not of the form section.key=value")
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{assignment}': '{part}' is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{assignment}': value is not valid YAML: {exc}") from exc
+
+
+def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = (), source: str = "") -> HealConfig:
+    """Validate a config mapping after applying ``section.key=value`` overrides."""
+    data = copy.deepcopy(data or {})
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    try:
+        return HealConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> HealConfig:
+    """Load a YAML config file (or the defaults when ``path`` is None) and apply overrides."""
+    if path is None:
+        return parse_config({}, overrides, source="(defaults)")
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 (byte {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, not {type(data).__name__}")
+    return parse_config(data, overrides, source=str(path))

@@ -14,11 +14,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,16 @@ class HintsConfig(_Section):
         description="case-insensitive regexes; a trajectory matching any is rejected as leaking the hint",
     )
     max_per_problem: int = Field(4, ge=1, description="kept hinted samples per problem")
+
+    @field_validator("leakage_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {i} ({pattern!r}) is not a valid regex: {exc}") from None
+        return patterns
 
 
 class GearConfig(_Section):
@@ -201,7 +212,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
             lines.append(f"unknown key '{key}'")
         else:
             lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
-    return f"invalid config {source}: " + "; ".join(lines)
+    where = f" {source}" if source else ""
+    return f"invalid config{where}: " + "; ".join(lines)
 
 
 def _apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -58,6 +58,35 @@ TRAJECTORY_SCHEMA = pa.schema(
     ]
 )
 
+_MESSAGES = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
+
+# One row per SFT example in TRL's conversational prompt-completion format, with the lineage of the
+# trajectory it came from (so any training example can be traced back to its teacher sample and verdicts).
+CURRICULUM_SCHEMA = pa.schema(
+    [
+        pa.field("prompt", _MESSAGES, nullable=False),
+        pa.field("completion", _MESSAGES, nullable=False),
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("stage", pa.int8(), nullable=False),
+        pa.field("verify_status", pa.string(), nullable=False),
+        pa.field("parent_sample_id", pa.string()),
+        pa.field("breakpoint_token", pa.int32()),
+        pa.field("pure_verdict", pa.string()),
+        pa.field("pure_ratio", pa.float32()),
+        pa.field("teacher", pa.string(), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+    ]
+)
+
+
+def new_trajectory(**values: Any) -> dict[str, Any]:
+    """A trajectory record with every lineage column present (null unless given); unknown names fail here."""
+    unknown = set(values) - set(TRAJECTORY_SCHEMA.names)
+    if unknown:
+        raise SchemaError(f"unknown trajectory field(s) {sorted(unknown)}")
+    return {name: values.get(name) for name in TRAJECTORY_SCHEMA.names}
+
 
 class SchemaError(ValueError):
     """A table or record that does not match heal's schema; the message names the field."""

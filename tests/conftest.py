@@ -28,3 +28,65 @@ def benchmarks_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"HEAL_BENCHMARKS_DIR={value} is not a directory")
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 HTTP endpoint: moto's standalone server on a free local port, with AWS_* env pointing at it.
+
+    A real server (not moto's in-process mock) so that s3fs/aiobotocore go through actual HTTP, as in a run.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"moto server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"moto server did not answer at {url} within 30 s")
+                time.sleep(0.1)
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in {
+                "AWS_ENDPOINT_URL": url,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }.items():
+                mp.setenv(key, value)
+            yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Random-init llama and qwen2 causal LMs (hidden 64, 2 layers) sharing one locally trained tokenizer."""
+    from heal_core.testing import build_tiny_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    tokenizer = build_tokenizer(root / "tokenizer")
+    return {arch: build_tiny_model(root / arch, arch, seed=i, tokenizer=tokenizer)
+            for i, arch in enumerate(("llama", "qwen2"))}

@@ -1,0 +1,157 @@
+"""Problem records: parse them strictly, quarantine the bad ones, never lose the good ones.
+
+Real problem files are messy (a missing answer, a float answer such as AMC's ``27.0``, a line that is not
+UTF-8). One bad record must not stop a run that costs GPU-days, and it must not disappear silently either:
+every record is either a ``Problem`` or a ``Reject`` that names its line, the field and the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from heal_core.config import ProblemsConfig
+
+
+@dataclass(frozen=True)
+class Problem:
+    problem_id: str
+    problem: str
+    answer: str
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A record that could not become a Problem. ``record`` is its 1-based line or row number."""
+
+    record: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"record {self.record}: field '{self.field}': {self.reason}"
+
+
+class ProblemError(ValueError):
+    """No usable problem could be read; the message names the first bad records."""
+
+
+def canonical_answer(value: Any) -> str:
+    """The gold answer as the string the verifier and the PURE answer probe use.
+
+    Whole-number floats become integers (AMC stores ``27.0`` for 27: ``\\boxed{27.0}`` is not what a
+    solution writes). NaN/inf and non-scalar values are not answers.
+    """
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"not an answer: {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a finite number: {value!r}")
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ValueError("empty")
+        return text
+    raise ValueError(f"expected a string or number, got {type(value).__name__}")
+
+
+def parse_records(
+    records: Iterable[Mapping[str, Any] | Reject], fields: ProblemsConfig, source: str | None = None
+) -> tuple[list[Problem], list[Reject]]:
+    """Turn raw records into problems; ids must be unique (a repeated id is rejected, the first one kept)."""
+    problems: list[Problem] = []
+    rejects: list[Reject] = []
+    seen: set[str] = set()
+    for number, record in enumerate(records, start=1):
+        if isinstance(record, Reject):
+            rejects.append(record)
+            continue
+        try:
+            problem = _parse_one(number, record, fields, source)
+        except _FieldError as err:
+            rejects.append(Reject(number, err.field, err.reason))
+            continue
+        if problem.problem_id in seen:
+            rejects.append(Reject(number, fields.id_field, f"duplicate id {problem.problem_id!r}"))
+            continue
+        seen.add(problem.problem_id)
+        problems.append(problem)
+    return problems, rejects
+
+
+class _FieldError(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field, self.reason = field, reason
+
+
+def _parse_one(number: int, record: Mapping[str, Any], fields: ProblemsConfig, source: str | None) -> Problem:
+    if not isinstance(record, Mapping):
+        raise _FieldError("<record>", f"expected an object, got {type(record).__name__}")
+    raw_id = record.get(fields.id_field)
+    if raw_id is None:
+        problem_id = f"{source or 'record'}-{number:06d}"  # files such as GSM8K carry no id: the position is stable
+    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id).strip():
+        problem_id = str(raw_id).strip()
+    else:
+        raise _FieldError(fields.id_field, f"expected a non-empty string or integer id, got {raw_id!r:.60}")
+    text = record.get(fields.problem_field)
+    if not isinstance(text, str) or not text.strip():
+        what = "missing" if text is None else f"expected non-empty text, got {text!r:.60}"
+        raise _FieldError(fields.problem_field, what)
+    if fields.answer_field not in record or record[fields.answer_field] is None:
+        raise _FieldError(fields.answer_field, "missing")
+    try:
+        answer = canonical_answer(record[fields.answer_field])
+    except ValueError as exc:
+        raise _FieldError(fields.answer_field, str(exc)) from None
+    return Problem(problem_id=problem_id, problem=text, answer=answer, source=source)
+
+
+def read_jsonl_records(data: bytes) -> Iterable[Mapping[str, Any] | Reject]:
+    """Yield one object per non-empty line; undecodable or non-JSON lines become Rejects, not exceptions."""
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield Reject(number, "<line>", f"not valid UTF-8 (byte {exc.start}: {line[exc.start:exc.start + 1]!r})")
+            continue
+        try:
+            yield json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield Reject(number, "<line>", f"not valid JSON: {exc.msg} at column {exc.colno}")
+
+
+def read_records(data: bytes, name: str) -> Iterable[Mapping[str, Any] | Reject]:
+    """Records of a JSONL or Parquet file, chosen by the file name's extension."""
+    if name.endswith(".parquet"):
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    if name.endswith((".jsonl", ".json")):
+        return read_jsonl_records(data)
+    raise ProblemError(f"{name}: unsupported problem file type (expected .jsonl or .parquet)")
+
+
+def problems_to_records(problems: Iterable[Problem]) -> list[dict[str, Any]]:
+    """Rows for ``heal_core.schema.PROBLEM_SCHEMA``."""
+    return [asdict(p) for p in problems]
+
+
+def require_problems(problems: list[Problem], rejects: list[Reject], name: str) -> None:
+    """A file with no usable problem is an error; the message shows the first few reasons."""
+    if problems:
+        return
+    shown = "; ".join(str(r) for r in rejects[:3]) or "the file holds no records"
+    more = f" (and {len(rejects) - 3} more)" if len(rejects) > 3 else ""
+    raise ProblemError(f"{name}: no usable problem: {shown}{more}")

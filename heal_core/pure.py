@@ -1,0 +1,102 @@
+"""PURE: reject shortcut trajectories, whose stated answer is not supported by the steps before it.
+
+Our formulation (the paper gives the idea and lambda=0.2, epsilon=0.01, not every detail). Everything is
+scored under the *unaided* teacher (the prompt without any hint), so a trajectory that only reaches its
+answer because the hint was in the prompt looks unsupported here. Steps s_1..s_K are split on blank lines;
+s_K states the boxed answer.
+
+* U_k = mean NLL per token of the gold answer, written as ``answer_lead + answer``, placed right after
+  s_1..s_k (k = 0..K-1): how uncertain the teacher still is about the answer after k steps.
+* P_k = exp(mean token NLL of s_k given the problem and s_<k): how surprising step k itself is.
+* R = U_{K-1} / (U_0 + eps): the share of the answer's uncertainty still left when the answer is stated.
+  Genuine reasoning drives it towards 0; a shortcut asserts an answer the steps never made likely.
+  Reject when R > lambda.
+* Leap check: one step that causes most of the total uncertainty drop while being far more surprising
+  than the trajectory's median step is a leap (the answer smuggled into one implausible step). Reject it.
+
+A trajectory with a single step cannot show support and is rejected with that reason: it is only ever
+scored for hint-conditioned stages, where an unsupported answer is exactly the risk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from heal_core.backends.base import TeacherBackend
+from heal_core.config import PureConfig
+from heal_core.entropy import split_steps
+
+Verdict = Literal["keep", "reject_ratio", "reject_leap", "reject_unscorable"]
+
+
+@dataclass(frozen=True)
+class PureResult:
+    verdict: Verdict
+    reason: str
+    answer_nll: list[float]  # U_0..U_{K-1}
+    step_ppl: list[float]  # P_1..P_K
+    ratio: float | None
+
+    @property
+    def kept(self) -> bool:
+        return self.verdict == "keep"
+
+    def lineage(self) -> dict:
+        """The trajectory-schema columns this result fills."""
+        return {
+            "pure_answer_nll": self.answer_nll,
+            "pure_step_ppl": self.step_ppl,
+            "pure_ratio": self.ratio,
+            "pure_verdict": self.verdict,
+            "pure_reason": self.reason,
+        }
+
+
+def forced_answer_ratio(answer_nll: list[float], eps: float) -> float:
+    return float(answer_nll[-1] / (answer_nll[0] + eps))
+
+
+def leap_step(answer_nll: list[float], step_ppl: list[float], cfg: PureConfig) -> int | None:
+    """1-based index of a step that is a leap, or None.
+
+    Step k (1..K-1) lowers uncertainty by U_{k-1} - U_k. Only a real overall drop can contain a leap.
+    """
+    u = np.asarray(answer_nll)
+    total = u[0] - u[-1]
+    if len(u) < 2 or total <= 0:
+        return None
+    drops = u[:-1] - u[1:]
+    k = int(np.argmax(drops))
+    log_ppl = np.log(np.asarray(step_ppl))
+    if drops[k] / total >= cfg.leap_drop_share and log_ppl[k] - np.median(log_ppl) > cfg.leap_log_ppl_margin:
+        return k + 1
+    return None
+
+
+def judge(answer_nll: list[float], step_ppl: list[float], cfg: PureConfig) -> PureResult:
+    """Verdict from U and P alone (separate from scoring so it can be tested on hand-built sequences)."""
+    if len(step_ppl) < 2:
+        return PureResult("reject_unscorable", "no blank-line step boundary: support cannot be checked",
+                          answer_nll, step_ppl, None)
+    ratio = forced_answer_ratio(answer_nll, cfg.eps)
+    if ratio > cfg.lam:
+        return PureResult("reject_ratio", f"R={ratio:.3f} > lambda={cfg.lam}", answer_nll, step_ppl, ratio)
+    leap = leap_step(answer_nll, step_ppl, cfg)
+    if leap is not None:
+        return PureResult("reject_leap", f"step {leap} makes most of the answer's uncertainty drop "
+                          f"with perplexity {step_ppl[leap - 1]:.2f}", answer_nll, step_ppl, ratio)
+    return PureResult("keep", f"R={ratio:.3f} <= lambda={cfg.lam}", answer_nll, step_ppl, ratio)
+
+
+def score(backend: TeacherBackend, prompt: str, text: str, answer: str, cfg: PureConfig) -> PureResult:
+    """Score a trajectory under the unaided teacher and judge it."""
+    segments = split_steps(text)
+    if len(segments) < 2:
+        return judge([], [], cfg)
+    scores = backend.score_prefixes(prompt, segments, cfg.answer_lead, answer)
+    answer_nll = [float(-lp.mean()) for lp in scores.answer_logprobs[: len(segments)]]
+    step_ppl = [float(np.exp(-lp.mean())) for lp in scores.segment_logprobs]
+    return judge(answer_nll, step_ppl, cfg)

@@ -1,0 +1,157 @@
+"""heal's one storage layer: Parquet, JSON and bytes at a local path or any fsspec URI (``s3://bucket/prefix``).
+
+Every stage reads and writes through these functions so that a crash never leaves a half-written object
+that a resumed run would take for finished work, and so that a storage problem surfaces as one
+``StorageError`` naming the URI instead of a botocore traceback.
+
+S3 endpoint and credentials come from ``storage_options`` (config ``storage.storage_options``, passed to
+s3fs: ``endpoint_url``, ``key``, ``secret``, ...) or from the standard ``AWS_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from heal_core.schema import conform
+
+
+class StorageError(ValueError):
+    """A storage operation that failed; the message names the URI (and the bucket when that is missing)."""
+
+
+def _fs(uri: str, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    # fsspec caches instances per (protocol, options), so resolving a URI on every call is cheap.
+    try:
+        return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    except (ValueError, ImportError) as exc:  # "Protocol not known: foo", or its package is missing
+        raise StorageError(f"cannot open {uri}: {exc}") from None
+
+
+def _missing_bucket(exc: BaseException) -> bool:
+    response = getattr(exc.__cause__, "response", None) or {}
+    return response.get("Error", {}).get("Code") == "NoSuchBucket"
+
+
+@contextlib.contextmanager
+def _errors(uri: str) -> Iterator[None]:
+    """Turn filesystem errors into one StorageError naming the URI, and the bucket when it does not exist."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        if _missing_bucket(exc):
+            bucket = uri.split("://", 1)[-1].split("/", 1)[0]
+            raise StorageError(f"bucket '{bucket}' does not exist ({uri})") from None
+        raise StorageError(f"{uri} does not exist") from None
+    except OSError as exc:
+        raise StorageError(f"{uri}: {exc}") from exc
+
+
+def join(uri: str, *parts: str) -> str:
+    """A child URI of ``uri``; the same for local paths and ``s3://`` prefixes (``os.path.join`` is not)."""
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def _replace_local(path: str, data: bytes) -> None:
+    directory, name = os.path.split(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_bytes(data: bytes, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Write ``data`` so that a reader sees the old object or the complete new one, never a part of it.
+
+    Local: the bytes go to a hidden temp file next to the target (``.name.tmp-<uuid>``), are fsync'd, then
+    ``os.replace`` swaps it in atomically; on any error the temp file is removed (a SIGKILL can leave one
+    behind, hidden, and ``list_files`` skips it). Parent directories are created.
+    S3: one PUT of the complete bytes (s3fs switches to a multipart upload above 100 MB); S3 makes an object
+    visible only when the PUT, or the multipart completion, finishes.
+    """
+    fs, path = _fs(uri, storage_options)
+    with _errors(uri):
+        if isinstance(fs, LocalFileSystem):
+            _replace_local(path, data)
+        else:
+            fs.pipe_file(path, data)
+
+
+def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    fs, path = _fs(uri, storage_options)
+    with _errors(uri):
+        return fs.cat_file(path)
+
+
+def exists(uri: str, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, path = _fs(uri, storage_options)
+    fs.invalidate_cache(path)  # another process (a shard worker) may have written it since s3fs last listed
+    with _errors(uri):
+        return fs.exists(path)
+
+
+def list_files(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Sorted URIs of the files directly under ``uri``, hidden names (in-flight temp files) left out.
+
+    A prefix with nothing under it is ``[]``: on S3 an empty "directory" does not exist at all.
+    """
+    fs, path = _fs(uri, storage_options)
+    fs.invalidate_cache(path)
+    with _errors(uri):
+        try:
+            entries = fs.ls(path, detail=True)
+        except FileNotFoundError as exc:
+            if _missing_bucket(exc):
+                raise
+            return []
+    names = (posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "file")
+    return sorted(join(uri, n) for n in names if not n.startswith("."))
+
+
+def write_parquet(
+    table: pa.Table, uri: str, storage_options: dict[str, Any] | None = None, compression: str = "zstd"
+) -> None:
+    """Write ``table`` atomically (see ``write_bytes``): it is serialized in memory first, then written whole."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression=compression)
+    write_bytes(buf.getvalue().to_pybytes(), uri, storage_options)
+
+
+def read_parquet(uri: str, schema: pa.Schema | None = None, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """Read a whole Parquet file; with ``schema``, check it (a missing column is an error naming the URI)."""
+    data = read_bytes(uri, storage_options)
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except pa.ArrowException as exc:  # truncated or corrupt: never return a partial table
+        raise StorageError(f"{uri} is not a readable Parquet file: {exc}") from None
+    return table if schema is None else conform(table, schema, source=uri)
+
+
+def write_json(obj: Any, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    write_bytes((json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode(), uri, storage_options)
+
+
+def read_json(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
+    data = read_bytes(uri, storage_options)
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise StorageError(f"{uri} is not valid JSON: {exc}") from None

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from heal_core.config import ConfigError, HealConfig, load_config, parse_config
+
+
+def test_defaults_are_the_papers_values():
+    cfg = load_config()
+    assert cfg.teacher.sampling.n == 30
+    assert cfg.teacher.sampling.top_k == 0
+    assert cfg.hints.pass_rate_below == 0.5
+    assert (cfg.gear.failed_paths, cfg.gear.continuations, cfg.gear.extreme_max_correct) == (10, 20, 1)
+    assert (cfg.pure.lam, cfg.pure.eps) == (0.2, 0.01)
+    assert (cfg.pace.epochs, cfg.pace.learning_rate, cfg.pace.batch_size) == (5, 1e-5, 8)
+
+
+def test_yaml_load_and_overrides_are_typed(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("teacher:\n  model: /models/t\n  sampling:\n    n: 8\npure:\n  lam: 0.3\n")
+    cfg = load_config(path, ["teacher.sampling.temperature=1.0", "pace.mode=incremental", "storage.uri=s3://b/p"])
+    assert cfg.teacher.model == "/models/t"
+    assert cfg.teacher.sampling.n == 8 and isinstance(cfg.teacher.sampling.n, int)
+    assert cfg.teacher.sampling.temperature == 1.0
+    assert cfg.pure.lam == 0.3
+    assert cfg.pace.mode == "incremental"
+    assert cfg.storage.uri == "s3://b/p"
+
+
+def test_round_trip_through_yaml(tmp_path: Path):
+    cfg = load_config(None, ["teacher.sampling.n=4", "storage.storage_options={endpoint_url: http://x}"])
+    path = tmp_path / "dump.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg
+    assert again.config_hash() == cfg.config_hash()
+    assert load_config(None, ["teacher.sampling.n=5"]).config_hash() != cfg.config_hash()
+
+
+@pytest.mark.parametrize(
+    ("data", "overrides", "needle"),
+    [
+        ({"pure": {"lamda": 0.3}}, [], "unknown key 'pure.lamda'"),
+        ({"bogus": {}}, [], "unknown key 'bogus'"),
+        ({}, ["teacher.sampling.n=many"], "'teacher.sampling.n'"),
+        ({}, ["teacher.sampling.n=0"], "'teacher.sampling.n'"),
+        ({}, ["pace.mode=sideways"], "'pace.mode'"),
+        ({}, ["gear.extreme_max_correct=30"], "gear.extreme_max_correct"),
+        ({}, ["nonsense"], "not of the form section.key=value"),
+        ({"teacher": 3}, ["teacher.model=x"], "'teacher' is a value"),
+    ],
+)
+def test_bad_config_names_the_key(data, overrides, needle):
+    with pytest.raises(ConfigError, match=None) as err:
+        parse_config(data, overrides)
+    assert needle in str(err.value)
+
+
+def test_bad_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("teacher:\n  model: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(latin)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listy)
+
+
+def test_model_is_strict_on_assignment():
+    cfg = HealConfig()
+    with pytest.raises(ValueError):
+        cfg.pure.lam = "high"

@@ -175,8 +175,17 @@ class ProblemsConfig(_Section):
     answer_field: str = "answer"
 
 
+class EvaluationConfig(_Section):
+    """Held-out evaluation of teacher and students: pass@1 as the mean over ``samples`` draws, pass@samples."""
+
+    uri: str = Field("", description="JSONL or Parquet problems (same field mapping as problems)")
+    samples: int = Field(4, ge=1, description="samples per problem")
+    max_problems: int = Field(0, ge=0, description="0 = all")
+
+
 class HealConfig(_Section):
     problems: ProblemsConfig = ProblemsConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     teacher: TeacherConfig = TeacherConfig()
     hints: HintsConfig = HintsConfig()
     gear: GearConfig = GearConfig()

@@ -79,6 +79,19 @@ CURRICULUM_SCHEMA = pa.schema(
     ]
 )
 
+# One row per (model, problem) of a held-out evaluation.
+EVALUATION_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),  # label: teacher | heal | rs_sft | ...
+        pa.field("model_path", pa.string(), nullable=False),
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("samples", pa.int32(), nullable=False),
+        pa.field("correct", pa.int32(), nullable=False),
+        pa.field("pass_at_1", pa.float64(), nullable=False),
+        pa.field("pass_at_k", pa.float64(), nullable=False),
+    ]
+)
+
 
 def new_trajectory(**values: Any) -> dict[str, Any]:
     """A trajectory record with every lineage column present (null unless given); unknown names fail here."""

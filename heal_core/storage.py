@@ -155,3 +155,30 @@ def read_json(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
         return json.loads(data)
     except ValueError as exc:
         raise StorageError(f"{uri} is not valid JSON: {exc}") from None
+
+
+def put_dir(local_dir: str | os.PathLike[str], uri: str, storage_options: dict[str, Any] | None = None,
+            last: str | None = None) -> None:
+    """Upload a local directory file by file (each write atomic); the file named ``last`` goes up last.
+
+    A directory is not one object, so completeness needs a marker: uploading the marker last means a reader
+    that finds it also finds every other file.
+    """
+    root = os.fspath(local_dir)
+    files = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+    for rel in sorted(files, key=lambda r: r == last):
+        with open(os.path.join(root, rel), "rb") as f:
+            write_bytes(f.read(), join(uri, *rel.split(os.sep)), storage_options)
+
+
+def get_dir(uri: str, local_dir: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> None:
+    """Download every file under ``uri`` into ``local_dir``, keeping relative paths."""
+    fs, path = _fs(uri, storage_options)
+    with _errors(uri):
+        found = fs.find(path)
+    for remote in found:
+        rel = posixpath.relpath(remote, path)
+        if posixpath.basename(rel).startswith("."):
+            continue
+        target = os.path.join(os.fspath(local_dir), *rel.split("/"))
+        _replace_local(target, read_bytes(join(uri, rel), storage_options))

@@ -267,3 +267,24 @@ def test_sigkilled_writer_never_leaves_a_partial_object(tmp_path: Path) -> None:
         check()
         left = os.listdir(directory) if directory.exists() else []
         assert all(n == "shard.parquet" or n.startswith(".shard.parquet.tmp-") for n in left)
+
+
+def test_directory_round_trip_uploads_marker_last(tmp_path, s3_endpoint):
+    import boto3
+
+    from heal_core.storage import exists, get_dir, put_dir
+
+    src = tmp_path / "model"
+    (src / "sub").mkdir(parents=True)
+    (src / "weights.bin").write_bytes(b"w" * 1000)
+    (src / "sub" / "tok.json").write_text("{}")
+    (src / "DONE").write_text("ok")
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="dirs")
+    for uri in (str(tmp_path / "remote"), "s3://dirs/run/model"):
+        put_dir(src, uri, last="DONE")
+        assert exists(uri + "/DONE") and exists(uri + "/sub/tok.json")
+        dst = tmp_path / f"copy-{uri.count('/')}"
+        get_dir(uri, dst)
+        assert (dst / "weights.bin").read_bytes() == b"w" * 1000
+        assert (dst / "sub" / "tok.json").read_text() == "{}"
+        assert (dst / "DONE").read_text() == "ok"

@@ -1,0 +1,65 @@
+"""PACE: the three-stage curriculum datasets (I base -> II hint -> III repair) and the baselines.
+
+By default stages are cumulative (stage k trains on everything kept up to stage k), so a student fine-tuned
+stage after stage keeps seeing the easier data while harder data arrives; ``incremental`` trains each stage
+on its new data only. An example enters the curriculum once, at the first stage that produced it: the same
+(prompt, completion) text reached again by a later stage is a duplicate, not new evidence.
+
+Baselines a user compares against: ``rs_sft`` (Stage I data only: plain rejection-sampling SFT) and
+``keep_all`` (every Stage I sample, unverified: OpenThoughts3 found answer filtering does not always help).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+from heal_core.schema import CURRICULUM_SCHEMA
+
+STAGES = (1, 2, 3)
+_LINEAGE = [name for name in CURRICULUM_SCHEMA.names if name not in ("prompt", "completion")]
+
+
+def to_example(row: dict[str, Any]) -> dict[str, Any]:
+    """A trajectory row in TRL's conversational prompt-completion format, lineage kept."""
+    example = {name: row.get(name) for name in _LINEAGE}
+    example["prompt"] = [{"role": "user", "content": row["prompt"]}]
+    example["completion"] = [{"role": "assistant", "content": row["text"]}]
+    return example
+
+
+def _key(row: dict[str, Any]) -> str:
+    return hashlib.sha256(f"{row['prompt']}\x00{row['text']}".encode()).hexdigest()
+
+
+def dedupe(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """First occurrence of each (prompt, text) wins; order is kept."""
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        key = _key(row)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
+
+
+def curriculum(
+    kept: Sequence[dict[str, Any]], mode: Literal["cumulative", "incremental"] = "cumulative"
+) -> dict[int, list[dict[str, Any]]]:
+    """Stage number -> examples. ``kept`` holds the kept trajectory rows of all stages."""
+    ordered = sorted(kept, key=lambda r: (r["stage"], r["problem_id"], r["sample_id"]))
+    new = {stage: [] for stage in STAGES}
+    for row in dedupe(ordered):
+        new[row["stage"]].append(to_example(row))
+    if mode == "incremental":
+        return new
+    return {stage: [ex for s in STAGES if s <= stage for ex in new[s]] for stage in STAGES}
+
+
+def baselines(stage1_all: Sequence[dict[str, Any]], stage1_kept: Sequence[dict[str, Any]]) -> dict[str, list[dict]]:
+    def examples(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [to_example(r) for r in dedupe(sorted(rows, key=lambda r: (r["problem_id"], r["sample_id"])))]
+
+    return {"rs_sft": examples(stage1_kept), "keep_all": examples(stage1_all)}

@@ -1,0 +1,136 @@
+"""Stage I, rejection sampling: N teacher samples per problem, each verified against the gold answer.
+
+Difficulty buckets follow the paper: ``solved`` at pass rate >= 0.5, ``extremely_hard`` at <= 1 correct of N,
+``hard`` in between. The two hard buckets overlap in the paper's wording (1 of 30 is also below 0.5); we make
+them exclusive with extremely hard taking precedence, because each problem must go to exactly one repair path
+in the report, while Stage II hints still go to both (see ``needs_hint``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from heal_core.backends.base import Generation, TeacherBackend
+from heal_core.config import HealConfig
+from heal_core.problems import Problem
+from heal_core.schema import new_trajectory
+from heal_core.verify import check_many
+
+
+def sample_id(problem_id: str, stage: int, index: int, parent: str | None = None) -> str:
+    """Deterministic id: a retried shard writes the same ids, so duplicates are detectable by key."""
+    return f"{problem_id}|s{stage}|{parent + '|' if parent else ''}{index}"
+
+
+def generation_rows(
+    problem: Problem,
+    prompt: str,
+    generations: Sequence[Generation],
+    stage: int,
+    cfg: HealConfig,
+    teacher: str,
+    *,
+    texts: Sequence[str] | None = None,
+    **lineage: Any,
+) -> list[dict[str, Any]]:
+    """Verified trajectory records for one problem's generations (``texts`` overrides the verified text,
+    as GEAR does when it prepends the kept prefix)."""
+    texts = list(texts) if texts is not None else [g.text for g in generations]
+    verdicts = check_many([(text, problem.answer) for text in texts])
+    parent = lineage.get("parent_sample_id")
+    return [
+        new_trajectory(
+            sample_id=sample_id(problem.problem_id, stage, i, parent),
+            problem_id=problem.problem_id,
+            prompt=prompt,
+            gold_answer=problem.answer,
+            stage=stage,
+            sample_index=i,
+            text=text,
+            token_ids=list(g.token_ids),
+            num_tokens=len(g.token_ids),
+            entropy=[float(e) for e in g.entropy],
+            finish_reason=g.finish_reason,
+            verified=v.correct,
+            verify_status=v.status,
+            extracted_answer=v.extracted,
+            kept=False,
+            teacher=teacher,
+            seed=g.seed,
+            config_hash=cfg.config_hash(),
+            **lineage,
+        )
+        for i, (g, text, v) in enumerate(zip(generations, texts, verdicts, strict=True))
+    ]
+
+
+def sample_stage1(
+    backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, teacher: str
+) -> list[dict[str, Any]]:
+    """N unaided samples per problem, verified; the prompt recorded is the one the student will see."""
+    prompts = [cfg.teacher.prompt_template.format(problem=p.problem) for p in problems]
+    batches = backend.sample(prompts, cfg.teacher.sampling.n, cfg.teacher.sampling)
+    rows: list[dict[str, Any]] = []
+    for problem, prompt, gens in zip(problems, prompts, batches, strict=True):
+        rows.extend(generation_rows(problem, prompt, gens, stage=1, cfg=cfg, teacher=teacher))
+    return rows
+
+
+Bucket = Literal["solved", "hard", "extremely_hard"]
+
+
+@dataclass(frozen=True)
+class ProblemStats:
+    problem_id: str
+    samples: int
+    correct: int
+    bucket: Bucket
+
+    @property
+    def pass_rate(self) -> float:
+        return self.correct / self.samples if self.samples else 0.0
+
+
+def bucket_of(correct: int, samples: int, cfg: HealConfig) -> Bucket:
+    if samples and correct / samples >= cfg.hints.pass_rate_below:
+        return "solved"
+    if correct <= cfg.gear.extreme_max_correct:
+        return "extremely_hard"
+    return "hard"
+
+
+def needs_hint(stats: ProblemStats, cfg: HealConfig) -> bool:
+    """Stage II takes every problem below the pass-rate threshold: hard and extremely hard alike."""
+    return stats.pass_rate < cfg.hints.pass_rate_below
+
+
+def problem_stats(rows: Iterable[dict[str, Any]], cfg: HealConfig) -> dict[str, ProblemStats]:
+    """Per-problem pass statistics of Stage I rows, in first-seen order."""
+    samples: Counter[str] = Counter()
+    correct: Counter[str] = Counter()
+    for row in rows:
+        samples[row["problem_id"]] += 1
+        correct[row["problem_id"]] += bool(row["verified"])
+    return {
+        pid: ProblemStats(pid, samples[pid], correct[pid], bucket_of(correct[pid], samples[pid], cfg))
+        for pid in samples
+    }
+
+
+def teacher_ceiling(stats: dict[str, ProblemStats]) -> float:
+    """Share of problems the unaided teacher never solved: what hints and repair must attack."""
+    return sum(s.correct == 0 for s in stats.values()) / len(stats) if stats else 0.0
+
+
+def select_stage1(rows: Sequence[dict[str, Any]], cap_per_problem: int) -> list[dict[str, Any]]:
+    """Verified samples, at most ``cap_per_problem`` per problem (lowest sample index first: deterministic)."""
+    taken: Counter[str] = Counter()
+    kept = []
+    for row in sorted(rows, key=lambda r: (r["problem_id"], r["sample_index"])):
+        if row["verified"] and taken[row["problem_id"]] < cap_per_problem:
+            taken[row["problem_id"]] += 1
+            kept.append({**row, "kept": True})
+    return kept

@@ -1,0 +1,216 @@
+"""Answer verification: is a sample's final ``\\boxed{}`` answer equal to the gold answer?
+
+Built on Math-Verify, with three HEAL rules on top:
+
+* Only a boxed answer counts. Math-Verify falls back to the last number of unboxed text, which turns an
+  unfinished trace ("... 8 total? no, 7") into a false positive; here no box means ``no_answer``.
+* Failures are told apart (see ``Status``): a gold answer that does not parse (``bad_gold``) is a problem
+  with the data, not a wrong sample, and an ``unparseable`` or ``timeout`` sample is not a ``wrong`` one.
+* Every check runs in a worker process with a hard time limit. Math-Verify's own limits use
+  ``signal.alarm``, which raises off the main thread (Prefect runs tasks in threads), and a sympy
+  simplification can run for hours, so both are disabled and a pebble pool kills and replaces any worker
+  that runs past the limit. All checks take this path, so a verdict never depends on the calling thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import multiprocessing
+import os
+import re
+import threading
+from collections.abc import Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait
+from dataclasses import dataclass
+from typing import Literal
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+from pebble import ProcessFuture, ProcessPool
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["correct", "wrong", "no_answer", "unparseable", "bad_gold", "timeout", "error"]
+"""``error``: the worker died (killed, out of memory) or the check raised; the sample's correctness is unknown."""
+
+DEFAULT_TIMEOUT_S = 5.0
+
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)
+# A thousands separator typed as LaTeX spacing between digit groups ("1\,000", "1{,}000", "1~000"):
+# Math-Verify reads "1\,000" as the product 1*0 ("1,000" and "10,\!080" it already reads as numbers).
+# Only a separator followed by exactly three digits is removed, so "(1,2)" or "1,\,2" stay lists.
+_THOUSANDS = re.compile(r"(?<=\d)(?:\\,|\{,\}|~)(?=\d{3}(?!\d))")
+_MATH_DELIMITER = re.compile(r"(?<!\\)\$")  # "$", not the escaped dollar sign of "\$36"
+_PRED_CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    status: Status
+    extracted: str | None  # the last boxed answer, stripped; None when there is none
+
+    def __post_init__(self) -> None:
+        if self.correct != (self.status == "correct"):
+            raise ValueError(f"inconsistent verdict: correct={self.correct} with status {self.status!r}")
+
+
+def extract_answer(text: str) -> str | None:
+    """The content of the last top-level ``\\boxed{...}`` (or ``\\fbox{...}``), stripped.
+
+    Braces are matched by hand rather than left to Math-Verify, whose extraction falls back to the last
+    number of unboxed text. A last box that is never closed (a truncated trace) gives None, not an
+    earlier box: the sample did not finish its final answer.
+    """
+    answer = None
+    pos = 0
+    while match := _BOX_OPEN.search(text, pos):
+        end = _closing_brace(text, match.end())
+        if end is None:
+            return None
+        answer = text[match.end() : end].strip()
+        pos = end + 1
+    return answer
+
+
+def _closing_brace(text: str, start: int) -> int | None:
+    """Index of the brace closing the group opened just before ``start``; escapes such as ``\\{`` do not count."""
+    depth = 1
+    for token in _BRACE_TOKEN.finditer(text, start):
+        depth += {"{": 1, "}": -1}.get(token.group(), 0)
+        if depth == 0:
+            return token.start()
+    return None
+
+
+def check(prediction_text: str, gold_answer: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> Verdict:
+    """Verify one sample; see ``check_many``."""
+    return check_many([(prediction_text, gold_answer)], timeout=timeout)[0]
+
+
+def is_correct(prediction_text: str, gold_answer: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> bool:
+    return check(prediction_text, gold_answer, timeout=timeout).correct
+
+
+def check_many(
+    pairs: Sequence[tuple[str, str]], *, timeout: float = DEFAULT_TIMEOUT_S, workers: int | None = None
+) -> list[Verdict]:
+    """Verify ``(prediction_text, gold_answer)`` pairs in parallel, in order.
+
+    ``timeout`` bounds each check (from when a worker starts it); a check past it is ``timeout``.
+    ``workers`` sizes the process pool (default ``min(4, cpu_count)``); a size different from the
+    running pool's replaces it. Safe to call from any thread.
+    """
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")  # pebble reads 0/None as "no limit"
+    if not pairs:
+        return []
+    extracted = [extract_answer(prediction) for prediction, _ in pairs]
+    pool = _get_pool(workers)
+    futures = [
+        pool.schedule(_grade, args=(gold, answer), timeout=timeout)
+        for answer, (_, gold) in zip(extracted, pairs, strict=True)
+    ]
+    statuses = _collect(pool, futures)
+    return [Verdict(status == "correct", status, answer) for answer, status in zip(extracted, statuses)]
+
+
+def _collect(pool: ProcessPool, futures: list[ProcessFuture[Status]]) -> list[Status]:
+    """Wait for every check; pebble itself kills a check that runs past its timeout.
+
+    A pool whose workers all died (one killed while the pool was idle, or workers that cannot start)
+    fails the checks it had dispatched but never those still queued: stop waiting when it breaks.
+    """
+    pending = set(futures)
+    while pending and pool.active:
+        pending = wait(pending, timeout=1.0).not_done
+    statuses = [_status(future) for future in futures]
+    if "error" in statuses:
+        first = next((f.exception() for f, s in zip(futures, statuses) if s == "error" and f.done()), None)
+        logger.warning("%d of %d answer checks failed; first error: %r", statuses.count("error"), len(futures), first)
+    return statuses
+
+
+def _status(future: ProcessFuture[Status]) -> Status:
+    if not future.done():
+        return "error"  # still queued on a pool that broke
+    error = future.exception()  # pebble.ProcessExpired when the worker died, or what the check raised
+    if error is None:
+        return future.result()
+    return "timeout" if isinstance(error, FutureTimeout) else "error"
+
+
+# --- worker side ---------------------------------------------------------------------------------------
+
+
+def _grade(gold: str, answer: str | None) -> Status:
+    """Gold first: a bad gold answer is reported as such for every sample, boxed or not."""
+    gold_parsed = _parse_gold(gold)
+    if not _has_value(gold_parsed):
+        return "bad_gold"
+    if answer is None:
+        return "no_answer"
+    predicted = parse(
+        "\\boxed{" + _THOUSANDS.sub("", answer) + "}", extraction_config=_PRED_CONFIG, parsing_timeout=None
+    )
+    if not _has_value(predicted):
+        return "unparseable"
+    # Argument order matters: Math-Verify is deliberately asymmetric (gold inequality vs predicted interval).
+    return "correct" if verify(list(gold_parsed), predicted, timeout_seconds=None) else "wrong"
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_gold(gold: str) -> tuple[object, ...]:
+    """Cached because a batch holds many samples of one problem. Bare gold LaTeX is wrapped in ``$``:
+    Math-Verify only reads LaTeX inside a math environment."""
+    text = _THOUSANDS.sub("", gold.strip())
+    if "\\boxed" not in text and not _MATH_DELIMITER.search(text):
+        text = "$" + text + "$"
+    return tuple(parse(text, parsing_timeout=None))
+
+
+def _has_value(parsed: Sequence[object]) -> bool:
+    """Math-Verify returns ``[value, text]``, or only the matched text when it could not parse it."""
+    return any(not isinstance(item, str) for item in parsed)
+
+
+def _init_worker() -> None:
+    # Math-Verify warns once per process that its timeouts are off; that is deliberate here.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+# --- the pool --------------------------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_pools: dict[int, tuple[int, ProcessPool]] = {}  # pid -> (workers, pool): a forked child never uses its parent's
+
+
+def _get_pool(workers: int | None) -> ProcessPool:
+    """This process's pool, created on first use and replaced when broken or asked for another size.
+
+    Spawned, not forked: forking a process that runs threads (Prefect) or holds torch can deadlock the
+    child. As with any spawn pool, a script that uses it needs the ``if __name__ == "__main__"`` guard.
+    """
+    with _lock:
+        size, old = _pools.get(os.getpid(), (0, None))
+        wanted = workers or size or min(4, os.cpu_count() or 1)
+        if old is not None and size == wanted and old.active:
+            return old
+        pool = ProcessPool(max_workers=wanted, initializer=_init_worker, context=multiprocessing.get_context("spawn"))
+        _pools[os.getpid()] = (wanted, pool)
+    if old is not None:
+        if old.active:
+            old.close()  # checks that other threads still run on it finish first
+        threading.Thread(target=old.join, name="heal-verify-old-pool", daemon=True).start()
+    return pool
+
+
+@atexit.register
+def _shutdown() -> None:
+    _, pool = _pools.get(os.getpid(), (0, None))
+    if pool is not None:
+        pool.stop()
+        pool.join()

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from heal_core.config import PaceConfig
+from heal_core.demo.arithmetic import make_problems
+from heal_core.pace import curriculum
+from heal_core.testing import build_tiny_model
+from heal_core.train import MARKER, stage_steps, train_curriculum
+
+
+def _weights(model_dir: str) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def _rows(count: int, stage: int) -> list[dict]:
+    return [
+        {"sample_id": f"{w.problem.problem_id}|{stage}", "problem_id": w.problem.problem_id, "stage": stage,
+         "prompt": w.problem.problem, "text": w.solution, "verify_status": "correct", "teacher": "t",
+         "config_hash": "h"}
+        for w in make_problems(count, seed=stage)
+    ]
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory) -> str:
+    return str(build_tiny_model(tmp_path_factory.mktemp("student"), arch="llama"))
+
+
+def test_stage_steps():
+    cfg = PaceConfig(epochs=2, batch_size=4)
+    assert stage_steps(10, cfg) == 6
+    assert stage_steps(1, cfg) == 2
+
+
+def test_three_stages_chain_and_resume(student, tmp_path):
+    stages = curriculum(_rows(6, 1) + _rows(3, 2) + _rows(2, 3))
+    assert [len(stages[s]) for s in (1, 2, 3)] == [6, 9, 11]
+    cfg = PaceConfig(epochs=1, batch_size=4, learning_rate=1e-3, max_length=256)
+    results = train_curriculum(student, stages, tmp_path, cfg)
+    assert [r.name for r in results] == ["stage1", "stage2", "stage3"]
+    assert [r.steps for r in results] == [2, 3, 3]
+    assert all(r.train_loss is not None and not r.resumed for r in results)
+    base, w1, w2, w3 = (_weights(p) for p in (student, *(r.model_dir for r in results)))
+    key = next(k for k in base if "layers.0.mlp" in k)
+    assert not torch.equal(base[key], w1[key]) and not torch.equal(w1[key], w2[key])
+
+    # resume: finished stages are not retrained (weights on disk untouched)
+    mtimes = [Path(r.model_dir, "model.safetensors").stat().st_mtime_ns for r in results]
+    (Path(results[2].model_dir) / MARKER).unlink()  # stage III was interrupted before it finished
+    again = train_curriculum(student, stages, tmp_path, cfg)
+    assert [r.resumed for r in again] == [True, True, False]
+    assert [Path(r.model_dir, "model.safetensors").stat().st_mtime_ns for r in again][:2] == mtimes[:2]
+    assert again[2].steps == 3
+
+
+def test_each_stage_starts_from_the_previous_stage(student, tmp_path):
+    # With a vanishing learning rate stage II must reproduce stage I's weights exactly: it started there,
+    # not from the base student.
+    stages = curriculum(_rows(4, 1) + _rows(2, 2))
+    stages[3] = []
+    normal = PaceConfig(epochs=1, batch_size=4, learning_rate=1e-3, max_length=256)
+    results = train_curriculum(student, {1: stages[1]}, tmp_path, normal)
+    tiny = PaceConfig(epochs=1, batch_size=4, learning_rate=1e-30, max_length=256)
+    results += train_curriculum(results[0].model_dir, {2: stages[2], 3: stages[3]}, tmp_path, tiny)
+    w1, w2 = _weights(results[0].model_dir), _weights(results[1].model_dir)
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+    assert results[2].steps == 0 and results[2].model_dir == results[1].model_dir

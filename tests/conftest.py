@@ -90,3 +90,18 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
     tokenizer = build_tokenizer(root / "tokenizer")
     return {arch: build_tiny_model(root / arch, arch, seed=i, tokenizer=tokenizer)
             for i, arch in enumerate(("llama", "qwen2"))}
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """A real Prefect API server (Prefect's test harness: temporary SQLite DB, subprocess server), once per session.
+
+    Flow heartbeats are off: each sync flow run otherwise waits ~1 s for its heartbeat thread.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_HOME, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_HOME: home}):
+        with prefect_test_harness(server_startup_timeout=60):
+            yield

@@ -71,6 +71,10 @@ class TeacherBackend(Protocol):
         """``n`` continuations of a partial assistant answer; returned text excludes the prefix."""
         ...
 
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of generated token ids as ``Generation.text`` renders it (GEAR maps a token index to text)."""
+        ...
+
     def score(self, prompt: str, continuation: str) -> np.ndarray:
         """Per-token log-probs (temperature 1) of ``continuation`` as the assistant's answer to ``prompt``."""
         ...

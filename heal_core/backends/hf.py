@@ -1,0 +1,298 @@
+"""The teacher as a local HF transformers model: sampling with exact per-token entropy, continuation, scoring.
+
+Entropy is recorded by a ``LogitsProcessor`` rather than ``output_logits``: the latter keeps a [B, V] tensor
+per step (hundreds of GB at teacher scale), the recorder keeps one float per row and step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from huggingface_hub import try_to_load_from_cache
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
+
+from heal_core.backends.base import Generation, PrefixScores
+from heal_core.config import SamplingConfig, TeacherConfig
+
+_LOGPROB_CHUNK = 1024  # rows of [rows, V] float32 log-softmax at a time: bounds memory at V ~ 152k
+_PACKED_QUERY_TOKENS = 4096  # answer tokens per packed forward: bounds the [queries, keys] attention mask
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits / temperature) over the last dim, in float32.
+
+    The ``where`` keeps entries with p = 0 (logit -inf) at 0 instead of 0 * -inf = NaN.
+    """
+    logp = (logits.float() / temperature).log_softmax(-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, 0.0).sum(-1)
+
+
+class EntropyRecorder(LogitsProcessor):
+    """Records each step's entropy and returns the scores unchanged.
+
+    generate() runs user processors after its own (none are active with a neutral config) and before the
+    temperature/top-k/top-p warpers, so the scores seen here are the model's raw logits.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.steps.append(token_entropy(scores, self.temperature))
+        return scores
+
+    def entropies(self) -> torch.Tensor:
+        """[rows, steps] float32 on the CPU."""
+        return torch.stack(self.steps, 1).cpu()
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _require_local(model: str) -> None:
+    """Fail before a long load when an offline run names a model that is neither a directory nor cached."""
+    if Path(model).is_dir() or not _offline():
+        return
+    try:
+        cached = try_to_load_from_cache(model, "config.json")
+    except ValueError:  # not even a valid hub id: a local path that does not exist
+        cached = None
+    if not isinstance(cached, str):
+        raise FileNotFoundError(
+            f"teacher model {model!r} is not a local directory and not in the HF cache, and HF_HUB_OFFLINE is set"
+        )
+
+
+def _target_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
+    """log softmax(logits[i])[targets[i]] for each row, computed in float32 chunks."""
+    target = torch.as_tensor(list(targets), device=logits.device, dtype=torch.long)
+    parts = [
+        logits[s : s + _LOGPROB_CHUNK].float().log_softmax(-1).gather(-1, target[s : s + _LOGPROB_CHUNK, None])
+        for s in range(0, len(target), _LOGPROB_CHUNK)
+    ]
+    return torch.cat(parts).squeeze(-1).cpu().numpy() if parts else np.zeros(0, dtype=np.float32)
+
+
+def _call_plan(n_rows: int, n: int, max_rows: int) -> Iterator[tuple[list[int], int]]:
+    """(prompt indices, samples each) per generate() call, so no call has more than ``max_rows`` rows."""
+    if n >= max_rows:
+        for i in range(n_rows):
+            for start in range(0, n, max_rows):
+                yield [i], min(max_rows, n - start)
+    else:
+        per_call = max_rows // n
+        for start in range(0, n_rows, per_call):
+            yield list(range(start, min(start + per_call, n_rows))), n
+
+
+class HFBackend:
+    """``TeacherBackend`` over ``AutoModelForCausalLM``; see heal_core/backends/base.py for the contract."""
+
+    name = "hf"
+
+    def __init__(self, model: str, dtype: str = "auto", device: str = "auto", max_batch_sequences: int = 64) -> None:
+        _require_local(model)
+        self.device = torch.device(device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        self.max_batch_sequences = max_batch_sequences
+        self.eos_ids = self._eos_ids()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        # generate() fills every unset GenerationConfig field from model.generation_config, so a checkpoint's
+        # generation_config.json (repetition_penalty, top_k, min_p, ...) would silently change sampling.
+        self.model.generation_config = GenerationConfig(eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.24
+
+    @classmethod
+    def from_config(cls, config: TeacherConfig, model: str | None = None) -> HFBackend:
+        """``model`` overrides ``config.model`` (e.g. a resolved local path)."""
+        return cls(model or config.model, config.dtype, config.device, config.max_batch_sequences)
+
+    def _eos_ids(self) -> list[int]:
+        """The checkpoint's stop tokens (chat models often list end-of-turn and end-of-text) plus the tokenizer's."""
+        configured = self.model.generation_config.eos_token_id
+        ids = configured if isinstance(configured, list) else [configured]
+        ids = [*ids, self.tokenizer.eos_token_id]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        """Chat-templated user turn opening the assistant's; raw text (with the tokenizer's BOS) without a template."""
+        if not self.tokenizer.chat_template:
+            return self.tokenizer.encode(prompt)
+        messages = [{"role": "user", "content": prompt}]
+        return self._encode(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    # ---- sampling -------------------------------------------------------------------------------------
+
+    def sample(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
+        return self._generate([self._prompt_ids(p) for p in prompts], n, sampling)
+
+    def continue_(
+        self, prompt: str, prefix: str | Sequence[int], n: int, sampling: SamplingConfig
+    ) -> list[Generation]:
+        prefix_ids = self._encode(prefix) if isinstance(prefix, str) else list(prefix)
+        return self._generate([self._prompt_ids(prompt) + prefix_ids], n, sampling)[0]
+
+    def _generate(self, rows: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
+        results: list[list[Generation]] = [[] for _ in rows]
+        for offset, (indices, k) in enumerate(_call_plan(len(rows), n, self.max_batch_sequences)):
+            chunk = self._generate_call([rows[i] for i in indices], k, sampling, sampling.seed + offset)
+            for i, generations in zip(indices, chunk, strict=True):
+                results[i].extend(generations)
+        return results
+
+    @torch.inference_mode()
+    def _generate_call(
+        self, rows: list[list[int]], k: int, sampling: SamplingConfig, seed: int
+    ) -> list[list[Generation]]:
+        input_ids, attention_mask = self._left_pad(rows)
+        config = GenerationConfig(
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,  # 0 disables; left unset, generate() would use 50
+            max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=k,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+        )
+        recorder = EntropyRecorder(sampling.temperature)
+        torch.manual_seed(seed)
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            logits_processor=LogitsProcessorList([recorder]),
+        )
+        new_tokens, entropies = out[:, input_ids.shape[1] :].cpu(), recorder.entropies()
+        generations = [self._generation(new_tokens[r].tolist(), entropies[r], seed) for r in range(len(out))]
+        return [generations[i * k : (i + 1) * k] for i in range(len(rows))]  # rows come back prompt-major
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, width - len(row) :] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def _generation(self, token_ids: list[int], entropy: torch.Tensor, seed: int) -> Generation:
+        """Trim a row after its first stop token (kept); the rest is padding from rows that ran longer."""
+        stop = next((t for t, tok in enumerate(token_ids) if tok in self.eos_ids), None)
+        end = len(token_ids) if stop is None else stop + 1
+        return Generation(
+            token_ids=token_ids[:end],
+            text=self.decode(token_ids[:end]),
+            entropy=entropy[:end].numpy(),
+            finish_reason="length" if stop is None else "stop",
+            seed=seed,
+        )
+
+    # ---- scoring --------------------------------------------------------------------------------------
+
+    def _forward(
+        self,
+        ids: Sequence[int],
+        cache: DynamicCache | None = None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [len(ids), V] of one unpadded row; positions default to 0..len-1, the mask to causal."""
+        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        positions = positions if positions is not None else torch.arange(len(ids), device=self.device)
+        cache_kwargs = {self._cache_kw: cache, "use_cache": True} if cache is not None else {"use_cache": False}
+        out = self.model(input_ids=input_ids, position_ids=positions[None], attention_mask=mask, **cache_kwargs)
+        return out.logits[0]
+
+    @torch.inference_mode()
+    def score(self, prompt: str, continuation: str) -> np.ndarray:
+        prompt_ids, ids = self._prompt_ids(prompt), self._encode(continuation)
+        logits = self._forward(prompt_ids + ids)
+        return _target_logprobs(logits[len(prompt_ids) - 1 : -1], ids)
+
+    @torch.inference_mode()
+    def score_prefixes(
+        self, prompt: str, segments: Sequence[str], answer_lead: str, answer: str
+    ) -> PrefixScores:
+        """One pass over prompt + all segments fills a KV cache; packed passes over it score every answer.
+
+        Segments are tokenised one by one so every boundary is an exact token index. Cost: O(L + K * A)
+        tokens in 1 + ceil(K * A / 4096) forwards, instead of O(K * L) tokens in K + 1 forwards. Packing
+        matters on a GPU, where a short forward costs about as much as a long one.
+        """
+        attention = self.model.config._attn_implementation
+        if attention not in ("sdpa", "eager"):
+            raise NotImplementedError(f"score_prefixes needs custom masks (sdpa or eager attention), not {attention}")
+        prompt_ids = self._prompt_ids(prompt)
+        segment_ids = [self._encode(s) for s in segments]
+        lead_ids, answer_ids = self._encode(answer_lead), self._encode(answer)
+        ids = prompt_ids + [t for seg in segment_ids for t in seg]
+        bounds = np.cumsum([len(prompt_ids)] + [len(seg) for seg in segment_ids]).tolist()
+
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(ids, cache)
+        flat = _target_logprobs(logits[len(prompt_ids) - 1 : -1], ids[len(prompt_ids) :])
+        del logits
+        offsets = [b - len(prompt_ids) for b in bounds]
+        segment_logprobs = [flat[a:b] for a, b in zip(offsets, offsets[1:])]
+
+        per_pass = max(1, _PACKED_QUERY_TOKENS // (1 + len(lead_ids) + len(answer_ids)))
+        answers = []
+        for start in range(0, len(bounds), per_pass):
+            answers += self._answer_pass(ids, bounds[start : start + per_pass], lead_ids, answer_ids, cache)
+        return PrefixScores(segment_logprobs=segment_logprobs, answer_logprobs=answers)
+
+    def _answer_pass(
+        self, ids: list[int], bounds: list[int], lead_ids: list[int], answer_ids: list[int], cache: DynamicCache
+    ) -> list[np.ndarray]:
+        """Answer log-probs after each boundary, from ONE forward over copies packed after the cached ``ids``.
+
+        Copy k is [ids[b_k - 1], lead, answer] at positions b_k - 1, b_k, ...; it sees the cached
+        ids[:b_k - 1] and itself, causally. Re-feeding ids[b_k - 1] makes its logits predict the first lead (or answer)
+        token, so an empty lead needs no special case. The cache is cropped back to ``ids`` afterwards.
+        """
+        width = 1 + len(lead_ids) + len(answer_ids)
+        tokens = [t for b in bounds for t in (ids[b - 1], *lead_ids, *answer_ids)]
+        positions = torch.tensor([b - 1 + j for b in bounds for j in range(width)], device=self.device)
+        logits = self._forward(tokens, cache, positions, self._packed_mask(bounds, len(ids), width))
+        cache.crop(-len(tokens))  # 5.x crop takes only a negative count: tokens to drop
+        return [_target_logprobs(logits[k * width + len(lead_ids) : (k + 1) * width - 1], answer_ids)
+                for k in range(len(bounds))]
+
+    def _packed_mask(self, bounds: list[int], context: int, width: int) -> torch.Tensor:
+        """Additive [1, 1, queries, context + queries] mask (0 = attend) for ``_answer_pass``'s copies."""
+        queries = torch.arange(len(bounds) * width, device=self.device)
+        copy = queries // width
+        boundary = torch.tensor(bounds, device=self.device)[copy]
+        keys = torch.arange(context + len(queries), device=self.device)
+        packed = keys[None, :] - context  # key index within the packed copies; negative for cached keys
+        allowed = (keys[None, :] < boundary[:, None] - 1) | (
+            (packed >= 0) & (packed // width == copy[:, None]) & (packed <= queries[:, None])
+        )
+        dtype = self.model.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        return mask[None, None]

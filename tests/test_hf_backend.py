@@ -1,0 +1,295 @@
+"""HFBackend against direct forward passes of tiny random llama/qwen2 models (CPU, offline)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from heal_core.backends import hf
+from heal_core.backends.base import TeacherBackend
+from heal_core.backends.hf import HFBackend
+from heal_core.config import SamplingConfig, TeacherConfig
+
+ARCHS = ["llama", "qwen2"]
+PROMPTS = ["What is 2 + 3?", "Ann has 12 apples and buys 30 more. How many apples does she have now?", "x"]
+EOS_BIAS = 0.5  # p(eos) ~ 10% per step after top-k 20 at T=0.7: both finish reasons show up
+LEAD = "\n\nThe final answer is \\boxed{"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and with the 2 cores shared by other processes the
+    thread pool's spin-waits made this file ~10x slower (87 s vs 6 s measured with 2 threads vs 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _bias_eos(backend: HFBackend) -> HFBackend:
+    """Swap in an lm_head with a bias towards EOS, so rows stop at different lengths (padding, trimming)."""
+    old = backend.model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True).to(old.weight.device)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.zero_()
+        head.bias[backend.tokenizer.eos_token_id] = EOS_BIAS
+    backend.model.lm_head = head
+    return backend
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def backend(request, tiny_model_dirs) -> HFBackend:
+    return _bias_eos(HFBackend(str(tiny_model_dirs[request.param]), max_batch_sequences=5))
+
+
+def prompt_ids(backend: HFBackend, prompt: str) -> list[int]:
+    tok = backend.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return tok.encode(text, add_special_tokens=False)
+
+
+def forced_logits(backend: HFBackend, ids: list[int]) -> torch.Tensor:
+    """Plain teacher-forced forward of one unpadded row, no cache: the reference for everything."""
+    with torch.no_grad():
+        return backend.model(torch.tensor([ids], device=backend.device)).logits[0].float().cpu()
+
+
+def entropy(logits: torch.Tensor, temperature: float) -> np.ndarray:
+    p = torch.softmax(logits / temperature, -1)
+    return (-(p * torch.log(p)).nansum(-1)).numpy()
+
+
+def logprobs(logits: torch.Tensor, targets: list[int]) -> np.ndarray:
+    return logits.log_softmax(-1).gather(-1, torch.tensor(targets)[:, None]).squeeze(-1).numpy()
+
+
+def spy_generate(backend: HFBackend, monkeypatch) -> list[dict]:
+    """Record every generate() call's kwargs while still running it."""
+    calls, real = [], backend.model.generate
+
+    def generate(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(backend.model, "generate", generate)
+    return calls
+
+
+def test_tiny_models_reload_with_the_same_tokenizer(tiny_model_dirs):
+    """AutoTokenizer turns a qwen2 dir's tokenizer into Qwen2Tokenizer; it must still tokenise identically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    built = AutoTokenizer.from_pretrained(tiny_model_dirs["llama"].parent / "tokenizer")
+    text = "Ann has 123 apples.\n\nThe final answer is \\boxed{41.50}. Ünï 日本"
+    for arch, path in tiny_model_dirs.items():
+        tok = AutoTokenizer.from_pretrained(path)
+        assert tok.encode(text) == built.encode(text) and tok.decode(tok.encode(text)) == text
+        assert (tok.eos_token, tok.pad_token, tok.padding_side) == ("<|im_end|>", "<|pad|>", "left")
+        model = AutoModelForCausalLM.from_pretrained(path)
+        assert model.config.model_type == arch and model.config.vocab_size == len(tok)
+
+
+def test_satisfies_protocol(tiny_model_dirs):
+    cfg = TeacherConfig(model="unused", max_batch_sequences=3, dtype="float32", device="cpu")
+    backend = HFBackend.from_config(cfg, model=str(tiny_model_dirs["qwen2"]))
+    assert isinstance(backend, TeacherBackend)
+    assert backend.max_batch_sequences == 3 and backend.model.dtype == torch.float32
+
+
+def test_sample_shapes_grouping_and_entropy(backend, monkeypatch):
+    """T=0.7 with top-k/top-p: the recorded entropy is of softmax(raw logits / T), i.e. before the warpers."""
+    calls = spy_generate(backend, monkeypatch)
+    sampling = SamplingConfig(temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=12, seed=5)
+    result = backend.sample(PROMPTS, 4, sampling)
+
+    assert [len(row) for row in result] == [4, 4, 4]
+    assert len(calls) == 3  # max 5 rows per call: one prompt x 4 samples each
+    assert [c["input_ids"].shape[0] * c["generation_config"].num_return_sequences for c in calls] == [4] * 3
+    eos, reasons = backend.tokenizer.eos_token_id, set()
+    for i, (prompt, row) in enumerate(zip(PROMPTS, result, strict=True)):
+        ids = prompt_ids(backend, prompt)
+        for g in row:
+            reasons.add(g.finish_reason)
+            assert g.seed == 5 + i
+            assert len(g.entropy) == len(g.token_ids) > 0 and g.entropy.dtype == np.float32
+            assert all(0 <= t < len(backend.tokenizer) for t in g.token_ids)
+            assert eos not in g.token_ids[:-1]
+            if g.finish_reason == "stop":
+                assert g.token_ids[-1] == eos
+            else:
+                assert g.finish_reason == "length" and len(g.token_ids) == 12
+            assert g.text == backend.tokenizer.decode(g.token_ids, skip_special_tokens=True)
+            logits = forced_logits(backend, ids + g.token_ids)[len(ids) - 1 : -1]
+            np.testing.assert_allclose(g.entropy, entropy(logits, 0.7), atol=1e-4, rtol=0)
+    assert reasons == {"stop", "length"}
+    # top-k 20 caps a post-warper entropy at ln 20; the recorded one is far above it
+    assert max(g.entropy.max() for row in result for g in row) > math.log(20) + 1
+
+
+def test_n_above_batch_limit_is_split(backend, monkeypatch):
+    calls = spy_generate(backend, monkeypatch)
+    result = backend.sample(PROMPTS[:2], 7, SamplingConfig(max_new_tokens=3, seed=0))
+    assert [len(row) for row in result] == [7, 7]
+    assert [c["generation_config"].num_return_sequences for c in calls] == [5, 2, 5, 2]
+    assert [g.seed for g in result[1]] == [2] * 5 + [3] * 2
+
+
+def test_seed_determinism(backend):
+    def tokens(seed):
+        result = backend.sample(PROMPTS, 3, SamplingConfig(max_new_tokens=8, seed=seed))
+        return [g.token_ids for row in result for g in row]
+
+    assert tokens(1) == tokens(1)
+    assert tokens(1) != tokens(2)
+
+
+def test_top_k_zero_is_unrestricted(backend):
+    """HF would default to top-k 50; with top_k=0 a near-uniform model must sample beyond rank 50."""
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=12, seed=0)
+    ids = prompt_ids(backend, PROMPTS[0])
+    ranks = []
+    for g in backend.sample(PROMPTS[:1], 5, sampling)[0]:
+        logits = forced_logits(backend, ids + g.token_ids)[len(ids) - 1 : -1]
+        chosen = logits.gather(-1, torch.tensor(g.token_ids)[:, None])
+        ranks += (logits > chosen).sum(-1).tolist()
+    assert max(ranks) >= 50, ranks
+
+
+def test_checkpoint_generation_config_is_ignored(tiny_model_dirs, tmp_path):
+    """A generation_config.json with penalties and top-k must change neither sampling nor the entropy."""
+    path = shutil.copytree(tiny_model_dirs["qwen2"], tmp_path / "hostile")
+    gen_cfg = json.loads((path / "generation_config.json").read_text())
+    gen_cfg.update(repetition_penalty=5.0, top_k=3, top_p=0.5, min_p=0.2, no_repeat_ngram_size=1, temperature=0.1)
+    (path / "generation_config.json").write_text(json.dumps(gen_cfg))
+    backend = HFBackend(str(path))
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=16, seed=0)
+    ids = prompt_ids(backend, PROMPTS[0])
+    ranks = []
+    for g in backend.sample(PROMPTS[:1], 4, sampling)[0]:
+        logits = forced_logits(backend, ids + g.token_ids)[len(ids) - 1 : -1]
+        np.testing.assert_allclose(g.entropy, entropy(logits, 1.0), atol=1e-4, rtol=0)
+        ranks += (logits > logits.gather(-1, torch.tensor(g.token_ids)[:, None])).sum(-1).tolist()
+    assert max(ranks) >= 3
+
+
+def test_continue_resumes_the_prefix(backend, monkeypatch):
+    prompt, prefix = PROMPTS[1], "First, Ann has 12 + 30 = 42 apples."
+    tok = backend.tokenizer
+    prefix_ids = tok.encode(prefix, add_special_tokens=False)
+    calls = spy_generate(backend, monkeypatch)
+    sampling = SamplingConfig(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=10, seed=3)
+    gens = backend.continue_(prompt, prefix, 3, sampling)
+
+    full = calls[0]["input_ids"][0].tolist()
+    open_turn = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": prefix}],
+        tokenize=False, continue_final_message=True,
+    )
+    assert full == prompt_ids(backend, prompt) + prefix_ids == tok.encode(open_turn, add_special_tokens=False)
+    assert len(gens) == 3 and all(g.seed == 3 for g in gens)
+    after_prefix = entropy(forced_logits(backend, full)[-1:], 0.7)[0]
+    for g in gens:
+        logits = forced_logits(backend, full + g.token_ids)[len(full) - 1 : -1]
+        np.testing.assert_allclose(g.entropy, entropy(logits, 0.7), atol=1e-4, rtol=0)
+        assert g.entropy[0] == pytest.approx(after_prefix, abs=1e-4)
+        assert g.text == tok.decode(g.token_ids, skip_special_tokens=True)
+    # token-id prefixes are the same request
+    assert [g.token_ids for g in backend.continue_(prompt, prefix_ids, 3, sampling)] == [g.token_ids for g in gens]
+
+
+def test_score_matches_forward(backend):
+    continuation = "First, 2 + 3 = 5.\n\nThe final answer is \\boxed{5}."
+    ids, cont = prompt_ids(backend, PROMPTS[0]), backend.tokenizer.encode(continuation, add_special_tokens=False)
+    expected = logprobs(forced_logits(backend, ids + cont)[len(ids) - 1 : -1], cont)
+    np.testing.assert_allclose(backend.score(PROMPTS[0], continuation), expected, atol=1e-4, rtol=0)
+
+
+def _segments(k: int, words: int) -> list[str]:
+    rng = np.random.default_rng(k)
+    return [("\n\n" if j else "") + " ".join(f"{rng.integers(2, 99)} + {rng.integers(2, 9)}" for _ in range(words))
+            for j in range(k)]
+
+
+def naive_prefix_scores(backend, prompt, segments, lead, answer):
+    """One full forward for the segments, then one per boundary for the answer: the O(K * L) reference."""
+    enc = lambda s: backend.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    ids, seg_ids = prompt_ids(backend, prompt), [enc(seg) for seg in segments]
+    flat = [t for seg in seg_ids for t in seg]
+    lps = logprobs(forced_logits(backend, ids + flat)[len(ids) - 1 : -1], flat)
+    cuts = np.cumsum([0] + [len(seg) for seg in seg_ids])
+    answers, lead_ids, answer_ids = [], enc(lead), enc(answer)
+    for k in range(len(segments) + 1):
+        ctx = ids + flat[: cuts[k]] + lead_ids
+        answers.append(logprobs(forced_logits(backend, ctx + answer_ids)[len(ctx) - 1 : -1], answer_ids))
+    return [lps[a:b] for a, b in zip(cuts, cuts[1:])], answers
+
+
+def assert_matches_naive(backend, segments, lead, answer="42}"):
+    scores = backend.score_prefixes(PROMPTS[0], segments, lead, answer)
+    seg_lps, answers = naive_prefix_scores(backend, PROMPTS[0], segments, lead, answer)
+    assert len(scores.segment_logprobs) == len(segments) and len(scores.answer_logprobs) == len(segments) + 1
+    for got, want in zip(scores.segment_logprobs + scores.answer_logprobs, seg_lps + answers, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("pack", [4096, 10])  # 10: a few boundaries per packed forward, cache cropped between
+@pytest.mark.parametrize("lead", [LEAD, ""])
+def test_score_prefixes_matches_naive(backend, lead, pack, monkeypatch):
+    monkeypatch.setattr(hf, "_PACKED_QUERY_TOKENS", pack)
+    assert_matches_naive(backend, _segments(8, 3), lead)
+    assert_matches_naive(backend, ["", "Step one.", "", "\n\nStep two."], lead)  # empty segments: equal boundaries
+    assert_matches_naive(backend, [], lead)
+
+
+def test_score_prefixes_eager_attention_and_unsupported(backend, monkeypatch):
+    monkeypatch.setattr(backend.model.config, "_attn_implementation", "eager")
+    assert_matches_naive(backend, _segments(4, 2), LEAD)
+    monkeypatch.setattr(backend.model.config, "_attn_implementation", "flash_attention_2")
+    with pytest.raises(NotImplementedError, match="flash_attention_2"):
+        backend.score_prefixes(PROMPTS[0], ["a"], LEAD, "1}")
+
+
+def _best_time(fn, repeats=2) -> float:
+    """Best of ``repeats``: the first run also pays one-off warm-up costs."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def test_score_prefixes_speed(backend):
+    """Report (no assertion) how much the packed form saves on a K=20 trajectory."""
+    segments, answer = _segments(20, 5), "12 + 345}"
+    lengths = [len(backend.tokenizer.encode(s, add_special_tokens=False)) for s in segments]
+    packed = _best_time(lambda: backend.score_prefixes(PROMPTS[1], segments, LEAD, answer))
+    naive = _best_time(lambda: naive_prefix_scores(backend, PROMPTS[1], segments, LEAD, answer))
+    print(f"\n[{backend.model.config.model_type}] K=20, ~{np.mean(lengths):.0f} tokens/segment: "
+          f"packed {packed * 1e3:.1f} ms, naive {naive * 1e3:.1f} ms, naive/packed {naive / packed:.1f}x")
+
+
+def test_missing_model_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        HFBackend(str(missing))
+
+
+def test_decode_of_a_token_prefix_is_a_prefix_of_the_text(tiny_model_dirs):
+    from heal_core.backends.hf import HFBackend
+    from heal_core.config import SamplingConfig
+
+    backend = HFBackend(str(tiny_model_dirs["qwen2"]), dtype="float32", device="cpu")
+    gen = backend.sample(["Compute 2 + 3."], 1, SamplingConfig(n=1, temperature=1.0, top_p=1.0, max_new_tokens=24))[0][0]
+    assert backend.decode(gen.token_ids) == gen.text
+    for t in range(len(gen.token_ids)):
+        assert gen.text.startswith(backend.decode(gen.token_ids[:t]).rstrip("\ufffd"))

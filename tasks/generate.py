@@ -1,0 +1,73 @@
+"""Prefect tasks of the generation side: split problems into shards, run one shard, read shard outputs."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from heal_core import storage
+from heal_core.backends.hf import HFBackend
+from heal_core.config import HealConfig
+from heal_core.problems import Problem, problems_to_records
+from heal_core.schema import PROBLEM_SCHEMA, TRAJECTORY_SCHEMA, to_table
+from heal_core.shard import generate_shard
+from tasks.layout import RunLayout
+
+
+@functools.lru_cache(maxsize=2)
+def teacher_backend(model: str, dtype: str, device: str, max_batch_sequences: int) -> HFBackend:
+    """One loaded teacher per worker process: every shard it runs re-uses the weights."""
+    return HFBackend(model, dtype, device, max_batch_sequences)
+
+
+@task(cache_policy=NO_CACHE)
+def write_shards(layout: RunLayout, problems: list[Problem], cfg: HealConfig) -> int:
+    """Write the problem shards (deterministic: the same problems and shard size give the same shards)."""
+    size = cfg.orchestration.shard_size
+    shards = [problems[i : i + size] for i in range(0, len(problems), size)]
+    for shard, chunk in enumerate(shards):
+        uri = layout.shard_problems(shard)
+        if not storage.exists(uri, cfg.storage.storage_options):
+            table = to_table(problems_to_records(chunk), PROBLEM_SCHEMA)
+            storage.write_parquet(table, uri, cfg.storage.storage_options)
+    return len(shards)
+
+
+def shard_done(layout: RunLayout, shard: int, cfg: HealConfig) -> dict[str, Any] | None:
+    """The shard's lineage record if it finished under this exact config, else None."""
+    uri = layout.shard_lineage(shard)
+    if not storage.exists(uri, cfg.storage.storage_options):
+        return None
+    record = storage.read_json(uri, cfg.storage.storage_options)
+    return record if record.get("config_hash") == cfg.config_hash() else None
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def run_shard(layout: RunLayout, shard: int, cfg: HealConfig, model_path: str) -> dict[str, Any]:
+    """Generate one shard unless it already finished; outputs first, the lineage record (the marker) last."""
+    logger = get_run_logger()
+    done = shard_done(layout, shard, cfg)
+    if done is not None:
+        logger.info("shard %d already finished under config %s: skipped", shard, cfg.config_hash())
+        return done
+    options = cfg.storage.storage_options
+    table = storage.read_parquet(layout.shard_problems(shard), PROBLEM_SCHEMA, options)
+    problems = [Problem(**row) for row in table.to_pylist()]
+    backend = teacher_backend(model_path, cfg.teacher.dtype, cfg.teacher.device, cfg.teacher.max_batch_sequences)
+    logger.info("shard %d: %d problems, N=%d", shard, len(problems), cfg.teacher.sampling.n)
+    out = generate_shard(backend, problems, cfg, teacher=model_path)
+    storage.write_parquet(to_table(out.trajectories, TRAJECTORY_SCHEMA), layout.shard_samples(shard), options)
+    record = {
+        "shard": shard,
+        "config_hash": cfg.config_hash(),
+        "problems": len(problems),
+        "samples": len(out.trajectories),
+        "stats": [asdict(s) for s in out.stats.values()],
+        "gear_skips": [asdict(s) for s in out.skips],
+    }
+    storage.write_json(record, layout.shard_lineage(shard), options)
+    return record

@@ -1,0 +1,37 @@
+from typer.testing import CliRunner
+
+import heal_core
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def test_version():
+    result = runner.invoke(app, ["version"])
+    assert result.exit_code == 0 and heal_core.__version__ in result.output
+
+
+def test_config_show_applies_overrides_to_the_embedded_default():
+    result = runner.invoke(app, ["config", "show", "--set", "teacher.sampling.n=3", "--set", "pure.lam=0.3"])
+    assert result.exit_code == 0
+    assert "n: 3" in result.output and "lam: 0.3" in result.output
+
+
+def test_config_check_names_the_bad_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pure:\n  lamda: 0.3\n")
+    result = runner.invoke(app, ["config", "check", str(bad)])
+    assert result.exit_code == 2 and "unknown key 'pure.lamda'" in result.output
+    good = tmp_path / "good.yaml"
+    good.write_text("pure:\n  lam: 0.3\n")
+    assert runner.invoke(app, ["config", "check", str(good)]).exit_code == 0
+
+
+def test_run_rejects_a_path_traversing_run_id(tmp_path):
+    result = runner.invoke(app, ["run", "--run-id", "../escape", "--set", f"storage.uri={tmp_path}"])
+    assert result.exit_code == 2 and "run id" in result.output
+
+
+def test_report_of_an_unknown_run_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["report", "nope", "--storage", str(tmp_path)])
+    assert result.exit_code == 2 and "does not exist" in result.output

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -255,26 +254,6 @@ def test_score_prefixes_eager_attention_and_unsupported(backend, monkeypatch):
     monkeypatch.setattr(backend.model.config, "_attn_implementation", "flash_attention_2")
     with pytest.raises(NotImplementedError, match="flash_attention_2"):
         backend.score_prefixes(PROMPTS[0], ["a"], LEAD, "1}")
-
-
-def _best_time(fn, repeats=2) -> float:
-    """Best of ``repeats``: the first run also pays one-off warm-up costs."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def test_score_prefixes_speed(backend):
-    """Report (no assertion) how much the packed form saves on a K=20 trajectory."""
-    segments, answer = _segments(20, 5), "12 + 345}"
-    lengths = [len(backend.tokenizer.encode(s, add_special_tokens=False)) for s in segments]
-    packed = _best_time(lambda: backend.score_prefixes(PROMPTS[1], segments, LEAD, answer))
-    naive = _best_time(lambda: naive_prefix_scores(backend, PROMPTS[1], segments, LEAD, answer))
-    print(f"\n[{backend.model.config.model_type}] K=20, ~{np.mean(lengths):.0f} tokens/segment: "
-          f"packed {packed * 1e3:.1f} ms, naive {naive * 1e3:.1f} ms, naive/packed {naive / packed:.1f}x")
 
 
 def test_missing_model_fails_fast(tmp_path, monkeypatch):

@@ -18,12 +18,11 @@ def bundled_model(role: str) -> Path:
     return MODELS / role
 
 
-def demo_problems(split: str) -> list[Problem]:
-    """Problems of the demo task's ``generation`` or ``eval`` split."""
-    from heal_core.demo.arithmetic import make_problems
+def demo_problems(name: str) -> list[Problem]:
+    """Problems of the demo task's ``generation`` or ``eval`` split (disjoint from the teacher's training data)."""
+    from heal_core.demo.teacher import split
 
-    seeds = {"generation": 1, "eval": 2}
-    return [w.problem for w in make_problems(24, seed=seeds[split])]
+    return [w.problem for w in split(name)]
 
 
 def demo_defaults() -> dict[str, Any]:

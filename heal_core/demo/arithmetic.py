@@ -12,6 +12,7 @@ CPU time) would be driven by number size rather than by the number of steps.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from heal_core.problems import Problem
@@ -24,6 +25,7 @@ class Worked:
     problem: Problem
     solution: str  # steps separated by blank lines, ending with \boxed{answer}
     steps: int
+    max_operand: int
 
 
 def _apply(value: int, op: str, operand: int) -> int:
@@ -54,12 +56,21 @@ def make_problem(seed: int, index: int, steps: int, max_operand: int = 30, max_v
     text = f"Start with {start}, then apply in order: {', '.join(ops)}. What is the result?"
     lines.append(f"The final answer is \\boxed{{{value}}}.")
     problem = Problem(problem_id=f"arith-{seed}-{steps}-{index}", problem=text, answer=str(value), source="arithmetic")
-    return Worked(problem, "\n\n".join(lines), steps)
+    return Worked(problem, "\n\n".join(lines), steps, max_operand)
 
 
 def make_problems(
-    count: int, seed: int = 0, min_steps: int = 2, max_steps: int = 6, max_operand: int = 30, max_value: int = 999
+    count: int,
+    seed: int = 0,
+    min_steps: int = 2,
+    max_steps: int = 6,
+    max_operands: Sequence[int] = (30,),
+    max_value: int = 999,
 ) -> list[Worked]:
-    """``count`` problems whose step counts cycle through ``min_steps..max_steps``."""
+    """``count`` problems whose step counts cycle through ``min_steps..max_steps``, each cycle taking the next
+    operand-size tier of ``max_operands``, so every (steps, tier) cell is equally represented."""
     span = max_steps - min_steps + 1
-    return [make_problem(seed, i, min_steps + i % span, max_operand, max_value) for i in range(count)]
+    return [
+        make_problem(seed, i, min_steps + i % span, max_operands[i // span % len(max_operands)], max_value)
+        for i in range(count)
+    ]

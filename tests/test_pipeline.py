@@ -1,0 +1,108 @@
+"""heal-pipeline end to end on a reduced config, through a real Prefect API server and the bundled teacher."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from heal_core.config import parse_config
+from heal_core.demo import demo_defaults, demo_problems
+from heal_core.schema import CURRICULUM_SCHEMA, EVALUATION_SCHEMA, TRAJECTORY_SCHEMA
+
+LINEAGE = {2: ["hint", "leaked_hint", "pure_answer_nll", "pure_step_ppl", "pure_ratio", "pure_verdict", "pure_reason"],
+           3: ["hint", "leaked_hint", "parent_sample_id", "breakpoint_token", "breakpoint_step", "breakpoint_surge",
+               "prefix_chars", "pure_answer_nll", "pure_step_ppl", "pure_ratio", "pure_verdict", "pure_reason"]}
+
+
+def _write_problems(path: Path, problems, bad: bool) -> None:
+    lines = [json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) for p in problems]
+    if bad:
+        lines.insert(1, json.dumps({"id": "no-answer", "problem": "What is 1 + 1?"}))
+        lines.insert(3, "{broken json")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def reduced(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    problems_file, eval_file = root / "problems.jsonl", root / "eval.jsonl"
+    _write_problems(problems_file, demo_problems("generation")[:6], bad=True)
+    _write_problems(eval_file, demo_problems("eval")[:3], bad=False)
+    cfg = parse_config(demo_defaults(), [
+        f"problems.uri={problems_file}", f"evaluation.uri={eval_file}", "evaluation.samples=2",
+        f"storage.uri={root / 'store'}", "orchestration.shard_size=3",
+        "pace.epochs=1", "pace.batch_size=4",
+    ])
+    return cfg
+
+
+def _mtimes(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypatch):
+    from flows.pipeline import heal_pipeline
+
+    monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
+    summary = heal_pipeline(reduced.model_dump(mode="json"), "e2e")
+    run = Path(reduced.storage.uri) / "runs" / "e2e"
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["shards"] == {"0": "done", "1": "done"}
+    assert all(v == "done" for v in manifest["steps"].values()) and "report" in manifest["steps"]
+    quarantine = json.loads((run / "quarantine.json").read_text())
+    assert [(q["record"], q["field"]) for q in quarantine] == [(2, "answer"), (4, "<line>")]
+
+    samples = pq.read_table(run / "samples" / "shard-00000.parquet")
+    assert samples.schema.equals(TRAJECTORY_SCHEMA, check_metadata=False)
+    rows = [r for s in (0, 1) for r in pq.read_table(run / "samples" / f"shard-{s:05d}.parquet").to_pylist()]
+    assert {r["stage"] for r in rows} >= {1}
+    assert len({r["sample_id"] for r in rows}) == len(rows)
+    for row in rows:
+        if row["stage"] > 1 and row["kept"]:
+            missing = [c for c in LINEAGE[row["stage"]] if row[c] is None]
+            assert not missing, f"{row['sample_id']}: lineage columns not filled: {missing}"
+
+    for name in ("stage1", "stage2", "stage3", "rs_sft", "keep_all"):
+        table = pq.read_table(run / "curriculum" / f"{name}.parquet")
+        assert table.schema.equals(CURRICULUM_SCHEMA, check_metadata=False)
+    sizes = [pq.read_metadata(run / "curriculum" / f"stage{k}.parquet").num_rows for k in (1, 2, 3)]
+    assert sizes[0] > 0 and sizes[0] <= sizes[1] <= sizes[2]
+    assert summary["PACE stage3 examples"] == sizes[2]
+
+    for model in ("stage1", "stage2", "stage3", "rs_sft"):
+        assert (run / "models" / model / "heal_stage.json").exists()
+    evaluation = pq.read_table(run / "eval" / "results.parquet")
+    assert evaluation.schema.equals(EVALUATION_SCHEMA, check_metadata=False)
+    assert set(evaluation.column("model").to_pylist()) == {"teacher", "student_base", "heal", "rs_sft"}
+    assert (run / "report.md").read_text().startswith("# HEAL run e2e")
+    for plot in ("pass_rate_histogram", "pure_ratio"):
+        assert (run / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for key in ("problems", "teacher ceiling (0 correct)", "problems rescued (0 correct -> kept)",
+                "held-out pass@1 heal", "held-out pass@1 rs_sft", "held-out pass@1 teacher"):
+        assert key in summary
+
+    # Resume after an interrupted stage III: nothing finished is redone.
+    (run / "models" / "stage3" / "heal_stage.json").unlink()
+    for marker in (tmp_path / "cache").rglob("stage3/heal_stage.json"):
+        marker.unlink()
+    before = _mtimes(run / "samples") | {f"m/{k}": v for k, v in _mtimes(run / "models" / "stage1").items()}
+    heal_pipeline(reduced.model_dump(mode="json"), "e2e")
+    after = _mtimes(run / "samples") | {f"m/{k}": v for k, v in _mtimes(run / "models" / "stage1").items()}
+    assert before == after
+    assert (run / "models" / "stage3" / "heal_stage.json").exists()
+
+
+def test_missing_model_path_fails_before_any_work(prefect_api, reduced, tmp_path):
+    from flows.pipeline import heal_pipeline
+
+    cfg = reduced.model_copy(deep=True)
+    cfg.teacher.model = str(tmp_path / "no-such-model")
+    cfg.storage.uri = str(tmp_path / "store")
+    with pytest.raises(FileNotFoundError, match="teacher model path .*no-such-model does not exist"):
+        heal_pipeline(cfg.model_dump(mode="json"), "missing")
+    assert not os.path.exists(tmp_path / "store")

@@ -54,9 +54,17 @@ def version() -> None:
 
 
 @config_app.command("show")
-def config_show(config: ConfigArg = None, set_: SetOpt = None) -> None:
-    """Print the fully resolved config as YAML."""
-    console.print(_load(config, set_).to_yaml(), markup=False)
+def config_show(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="one line of JSON (the REST API's `config` parameter)")] = False,
+) -> None:
+    """Print the fully resolved config as YAML (or JSON)."""
+    cfg = _load(config, set_)
+    if json_:
+        print(cfg.model_dump_json())  # plain print: rich would wrap the line
+    else:
+        console.print(cfg.to_yaml(), markup=False)
 
 
 @config_app.command("check")
@@ -83,7 +91,7 @@ def _run_pipeline(cfg: HealConfig, run_id: str) -> None:
         layout = RunLayout.of(cfg.storage.uri, run_id)
         console.print(f"run id: [bold]{run_id}[/bold]   storage: {layout.root}", soft_wrap=True)
         started = time.perf_counter()
-        summary = heal_pipeline(cfg.model_dump(mode="json"), run_id)
+        summary = heal_pipeline(cfg, run_id)
     except (ValueError, FileNotFoundError) as err:  # bad input: say what, no traceback
         raise _fail(err) from None
     console.print(_summary_table(f"HEAL run {run_id} ({time.perf_counter() - started:.0f} s)", summary))
@@ -117,10 +125,63 @@ def _stored_config(run_id: str, storage_uri: str) -> HealConfig:
         raise _fail(err) from None
 
 
+ModeOpt = Annotated[str | None, typer.Option("--mode", help="orchestration.mode for this attempt: embedded or deployments")]
+
+
 @app.command()
-def resume(run_id: str, storage_uri: StorageOpt = "./heal-data") -> None:
+def resume(run_id: str, storage_uri: StorageOpt = "./heal-data", mode: ModeOpt = None) -> None:
     """Continue a run with its stored config: finished shards and training stages are not redone."""
-    _run_pipeline(_stored_config(run_id, storage_uri), run_id)
+    cfg = _stored_config(run_id, storage_uri)
+    if mode is not None:
+        try:
+            cfg.orchestration.mode = mode  # execution-only: the run's config hash does not change
+        except ValueError as err:
+            raise _fail(f"--mode: {err.errors()[0]['msg']}") from None
+    _run_pipeline(cfg, run_id)
+
+
+PrefectFileOpt = Annotated[Path, typer.Option("--prefect-file", help="the deployments to register")]
+
+
+@app.command()
+def deploy(config: ConfigArg = None, set_: SetOpt = None, prefect_file: PrefectFileOpt = Path("deployments/prefect.yaml")) -> None:
+    """Register heal's deployments on the Prefect API (PREFECT_API_URL), creating missing work pools.
+
+    CONFIG (or the embedded default) becomes the pipelines' default run config and names the pools; its
+    storage must be shared by all workers (s3:// or an absolute path).
+    """
+    import yaml
+
+    from flows.deploy import PREFECT_FILE, check_shared_storage, ensure_pools, register, render
+
+    cfg = _load(config, set_)
+    path = prefect_file if prefect_file.exists() else PREFECT_FILE
+    try:
+        check_shared_storage(cfg.storage.uri)
+        spec = render(yaml.safe_load(path.read_text()), cfg)
+        created = ensure_pools(spec)
+        register(spec)
+    except (ValueError, OSError, RuntimeError) as err:
+        raise _fail(err) from None
+    for name in created:
+        console.print(f"created work pool [bold]{name}[/bold] (process)")
+    for d in spec["deployments"]:
+        console.print(f"deployed {d['entrypoint'].split(':')[1].replace('_', '-')}/{d['name']} -> pool {d['work_pool']['name']}")
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="work pool to serve (the config's orchestration.cpu_pool or gpu_pool)")] = "cpu",
+    gpu: Annotated[int | None, typer.Option(help="pin this worker to one GPU (CUDA_VISIBLE_DEVICES) with --limit 1")] = None,
+    limit: Annotated[int | None, typer.Option(help="concurrent flow runs (default: 1 with --gpu, else 4)")] = None,
+    name: Annotated[str | None, typer.Option(help="worker name (default: from pool and GPU)")] = None,
+) -> None:
+    """Start a Prefect process worker with heal's settings (replaces this process)."""
+    from flows.deploy import worker_command
+
+    command, env = worker_command(pool, gpu, limit, name)
+    console.print(" ".join(command), markup=False)
+    os.execvpe(command[0], command, {**os.environ, **env})
 
 
 @app.command()
@@ -138,3 +199,49 @@ def report(run_id: str, storage_uri: StorageOpt = "./heal-data") -> None:
 
 def main() -> None:  # pragma: no cover - console-script shim
     app()
+
+
+@app.command("audit-verifier")
+def audit_verifier(
+    file: Annotated[str, typer.Argument(help="benchmark: JSONL or Parquet file, or HF datasets directory")],
+    format_: Annotated[str, typer.Option("--format", help="layout: fields, gsm8k, math, aime or amc")] = "fields",
+    split: Annotated[str, typer.Option(help="split of an HF DatasetDict directory")] = "",
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write the audit as JSON to this file")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Verify a benchmark's own reference solutions against its answers; each disagreement is a verifier miss.
+
+    Your own file (format fields) names its fields with --set, e.g. --set problems.solution_field=worked.
+    """
+    import json
+
+    from heal_core.audit import audit_verifier as run_audit
+
+    try:
+        cfg = parse_config({}, [*(set_ or []), f"problems.format={format_}", f"problems.split={split}"])
+        audit = run_audit(cfg.problems.model_copy(update={"uri": file}), cfg.storage.storage_options)
+    except ValueError as err:  # ConfigError, ProblemError, StorageError: a bad option, a missing or unreadable file
+        raise _fail(err) from None
+    if not audit.audited:
+        hint = "; name it with --set problems.solution_field=FIELD" if format_ == "fields" else ""
+        raise _fail(f"{file}: none of its {audit.problems} problems has a reference solution (format {format_!r}){hint}")
+    console.print(_summary_table(f"verifier audit of {audit.name}", {
+        "problems": audit.problems,
+        "with a reference solution": audit.audited,
+        "agree with their answer": f"{audit.agreed}/{audit.audited} ({audit.agreement:.1%})",
+        "verified against another problem's answer": len(audit.false_positives),
+        "unreadable records": len(audit.rejects),
+    }))
+    if audit.false_positives:
+        console.print(f"verified against another problem's answer: {escape(str(audit.false_positives))}", soft_wrap=True)
+    if audit.disagreements:
+        table = Table(title="disagreements")
+        for column in ("problem", "gold answer", "reference's boxed answer", "status"):
+            table.add_column(column, overflow="fold")
+        for d in audit.disagreements:
+            table.add_row(escape(d.problem_id), escape(d.gold), escape(d.extracted or "-"), d.status)
+        console.print(table)
+    if audit.rejects:
+        console.print(f"{len(audit.rejects)} unreadable record(s), first: {escape(str(audit.rejects[0]))}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(audit.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

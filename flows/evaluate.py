@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from heal_core import storage
 from heal_core.config import HealConfig
-from heal_core.problems import Problem
 from heal_core.schema import EVALUATION_SCHEMA, to_table
 from tasks.evaluation import evaluate_model
 from tasks.layout import RunLayout
+from tasks.models import resolve_model
+from tasks.problems import problem_set
+from tasks.training import local_model
 
 
 @flow(name="heal-eval")
-def heal_eval(run_root: str, config: dict[str, Any], models: dict[str, str], problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``models`` maps a label (teacher, heal, rs_sft) to a local model path; results land as Parquet."""
-    cfg = HealConfig.model_validate(config)
-    items = [Problem(**p) for p in problems]
-    rows = [row for label, path in models.items() for row in evaluate_model(label, path, items, cfg)]
-    storage.write_parquet(to_table(rows, EVALUATION_SCHEMA), RunLayout(run_root).evaluation, cfg.storage.storage_options)
-    return rows
+def heal_eval(run_root: str, config: HealConfig, trained: dict[str, str]) -> int:
+    """Teacher and student base (as configured, resolved on this worker) and the ``trained`` models (label ->
+    storage URI, fetched into the worker's cache). Results land as Parquet; returns the number of rows."""
+    problems, _ = problem_set(config.evaluation.uri, "eval", config, config.evaluation.max_problems)
+    models = {"teacher": resolve_model(config.teacher.model, "teacher"),
+              "student_base": resolve_model(config.student.model, "student"), **trained}
+    rows = [row for label, ref in models.items() for row in evaluate_model(label, local_model(ref, config), problems, config)]
+    storage.write_parquet(to_table(rows, EVALUATION_SCHEMA), RunLayout(run_root).evaluation, config.storage.storage_options)
+    return len(rows)

@@ -1,8 +1,8 @@
 """``heal-shard``: one shard of problems through sample -> buckets -> hints -> GEAR -> PURE.
 
-Parameters are plain JSON (run root, shard index, config mapping, teacher path) so the same flow runs as a
-subflow of heal-pipeline in the embedded mode and as its own deployment run on a GPU work pool, where a
-failed shard can be retried alone.
+Parameters are plain JSON (run root, shard index, config) so the same flow runs as a subflow of
+heal-pipeline in the embedded mode and as its own deployment run on a GPU work pool, where a failed shard can
+be retried alone. It is idempotent: a shard already finished under the same config hash is skipped.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from prefect import flow
 from heal_core.config import HealConfig
 from tasks.generate import run_shard
 from tasks.layout import RunLayout
+from tasks.models import resolve_model
 
 
 @flow(name="heal-shard")
-def heal_shard(run_root: str, shard: int, config: dict[str, Any], teacher: str) -> dict[str, Any]:
-    cfg = HealConfig.model_validate(config)
-    return run_shard(RunLayout(run_root), shard, cfg, teacher)
+def heal_shard(run_root: str, shard: int, config: HealConfig) -> dict[str, Any]:
+    """The teacher is resolved here, on the worker: a bundled or local path is the worker's, not the parent's."""
+    return run_shard(RunLayout(run_root), shard, config, resolve_model(config.teacher.model, "teacher"))

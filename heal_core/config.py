@@ -161,18 +161,73 @@ class StorageConfig(_Section):
 
 
 class OrchestrationConfig(_Section):
+    """How a run is executed. Only ``shard_size`` shapes the data; the rest can change between a run and its
+    resume (see ``HealConfig.config_hash``)."""
+
     shard_size: int = Field(64, ge=1, description="problems per shard (one deployment run each)")
-    cpu_pool: str = "cpu"
-    gpu_pool: str = "gpu"
+    mode: Literal["auto", "embedded", "deployments"] = Field(
+        "auto",
+        description="embedded: shards, training and evaluation run in the parent's process as subflows; "
+        "deployments: each is a run of its deployment on a work pool (retryable alone from the UI); "
+        "auto: deployments when the parent itself is a deployment run, else embedded",
+    )
+    cpu_pool: str = Field("cpu", description="work pool of heal-pipeline (it waits on its children: keep it off the GPUs)")
+    gpu_pool: str = Field("gpu", description="work pool of heal-shard, heal-train and heal-eval")
+    poll_seconds: float = Field(5.0, gt=0, description="how often the parent checks its deployment runs")
+
+
+ProblemFormat = Literal["fields", "gsm8k", "math", "aime", "amc"]
+_MAPPING_KEYS = ("id_field", "problem_field", "answer_field", "solution_field", "metadata_fields")
 
 
 class ProblemsConfig(_Section):
-    """Where problems come from and which record fields hold what."""
+    """Where problems come from and which record fields hold what.
 
-    uri: str = Field("", description="JSONL or Parquet file of problems")
-    id_field: str = "id"
+    A built-in ``format`` is a published benchmark layout with its own field names and answer rules (see
+    ``heal_core/datasets.py``); the field mapping keys apply to ``format: fields`` only, and setting them
+    with a built-in format is an error rather than silently ignored.
+    """
+
+    uri: str = Field("", description="JSONL or Parquet file, or a local HF datasets directory (save_to_disk)")
+    format: ProblemFormat = Field(
+        "fields", description="fields (the mapping below), or a built-in layout: gsm8k, math, aime, amc"
+    )
+    split: str = Field("", description="split of an HF DatasetDict directory; empty when it holds one split")
+    id_field: str = Field("id", description="records without it get positional ids")
     problem_field: str = "problem"
     answer_field: str = "answer"
+    solution_field: str = Field(
+        "", description="worked solution; its last \\boxed{} is the answer of a record without one (MATH layout)"
+    )
+    metadata_fields: list[str] = Field(
+        default_factory=list, description="fields kept with each problem (e.g. subject, level) for grouped evaluation"
+    )
+
+    @model_validator(mode="after")
+    def _mapping_only_for_fields(self) -> ProblemsConfig:
+        if self.format != "fields":
+            defaults = ProblemsConfig.model_construct()
+            changed = [key for key in _MAPPING_KEYS if getattr(self, key) != getattr(defaults, key)]
+            if changed:
+                raise ValueError(f"{', '.join(changed)}: format {self.format!r} has its own field names; "
+                                 "use format 'fields' to map fields yourself")
+        return self
+
+
+class DecontaminationConfig(_Section):
+    """Training problems that copy an evaluation problem are dropped before sampling (heal_core/decontaminate.py).
+
+    8-grams over normalised words follow open-r1's decontamination script. One shared 8-gram is too little
+    evidence (competition boilerplate shares them), so a copy must hold ``min_overlap`` of the eval item's n-grams.
+    """
+
+    ngram: int = Field(8, ge=2, description="n of the word n-grams")
+    min_overlap: float = Field(
+        0.5, ge=0.0, le=1.0, description="share of an eval item's n-grams a training problem must hold; 0 = any one"
+    )
+    against: list[ProblemsConfig] = Field(
+        default_factory=list, description="evaluation sets (uri, format, ...) to check against; empty = off"
+    )
 
 
 class EvaluationConfig(_Section):
@@ -183,8 +238,12 @@ class EvaluationConfig(_Section):
     max_problems: int = Field(0, ge=0, description="0 = all")
 
 
+_EXECUTION_ONLY: dict[str, Any] = {"storage": True, "orchestration": {"mode", "cpu_pool", "gpu_pool", "poll_seconds"}}
+
+
 class HealConfig(_Section):
     problems: ProblemsConfig = ProblemsConfig()
+    decontamination: DecontaminationConfig = DecontaminationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     teacher: TeacherConfig = TeacherConfig()
     hints: HintsConfig = HintsConfig()
@@ -205,8 +264,12 @@ class HealConfig(_Section):
         return self
 
     def config_hash(self) -> str:
-        """Stable short hash of every setting: shard outputs are keyed by it."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Stable short hash of every setting that shapes a run's data: shard outputs are keyed by it.
+
+        Where the data lives and how the run is executed are left out, so a run started embedded on a laptop
+        can be resumed on a cluster (other pools, other credentials in ``storage_options``) and keep its shards.
+        """
+        blob = json.dumps(self.model_dump(mode="json", exclude=_EXECUTION_ONLY), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def to_yaml(self) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -25,6 +25,11 @@ class Problem:
     problem: str
     answer: str
     source: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)  # e.g. MATH-500 subject and level, for grouped evaluation
+
+    def __post_init__(self) -> None:
+        # Arrow hands a map column back as (key, value) pairs, and a null map as None.
+        object.__setattr__(self, "metadata", dict(self.metadata or {}))
 
 
 @dataclass(frozen=True)
@@ -65,10 +70,40 @@ def canonical_answer(value: Any) -> str:
     raise ValueError(f"expected a string or number, got {type(value).__name__}")
 
 
+class FieldError(Exception):
+    """A record field that cannot be used; parse_records turns it into a Reject."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field, self.reason = field, reason
+
+
+AnswerRule = Callable[[Mapping[str, Any]], str]
+"""Reads one record's gold answer; raises ``FieldError`` naming the field when it cannot."""
+
+
+def field_answer(record: Mapping[str, Any], name: str, canonical: Callable[[Any], str] = canonical_answer) -> str:
+    """The answer held in ``record[name]``, made canonical; a ValueError of ``canonical`` names the field."""
+    if record.get(name) is None:
+        raise FieldError(name, "missing")
+    try:
+        return canonical(record[name])
+    except ValueError as exc:
+        raise FieldError(name, str(exc)) from None
+
+
 def parse_records(
-    records: Iterable[Mapping[str, Any] | Reject], fields: ProblemsConfig, source: str | None = None
+    records: Iterable[Mapping[str, Any] | Reject],
+    fields: ProblemsConfig,
+    source: str | None = None,
+    answer: AnswerRule | None = None,
 ) -> tuple[list[Problem], list[Reject]]:
-    """Turn raw records into problems; ids must be unique (a repeated id is rejected, the first one kept)."""
+    """Turn raw records into problems; ids must be unique (a repeated id is rejected, the first one kept).
+
+    ``answer`` reads the gold answer (default: ``fields.answer_field`` as is); ``heal_core.datasets`` passes
+    each format's rule, such as GSM8K's ``#### n`` line.
+    """
+    read_answer = answer or (lambda record: field_answer(record, fields.answer_field))
     problems: list[Problem] = []
     rejects: list[Reject] = []
     seen: set[str] = set()
@@ -77,8 +112,8 @@ def parse_records(
             rejects.append(record)
             continue
         try:
-            problem = _parse_one(number, record, fields, source)
-        except _FieldError as err:
+            problem = _parse_one(number, record, fields, source, read_answer)
+        except FieldError as err:
             rejects.append(Reject(number, err.field, err.reason))
             continue
         if problem.problem_id in seen:
@@ -89,33 +124,29 @@ def parse_records(
     return problems, rejects
 
 
-class _FieldError(Exception):
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(reason)
-        self.field, self.reason = field, reason
-
-
-def _parse_one(number: int, record: Mapping[str, Any], fields: ProblemsConfig, source: str | None) -> Problem:
+def _parse_one(
+    number: int, record: Mapping[str, Any], fields: ProblemsConfig, source: str | None, answer: AnswerRule
+) -> Problem:
     if not isinstance(record, Mapping):
-        raise _FieldError("<record>", f"expected an object, got {type(record).__name__}")
+        raise FieldError("<record>", f"expected an object, got {type(record).__name__}")
     raw_id = record.get(fields.id_field)
     if raw_id is None:
         problem_id = f"{source or 'record'}-{number:06d}"  # files such as GSM8K carry no id: the position is stable
     elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id).strip():
         problem_id = str(raw_id).strip()
     else:
-        raise _FieldError(fields.id_field, f"expected a non-empty string or integer id, got {raw_id!r:.60}")
+        raise FieldError(fields.id_field, f"expected a non-empty string or integer id, got {raw_id!r:.60}")
     text = record.get(fields.problem_field)
     if not isinstance(text, str) or not text.strip():
         what = "missing" if text is None else f"expected non-empty text, got {text!r:.60}"
-        raise _FieldError(fields.problem_field, what)
-    if fields.answer_field not in record or record[fields.answer_field] is None:
-        raise _FieldError(fields.answer_field, "missing")
-    try:
-        answer = canonical_answer(record[fields.answer_field])
-    except ValueError as exc:
-        raise _FieldError(fields.answer_field, str(exc)) from None
-    return Problem(problem_id=problem_id, problem=text, answer=answer, source=source)
+        raise FieldError(fields.problem_field, what)
+    metadata = {name: _metadata_value(record[name]) for name in fields.metadata_fields if record.get(name) is not None}
+    return Problem(problem_id=problem_id, problem=text, answer=answer(record), source=source, metadata=metadata)
+
+
+def _metadata_value(value: Any) -> str:
+    """Metadata is kept as text (MATH's integer ``level`` becomes ``"5"``), so one Arrow map type holds any set's."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def read_jsonl_records(data: bytes) -> Iterable[Mapping[str, Any] | Reject]:

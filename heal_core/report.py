@@ -57,10 +57,18 @@ def accuracy(evaluation: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {model: float(np.mean(values)) for model, values in per_model.items()}
 
 
-def markdown(run_id: str, storage_uri: str, summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
+def markdown(
+    run_id: str, storage_uri: str, summary: dict[str, Any], plots: Sequence[str] = (),
+    contaminated: Sequence[dict[str, Any]] = (),
+) -> str:
     lines = [f"# HEAL run {run_id}", "", f"Outputs: `{storage_uri}`", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary.items()]
     lines += ["", *(f"![{p}](plots/{p}.png)" for p in plots)]
+    if contaminated:
+        lines += ["", "## Dropped as copies of evaluation items", "",
+                  "| problem | eval set | eval item | shared n-grams | example n-gram |", "|---|---|---|---|---|"]
+        lines += [f"| {c['problem_id']} | {c['eval_set']} | {c['eval_id']} | {c['overlap']:.0%} | {c['ngram']} |"
+                  for c in contaminated]
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ PROBLEM_SCHEMA = pa.schema(
         pa.field("problem", pa.string(), nullable=False),
         pa.field("answer", pa.string(), nullable=False),
         pa.field("source", pa.string()),
+        pa.field("metadata", pa.map_(pa.string(), pa.string())),  # e.g. subject, level: grouped evaluation
     ]
 )
 

@@ -39,10 +39,12 @@ def stage_steps(examples: int, cfg: PaceConfig) -> int:
 
 
 def finished(model_dir: str | Path) -> StageResult | None:
+    """The stage's result if ``model_dir`` holds a finished stage; ``model_dir`` is where it is now (a copy
+    fetched from storage on another worker), not where it was trained."""
     marker = Path(model_dir) / MARKER
     if not marker.exists():
         return None
-    return StageResult(**{**json.loads(marker.read_text()), "resumed": True})
+    return StageResult(**{**json.loads(marker.read_text()), "model_dir": str(model_dir), "resumed": True})
 
 
 def train_stage(

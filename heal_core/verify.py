@@ -37,12 +37,18 @@ Status = Literal["correct", "wrong", "no_answer", "unparseable", "bad_gold", "ti
 
 DEFAULT_TIMEOUT_S = 5.0
 
-_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox|framebox)\s*\{")  # AoPS solutions box AIME answers with \framebox
 _BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)
 # A thousands separator typed as LaTeX spacing between digit groups ("1\,000", "1{,}000", "1~000"):
 # Math-Verify reads "1\,000" as the product 1*0 ("1,000" and "10,\!080" it already reads as numbers).
 # Only a separator followed by exactly three digits is removed, so "(1,2)" or "1,\,2" stay lists.
 _THOUSANDS = re.compile(r"(?<=\d)(?:\\,|\{,\}|~)(?=\d{3}(?!\d))")
+# A lone number inside a text or bold wrapper ("\text{073}", AoPS's "\textbf{(073)}"): Math-Verify compares it as a
+# string, so "073" != "73". Unwrapped it is a number again (and "(073)" reads as 73). Wrappers around words stay.
+_WRAPPED_NUMBER = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf)\s*\{\s*(\(?\s*[-+]?\d[\d.]*\s*\)?)\s*\}")
+# A sentence's full stop typed inside the box ("\boxed{104.}"): Math-Verify cannot parse "104." at all.
+# An ellipsis ("1, 2, \ldots" or "...") is left alone.
+_FULL_STOP = re.compile(r"(?<![.\\])\.\s*$")
 _MATH_DELIMITER = re.compile(r"(?<!\\)\$")  # "$", not the escaped dollar sign of "\$36"
 _PRED_CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
 
@@ -59,7 +65,7 @@ class Verdict:
 
 
 def extract_answer(text: str) -> str | None:
-    """The content of the last top-level ``\\boxed{...}`` (or ``\\fbox{...}``), stripped.
+    """The content of the last top-level ``\\boxed{...}`` (or ``\\fbox{...}``, ``\\framebox{...}``), stripped.
 
     Braces are matched by hand rather than left to Math-Verify, whose extraction falls back to the last
     number of unboxed text. A last box that is never closed (a truncated trace) gives None, not an
@@ -154,7 +160,7 @@ def _grade(gold: str, answer: str | None) -> Status:
     if answer is None:
         return "no_answer"
     predicted = parse(
-        "\\boxed{" + _THOUSANDS.sub("", answer) + "}", extraction_config=_PRED_CONFIG, parsing_timeout=None
+        "\\boxed{" + _normalise(answer) + "}", extraction_config=_PRED_CONFIG, parsing_timeout=None
     )
     if not _has_value(predicted):
         return "unparseable"
@@ -166,10 +172,16 @@ def _grade(gold: str, answer: str | None) -> Status:
 def _parse_gold(gold: str) -> tuple[object, ...]:
     """Cached because a batch holds many samples of one problem. Bare gold LaTeX is wrapped in ``$``:
     Math-Verify only reads LaTeX inside a math environment."""
-    text = _THOUSANDS.sub("", gold.strip())
+    text = _normalise(gold.strip())
     if "\\boxed" not in text and not _MATH_DELIMITER.search(text):
         text = "$" + text + "$"
     return tuple(parse(text, parsing_timeout=None))
+
+
+def _normalise(answer: str) -> str:
+    """Notation Math-Verify misreads, rewritten the same way on both sides (see the patterns above)."""
+    answer = _THOUSANDS.sub("", answer).replace("°", "^\\circ")
+    return _FULL_STOP.sub("", _WRAPPED_NUMBER.sub(r"\1", answer))
 
 
 def _has_value(parsed: Sequence[object]) -> bool:

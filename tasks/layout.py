@@ -57,6 +57,11 @@ class RunLayout:
         return self.path("eval", "results.parquet")
 
     @property
+    def contamination(self) -> str:
+        """Training problems dropped as copies of evaluation items, each with the item it matches."""
+        return self.path("decontamination.json")
+
+    @property
     def report(self) -> str:
         return self.path("report.md")
 

@@ -1,26 +1,48 @@
-"""Prefect task: read a problem file, quarantining bad records with their reasons."""
+"""Prefect task: read a problem set, quarantining bad records with their reasons."""
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import storage
 from heal_core.config import HealConfig, ProblemsConfig
-from heal_core.problems import Problem, Reject, parse_records, read_records, require_problems
+from heal_core.datasets import load_named_sets, load_problem_set
+from heal_core.decontaminate import decontaminate
+from heal_core.demo import demo_problems
+from heal_core.problems import Problem, Reject, require_problems
 
 
 @task(cache_policy=NO_CACHE)
 def load_problems(uri: str, fields: ProblemsConfig, cfg: HealConfig) -> tuple[list[Problem], list[Reject]]:
     """Good records become problems; bad ones are logged and returned for the quarantine file.
 
-    Only a file with no usable record at all is an error: one bad line must not stop a whole run.
+    ``fields`` gives the layout (format, field mapping, split) of ``uri``. Only a set with no usable record
+    at all is an error: one bad line must not stop a whole run.
     """
-    data = storage.read_bytes(uri, cfg.storage.storage_options)
-    problems, rejects = parse_records(read_records(data, uri), fields, source=PurePosixPath(uri).stem)
+    problems, rejects = load_problem_set(fields.model_copy(update={"uri": uri}), cfg.storage.storage_options)
     require_problems(problems, rejects, uri)
     for reject in rejects:
         get_run_logger().warning("%s: quarantined %s", uri, reject)
     return problems, rejects
+
+
+def problem_set(uri: str, split: str, cfg: HealConfig, limit: int = 0) -> tuple[list[Problem], list[Reject]]:
+    """The problems at ``uri`` (the embedded demo's ``split`` when it is empty), the first ``limit`` when set."""
+    problems, rejects = load_problems(uri, cfg.problems, cfg) if uri else (demo_problems(split), [])
+    return (problems[:limit] if limit else problems), rejects
+
+
+@task(cache_policy=NO_CACHE)
+def drop_contaminated(problems: list[Problem], cfg: HealConfig) -> tuple[list[Problem], list[dict[str, Any]]]:
+    """Training problems that copy an evaluation item never reach the teacher (a gain measured on an item the
+    student trained on is worthless); each dropped one is returned with the eval item it matches."""
+    if not cfg.decontamination.against:
+        return problems, []
+    sets = load_named_sets(cfg.decontamination.against, cfg.storage.storage_options)
+    kept, dropped = decontaminate(problems, sets, cfg.decontamination.ngram, cfg.decontamination.min_overlap)
+    for item in dropped:
+        get_run_logger().warning("dropped %s: overlaps %s %s (%.0f %% of its %d-grams)", item.problem.problem_id,
+                                 item.eval_set, item.eval_id, 100 * item.overlap, cfg.decontamination.ngram)
+    return kept, [item.record() for item in dropped]

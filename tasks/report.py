@@ -32,7 +32,10 @@ def write_report(
     for name, png in plots.items():
         storage.write_bytes(png, layout.plot(name), options)
 
-    text = report.markdown(run_id, layout.root, summary, list(plots))
+    contaminated = storage.read_json(layout.contamination, options) if storage.exists(layout.contamination, options) else []
+    if contaminated:
+        summary["contaminated problems dropped"] = len(contaminated)
+    text = report.markdown(run_id, layout.root, summary, list(plots), contaminated)
     storage.write_bytes(text.encode(), layout.report, options)
     storage.write_json(summary, layout.path("summary.json"), options)
     create_table_artifact(key="heal-run-summary", table=[{"metric": k, "value": str(v)} for k, v in summary.items()],

@@ -37,6 +37,14 @@ def test_round_trip_through_yaml(tmp_path: Path):
     assert load_config(None, ["teacher.sampling.n=5"]).config_hash() != cfg.config_hash()
 
 
+def test_hash_ignores_where_and_how_a_run_executes():
+    base = load_config(None, ["teacher.sampling.n=4"])
+    moved = load_config(None, ["teacher.sampling.n=4", "storage.uri=s3://b/p", "orchestration.mode=deployments",
+                               "orchestration.gpu_pool=h200", "storage.storage_options={key: k}"])
+    assert moved.config_hash() == base.config_hash()
+    assert load_config(None, ["teacher.sampling.n=4", "orchestration.shard_size=3"]).config_hash() != base.config_hash()
+
+
 @pytest.mark.parametrize(
     ("data", "overrides", "needle"),
     [

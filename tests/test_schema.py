@@ -14,7 +14,8 @@ def test_to_table_names_record_and_field():
 
 
 def test_conform_reorders_and_rejects_missing_columns():
-    table = pa.table({"answer": ["1"], "source": [None], "problem": ["p"], "problem_id": ["a"]})
+    table = pa.table({"answer": ["1"], "source": [None], "problem": ["p"], "problem_id": ["a"],
+                      "metadata": pa.array([None], pa.map_(pa.string(), pa.string()))})
     assert conform(table, PROBLEM_SCHEMA).column_names == PROBLEM_SCHEMA.names
     with pytest.raises(SchemaError, match=r"x.parquet: missing column\(s\) \['answer'\]"):
         conform(table.drop_columns(["answer"]), PROBLEM_SCHEMA, source="x.parquet")

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 import yaml
 
-from heal_core.config import HealConfig, SamplingConfig, parse_config
+from heal_core.config import HealConfig, parse_config
 from heal_core.demo.arithmetic import Worked, make_problems
 from heal_core.problems import Problem
 
@@ -32,13 +32,13 @@ Split = Literal["train", "generation", "eval"]
 
 # Different seeds keep the splits apart; de-duplication by problem text (see ``split``) makes it certain.
 SPLIT_SEEDS: dict[Split, int] = {"train": 101, "generation": 202, "eval": 303}
-SPLIT_SIZES: dict[Split, int] = {"train": 12000, "generation": 96, "eval": 96}
+SPLIT_SIZES: dict[Split, int] = {"train": 40000, "generation": 96, "eval": 96}
 # The generation split spans 2..7 steps: the teacher solves the short end and leaves part of the long end
 # at zero correct of N, which is what Stages II and III act on.
 GENERATION_STEPS = (2, 7)
 TRAIN_STEPS = (1, 7)
 VOCAB_SIZE = 400  # an upper bound: digit-free task text runs out of merges at ~325
-OPERAND_TIERS, MAX_VALUE = (30, 300), 999
+OPERAND_TIERS, MAX_VALUE = (30,), 999
 STUDENT_MAX_STEPS = 3  # the student base never sees a chain longer than this
 MODELS_DIR = Path(__file__).parent / "models"
 

@@ -1,0 +1,92 @@
+"""``heal deploy`` and ``heal worker``: register the deployments of ``deployments/prefect.yaml``, start workers.
+
+``deployments/prefect.yaml`` stays the one description of the deployments (a user can also deploy it with
+Prefect's own CLI); ``heal deploy`` only fills in what a run config decides: the work pool names and the
+pipelines' default ``config`` parameter. Registration itself is ``prefect deploy``, run as a subprocess, the
+public interface of Prefect's deployment machinery.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from heal_core.config import HealConfig
+
+PREFECT_FILE = Path(__file__).resolve().parent.parent / "deployments" / "prefect.yaml"
+PIPELINES = ("heal-pipeline", "heal-pipeline-nightly")
+OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+def check_shared_storage(uri: str) -> None:
+    """Deployment runs execute on other workers, often other machines: a relative local path cannot be shared."""
+    if "://" not in uri and not uri.startswith("/"):
+        raise ValueError(f"storage.uri {uri!r} is a relative local path: workers on other machines or in other "
+                         "directories cannot share it; use s3://... or an absolute path on a shared filesystem")
+
+
+def render(spec: dict[str, Any], cfg: HealConfig) -> dict[str, Any]:
+    """``spec`` with the config's pool names (``cpu``/``gpu`` in the file are roles) and, for the pipelines,
+    the config as the default ``config`` parameter."""
+    pools = {"cpu": cfg.orchestration.cpu_pool, "gpu": cfg.orchestration.gpu_pool}
+    out = copy.deepcopy(spec)
+    for deployment in out["deployments"]:
+        pool = deployment["work_pool"]
+        pool["name"] = pools.get(pool["name"], pool["name"])
+        if deployment["name"] in PIPELINES:
+            deployment.setdefault("parameters", {})["config"] = cfg.model_dump(mode="json")
+    return out
+
+
+def ensure_pools(spec: dict[str, Any]) -> list[str]:
+    """Create the process work pools the spec names that do not exist yet; return the names created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    created = []
+    with get_client(sync_client=True) as client:
+        for name in sorted({d["work_pool"]["name"] for d in spec["deployments"]}):
+            try:
+                client.read_work_pool(name)
+            except ObjectNotFound:
+                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+                created.append(name)
+    return created
+
+
+def register(spec: dict[str, Any]) -> None:
+    """``prefect deploy --all`` on the rendered spec; raises with Prefect's own output when it fails."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "prefect.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(path)],
+            cwd=tmp, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True,
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"prefect deploy failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+
+
+def worker_command(pool: str, gpu: int | None, limit: int | None, name: str | None) -> tuple[list[str], dict[str, str]]:
+    """The ``prefect worker start`` command line and environment for one worker.
+
+    A GPU worker is pinned to one device (``CUDA_VISIBLE_DEVICES``) and runs one flow run at a time, so two
+    shards never share a GPU; start one per GPU. ``--install-policy never``: the worker runs the installed
+    project and must not pip-install anything at run time (offline hosts, reproducible environments).
+    """
+    env = dict(OFFLINE_ENV)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    limit = limit if limit is not None else (1 if gpu is not None else 4)
+    name = name or (f"{pool}-gpu{gpu}" if gpu is not None else f"{pool}-worker")
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
+               "--name", name, "--limit", str(limit), "--install-policy", "never"]
+    return command, env

@@ -1,0 +1,272 @@
+"""Production shape on real parts: `prefect server start` (SQLite, and PostgreSQL where one answers), moto's S3
+server behind a TCP proxy (so S3 can go down and come back with its data), `heal deploy`, `heal worker`
+process workers, runs triggered and retried through the REST API exactly as the UI does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+import yaml
+
+from heal_core.config import HealConfig, parse_config
+from heal_core.demo import demo_defaults, demo_problems
+from heal_core.schema import CURRICULUM_SCHEMA, TRAJECTORY_SCHEMA
+from servers import TcpProxy, postgres_url, prefect_server, stop
+
+BUCKET = "heal-deploy"
+HEAL = str(Path(sys.executable).parent / "heal")  # the console script, as a user runs it
+DATASETS = ("stage1", "stage2", "stage3", "rs_sft", "keep_all")
+
+
+@dataclass
+class Cluster:
+    api: str
+    env: dict[str, str]
+    proxy: TcpProxy
+    cfg: HealConfig
+    logs: Path
+    workers: dict[str, subprocess.Popen]
+
+    def start_worker(self, pool: str, *extra: str) -> None:
+        with open(self.logs / f"worker-{pool}.log", "ab") as out:
+            self.workers[pool] = subprocess.Popen([HEAL, "worker", "--pool", pool, *extra],
+                                                  env=self.env, stdout=out, stderr=out)
+
+    def stop_worker(self, pool: str) -> None:
+        stop(self.workers.pop(pool))
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api, timeout=30)
+
+
+def _reduced(tmp: Path) -> HealConfig:
+    problems, held_out = tmp / "problems.jsonl", tmp / "eval.jsonl"
+    for path, items in ((problems, demo_problems("generation")[:4]), (held_out, demo_problems("eval")[:2])):
+        path.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
+                                for p in items))
+    return parse_config(demo_defaults(), [
+        f"problems.uri={problems}", f"evaluation.uri={held_out}", "evaluation.samples=1",
+        f"storage.uri=s3://{BUCKET}/heal", "orchestration.shard_size=2", "orchestration.poll_seconds=1",
+        "pace.epochs=1", "pace.batch_size=4",
+    ])
+
+
+def _cluster(tmp: Path, s3_endpoint: str, database_url: str | None):
+    home = tmp / "prefect"
+    home.mkdir()
+    with prefect_server(home, database_url) as api:
+        proxy = TcpProxy(int(s3_endpoint.rsplit(":", 1)[1]))
+        proxy.up()
+        env = {**os.environ, "PREFECT_API_URL": api, "AWS_ENDPOINT_URL": proxy.url, "HEAL_CACHE_DIR": str(tmp / "cache"),
+               "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_HOME": str(home)}
+        cfg = _reduced(tmp)
+        s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(BUCKET)
+        (tmp / "config.yaml").write_text(cfg.to_yaml())
+        deployed = subprocess.run([HEAL, "deploy", str(tmp / "config.yaml")], env=env,
+                                  capture_output=True, text=True)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        cluster = Cluster(api, env, proxy, cfg, tmp, {})
+        cluster.start_worker("cpu")
+        cluster.start_worker("gpu", "--limit", "2")
+        try:
+            yield cluster
+        finally:
+            for pool in list(cluster.workers):
+                cluster.stop_worker(pool)
+            proxy.down()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3_endpoint):
+    yield from _cluster(tmp_path_factory.mktemp("cluster"), s3_endpoint, None)
+
+
+def _deployment_id(client: httpx.Client, name: str) -> str:
+    return client.get(f"/deployments/name/{name}").raise_for_status().json()["id"]
+
+
+def _trigger(cluster: Cluster, run_id: str) -> str:
+    """What a user's script does: POST create_flow_run with parameters, as in the README."""
+    with cluster.client() as client:
+        dep = _deployment_id(client, "heal-pipeline/heal-pipeline")
+        body = {"parameters": {"config": cluster.cfg.model_dump(mode="json"), "run_id": run_id}}
+        return client.post(f"/deployments/{dep}/create_flow_run", json=body).raise_for_status().json()["id"]
+
+
+def _wait(cluster: Cluster, flow_run: str, done, seconds: float = 600) -> dict:
+    deadline = time.monotonic() + seconds
+    with cluster.client() as client:
+        while True:
+            run = client.get(f"/flow_runs/{flow_run}").raise_for_status().json()
+            if done(run["state"]):
+                return run
+            if time.monotonic() > deadline:
+                logs = "".join(p.read_text()[-3000:] for p in cluster.logs.glob("worker-*.log"))
+                raise AssertionError(f"flow run {run['name']} still {run['state']['type']} after {seconds} s\n{logs}")
+            time.sleep(1)
+
+
+def _children(cluster: Cluster, run_id: str, prefix: str = "") -> list[dict]:
+    with cluster.client() as client:
+        body = {"flow_runs": {"tags": {"all_": [f"heal-run:{run_id}"]}}}
+        runs = client.post("/flow_runs/filter", json=body).raise_for_status().json()
+    return sorted((r for r in runs if r["name"].startswith(f"{run_id}-{prefix}")), key=lambda r: r["name"])
+
+
+def _retry_as_the_ui_does(cluster: Cluster, flow_run: str) -> None:
+    """The exact request the UI's Retry button sends (see ../shared/notes/prefect.md, section 1.1)."""
+    state = {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}
+    with cluster.client() as client:
+        answer = client.post(f"/flow_runs/{flow_run}/set_state", json={"state": state, "force": False})
+    assert answer.raise_for_status().json()["status"] == "ACCEPT", answer.text
+
+
+def _datasets(cfg: HealConfig, run_id: str) -> dict[str, list[str]]:
+    fs = s3fs.S3FileSystem()
+    out = {}
+    for name in DATASETS:
+        with fs.open(f"{cfg.storage.uri}/runs/{run_id}/curriculum/{name}.parquet", "rb") as f:
+            table = pq.read_table(f)
+        assert table.schema.equals(CURRICULUM_SCHEMA, check_metadata=False)
+        out[name] = sorted(table.column("sample_id").to_pylist())
+    return out
+
+
+def _completed(state: dict) -> bool:
+    return state["type"] == "COMPLETED"
+
+
+def _final(state: dict) -> bool:
+    return state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def test_parameters_are_validated_when_the_run_is_created(cluster):
+    with cluster.client() as client:
+        dep = _deployment_id(client, "heal-pipeline/heal-pipeline")
+        bad_key = client.post(f"/deployments/{dep}/create_flow_run",
+                              json={"parameters": {"config": {"teacher": {"bogus": 1}}}})
+        bad_type = client.post(f"/deployments/{dep}/create_flow_run",
+                               json={"parameters": {"config": {"teacher": {"sampling": {"n": "many"}}}}})
+        nightly = client.get("/deployments/name/heal-pipeline/heal-pipeline-nightly").raise_for_status().json()
+    assert bad_key.status_code == 409 and "bogus" in bad_key.text
+    assert bad_type.status_code == 409 and "config.teacher.sampling.n" in bad_type.text
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
+    assert all(s["active"] for s in nightly["schedules"])
+    assert nightly["parameters"]["config"]["storage"]["uri"] == cluster.cfg.storage.uri
+
+
+def test_triggered_run_fans_out_shard_deployment_runs(cluster):
+    parent = _trigger(cluster, "clean")
+    run = _wait(cluster, parent, _final)
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    shards = _children(cluster, "clean", "shard")
+    assert [s["name"] for s in shards] == ["clean-shard-00000", "clean-shard-00001"]
+    assert all(s["deployment_id"] and s["state"]["type"] == "COMPLETED" for s in shards)
+    assert {s["work_pool_name"] for s in shards} == {cluster.cfg.orchestration.gpu_pool}
+    assert [r["name"] for r in _children(cluster, "clean", "t")] == ["clean-train"]
+    assert [r["name"] for r in _children(cluster, "clean", "e")] == ["clean-eval"]
+
+    fs = s3fs.S3FileSystem()
+    root = f"{cluster.cfg.storage.uri}/runs/clean"
+    for shard in (0, 1):
+        with fs.open(f"{root}/samples/shard-{shard:05d}.parquet", "rb") as f:
+            assert pq.read_table(f).schema.equals(TRAJECTORY_SCHEMA, check_metadata=False)
+    datasets = _datasets(cluster.cfg, "clean")
+    assert datasets["stage1"] and all(len(ids) == len(set(ids)) for ids in datasets.values())
+    manifest = json.loads(fs.cat(f"{root}/manifest.json"))
+    assert manifest["shards"] == {"0": "done", "1": "done"} and manifest["steps"]["report"] == "done"
+    with cluster.client() as client:
+        body = {"artifacts": {"flow_run_id": {"any_": [parent]}}}
+        keys = {a["key"] for a in client.post("/artifacts/filter", json=body).raise_for_status().json()}
+    assert {"heal-shard-progress", "heal-run-summary", "heal-run-report"} <= keys
+
+
+def test_failed_shards_retried_from_the_ui_and_resumed_parent_equal_a_clean_run(cluster):
+    cluster.stop_worker("gpu")  # shards wait, scheduled, while S3 goes down
+    parent = _trigger(cluster, "faulty")
+    deadline = time.monotonic() + 300
+    while len(_children(cluster, "faulty", "shard")) < 2:
+        assert time.monotonic() < deadline, "the parent did not launch its shard runs"
+        time.sleep(1)
+    cluster.proxy.down()
+    cluster.start_worker("gpu", "--limit", "2")
+    shards = [_wait(cluster, s["id"], _final) for s in _children(cluster, "faulty", "shard")]
+    assert [s["state"]["type"] for s in shards] == ["FAILED", "FAILED"]
+    assert _wait(cluster, parent, _final)["state"]["type"] == "FAILED"
+
+    cluster.proxy.up()
+    for shard in shards:
+        _retry_as_the_ui_does(cluster, shard["id"])
+    for shard in shards:
+        again = _wait(cluster, shard["id"], _completed)
+        assert again["run_count"] == 2 and again["id"] == shard["id"]
+    _retry_as_the_ui_does(cluster, parent)
+    assert _wait(cluster, parent, _final)["state"]["type"] == "COMPLETED"
+
+    assert len(_children(cluster, "faulty", "shard")) == 2  # re-attached, not launched again
+    assert all(s["run_count"] == 2 for s in _children(cluster, "faulty", "shard"))
+    assert _datasets(cluster.cfg, "faulty") == _datasets(cluster.cfg, "clean")
+
+
+@pytest.fixture(scope="module")
+def postgres_cluster(tmp_path_factory, s3_endpoint):
+    url = postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432: the Postgres-backed Prefect test needs one")
+    yield from _cluster(tmp_path_factory.mktemp("pg-cluster"), s3_endpoint, url)
+
+
+def test_postgres_backed_server_runs_the_pipeline(postgres_cluster):
+    parent = _trigger(postgres_cluster, "pg")
+    assert _wait(postgres_cluster, parent, _final)["state"]["type"] == "COMPLETED"
+    assert [s["state"]["type"] for s in _children(postgres_cluster, "pg", "shard")] == ["COMPLETED", "COMPLETED"]
+    assert _datasets(postgres_cluster.cfg, "pg")["stage1"]
+    stored = yaml.safe_load(s3fs.S3FileSystem().cat(f"{postgres_cluster.cfg.storage.uri}/runs/pg/config.yaml"))
+    assert HealConfig.model_validate(stored).config_hash() == postgres_cluster.cfg.config_hash()
+
+
+def test_the_ui_retry_button_reruns_a_failed_shard(cluster):
+    """The real Prefect UI in headless Debian Chromium (no browser download, no outside network): a shard run
+    that failed for a real reason (its input shard is missing) is retried with the Retry button once fixed."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium): `apt-get install chromium`")
+    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+    fs = s3fs.S3FileSystem()
+    root = f"{cluster.cfg.storage.uri}/runs/ui"
+    with cluster.client() as client:
+        dep = _deployment_id(client, "heal-shard/heal-shard")
+        body = {"parameters": {"run_root": root, "shard": 0, "config": cluster.cfg.model_dump(mode="json")}, "name": "ui-shard"}
+        shard = client.post(f"/deployments/{dep}/create_flow_run", json=body).raise_for_status().json()["id"]
+    assert _wait(cluster, shard, _final)["state"]["type"] == "FAILED"
+    fs.copy(f"{cluster.cfg.storage.uri}/runs/clean/problems/shard-00000.parquet", f"{root}/problems/shard-00000.parquet")
+
+    base = cluster.api.removesuffix("/api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), headless=True,
+                                    args=["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
+        page = browser.new_page()
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base) else route.abort())
+        sent = []
+        page.on("request", lambda r: sent.append(r.url) if "set_state" in r.url else None)
+        page.goto(f"{base}/runs/flow-run/{shard}", wait_until="networkidle")
+        page.get_by_role("button", name="Retry").first.click()
+        page.wait_for_timeout(800)
+        page.get_by_role("button", name="Retry").last.click()  # the confirmation dialog
+        page.wait_for_timeout(1500)
+        browser.close()
+    assert any(f"/flow_runs/{shard}/set_state" in url for url in sent), sent
+    again = _wait(cluster, shard, _completed)
+    assert again["run_count"] == 2
+    assert fs.exists(f"{root}/samples/shard-00000.parquet") and fs.exists(f"{root}/samples/shard-00000.json")

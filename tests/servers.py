@@ -77,7 +77,8 @@ def postgres_url() -> str | None:
 def prefect_server(home: Path, database_url: str | None = None) -> Iterator[str]:
     """``prefect server start`` on a free port with its own PREFECT_HOME; yields the API URL."""
     port = free_port()
-    env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "true"}
+    env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "true",
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}  # else the UI calls port 4200
     env.pop("PREFECT_API_URL", None)
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url

@@ -21,6 +21,8 @@ import yaml
 from heal_core.config import HealConfig, parse_config
 from heal_core.demo import demo_defaults, demo_problems
 from heal_core.schema import CURRICULUM_SCHEMA, TRAJECTORY_SCHEMA
+from tasks.generate import write_shards
+from tasks.layout import RunLayout
 from servers import TcpProxy, postgres_url, prefect_server, stop
 
 BUCKET = "heal-deploy"
@@ -57,7 +59,7 @@ def _reduced(tmp: Path) -> HealConfig:
     return parse_config(demo_defaults(), [
         f"problems.uri={problems}", f"evaluation.uri={held_out}", "evaluation.samples=1",
         f"storage.uri=s3://{BUCKET}/heal", "orchestration.shard_size=2", "orchestration.poll_seconds=1",
-        "pace.epochs=1", "pace.batch_size=4",
+        "pace.epochs=1", "pace.batch_size=4", "teacher.sampling.n=4", "hints.n=4",
     ])
 
 
@@ -250,7 +252,7 @@ def test_the_ui_retry_button_reruns_a_failed_shard(cluster):
         body = {"parameters": {"run_root": root, "shard": 0, "config": cluster.cfg.model_dump(mode="json")}, "name": "ui-shard"}
         shard = client.post(f"/deployments/{dep}/create_flow_run", json=body).raise_for_status().json()["id"]
     assert _wait(cluster, shard, _final)["state"]["type"] == "FAILED"
-    fs.copy(f"{cluster.cfg.storage.uri}/runs/clean/problems/shard-00000.parquet", f"{root}/problems/shard-00000.parquet")
+    write_shards.fn(RunLayout(root), demo_problems("generation")[:1], cluster.cfg)  # the cause, fixed
 
     base = cluster.api.removesuffix("/api")
     with playwright.sync_playwright() as p:

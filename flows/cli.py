@@ -26,6 +26,8 @@ for _key, _value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK"
 app = typer.Typer(help="HEAL: distil a teacher LLM into a small reasoning model.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+demo_app = typer.Typer(help="The embedded demo's bundled models.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
 console = Console()
 
 ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config; the embedded default when omitted")]
@@ -45,6 +47,18 @@ def _load(config: Path | None, overrides: list[str] | None) -> HealConfig:
         return load_config(config, overrides or [])
     except ConfigError as err:
         raise _fail(err) from None
+
+
+@demo_app.command("train-teacher")
+def demo_train_teacher(
+    out: Annotated[Path | None, typer.Option(help="where teacher/ and student/ go (default: the bundled models)")] = None,
+    seed: int = 0,
+    quick: Annotated[bool, typer.Option(help="a few steps on a few examples: a smoke run")] = False,
+) -> None:
+    """Train the bundled tiny teacher and student base from scratch, then print the teacher's calibration."""
+    from heal_core.demo import teacher
+
+    teacher.main([*(["--out", str(out)] if out else []), "--seed", str(seed), *(["--quick"] if quick else [])])
 
 
 @app.command()

@@ -58,3 +58,14 @@ def test_committed_teacher_solves_easy_problems_and_hints_help_on_hard_ones(comm
     assert sum(T.pass_rates(committed_teacher, hard, hinted=True)) >= sum(
         T.pass_rates(committed_teacher, hard, hinted=False)
     )
+
+
+def test_heal_demo_train_teacher_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "train-teacher", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "teacher" / "model.safetensors").exists() and (tmp_path / "student" / "model.safetensors").exists()
+    assert "| all | 2 |" in result.output  # the calibration table of the quick run

@@ -220,9 +220,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     teacher = train_teacher(args.out / "teacher", args.seed, **quick)
     student = train_student_base(args.out / "student", teacher, args.seed, **quick)
     print(f"trained in {time.time() - start:.0f} s")
-    problems = split("generation")
+    problems, held_out = (split("generation")[:2], split("eval")[:2]) if args.quick else (split("generation"), split("eval"))
     print("teacher on the generation split:\n" + calibration_table(teacher, problems))
-    student_eval = pass_rates(student, split("eval"), hinted=False)
+    student_eval = pass_rates(student, held_out, hinted=False)
     print(f"student base pass@1 on eval: {sum(student_eval) / len(student_eval):.3f}")
 
 

@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from heal_core import storage
+from heal_core.storage import StorageError
 from heal_core.backends.hf import HFBackend
 from heal_core.config import HealConfig
 from heal_core.problems import Problem, problems_to_records
@@ -38,12 +39,29 @@ def write_shards(layout: RunLayout, problems: list[Problem], cfg: HealConfig) ->
 
 
 def shard_done(layout: RunLayout, shard: int, cfg: HealConfig) -> dict[str, Any] | None:
-    """The shard's lineage record if it finished under this exact config, else None."""
+    """The shard's lineage record if it finished under this exact config and its samples are intact, else None.
+
+    Intact means the samples Parquet reads completely, in schema, with as many rows as the lineage record
+    says. A truncated or corrupt object (a failing disk, a copy that was not atomic, a hand edit) therefore
+    sends the shard back to generation instead of being merged, silently short, into the curriculum.
+    """
+    options = cfg.storage.storage_options
     uri = layout.shard_lineage(shard)
-    if not storage.exists(uri, cfg.storage.storage_options):
+    if not storage.exists(uri, options):
         return None
-    record = storage.read_json(uri, cfg.storage.storage_options)
-    return record if record.get("config_hash") == cfg.config_hash() else None
+    try:
+        record = storage.read_json(uri, options)
+        if record.get("config_hash") != cfg.config_hash():
+            return None
+        rows = storage.read_parquet(layout.shard_samples(shard), TRAJECTORY_SCHEMA, options).num_rows
+    except StorageError as err:
+        get_run_logger().warning("shard %d is corrupt and will be generated again: %s", shard, err)
+        return None
+    if rows != record["samples"]:
+        get_run_logger().warning("shard %d holds %d samples, its lineage says %d: generated again", shard, rows,
+                                 record["samples"])
+        return None
+    return record
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -39,7 +39,8 @@ def generation_rows(
     """Verified trajectory records for one problem's generations (``texts`` overrides the verified text,
     as GEAR does when it prepends the kept prefix)."""
     texts = list(texts) if texts is not None else [g.text for g in generations]
-    verdicts = check_many([(text, problem.answer) for text in texts])
+    verdicts = check_many([(text, problem.answer) for text in texts],
+                          truncated=[g.finish_reason == "length" for g in generations])
     parent = lineage.get("parent_sample_id")
     return [
         new_trajectory(

@@ -32,7 +32,7 @@ from pebble import ProcessFuture, ProcessPool
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["correct", "wrong", "no_answer", "unparseable", "bad_gold", "timeout", "error"]
+Status = Literal["correct", "wrong", "no_answer", "unparseable", "bad_gold", "timeout", "error", "truncated"]
 """``error``: the worker died (killed, out of memory) or the check raised; the sample's correctness is unknown."""
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -102,25 +102,35 @@ def is_correct(prediction_text: str, gold_answer: str, *, timeout: float = DEFAU
 
 
 def check_many(
-    pairs: Sequence[tuple[str, str]], *, timeout: float = DEFAULT_TIMEOUT_S, workers: int | None = None
+    pairs: Sequence[tuple[str, str]],
+    *,
+    truncated: Sequence[bool] = (),
+    timeout: float = DEFAULT_TIMEOUT_S,
+    workers: int | None = None,
 ) -> list[Verdict]:
     """Verify ``(prediction_text, gold_answer)`` pairs in parallel, in order.
 
-    ``timeout`` bounds each check (from when a worker starts it); a check past it is ``timeout``.
-    ``workers`` sizes the process pool (default ``min(4, cpu_count)``); a size different from the
-    running pool's replaces it. Safe to call from any thread.
+    A pair flagged in ``truncated`` (its generation hit the token limit) is ``truncated``, never correct,
+    and not checked: a trace cut off mid-thought can hold an early box it went on to doubt, and training on
+    it would teach the student not to stop. ``timeout`` bounds each check (from when a worker starts it); a
+    check past it is ``timeout``. ``workers`` sizes the process pool (default ``min(4, cpu_count)``); a size
+    different from the running pool's replaces it. Safe to call from any thread.
     """
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")  # pebble reads 0/None as "no limit"
+    cut = list(truncated) or [False] * len(pairs)
+    if len(cut) != len(pairs):
+        raise ValueError(f"truncated has {len(cut)} flags for {len(pairs)} pairs")
     if not pairs:
         return []
     extracted = [extract_answer(prediction) for prediction, _ in pairs]
-    pool = _get_pool(workers)
-    futures = [
-        pool.schedule(_grade, args=(gold, answer), timeout=timeout)
-        for answer, (_, gold) in zip(extracted, pairs, strict=True)
-    ]
-    statuses = _collect(pool, futures)
+    checked = [i for i, c in enumerate(cut) if not c]
+    statuses: list[Status] = ["truncated"] * len(pairs)
+    if checked:
+        pool = _get_pool(workers)
+        futures = [pool.schedule(_grade, args=(pairs[i][1], extracted[i]), timeout=timeout) for i in checked]
+        for i, status in zip(checked, _collect(pool, futures), strict=True):
+            statuses[i] = status
     return [Verdict(status == "correct", status, answer) for answer, status in zip(extracted, statuses)]
 
 

@@ -89,6 +89,14 @@ def test_constructed_cases() -> None:
     assert all(verdict.correct == (verdict.status == "correct") for verdict in verdicts)
 
 
+def test_a_truncated_generation_is_never_correct() -> None:
+    pairs = [(r"so \boxed{4}, or is it", "4"), (r"so \boxed{4}.", "4")]
+    cut, finished = check_many(pairs, truncated=[True, False])
+    assert cut == Verdict(False, "truncated", "4") and finished == Verdict(True, "correct", "4")
+    with pytest.raises(ValueError, match="flags"):
+        check_many(pairs, truncated=[True])
+
+
 def test_single_check_api() -> None:
     assert check(r"It is \boxed{\frac{1}{2}}.", "0.5") == Verdict(True, "correct", r"\frac{1}{2}")
     assert is_correct(r"\boxed{2}", "2")

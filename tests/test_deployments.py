@@ -63,7 +63,7 @@ def _reduced(tmp: Path) -> HealConfig:
     ])
 
 
-def _cluster(tmp: Path, s3_endpoint: str, database_url: str | None):
+def _cluster(tmp: Path, s3_endpoint: str, database_url: str | None, cfg: HealConfig):
     home = tmp / "prefect"
     home.mkdir()
     with prefect_server(home, database_url) as api:
@@ -71,11 +71,8 @@ def _cluster(tmp: Path, s3_endpoint: str, database_url: str | None):
         proxy.up()
         env = {**os.environ, "PREFECT_API_URL": api, "AWS_ENDPOINT_URL": proxy.url, "HEAL_CACHE_DIR": str(tmp / "cache"),
                "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_HOME": str(home)}
-        cfg = _reduced(tmp)
-        s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(BUCKET)
         (tmp / "config.yaml").write_text(cfg.to_yaml())
-        deployed = subprocess.run([HEAL, "deploy", str(tmp / "config.yaml")], env=env,
-                                  capture_output=True, text=True)
+        deployed = subprocess.run([HEAL, "deploy", str(tmp / "config.yaml")], env=env, capture_output=True, text=True)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         cluster = Cluster(api, env, proxy, cfg, tmp, {})
         cluster.start_worker("cpu")
@@ -89,8 +86,28 @@ def _cluster(tmp: Path, s3_endpoint: str, database_url: str | None):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, s3_endpoint):
-    yield from _cluster(tmp_path_factory.mktemp("cluster"), s3_endpoint, None)
+def reduced(tmp_path_factory, s3_endpoint) -> HealConfig:
+    """One config for every cluster of this module, so their runs' datasets are comparable."""
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(BUCKET)
+    return _reduced(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3_endpoint, reduced):
+    """SQLite-backed server: parameter validation, the fault-and-retry run, the UI."""
+    yield from _cluster(tmp_path_factory.mktemp("cluster"), s3_endpoint, None, reduced)
+
+
+@pytest.fixture(scope="module")
+def clean_cluster(tmp_path_factory, s3_endpoint, reduced, request):
+    """The clean reference run's server: PostgreSQL where one answers on 127.0.0.1:5432 (the production
+    setting for concurrent workers), else the SQLite cluster, with the reason printed."""
+    url = postgres_url()
+    if url is None:
+        print("no PostgreSQL server answers on 127.0.0.1:5432: the clean run uses the SQLite-backed server")
+        yield request.getfixturevalue("cluster")
+        return
+    yield from _cluster(tmp_path_factory.mktemp("pg-cluster"), s3_endpoint, url, reduced)
 
 
 def _deployment_id(client: httpx.Client, name: str) -> str:
@@ -167,7 +184,8 @@ def test_parameters_are_validated_when_the_run_is_created(cluster):
     assert nightly["parameters"]["config"]["storage"]["uri"] == cluster.cfg.storage.uri
 
 
-def test_triggered_run_fans_out_shard_deployment_runs(cluster):
+def test_triggered_run_fans_out_shard_deployment_runs(clean_cluster):
+    cluster = clean_cluster
     parent = _trigger(cluster, "clean")
     run = _wait(cluster, parent, _final)
     assert run["state"]["type"] == "COMPLETED", run["state"]
@@ -193,7 +211,7 @@ def test_triggered_run_fans_out_shard_deployment_runs(cluster):
     assert {"heal-shard-progress", "heal-run-summary", "heal-run-report"} <= keys
 
 
-def test_failed_shards_retried_from_the_ui_and_resumed_parent_equal_a_clean_run(cluster):
+def test_failed_shards_retried_from_the_ui_and_resumed_parent_equal_a_clean_run(cluster, clean_cluster):
     cluster.stop_worker("gpu")  # shards wait, scheduled, while S3 goes down
     parent = _trigger(cluster, "faulty")
     deadline = time.monotonic() + 300
@@ -220,21 +238,14 @@ def test_failed_shards_retried_from_the_ui_and_resumed_parent_equal_a_clean_run(
     assert _datasets(cluster.cfg, "faulty") == _datasets(cluster.cfg, "clean")
 
 
-@pytest.fixture(scope="module")
-def postgres_cluster(tmp_path_factory, s3_endpoint):
-    url = postgres_url()
-    if url is None:
-        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432: the Postgres-backed Prefect test needs one")
-    yield from _cluster(tmp_path_factory.mktemp("pg-cluster"), s3_endpoint, url)
-
-
-def test_postgres_backed_server_runs_the_pipeline(postgres_cluster):
-    parent = _trigger(postgres_cluster, "pg")
-    assert _wait(postgres_cluster, parent, _final)["state"]["type"] == "COMPLETED"
-    assert [s["state"]["type"] for s in _children(postgres_cluster, "pg", "shard")] == ["COMPLETED", "COMPLETED"]
-    assert _datasets(postgres_cluster.cfg, "pg")["stage1"]
-    stored = yaml.safe_load(s3fs.S3FileSystem().cat(f"{postgres_cluster.cfg.storage.uri}/runs/pg/config.yaml"))
-    assert HealConfig.model_validate(stored).config_hash() == postgres_cluster.cfg.config_hash()
+def test_clean_run_was_served_by_postgres(clean_cluster, cluster):
+    if clean_cluster is cluster:
+        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432: the Postgres-backed server was not tested")
+    with clean_cluster.client() as client:
+        runs = client.post("/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["heal-run:clean"]}}}).json()
+    assert len(runs) == 4  # two shards, train, eval: all recorded in the PostgreSQL-backed server
+    stored = yaml.safe_load(s3fs.S3FileSystem().cat(f"{clean_cluster.cfg.storage.uri}/runs/clean/config.yaml"))
+    assert HealConfig.model_validate(stored).config_hash() == clean_cluster.cfg.config_hash()
 
 
 def test_the_ui_retry_button_reruns_a_failed_shard(cluster):

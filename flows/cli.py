@@ -259,3 +259,44 @@ def audit_verifier(
         console.print(f"{len(audit.rejects)} unreadable record(s), first: {escape(str(audit.rejects[0]))}")
     if json_path is not None:
         json_path.write_text(json.dumps(audit.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+@app.command("serve-teacher")
+def serve_teacher(
+    backend: Annotated[str, typer.Option(help="hf: heal's OpenAI-compatible server on transformers; vllm: run `vllm serve`")],
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 for other hosts)")] = "127.0.0.1",
+    port: int = 8000,
+    vllm_bin: Annotated[str, typer.Option(help="the vllm executable, e.g. of a separate virtualenv")] = "vllm",
+    print_only: Annotated[bool, typer.Option("--print-only", help="vllm: print the command instead of running it")] = False,
+) -> None:
+    """Serve the configured teacher on an OpenAI-compatible /v1/completions endpoint, for teacher.backend: openai.
+
+    The served name is teacher.server.model_name (default teacher.model); log-probs up to teacher.top_logprobs.
+    """
+    import shlex
+
+    from tasks.models import resolve_model
+
+    cfg = _load(config, set_)
+    try:
+        model = resolve_model(cfg.teacher.model, "teacher")
+    except FileNotFoundError as err:
+        raise _fail(err) from None
+    name = cfg.teacher.server.model_name or cfg.teacher.model or model
+    if backend == "hf":
+        from heal_core.backends.serve import serve
+
+        console.print(f"serving {escape(model)} as {escape(name)} on http://{host}:{port}/v1", highlight=False)
+        serve(model, name, host, port, cfg.teacher.dtype, cfg.teacher.device, cfg.teacher.top_logprobs,
+              cfg.teacher.max_batch_sequences)
+    elif backend == "vllm":
+        from heal_core.backends.vllm import serve_command
+
+        command, env = serve_command(cfg.teacher, model, name, host, port, vllm_bin)
+        print(shlex.join(command))  # plain print: a copyable command line
+        if not print_only:
+            os.execvpe(command[0], command, {**env, **os.environ})
+    else:
+        raise _fail(f"--backend must be hf or vllm, not {backend!r}")

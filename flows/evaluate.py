@@ -1,26 +1,27 @@
-"""``heal-eval``: pass@1 and pass@k of teacher and students on held-out problems."""
+"""``heal-eval``: pass@1 and pass@k of teacher and students on the held-out problems and the benchmarks."""
 
 from __future__ import annotations
 
 from prefect import flow
 
-from heal_core import storage
 from heal_core.config import HealConfig
-from heal_core.schema import EVALUATION_SCHEMA, to_table
-from tasks.evaluation import evaluate_model
+from heal_core.evaluate import HELD_OUT
+from tasks.evaluation import evaluate_model, write_evaluation
 from tasks.layout import RunLayout
 from tasks.models import resolve_model
-from tasks.problems import problem_set
+from tasks.problems import benchmark_sets, problem_set
 from tasks.training import local_model
 
 
 @flow(name="heal-eval")
 def heal_eval(run_root: str, config: HealConfig, trained: dict[str, str]) -> int:
     """Teacher and student base (as configured, resolved on this worker) and the ``trained`` models (label ->
-    storage URI, fetched into the worker's cache). Results land as Parquet; returns the number of rows."""
-    problems, _ = problem_set(config.evaluation.uri, "eval", config, config.evaluation.max_problems)
+    storage URI, fetched into the worker's cache), each on the held-out set and on every configured benchmark.
+    Per-problem results and their per-benchmark summary land as Parquet; returns the number of result rows."""
+    held_out, _ = problem_set(config.evaluation.uri, "eval", config, config.evaluation.max_problems)
+    sets = {HELD_OUT: held_out, **benchmark_sets(config)}
     models = {"teacher": resolve_model(config.teacher.model, "teacher"),
               "student_base": resolve_model(config.student.model, "student"), **trained}
-    rows = [row for label, ref in models.items() for row in evaluate_model(label, local_model(ref, config), problems, config)]
-    storage.write_parquet(to_table(rows, EVALUATION_SCHEMA), RunLayout(run_root).evaluation, config.storage.storage_options)
+    rows = [row for label, ref in models.items() for row in evaluate_model(label, local_model(ref, config), sets, config)]
+    write_evaluation(RunLayout(run_root), rows, config)
     return len(rows)

@@ -46,8 +46,49 @@ class SamplingConfig(_Section):
     seed: int = 0
 
 
+class VLLMConfig(_Section):
+    """The vLLM engine (``teacher.backend: vllm``, in the GPU worker's process) and ``heal serve-teacher --backend vllm``.
+
+    Data parallelism in the worker is one engine per GPU: one ``heal worker --gpu I`` each, every shard run on
+    one GPU (vLLM refuses ``data_parallel_size > 1`` inside one process). ``data_parallel_size`` applies to
+    ``heal serve-teacher``, where ``vllm serve`` runs the ranks itself.
+    """
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (a teacher too big for one GPU)")
+    data_parallel_size: int = Field(1, ge=1, description="engine replicas behind one served endpoint (serve-teacher)")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="share of GPU memory vLLM takes; lower it for entropy: exact (HF shares the GPU)"
+    )
+    max_model_len: int = Field(0, ge=0, description="context length; 0 = the model's")
+    enable_prefix_caching: bool = Field(True, description="re-use the KV of shared prefixes (N samples, GEAR prefixes)")
+
+
+class ServerConfig(_Section):
+    """An OpenAI-compatible completions endpoint (``teacher.backend: openai``): vllm serve, SGLang, heal serve-teacher.
+
+    Everything here is how to reach the server, not what it computes, so none of it enters the config hash.
+    """
+
+    url: str = Field("", description="base URL up to /v1, e.g. http://gpu-node:8000/v1")
+    model_name: str = Field("", description="the served model name; empty = teacher.model")
+    api_key_env: str = Field("", description="environment variable holding the bearer token; empty = none")
+    max_concurrency: int = Field(32, ge=1, description="requests in flight at once")
+    timeout_seconds: float = Field(600.0, gt=0, description="per request; long generations take minutes")
+    max_retries: int = Field(5, ge=0, description="retries after a 429/5xx/timeout/connection error")
+    backoff_seconds: float = Field(1.0, gt=0, description="first retry delay; doubles each retry (Retry-After wins)")
+
+
 class TeacherConfig(_Section):
-    backend: Literal["hf"] = "hf"
+    """The teacher and its backend.
+
+    ``entropy``: ``exact`` is the full-vocabulary entropy the paper's breakpoints need. The HF backend has it at no
+    extra cost; the vLLM engine stores the top-k bound while sampling and recomputes exact traces with one
+    teacher-forced HF pass on the same GPU, only for the failed trajectories GEAR cuts. ``topk`` stores and uses
+    the lower bound from the top ``top_logprobs`` log-probs (heal_core/backends/logprobs.py); it is the only mode
+    a remote server offers.
+    """
+
+    backend: Literal["hf", "vllm", "openai"] = Field("hf", description="hf (transformers), vllm (engine), openai (server)")
     model: str = Field("", description="HF model path or hub name")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", description="'auto' picks cuda when available, else cpu")
@@ -60,6 +101,21 @@ class TeacherConfig(_Section):
         description="user message built from a problem; {problem} is replaced",
     )
     sampling: SamplingConfig = SamplingConfig()
+    entropy: Literal["exact", "topk"] = Field("exact", description="exact (hf, vllm) or topk (vllm, openai)")
+    top_logprobs: int = Field(20, ge=1, description="k of the top-k log-probs (vllm, openai; <= the server's max)")
+    vllm: VLLMConfig = VLLMConfig()
+    server: ServerConfig = ServerConfig()
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> TeacherConfig:
+        if self.backend == "hf" and self.entropy != "exact":
+            raise ValueError("entropy: the hf backend computes exact entropy at no cost; topk is for vllm and openai")
+        if self.backend == "openai":
+            if self.entropy != "topk":
+                raise ValueError("entropy: a server returns only top-k log-probs; set teacher.entropy: topk")
+            if not self.server.url:
+                raise ValueError("server.url: the openai backend needs the endpoint, e.g. http://host:8000/v1")
+        return self
 
 
 class HintsConfig(_Section):
@@ -231,14 +287,26 @@ class DecontaminationConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    """Held-out evaluation of teacher and students: pass@1 as the mean over ``samples`` draws, pass@samples."""
+    """Evaluation of teacher and students: pass@1 as the mean over ``samples`` draws, pass@samples.
+
+    The held-out set (``uri``) is always evaluated; ``benchmarks`` adds published sets, each reported under
+    its set name (file stem, as ``decontamination.against`` names them), so one run compares the models on
+    MATH-500, GSM8K, AIME, ... with the same sampling settings.
+    """
 
     uri: str = Field("", description="JSONL or Parquet problems (same field mapping as problems)")
     samples: int = Field(4, ge=1, description="samples per problem")
-    max_problems: int = Field(0, ge=0, description="0 = all")
+    max_problems: int = Field(0, ge=0, description="problems per set (held-out and each benchmark); 0 = all")
+    benchmarks: list[ProblemsConfig] = Field(
+        default_factory=list, description="benchmark sets (uri, format, ...) evaluated besides the held-out set"
+    )
 
 
-_EXECUTION_ONLY: dict[str, Any] = {"storage": True, "orchestration": {"mode", "cpu_pool", "gpu_pool", "poll_seconds"}}
+_EXECUTION_ONLY: dict[str, Any] = {
+    "storage": True,
+    "orchestration": {"mode", "cpu_pool", "gpu_pool", "poll_seconds"},
+    "teacher": {"server": True, "vllm": {"gpu_memory_utilization", "data_parallel_size"}},
+}
 
 
 class HealConfig(_Section):

@@ -1,4 +1,5 @@
-"""Evaluation: pass@1 (mean over k samples) and pass@k of a model on a problem set.
+"""Evaluation: pass@1 (mean over k samples) and pass@k of a model on a problem set, and their summary per
+benchmark and per metadata group (MATH-500's subject and level).
 
 pass@k uses the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k) for n samples with c
 correct, so k may be below the number of samples drawn; with k = n it is "any sample correct".
@@ -6,14 +7,19 @@ correct, so k may be below the number of samples drawn; with k = n it is "any sa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import comb
+from typing import Any
 
 from heal_core.backends.base import TeacherBackend
 from heal_core.config import SamplingConfig
 from heal_core.problems import Problem
+from heal_core.schema import SAMPLING_COLUMNS
 from heal_core.verify import check_many
+
+HELD_OUT = "held_out"  # the benchmark label of evaluation.uri (the demo's eval split when it is empty)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -27,6 +33,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 @dataclass(frozen=True)
 class ProblemResult:
     problem_id: str
+    metadata: dict[str, str]  # the problem's (MATH-500: subject, level): what the summary groups by
     samples: int
     correct: int
     pass_at_1: float
@@ -44,19 +51,51 @@ def evaluate(
     prompts = [prompt_template.format(problem=p.problem) for p in problems]
     batches = backend.sample(prompts, sampling.n, sampling)
     pairs = [(g.text, p.answer) for p, gens in zip(problems, batches, strict=True) for g in gens]
-    verdicts = iter(check_many(pairs))
+    cut = [g.finish_reason == "length" for gens in batches for g in gens]  # cut off: wrong, as in Stage I
+    verdicts = iter(check_many(pairs, truncated=cut))
     results = []
     for p, gens in zip(problems, batches, strict=True):
         correct = sum(next(verdicts).correct for _ in gens)
         n = len(gens)
-        results.append(ProblemResult(p.problem_id, n, correct, correct / n, pass_at_k(n, correct, k)))
+        results.append(ProblemResult(p.problem_id, dict(p.metadata), n, correct, correct / n, pass_at_k(n, correct, k)))
     return results
 
 
-def summarize(results: Sequence[ProblemResult]) -> dict[str, float]:
-    count = len(results) or 1
-    return {
-        "problems": len(results),
-        "pass@1": sum(r.pass_at_1 for r in results) / count,
-        "pass@k": sum(r.pass_at_k for r in results) / count,
-    }
+def sampling_settings(sampling: SamplingConfig) -> dict[str, Any]:
+    """The settings every evaluation row records (see ``heal_core.schema.SAMPLING_COLUMNS``)."""
+    return {name: getattr(sampling, name) for name in SAMPLING_COLUMNS}
+
+
+def _value_order(value: str) -> tuple[int, int, str]:
+    """Numeric values (MATH levels) in numeric order before the others in text order: level 10 after level 9."""
+    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean pass@1 and pass@k per model, benchmark and sampling setting, over all its problems (group_field and
+    group_value None) and over the problems of each value of each metadata field (rows of EVALUATION_SCHEMA in,
+    rows of EVALUATION_SUMMARY_SCHEMA out). Rows drawn with other settings are never averaged together."""
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        setting = (row["model"], row["benchmark"], row["samples"], *(row[c] for c in SAMPLING_COLUMNS))
+        groups[(setting, None, None)].append(row)
+        for field, value in dict(row["metadata"] or {}).items():  # Arrow hands a map back as (key, value) pairs
+            groups[(setting, field, value)].append(row)
+    first_seen = {setting: i for i, setting in enumerate(dict.fromkeys(key[0] for key in groups))}
+
+    def order(key: tuple[Any, ...]) -> tuple[Any, ...]:
+        setting, field, value = key
+        return (first_seen[setting], field is not None, field or "", _value_order(value or ""))
+
+    summary = []
+    for key in sorted(groups, key=order):
+        (model, benchmark, samples, *settings), field, value = key
+        members = groups[key]
+        summary.append({
+            "model": model, "benchmark": benchmark, "group_field": field, "group_value": value,
+            "problems": len(members), "samples": samples,
+            "pass_at_1": sum(r["pass_at_1"] for r in members) / len(members),
+            "pass_at_k": sum(r["pass_at_k"] for r in members) / len(members),
+            **dict(zip(SAMPLING_COLUMNS, settings, strict=True)),
+        })
+    return summary

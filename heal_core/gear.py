@@ -44,9 +44,11 @@ class Skip:
 
 
 def plan_repair(row: dict[str, Any], backend: TeacherBackend, cfg: HealConfig) -> RepairPlan | Skip:
-    entropy = np.asarray(row.get("entropy") or [], dtype=np.float64)
-    if entropy.size == 0:
+    """The breakpoint is found in the exact entropy trace: a backend that stored a top-k bound recomputes it."""
+    recorded = np.asarray(row.get("entropy") or [], dtype=np.float64)
+    if recorded.size == 0:
         return Skip(row["sample_id"], row["problem_id"], "empty entropy trace")
+    entropy = backend.exact_entropy(row["prompt"], row["token_ids"], recorded, cfg.teacher.sampling.temperature)
     bp = find_breakpoint(entropy, cfg.gear.surge_window, cfg.gear.search_fraction)
     if bp is None:
         return Skip(row["sample_id"], row["problem_id"],

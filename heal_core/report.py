@@ -12,6 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from heal_core.evaluate import HELD_OUT
+from heal_core.schema import SAMPLING_COLUMNS
+
+# Report columns: the models a HEAL run compares, in reading order; any other label follows as it is.
+_MODEL_NAMES = {"teacher": "teacher", "student_base": "student base", "heal": "HEAL student", "rs_sft": "RS-SFT student"}
+
 
 def summarize(
     samples: Sequence[dict[str, Any]],
@@ -50,20 +56,48 @@ def _generated_kept(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def accuracy(evaluation: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Mean pass@1 per model label."""
+    """Mean pass@1 per model label on the held-out set (benchmarks are compared in their own report section)."""
     per_model: dict[str, list[float]] = defaultdict(list)
     for row in evaluation:
-        per_model[row["model"]].append(row["pass_at_1"])
+        if row["benchmark"] == HELD_OUT:
+            per_model[row["model"]].append(row["pass_at_1"])
     return {model: float(np.mean(values)) for model, values in per_model.items()}
+
+
+def benchmark_comparison(benchmarks: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: one row per benchmark and group, one ``pass@1 / pass@k`` column per model (teacher,
+    student base, HEAL student, RS-SFT student), from rows of EVALUATION_SUMMARY_SCHEMA; the sampling
+    settings under the table, since the figures mean nothing without them."""
+    models = sorted(dict.fromkeys(r["model"] for r in benchmarks),
+                    key=lambda m: list(_MODEL_NAMES).index(m) if m in _MODEL_NAMES else len(_MODEL_NAMES))
+    cells: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for row in benchmarks:
+        cells[(row["benchmark"], row["group_field"], row["group_value"])][row["model"]] = row
+    lines = ["## Evaluation per benchmark", "", "pass@1 (mean over the samples) / pass@k (k = samples) per problem set "
+             "and, where its problems carry metadata (MATH-500: subject, level), per group.", "",
+             f"| benchmark | group | problems | {' | '.join(_MODEL_NAMES.get(m, m) for m in models)} |",
+             "|---|---|---|" + "---|" * len(models)]
+    for (benchmark, field, value), by_model in cells.items():
+        group = f"{field} {value}" if field is not None else "all"
+        problems = next(iter(by_model.values()))["problems"]
+        scores = [f"{by_model[m]['pass_at_1']:.3f} / {by_model[m]['pass_at_k']:.3f}" if m in by_model else "—"
+                  for m in models]
+        lines.append(f"| {benchmark} | {group} | {problems} | {' | '.join(scores)} |")
+    settings = dict.fromkeys(tuple((c, r[c]) for c in ("samples", *SAMPLING_COLUMNS)) for r in benchmarks)
+    lines += ["", *("Sampling: " + ", ".join(f"{c}={v}" for c, v in s) + "." for s in settings)]
+    return lines
 
 
 def markdown(
     run_id: str, storage_uri: str, summary: dict[str, Any], plots: Sequence[str] = (),
-    contaminated: Sequence[dict[str, Any]] = (),
+    contaminated: Sequence[dict[str, Any]] = (), benchmarks: Sequence[dict[str, Any]] = (),
 ) -> str:
+    """``benchmarks``: rows of EVALUATION_SUMMARY_SCHEMA (``heal_core.evaluate.summarize``)."""
     lines = [f"# HEAL run {run_id}", "", f"Outputs: `{storage_uri}`", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary.items()]
     lines += ["", *(f"![{p}](plots/{p}.png)" for p in plots)]
+    if benchmarks:
+        lines += ["", *benchmark_comparison(benchmarks)]
     if contaminated:
         lines += ["", "## Dropped as copies of evaluation items", "",
                   "| problem | eval set | eval item | shared n-grams | example n-gram |", "|---|---|---|---|---|"]

@@ -80,16 +80,46 @@ CURRICULUM_SCHEMA = pa.schema(
     ]
 )
 
-# One row per (model, problem) of a held-out evaluation.
+# The sampling settings an evaluation drew its samples with, recorded on every evaluation row: a pass@1 is
+# only comparable to another one drawn the same way.
+_SAMPLING_FIELDS = [
+    pa.field("temperature", pa.float64(), nullable=False),
+    pa.field("top_p", pa.float64(), nullable=False),
+    pa.field("top_k", pa.int32(), nullable=False),
+    pa.field("max_new_tokens", pa.int32(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+]
+SAMPLING_COLUMNS = tuple(f.name for f in _SAMPLING_FIELDS)  # SamplingConfig's fields of the same names
+
+# One row per (model, benchmark, problem) of an evaluation; pass@k has k = samples.
 EVALUATION_SCHEMA = pa.schema(
     [
-        pa.field("model", pa.string(), nullable=False),  # label: teacher | heal | rs_sft | ...
+        pa.field("model", pa.string(), nullable=False),  # label: teacher | student_base | heal | rs_sft | ...
         pa.field("model_path", pa.string(), nullable=False),
+        pa.field("benchmark", pa.string(), nullable=False),  # held_out, or a benchmark's set name (math500_test)
         pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("metadata", pa.map_(pa.string(), pa.string())),  # the problem's, e.g. MATH-500 subject and level
         pa.field("samples", pa.int32(), nullable=False),
         pa.field("correct", pa.int32(), nullable=False),
         pa.field("pass_at_1", pa.float64(), nullable=False),
         pa.field("pass_at_k", pa.float64(), nullable=False),
+        *_SAMPLING_FIELDS,
+    ]
+)
+
+# One row per (model, benchmark, group): the whole benchmark (group_field and group_value null) and each value
+# of each metadata field its problems carry (MATH-500: subject = Algebra, ..., level = 1..5).
+EVALUATION_SUMMARY_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("benchmark", pa.string(), nullable=False),
+        pa.field("group_field", pa.string()),
+        pa.field("group_value", pa.string()),
+        pa.field("problems", pa.int32(), nullable=False),
+        pa.field("samples", pa.int32(), nullable=False),  # k of pass@k
+        pa.field("pass_at_1", pa.float64(), nullable=False),  # mean over problems of the per-problem pass@1
+        pa.field("pass_at_k", pa.float64(), nullable=False),
+        *_SAMPLING_FIELDS,
     ]
 )
 

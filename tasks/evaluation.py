@@ -1,4 +1,4 @@
-"""Prefect task: evaluate one model on a problem set with the backend and the verifier."""
+"""Prefect tasks: evaluate one model on the evaluation sets; write the results, their summary and its artifact."""
 
 from __future__ import annotations
 
@@ -6,18 +6,46 @@ from dataclasses import asdict
 from typing import Any
 
 from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from heal_core.backends.hf import HFBackend
+from heal_core import storage
+from heal_core.backends.factory import build_backend
 from heal_core.config import HealConfig
-from heal_core.evaluate import evaluate
+from heal_core.evaluate import evaluate, sampling_settings, summarize
 from heal_core.problems import Problem
+from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, to_table
+from tasks.generate import teacher_backend
+from tasks.layout import RunLayout
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate_model(label: str, model_path: str, problems: list[Problem], cfg: HealConfig) -> list[dict[str, Any]]:
-    """Rows of per-problem results tagged with the model's label (teacher, heal, rs_sft)."""
-    backend = HFBackend(model_path, cfg.student.dtype, cfg.teacher.device, cfg.teacher.max_batch_sequences)
+def evaluate_model(
+    label: str, model_path: str, sets: dict[str, list[Problem]], cfg: HealConfig
+) -> list[dict[str, Any]]:
+    """Rows of per-problem results on every set (name -> problems), tagged with the model's label (teacher, heal,
+    rs_sft), the set's name and the sampling settings; the model is loaded once for all sets."""
+    # The teacher on its configured backend (the shards' cached one); students on HF: a server serves only the
+    # teacher, and one process cannot free a vLLM engine reliably to load the next model.
+    backend = (teacher_backend(cfg.teacher, model_path) if label == "teacher"
+               else build_backend(cfg.teacher, model_path, dtype=cfg.student.dtype, kind="hf"))
     sampling = cfg.teacher.sampling.model_copy(update={"n": cfg.evaluation.samples})
-    results = evaluate(backend, problems, cfg.teacher.prompt_template, sampling, k=cfg.evaluation.samples)
-    return [{"model": label, "model_path": model_path, **asdict(r)} for r in results]
+    settings = sampling_settings(sampling)
+    return [
+        {"model": label, "model_path": model_path, "benchmark": name, **asdict(result), **settings}
+        for name, problems in sets.items()
+        for result in evaluate(backend, problems, cfg.teacher.prompt_template, sampling, k=cfg.evaluation.samples)
+    ]
+
+
+@task(cache_policy=NO_CACHE)
+def write_evaluation(layout: RunLayout, rows: list[dict[str, Any]], cfg: HealConfig) -> list[dict[str, Any]]:
+    """Per-problem results and their summary per model, benchmark and group as Parquet; the summary also as the
+    ``heal-eval-summary`` table artifact. Returns the summary rows."""
+    options = cfg.storage.storage_options
+    summary = summarize(rows)
+    storage.write_parquet(to_table(rows, EVALUATION_SCHEMA), layout.evaluation, options)
+    storage.write_parquet(to_table(summary, EVALUATION_SUMMARY_SCHEMA), layout.evaluation_summary, options)
+    create_table_artifact(key="heal-eval-summary", table=summary,
+                          description=f"pass@1 and pass@{cfg.evaluation.samples} per model, benchmark and group")
+    return summary

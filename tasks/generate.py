@@ -11,8 +11,9 @@ from prefect.cache_policies import NO_CACHE
 
 from heal_core import storage
 from heal_core.storage import StorageError
-from heal_core.backends.hf import HFBackend
-from heal_core.config import HealConfig
+from heal_core.backends.base import TeacherBackend
+from heal_core.backends.factory import build_backend
+from heal_core.config import HealConfig, TeacherConfig
 from heal_core.problems import Problem, problems_to_records
 from heal_core.schema import PROBLEM_SCHEMA, TRAJECTORY_SCHEMA, to_table
 from heal_core.shard import generate_shard
@@ -20,9 +21,16 @@ from tasks.layout import RunLayout
 
 
 @functools.lru_cache(maxsize=2)
-def teacher_backend(model: str, dtype: str, device: str, max_batch_sequences: int) -> HFBackend:
-    """One loaded teacher per worker process: every shard it runs re-uses the weights."""
-    return HFBackend(model, dtype, device, max_batch_sequences)
+def _cached_backend(teacher_json: str, model: str) -> TeacherBackend:
+    return build_backend(TeacherConfig.model_validate_json(teacher_json), model)
+
+
+def teacher_backend(teacher: TeacherConfig, model: str) -> TeacherBackend:
+    """One teacher per worker process (weights, engine or server connection): every shard it runs re-uses it.
+
+    Sampling settings and templates are per call, so they do not key the cache.
+    """
+    return _cached_backend(teacher.model_dump_json(exclude={"sampling", "prompt_template"}), model)
 
 
 @task(cache_policy=NO_CACHE)
@@ -75,7 +83,7 @@ def run_shard(layout: RunLayout, shard: int, cfg: HealConfig, model_path: str) -
     options = cfg.storage.storage_options
     table = storage.read_parquet(layout.shard_problems(shard), PROBLEM_SCHEMA, options)
     problems = [Problem(**row) for row in table.to_pylist()]
-    backend = teacher_backend(model_path, cfg.teacher.dtype, cfg.teacher.device, cfg.teacher.max_batch_sequences)
+    backend = teacher_backend(cfg.teacher, model_path)
     logger.info("shard %d: %d problems, N=%d", shard, len(problems), cfg.teacher.sampling.n)
     out = generate_shard(backend, problems, cfg, teacher=model_path)
     storage.write_parquet(to_table(out.trajectories, TRAJECTORY_SCHEMA), layout.shard_samples(shard), options)

@@ -57,6 +57,11 @@ class RunLayout:
         return self.path("eval", "results.parquet")
 
     @property
+    def evaluation_summary(self) -> str:
+        """pass@1 and pass@k per model, benchmark and metadata group (MATH-500 subject, level)."""
+        return self.path("eval", "summary.parquet")
+
+    @property
     def contamination(self) -> str:
         """Training problems dropped as copies of evaluation items, each with the item it matches."""
         return self.path("decontamination.json")

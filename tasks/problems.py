@@ -11,7 +11,8 @@ from heal_core.config import HealConfig, ProblemsConfig
 from heal_core.datasets import load_named_sets, load_problem_set
 from heal_core.decontaminate import decontaminate
 from heal_core.demo import demo_problems
-from heal_core.problems import Problem, Reject, require_problems
+from heal_core.evaluate import HELD_OUT
+from heal_core.problems import Problem, ProblemError, Reject, require_problems
 
 
 @task(cache_policy=NO_CACHE)
@@ -32,6 +33,19 @@ def problem_set(uri: str, split: str, cfg: HealConfig, limit: int = 0) -> tuple[
     """The problems at ``uri`` (the embedded demo's ``split`` when it is empty), the first ``limit`` when set."""
     problems, rejects = load_problems(uri, cfg.problems, cfg) if uri else (demo_problems(split), [])
     return (problems[:limit] if limit else problems), rejects
+
+
+@task(cache_policy=NO_CACHE)
+def benchmark_sets(cfg: HealConfig) -> dict[str, list[Problem]]:
+    """``evaluation.benchmarks`` by set name, each cut to ``evaluation.max_problems`` like the held-out set.
+
+    The held-out set's label is taken: a benchmark file of that name would be reported as the held-out set.
+    """
+    sets = load_named_sets(cfg.evaluation.benchmarks, cfg.storage.storage_options)
+    if HELD_OUT in sets:
+        raise ProblemError(f"evaluation.benchmarks: the set name {HELD_OUT!r} is the held-out set's; rename the file")
+    limit = cfg.evaluation.max_problems
+    return {name: problems[:limit] if limit else problems for name, problems in sets.items()}
 
 
 @task(cache_policy=NO_CACHE)

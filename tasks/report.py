@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from heal_core import report, storage
+from heal_core.evaluate import summarize as summarize_evaluation
 from heal_core.config import HealConfig
 from tasks.curriculum import read_samples
 from tasks.layout import RunLayout
@@ -35,7 +36,7 @@ def write_report(
     contaminated = storage.read_json(layout.contamination, options) if storage.exists(layout.contamination, options) else []
     if contaminated:
         summary["contaminated problems dropped"] = len(contaminated)
-    text = report.markdown(run_id, layout.root, summary, list(plots), contaminated)
+    text = report.markdown(run_id, layout.root, summary, list(plots), contaminated, summarize_evaluation(evaluation))
     storage.write_bytes(text.encode(), layout.report, options)
     storage.write_json(summary, layout.path("summary.json"), options)
     create_table_artifact(key="heal-run-summary", table=[{"metric": k, "value": str(v)} for k, v in summary.items()],

@@ -26,7 +26,7 @@ def _failed_row(backend, text: str) -> dict:
     second = len(backend.tokenizer.encode(text[: text.index("5 + 3") + 2], add_special_tokens=False))
     entropy[second] = 4.0
     return {"sample_id": "p1|s1|0", "problem_id": "p1", "sample_index": 0, "text": text, "token_ids": ids,
-            "entropy": entropy, "verified": False}
+            "entropy": entropy, "verified": False, "prompt": CFG.teacher.prompt_template.format(problem=PROBLEM.problem)}
 
 
 def test_gear_backs_up_to_the_step_start_and_continues_from_there(backend):
@@ -70,3 +70,24 @@ def test_pure_scores_every_step_under_the_unaided_teacher(backend):
 def test_pure_unscorable_single_step(backend):
     result = pure.score(backend, "q", "The answer is \\boxed{3}.", "3", CFG.pure)
     assert result.verdict == "reject_unscorable" and result.ratio is None
+
+
+def test_gear_cuts_at_the_exact_entropy_a_backend_recomputes(backend):
+    """A backend that stored only a top-k bound (vLLM, a server) hands GEAR the exact trace: here the recorded trace
+    is flat, the recomputed one has the surge, and the cut follows the recomputed one."""
+    text = "Start with 5.\n\n5 + 3 = 8.\n\n8 * 2 = 17.\n\nThe result is \\boxed{17}.\n\nDone now, really done."
+    planted = _failed_row(backend, text)
+    recomputed = []
+
+    class Recomputing:
+        decode = staticmethod(backend.decode)
+
+        def exact_entropy(self, prompt, token_ids, recorded, temperature):
+            recomputed.append((prompt, list(token_ids), temperature))
+            return np.asarray(planted["entropy"])
+
+    flat = {**planted, "entropy": [0.5] * len(planted["token_ids"])}
+    assert isinstance(gear.plan_repair(flat, backend, CFG), gear.Skip)
+    plan = gear.plan_repair(flat, Recomputing(), CFG)
+    assert isinstance(plan, gear.RepairPlan) and plan.prefix == "Start with 5.\n\n"
+    assert recomputed == [(planted["prompt"], planted["token_ids"], CFG.teacher.sampling.temperature)]

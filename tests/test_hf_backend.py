@@ -272,3 +272,18 @@ def test_decode_of_a_token_prefix_is_a_prefix_of_the_text(tiny_model_dirs):
     assert backend.decode(gen.token_ids) == gen.text
     for t in range(len(gen.token_ids)):
         assert gen.text.startswith(backend.decode(gen.token_ids[:t]).rstrip("\ufffd"))
+
+
+def test_teacher_forced_pass_reproduces_sampling_entropy_and_log_probs(backend):
+    """What the vLLM backend's exact entropy and the HTTP server's log-probs rest on: one forward over prompt +
+    sample gives the entropy recorded while sampling, each token's log-prob at T = 1 and a sorted top-k."""
+    sampling = SamplingConfig(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=10, seed=3)
+    [[gen]] = backend.sample(PROMPTS[:1], 1, sampling)
+    ids = prompt_ids(backend, PROMPTS[0])
+    stats = backend.teacher_forced(ids + gen.token_ids, len(ids), temperature=0.7, top_k=5)
+    np.testing.assert_allclose(stats.entropy, gen.entropy, atol=1e-4)
+    logits = forced_logits(backend, ids + gen.token_ids)[len(ids) - 1 : -1]
+    np.testing.assert_allclose(stats.logprobs, logprobs(logits, gen.token_ids), atol=1e-5)
+    assert stats.top_ids.shape == (len(gen.token_ids), 5) and np.all(np.diff(stats.top_logprobs, axis=1) <= 0)
+    np.testing.assert_array_equal(stats.top_ids[:, 0], logits.argmax(-1).numpy())
+    np.testing.assert_array_equal(backend.exact_entropy(PROMPTS[0], gen.token_ids, gen.entropy, 0.7), gen.entropy)

@@ -11,7 +11,7 @@ import pytest
 
 from heal_core.config import parse_config
 from heal_core.demo import demo_defaults, demo_problems
-from heal_core.schema import CURRICULUM_SCHEMA, EVALUATION_SCHEMA, TRAJECTORY_SCHEMA
+from heal_core.schema import CURRICULUM_SCHEMA, EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, TRAJECTORY_SCHEMA
 
 LINEAGE = {2: ["hint", "leaked_hint", "pure_answer_nll", "pure_step_ppl", "pure_ratio", "pure_verdict", "pure_reason"],
            3: ["hint", "leaked_hint", "parent_sample_id", "breakpoint_token", "breakpoint_step", "breakpoint_surge",
@@ -79,7 +79,11 @@ def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypa
     evaluation = pq.read_table(run / "eval" / "results.parquet")
     assert evaluation.schema.equals(EVALUATION_SCHEMA, check_metadata=False)
     assert set(evaluation.column("model").to_pylist()) == {"teacher", "student_base", "heal", "rs_sft"}
-    assert (run / "report.md").read_text().startswith("# HEAL run e2e")
+    assert set(evaluation.column("benchmark").to_pylist()) == {"held_out"}
+    assert pq.read_table(run / "eval" / "summary.parquet").schema.equals(EVALUATION_SUMMARY_SCHEMA, check_metadata=False)
+    report = (run / "report.md").read_text()
+    assert report.startswith("# HEAL run e2e")
+    assert "| held_out | all | 3 |" in report.split("## Evaluation per benchmark", 1)[1]
     for plot in ("pass_rate_histogram", "pure_ratio"):
         assert (run / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for key in ("problems", "teacher ceiling (0 correct)", "problems rescued (0 correct -> kept)",

@@ -8,6 +8,9 @@ HEAL asks three things of a teacher, and only these three:
 * ``score`` / ``score_prefixes``: log-probabilities of given text (PURE), the batched form scoring one
   answer after every step prefix of a trajectory while re-using the shared prefix's computation.
 
+Backends that see only the top-k log-probs (vLLM, OpenAI-compatible servers) store a lower bound of the entropy
+(``heal_core/backends/logprobs.py``); ``exact_entropy`` gives GEAR the exact trace of the few trajectories it cuts.
+
 Prompts are user-message strings; a backend applies the model's chat template when it has one.
 """
 
@@ -83,4 +86,13 @@ class TeacherBackend(Protocol):
         self, prompt: str, segments: Sequence[str], answer_lead: str, answer: str
     ) -> PrefixScores:
         """Score ``segments`` (which concatenate to one answer) and ``answer`` after every segment prefix."""
+        ...
+
+    def exact_entropy(
+        self, prompt: str, token_ids: Sequence[int], recorded: np.ndarray, temperature: float
+    ) -> np.ndarray:
+        """The exact entropy trace (as ``Generation.entropy`` defines it) of a sampled answer to ``prompt``.
+
+        ``recorded`` is the trace ``sample`` returned; a backend whose recorded traces are exact returns it.
+        """
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,13 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
 )
 
+from heal_core.backends import tokens
 from heal_core.backends.base import Generation, PrefixScores
 from heal_core.config import SamplingConfig, TeacherConfig
 
@@ -100,6 +101,16 @@ def _call_plan(n_rows: int, n: int, max_rows: int) -> Iterator[tuple[list[int], 
             yield list(range(start, min(start + per_call, n_rows))), n
 
 
+@dataclass(frozen=True)
+class ForcedStats:
+    """Per predicted token of a teacher-forced pass: what the vLLM backend's exact mode and the HTTP server need."""
+
+    entropy: np.ndarray  # [L] entropy of softmax(z / T), nats
+    logprobs: np.ndarray  # [L] log p(token) at T = 1
+    top_ids: np.ndarray  # [L, k] the k likeliest tokens at T = 1
+    top_logprobs: np.ndarray  # [L, k] their log-probs, descending
+
+
 class HFBackend:
     """``TeacherBackend`` over ``AutoModelForCausalLM``; see heal_core/backends/base.py for the contract."""
 
@@ -108,11 +119,11 @@ class HFBackend:
     def __init__(self, model: str, dtype: str = "auto", device: str = "auto", max_batch_sequences: int = 64) -> None:
         _require_local(model)
         self.device = torch.device(device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.tokenizer = tokens.load_tokenizer(model)
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
         self.max_batch_sequences = max_batch_sequences
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = tokens.stop_token_ids(model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         # generate() fills every unset GenerationConfig field from model.generation_config, so a checkpoint's
         # generation_config.json (repetition_penalty, top_k, min_p, ...) would silently change sampling.
@@ -125,35 +136,25 @@ class HFBackend:
         """``model`` overrides ``config.model`` (e.g. a resolved local path)."""
         return cls(model or config.model, config.dtype, config.device, config.max_batch_sequences)
 
-    def _eos_ids(self) -> list[int]:
-        """The checkpoint's stop tokens (chat models often list end-of-turn and end-of-text) plus the tokenizer's."""
-        configured = self.model.generation_config.eos_token_id
-        ids = configured if isinstance(configured, list) else [configured]
-        ids = [*ids, self.tokenizer.eos_token_id]
-        return list(dict.fromkeys(i for i in ids if i is not None))
-
     def _encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return tokens.encode(self.tokenizer, text)
 
     def _prompt_ids(self, prompt: str) -> list[int]:
-        """Chat-templated user turn opening the assistant's; raw text (with the tokenizer's BOS) without a template."""
-        if not self.tokenizer.chat_template:
-            return self.tokenizer.encode(prompt)
-        messages = [{"role": "user", "content": prompt}]
-        return self._encode(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return tokens.prompt_ids(self.tokenizer, prompt)
 
     # ---- sampling -------------------------------------------------------------------------------------
 
     def sample(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
-        return self._generate([self._prompt_ids(p) for p in prompts], n, sampling)
+        return self.generate_ids([self._prompt_ids(p) for p in prompts], n, sampling)
 
     def continue_(
         self, prompt: str, prefix: str | Sequence[int], n: int, sampling: SamplingConfig
     ) -> list[Generation]:
         prefix_ids = self._encode(prefix) if isinstance(prefix, str) else list(prefix)
-        return self._generate([self._prompt_ids(prompt) + prefix_ids], n, sampling)[0]
+        return self.generate_ids([self._prompt_ids(prompt) + prefix_ids], n, sampling)[0]
 
-    def _generate(self, rows: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
+    def generate_ids(self, rows: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
+        """``n`` samples after each row of prompt token ids (``sample``, ``continue_`` and the HTTP server)."""
         results: list[list[Generation]] = [[] for _ in rows]
         for offset, (indices, k) in enumerate(_call_plan(len(rows), n, self.max_batch_sequences)):
             chunk = self._generate_call([rows[i] for i in indices], k, sampling, sampling.seed + offset)
@@ -198,19 +199,50 @@ class HFBackend:
         return input_ids.to(self.device), attention_mask.to(self.device)
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        return tokens.decode(self.tokenizer, token_ids)
 
     def _generation(self, token_ids: list[int], entropy: torch.Tensor, seed: int) -> Generation:
         """Trim a row after its first stop token (kept); the rest is padding from rows that ran longer."""
-        stop = next((t for t, tok in enumerate(token_ids) if tok in self.eos_ids), None)
-        end = len(token_ids) if stop is None else stop + 1
+        kept, stopped = tokens.trim_at_stop(token_ids, self.eos_ids)
         return Generation(
-            token_ids=token_ids[:end],
-            text=self.decode(token_ids[:end]),
-            entropy=entropy[:end].numpy(),
-            finish_reason="length" if stop is None else "stop",
+            token_ids=kept,
+            text=self.decode(kept),
+            entropy=entropy[: len(kept)].numpy(),
+            finish_reason="stop" if stopped else "length",
             seed=seed,
         )
+
+    def exact_entropy(
+        self, prompt: str, token_ids: Sequence[int], recorded: np.ndarray, temperature: float
+    ) -> np.ndarray:
+        """Recorded while sampling, from the full logits: already exact."""
+        return np.asarray(recorded)
+
+    @torch.inference_mode()
+    def teacher_forced(self, ids: Sequence[int], start: int, temperature: float = 1.0, top_k: int = 0) -> ForcedStats:
+        """Stats of each of ``ids[start:]`` given the tokens before it, from one forward over ``ids``.
+
+        The forward holds [len(ids), V] logits in the model's dtype (2.4 GB at 8k tokens, V = 152k, bf16);
+        log-softmax runs in float32 chunks as in scoring.
+        """
+        if not 1 <= start <= len(ids):
+            raise ValueError(f"start must be in [1, {len(ids)}], got {start}")
+        logits = self._forward(ids)[start - 1 : -1]
+        targets = torch.as_tensor(list(ids[start:]), device=self.device, dtype=torch.long)
+        k = min(top_k, logits.shape[-1])
+        entropy, logprobs, top_ids, top_logprobs = [], [], [], []
+        for s in range(0, len(targets), _LOGPROB_CHUNK):
+            chunk = logits[s : s + _LOGPROB_CHUNK]
+            entropy.append(token_entropy(chunk, temperature))
+            logp = chunk.float().log_softmax(-1)
+            logprobs.append(logp.gather(-1, targets[s : s + _LOGPROB_CHUNK, None]).squeeze(-1))
+            values, indices = logp.topk(k, dim=-1)
+            top_logprobs.append(values)
+            top_ids.append(indices)
+        if not entropy:  # start == len(ids): nothing to predict
+            return ForcedStats(np.zeros(0, np.float32), np.zeros(0, np.float32),
+                               np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
+        return ForcedStats(*(torch.cat(parts).cpu().numpy() for parts in (entropy, logprobs, top_ids, top_logprobs)))
 
     # ---- scoring --------------------------------------------------------------------------------------
 

@@ -1,0 +1,189 @@
+"""Top-k log-prob structures (vLLM outputs, OpenAI completions responses) → HEAL's entropy and log-prob arrays.
+
+Pure numpy, no engine or HTTP: both the vLLM and the OpenAI-compatible backends translate through here, and the
+tests check it on synthetic distributions where the exact answer is known.
+
+Why bounds and not an entropy: a server returns only the k most likely tokens per position (vLLM caps k at
+``--max-logprobs``, default 20), and HEAL's entropy is that of softmax(z / T) over the *full* vocabulary at the
+sampling temperature T (see ``Generation``). The log-probs come at T = 1 (vLLM's default ``raw_logprobs``, the
+model's own distribution, also what prompt log-probs are), so the tempered distribution's top-k, its tail mass
+and its normaliser are all known only within bounds. ``topk_entropy_bounds`` derives them:
+
+* p_1 >= ... >= p_k: the top-k probabilities at T = 1; r = 1 - sum p_i their tail mass, spread over the
+  m = V - k other tokens, each <= p_k.
+* alpha = 1 / T; a_i = p_i ** alpha; the tail's tempered sum S = sum_tail p_j ** alpha lies between the
+  uniform tail, m (r / m) ** alpha, and the tail packed at the cap, r p_k ** (alpha - 1) (power-mean
+  inequality; which one is smaller depends on alpha >= 1). At T = 1 both are r.
+* With R = S / (sum a + S) the tempered tail mass and H_top the entropy of the renormalised top-k,
+  H = H_b(R) + (1 - R) H_top + R H_tail, where the tail's own entropy H_tail is at most log m and at least
+  -log(q_k / R) (no tail token is likelier than the k-th, q_k = (1 - R) a_k / sum a).
+* Lower bound: that expression with H_tail at its minimum increases with S (its derivative in S is
+  (1 + sum_i a_i log(a_i / a_k) / Z) / Z > 0), so it is taken at the smallest S. At T = 1 it is the familiar
+  H_trunc + r (-log p_k).
+* Upper bound: with H_tail = log m the expression is concave in R; its maximum over the feasible R is taken
+  at R* = m / (m + exp(H_top)) clipped to the interval.
+
+The backends store the lower bound as ``Generation.entropy``: it is exact when the tail is empty, never above
+the truth, and its error (at most upper - lower) shrinks with the tail mass, which is small wherever the teacher
+is confident (see ../shared/notes/llm-apis.md §2 for measured errors). ``teacher.entropy: exact`` recomputes
+the traces GEAR cuts with a teacher-forced pass instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from transformers import PreTrainedTokenizerBase
+
+from heal_core.backends import tokens
+from heal_core.backends.base import Generation, PrefixScores
+
+TokenLogprobs = Mapping[int, float]  # token id -> log-prob at one position
+
+
+def top_logprob_matrix(positions: Sequence[TokenLogprobs | None], k: int) -> np.ndarray:
+    """[positions, k] of each position's k largest log-probs, descending, padded with -inf.
+
+    Servers return the top-k plus the sampled token when that one is outside the top-k: keeping the k largest
+    drops it, so every row holds exactly the top-k the bounds assume.
+    """
+    out = np.full((len(positions), k), -np.inf)
+    for t, entry in enumerate(positions):
+        if not entry:
+            raise ValueError(f"position {t} has no log-probs")
+        values = np.sort(np.fromiter(entry.values(), dtype=np.float64))[::-1][:k]
+        out[t, : len(values)] = values
+    return out
+
+
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
+
+
+def topk_entropy_bounds(top_logprobs: np.ndarray, temperature: float, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) bounds, in nats, on the entropy of softmax(z / temperature) at each position.
+
+    ``top_logprobs`` is [positions, k]: the k largest log-probs at T = 1 per row, -inf where a row has fewer.
+    The derivation is in the module docstring; both bounds are exact when a row's tail mass is zero.
+    """
+    lp = np.asarray(top_logprobs, dtype=np.float64)
+    if lp.ndim != 2 or lp.shape[1] == 0:
+        raise ValueError(f"top_logprobs must be [positions, k], got shape {lp.shape}")
+    valid = np.isfinite(lp)
+    if len(lp) and not valid[:, 0].all():
+        raise ValueError("every position needs at least one finite log-prob")
+    alpha = 1.0 / temperature
+    k_valid = valid.sum(1)
+    tail_tokens = np.maximum(vocab_size - k_valid, 1).astype(np.float64)
+    log_cap = np.where(valid, lp, np.inf).min(1)  # log p_k, the smallest top-k log-prob
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        tail = np.clip(1.0 - np.where(valid, np.exp(lp), 0.0).sum(1), 0.0, 1.0)
+        log_tail = np.log(tail)  # -inf when the top-k hold all the mass
+        log_a = np.where(valid, alpha * lp, -np.inf)
+        log_sum_a = np.logaddexp.reduce(log_a, axis=1)
+        uniform = np.log(tail_tokens) + alpha * (log_tail - np.log(tail_tokens))
+        packed = log_tail + (alpha - 1.0) * log_cap
+        log_s_lo, log_s_hi = np.minimum(uniform, packed), np.maximum(uniform, packed)
+        r_lo = 1.0 / (1.0 + np.exp(log_sum_a - log_s_lo))
+        r_hi = 1.0 / (1.0 + np.exp(log_sum_a - log_s_hi))
+        q_top = np.where(valid, np.exp(log_a - log_sum_a[:, None]), 0.0)
+    h_top = -_xlogx(q_top).sum(1)
+    log_q_cap = alpha * log_cap - log_sum_a  # log(a_k / sum a): the k-th token's share of the top-k
+
+    def lower(r: np.ndarray) -> np.ndarray:
+        return -_xlogx(1.0 - r) + (1.0 - r) * h_top - r * (np.log1p(-r) + log_q_cap)
+
+    def upper(r: np.ndarray) -> np.ndarray:
+        return -_xlogx(r) - _xlogx(1.0 - r) + (1.0 - r) * h_top + r * np.log(tail_tokens)
+
+    r_star = np.clip(tail_tokens / (tail_tokens + np.exp(h_top)), r_lo, r_hi)
+    return lower(r_lo), upper(r_star)
+
+
+def topk_entropy(
+    positions: Sequence[TokenLogprobs | None], k: int, temperature: float, vocab_size: int
+) -> np.ndarray:
+    """The entropy HEAL stores from top-k log-probs: the lower bound of ``topk_entropy_bounds`` (float32)."""
+    if not positions:
+        return np.zeros(0, dtype=np.float32)
+    lower, _ = topk_entropy_bounds(top_logprob_matrix(positions, k), temperature, vocab_size)
+    return lower.astype(np.float32)
+
+
+def target_logprobs(positions: Sequence[TokenLogprobs | None], targets: Sequence[int]) -> np.ndarray:
+    """log p(targets[t]) at each position (float32), as prompt log-prob requests return them.
+
+    A position without its target token means the request did not ask for it: an error, not a guess.
+    """
+    if len(positions) != len(targets):
+        raise ValueError(f"{len(positions)} log-prob positions for {len(targets)} target tokens")
+    out = np.empty(len(targets), dtype=np.float32)
+    for t, (entry, token) in enumerate(zip(positions, targets, strict=True)):
+        if not entry or token not in entry:
+            raise ValueError(f"position {t}: no log-prob for token {token}")
+        out[t] = entry[token]
+    return out
+
+
+def sampled_generation(
+    token_ids: Sequence[int],
+    positions: Sequence[TokenLogprobs | None],
+    *,
+    stopped_by_server: bool,
+    stop_ids: Sequence[int],
+    k: int,
+    temperature: float,
+    vocab_size: int,
+    seed: int,
+    decode: Callable[[Sequence[int]], str],
+) -> Generation:
+    """A ``Generation`` from a sampled completion's token ids and per-token top-k log-probs.
+
+    As in the HF backend, the completion ends at its first stop token (kept), and it finished by ``stop`` when it
+    holds one or the server says so (a server may leave the stop token out of the ids).
+    """
+    kept, stopped = tokens.trim_at_stop(token_ids, stop_ids)
+    if len(positions) < len(kept):
+        raise ValueError(f"log-probs for {len(positions)} of {len(kept)} sampled tokens")
+    return Generation(
+        token_ids=kept,
+        text=decode(kept),
+        entropy=topk_entropy(positions[: len(kept)], k, temperature, vocab_size),
+        finish_reason="stop" if stopped or stopped_by_server else "length",
+        seed=seed,
+    )
+
+
+RowScorer = Callable[[list[list[int]]], list[list[TokenLogprobs | None]]]
+
+
+def score_prefixes(
+    score_rows: RowScorer,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    segments: Sequence[str],
+    answer_lead: str,
+    answer: str,
+) -> PrefixScores:
+    """``score_prefixes`` for backends that can only score whole rows (prompt log-probs, echo).
+
+    ``score_rows`` returns each row's per-position log-prob maps (position t: the row's token t given the ones
+    before). The rows are the whole answer and, for every boundary k = 0..K, the segments before it + lead +
+    gold answer: K + 2 rows, O(K * L) tokens. Segments are tokenised one by one, as in the HF backend, so every
+    boundary is an exact token index.
+    """
+    prompt_ids = tokens.prompt_ids(tokenizer, prompt)
+    segment_ids = [tokens.encode(tokenizer, s) for s in segments]
+    lead_ids, answer_ids = tokens.encode(tokenizer, answer_lead), tokens.encode(tokenizer, answer)
+    ids = prompt_ids + [t for seg in segment_ids for t in seg]
+    bounds = np.cumsum([len(prompt_ids)] + [len(seg) for seg in segment_ids]).tolist()
+    whole, *after = score_rows([ids] + [ids[:b] + lead_ids + answer_ids for b in bounds])
+    flat = target_logprobs(whole[len(prompt_ids) : len(ids)], ids[len(prompt_ids) :])
+    offsets = [b - len(prompt_ids) for b in bounds]
+    answers = [
+        target_logprobs(positions[b + len(lead_ids) : b + len(lead_ids) + len(answer_ids)], answer_ids)
+        for b, positions in zip(bounds, after, strict=True)
+    ]
+    return PrefixScores(segment_logprobs=[flat[a:b] for a, b in zip(offsets, offsets[1:])], answer_logprobs=answers)

@@ -1,0 +1,319 @@
+"""The teacher behind an OpenAI-compatible ``/v1/completions`` endpoint: vllm serve, SGLang, heal serve-teacher.
+
+The shared-server shape: the model is loaded once per node and many shards call it. Everything the protocol needs
+goes through the plain completions API with vLLM's widely implemented extensions:
+
+* prompts are token ids built locally (``heal_core/backends/tokens.py``): chat template and GEAR's raw prompt
+  continuation (prompt ids + kept prefix ids) are exact, whatever template the server would apply;
+* ``n`` samples per request, ``logprobs: k`` for the top-k log-probs the entropy bound is computed from
+  (``heal_core/backends/logprobs.py``), ``return_tokens_as_token_ids`` so tokens come back as ids, not as
+  strings that can collide;
+* scoring sends ``echo: true`` with ``logprobs``: the response carries the prompt's own log-probs.
+
+Requests run concurrently on an httpx async client (at most ``server.max_concurrency`` in flight) in a private
+event-loop thread (an anyio blocking portal), so the sync protocol methods work from any thread, event loop or
+not. 429, 5xx, timeouts and connection errors are retried with exponential backoff (``Retry-After`` wins);
+other errors fail at once with the server's message. A server that answers without log-probs fails with an
+error saying what heal needs, never with entropies made up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import httpx
+import numpy as np
+from anyio.from_thread import start_blocking_portal
+
+from heal_core.backends import logprobs, tokens
+from heal_core.backends.base import Generation, PrefixScores
+from heal_core.config import SamplingConfig, ServerConfig, TeacherConfig
+
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+TOKEN_ID_PREFIX = "token_id:"
+
+
+class ServerError(RuntimeError):
+    """The server refused a request, or kept failing past the retries."""
+
+
+class LogprobsUnsupported(ServerError):
+    """The server answered without the per-token log-probs heal's entropy and scoring need."""
+
+
+def sample_payload(
+    model: str, prompt_ids: Sequence[int], n: int, sampling: SamplingConfig, seed: int, stop_ids: Sequence[int], k: int
+) -> dict[str, Any]:
+    """A sampling request: every field that shapes the output explicit, as for the vLLM engine."""
+    return {
+        "model": model,
+        "prompt": list(prompt_ids),
+        "n": n,
+        "max_tokens": sampling.max_new_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k if sampling.top_k > 0 else -1,
+        "min_p": 0.0,
+        "seed": seed,
+        "stop": [],
+        "stop_token_ids": list(stop_ids),
+        "ignore_eos": False,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "logprobs": k,
+        "echo": False,
+        "skip_special_tokens": True,
+        "return_tokens_as_token_ids": True,
+        "stream": False,
+    }
+
+
+def score_payload(model: str, ids: Sequence[int]) -> dict[str, Any]:
+    """A scoring request: the prompt echoed with the actual token's log-prob at T = 1 at every position."""
+    return {
+        "model": model,
+        "prompt": list(ids),
+        "n": 1,
+        "max_tokens": 1,  # servers generate at least one token; it is ignored
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": -1,
+        "min_p": 0.0,
+        "seed": 0,
+        "stop": [],
+        "logprobs": 1,
+        "echo": True,
+        "return_tokens_as_token_ids": True,
+        "stream": False,
+    }
+
+
+def token_id(token: str) -> int:
+    """``"token_id:42"`` -> 42: the form ``return_tokens_as_token_ids`` asks for."""
+    if not token.startswith(TOKEN_ID_PREFIX):
+        raise LogprobsUnsupported(
+            f"the server returned the token {token!r} as text: heal needs return_tokens_as_token_ids "
+            "(vLLM >= 0.5, SGLang, heal serve-teacher)"
+        )
+    return int(token[len(TOKEN_ID_PREFIX) :])
+
+
+def choice_tokens(choice: dict[str, Any]) -> tuple[list[int], list[dict[int, float] | None]]:
+    """Token ids of a choice (echoed prompt first, when echoed) and each position's ``{id: log-prob}``.
+
+    A position's map holds the top-k and the token itself; the first echoed token has none (None).
+    """
+    data = choice.get("logprobs")
+    if not data or data.get("tokens") is None or data.get("token_logprobs") is None:
+        raise LogprobsUnsupported("the server answered without per-token log-probs (choices[].logprobs)")
+    ids = [token_id(t) for t in data["tokens"]]
+    tops = data.get("top_logprobs") or [None] * len(ids)
+    positions: list[dict[int, float] | None] = []
+    for token, logprob, top in zip(ids, data["token_logprobs"], tops, strict=True):
+        if logprob is None:
+            positions.append(None)
+            continue
+        position = {token_id(key): float(value) for key, value in (top or {}).items()}
+        position[token] = float(logprob)
+        positions.append(position)
+    return ids, positions
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The server's own message: vLLM and OpenAI nest it in ``error``, older vLLM puts it at the top level."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        if body.get("message"):
+            return str(body["message"])
+    return str(body)[:500]
+
+
+class CompletionsClient:
+    """Concurrent POSTs to ``<url>/completions`` with bounded concurrency and retries, callable from sync code."""
+
+    def __init__(self, settings: ServerConfig) -> None:
+        self.settings = settings
+        headers = {}
+        if settings.api_key_env:
+            key = os.environ.get(settings.api_key_env)
+            if not key:
+                raise ServerError(f"teacher.server.api_key_env names {settings.api_key_env}, which is not set")
+            headers["Authorization"] = f"Bearer {key}"
+        stack = contextlib.ExitStack()
+        self._portal = stack.enter_context(start_blocking_portal())
+        self._client = httpx.AsyncClient(
+            base_url=settings.url.rstrip("/") + "/",
+            headers=headers,
+            timeout=settings.timeout_seconds,
+            limits=httpx.Limits(max_connections=settings.max_concurrency),
+        )
+        stack.callback(self._portal.call, self._client.aclose)
+        self._slots = self._portal.call(self._semaphore, settings.max_concurrency)
+        self._close = weakref.finalize(self, stack.close)  # the loop thread ends with the client or at exit
+
+    @staticmethod
+    async def _semaphore(slots: int) -> anyio.Semaphore:
+        return anyio.Semaphore(slots)
+
+    def close(self) -> None:
+        self._close()
+
+    def get(self, path: str) -> Any:
+        return self._portal.call(self._request, "GET", path, None)
+
+    def post_all(self, path: str, payloads: Sequence[dict[str, Any]]) -> list[Any]:
+        """Responses in the order of ``payloads``; the first failure cancels the rest and is raised."""
+        return self._portal.call(self._post_all, path, list(payloads))
+
+    async def _post_all(self, path: str, payloads: list[dict[str, Any]]) -> list[Any]:
+        results: list[Any] = [None] * len(payloads)
+
+        async def one(i: int) -> None:
+            results[i] = await self._request("POST", path, payloads[i])
+
+        try:
+            async with anyio.create_task_group() as group:
+                for i in range(len(payloads)):
+                    group.start_soon(one, i)
+        except BaseExceptionGroup as failed:  # anyio groups every error: raise the first as itself
+            raise failed.exceptions[0] from None
+        return results
+
+    async def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
+        url = f"{self.settings.url.rstrip('/')}/{path}"
+        attempt = 0
+        async with self._slots:
+            while True:
+                retry_after: float | None = None
+                try:
+                    response = await self._client.request(method, path, json=payload)
+                except httpx.TransportError as exc:  # timeouts, refused and dropped connections
+                    problem = f"{type(exc).__name__}: {exc}"
+                else:
+                    if response.is_success:
+                        return response.json()
+                    problem = f"HTTP {response.status_code}: {_error_message(response)}"
+                    if response.status_code not in RETRY_STATUS:
+                        raise self._refused(url, problem, payload)
+                    with contextlib.suppress(ValueError, TypeError):
+                        retry_after = float(response.headers.get("retry-after"))
+                if attempt == self.settings.max_retries:
+                    raise ServerError(f"{method} {url} failed {attempt + 1} times, last: {problem}")
+                delay = self.settings.backoff_seconds * 2**attempt * random.uniform(0.5, 1.0)
+                await anyio.sleep(retry_after if retry_after is not None else delay)
+                attempt += 1
+
+    @staticmethod
+    def _refused(url: str, problem: str, payload: dict[str, Any] | None) -> ServerError:
+        if payload and payload.get("logprobs") is not None and "logprob" in problem.lower():
+            return LogprobsUnsupported(
+                f"{url} refused a request for {payload['logprobs']} log-probs ({problem}): start the server with "
+                "enough log-probs (vllm serve --max-logprobs, heal serve-teacher) or lower teacher.top_logprobs"
+            )
+        return ServerError(f"{url} refused the request: {problem}")
+
+
+class OpenAIBackend:
+    """``TeacherBackend`` over an OpenAI-compatible completions server; see heal_core/backends/base.py."""
+
+    name = "openai"
+
+    def __init__(self, config: TeacherConfig, model: str | None = None) -> None:
+        """``model`` (default ``teacher.model``) is where the tokenizer and config come from: a hub name or a
+        directory without weights will do. The server is asked for ``server.model_name`` (default teacher.model)."""
+        self.config = config
+        path = model or config.model
+        self.tokenizer = tokens.load_tokenizer(path)
+        self.stop_ids = tokens.stop_token_ids(path, self.tokenizer)
+        self.vocab_size = tokens.vocab_size(path)
+        self.served = config.server.model_name or config.model or path
+        self.client = CompletionsClient(config.server)
+        self._check_served()
+
+    def _check_served(self) -> None:
+        """Fail before any work when the server does not serve the model (a wrong URL or name)."""
+        served = [m.get("id") for m in self.client.get("models").get("data", [])]
+        if self.served not in served:
+            raise ServerError(f"{self.config.server.url} serves {served}, not {self.served!r} (teacher.server.model_name)")
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ---- sampling -------------------------------------------------------------------------------------
+
+    def sample(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
+        return self._generate([tokens.prompt_ids(self.tokenizer, p) for p in prompts], n, sampling)
+
+    def continue_(
+        self, prompt: str, prefix: str | Sequence[int], n: int, sampling: SamplingConfig
+    ) -> list[Generation]:
+        prefix_ids = tokens.encode(self.tokenizer, prefix) if isinstance(prefix, str) else list(prefix)
+        return self._generate([tokens.prompt_ids(self.tokenizer, prompt) + prefix_ids], n, sampling)[0]
+
+    def _generate(self, rows: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
+        """One request per prompt; prompt i gets seed ``sampling.seed + i * n``, as with the vLLM engine."""
+        seeds = [sampling.seed + i * n for i in range(len(rows))]
+        k = self.config.top_logprobs
+        payloads = [sample_payload(self.served, r, n, sampling, s, self.stop_ids, k) for r, s in zip(rows, seeds)]
+        responses = self.client.post_all("completions", payloads)
+        results = []
+        for response, seed in zip(responses, seeds, strict=True):
+            choices = sorted(response["choices"], key=lambda c: c["index"])
+            if len(choices) != n:
+                raise ServerError(f"asked for {n} samples, the server returned {len(choices)}")
+            results.append([self._generation(c, seed, sampling.temperature) for c in choices])
+        return results
+
+    def _generation(self, choice: dict[str, Any], seed: int, temperature: float) -> Generation:
+        ids, positions = choice_tokens(choice)
+        return logprobs.sampled_generation(
+            ids, positions, stopped_by_server=choice.get("finish_reason") == "stop", stop_ids=self.stop_ids,
+            k=self.config.top_logprobs, temperature=temperature, vocab_size=self.vocab_size, seed=seed,
+            decode=self.decode,
+        )
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return tokens.decode(self.tokenizer, token_ids)
+
+    def exact_entropy(
+        self, prompt: str, token_ids: Sequence[int], recorded: np.ndarray, temperature: float
+    ) -> np.ndarray:
+        """A server gives top-k log-probs only (``teacher.entropy`` is ``topk``): the recorded bound."""
+        return np.asarray(recorded)
+
+    # ---- scoring --------------------------------------------------------------------------------------
+
+    def _echo(self, rows: list[list[int]]) -> list[list[dict[int, float] | None]]:
+        """Per-position log-prob maps of each row, checked to be the row's own tokens."""
+        responses = self.client.post_all("completions", [score_payload(self.served, r) for r in rows])
+        out = []
+        for row, response in zip(rows, responses, strict=True):
+            ids, positions = choice_tokens(response["choices"][0])
+            if ids[: len(row)] != row:
+                raise ServerError("the server's echoed prompt differs from the token ids sent")
+            out.append(positions[: len(row)])
+        return out
+
+    def score(self, prompt: str, continuation: str) -> np.ndarray:
+        prompt_ids, ids = tokens.prompt_ids(self.tokenizer, prompt), tokens.encode(self.tokenizer, continuation)
+        [positions] = self._echo([prompt_ids + ids])
+        return logprobs.target_logprobs(positions[len(prompt_ids) :], ids)
+
+    def score_prefixes(
+        self, prompt: str, segments: Sequence[str], answer_lead: str, answer: str
+    ) -> PrefixScores:
+        """K + 2 echo requests, sent concurrently (see ``logprobs.score_prefixes``)."""
+        return logprobs.score_prefixes(self._echo, self.tokenizer, prompt, segments, answer_lead, answer)

@@ -1,0 +1,214 @@
+"""``heal serve-teacher --backend hf``: an OpenAI-compatible completions server over the HF backend.
+
+For a teacher on a CPU box or a small GPU, and as the real server the OpenAI backend is tested against. It speaks
+the subset of ``/v1/completions`` that heal's OpenAI backend uses, with vLLM's semantics: token-id or text
+prompts, ``n``, ``seed``, ``logprobs: k`` (top-k at T = 1 plus the token itself, as vLLM's default
+``raw_logprobs``), ``echo`` with prompt log-probs, ``return_tokens_as_token_ids``, vLLM's ``top_k`` and
+``stop_token_ids``. Requests it cannot honour exactly (streaming, stop strings, penalties, greedy decoding) get
+HTTP 400 naming the field, never a silently different answer. ``vllm serve`` is the throughput path: this server
+runs one request at a time (the HF backend seeds torch's global RNG per call, so concurrent calls would race).
+
+Log-probs come from one teacher-forced forward over prompt + sample after sampling (``HFBackend.teacher_forced``):
+exact, at the cost of one extra forward per sample.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from heal_core.backends import tokens
+from heal_core.backends.hf import HFBackend
+from heal_core.config import SamplingConfig
+
+
+class CompletionRequest(BaseModel):
+    """The fields heal's OpenAI backend sends; unknown fields are ignored, as OpenAI-compatible servers do."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    prompt: str | list[int] | list[str] | list[list[int]]
+    n: int = Field(1, ge=1)
+    max_tokens: int = Field(16, ge=1)  # the OpenAI and vLLM default
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1, description="-1 or 0: off (vLLM)")
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = Field(None, ge=0)
+    echo: bool = False
+    skip_special_tokens: bool = True
+    return_tokens_as_token_ids: bool = False
+    stream: bool = False
+
+
+class BadRequest(ValueError):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = "BadRequestError" if status == 400 else "InternalServerError"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
+
+
+class CompletionService:
+    """Turns completion requests into HF backend calls and OpenAI-shaped responses."""
+
+    def __init__(self, backend: HFBackend, served_name: str, max_logprobs: int) -> None:
+        self.backend, self.served_name, self.max_logprobs = backend, served_name, max_logprobs
+
+    def check(self, request: CompletionRequest) -> None:
+        """Reject what this server would not do exactly as asked."""
+        if request.model != self.served_name:
+            raise BadRequest(f"model {request.model!r} is not served here; this server serves {self.served_name!r}", "model")
+        unsupported = {
+            "stream": request.stream,
+            "stop": bool(request.stop),
+            "ignore_eos": request.ignore_eos,
+            "min_p": request.min_p != 0.0,
+            "presence_penalty": request.presence_penalty != 0.0,
+            "frequency_penalty": request.frequency_penalty != 0.0,
+            "repetition_penalty": request.repetition_penalty != 1.0,
+            "skip_special_tokens": not request.skip_special_tokens,
+        }
+        for field, used in unsupported.items():
+            if used:
+                raise BadRequest(f"{field} is not supported by heal serve-teacher --backend hf", field)
+        if request.temperature == 0.0:
+            raise BadRequest("greedy decoding (temperature 0) is not supported; use a temperature > 0", "temperature")
+        if request.logprobs is not None and request.logprobs > self.max_logprobs:
+            raise BadRequest(f"Requested sample logprobs of {request.logprobs}, which is greater than max allowed: "
+                             f"{self.max_logprobs}", "logprobs")
+        extra = set(request.stop_token_ids or []) - set(self.backend.eos_ids)
+        if extra:
+            raise BadRequest(f"stop_token_ids {sorted(extra)} are not the model's stop tokens {self.backend.eos_ids}",
+                             "stop_token_ids")
+
+    def rows(self, prompt: str | list[int] | list[str] | list[list[int]]) -> list[list[int]]:
+        """Prompts as token ids; text is tokenised with the tokenizer's special tokens, as vLLM does."""
+        items = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
+        rows = [self.backend.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in items]
+        if not rows or not all(rows):
+            raise BadRequest("prompt must hold at least one token", "prompt")
+        vocab = self.backend.model.config.vocab_size
+        if any(not 0 <= t < vocab for row in rows for t in row):
+            raise BadRequest(f"prompt token ids must be in [0, {vocab})", "prompt")
+        return rows
+
+    def complete(self, request: CompletionRequest) -> dict[str, Any]:
+        self.check(request)
+        rows = self.rows(request.prompt)
+        sampling = SamplingConfig(
+            n=request.n, temperature=request.temperature, top_p=request.top_p, top_k=max(request.top_k, 0),
+            max_new_tokens=request.max_tokens, seed=request.seed if request.seed is not None else secrets.randbits(31),
+        )
+        samples = self.backend.generate_ids(rows, request.n, sampling)
+        choices = [
+            self._choice(i * request.n + j, row, generation.token_ids, generation.finish_reason, request)
+            for i, (row, generations) in enumerate(zip(rows, samples, strict=True))
+            for j, generation in enumerate(generations)
+        ]
+        completion_tokens = sum(len(g.token_ids) for generations in samples for g in generations)
+        prompt_tokens = sum(map(len, rows))
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.served_name,
+            "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+    def _choice(self, index: int, row: list[int], generated: list[int], finish: str, request: CompletionRequest
+                ) -> dict[str, Any]:
+        text = self.backend.decode(generated)
+        ids = generated
+        if request.echo:
+            text, ids = self.backend.decode(row) + text, row + generated
+        logprobs = None
+        if request.logprobs is not None:
+            logprobs = self._logprobs(row + generated, len(ids), request.logprobs, request.return_tokens_as_token_ids)
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish, "stop_reason": None}
+
+    def _logprobs(self, ids: list[int], shown: int, k: int, as_ids: bool) -> dict[str, Any]:
+        """The completions ``logprobs`` object for the last ``shown`` tokens of ``ids`` (all of them when echoed:
+        the first token then has no log-prob)."""
+        start = len(ids) - shown
+        stats = self.backend.teacher_forced(ids, max(start, 1), temperature=1.0, top_k=k)
+        name = (lambda t: f"token_id:{t}") if as_ids else (lambda t: tokens.decode(self.backend.tokenizer, [t]))
+        token_logprobs: list[float | None] = [None] if start == 0 else []
+        top_logprobs: list[dict[str, float] | None] = [None] if start == 0 else []
+        for t in range(len(stats.logprobs)):
+            token = ids[max(start, 1) + t]
+            top = {name(int(i)): float(v) for i, v in zip(stats.top_ids[t], stats.top_logprobs[t], strict=True)}
+            top[name(token)] = float(stats.logprobs[t])
+            token_logprobs.append(float(stats.logprobs[t]))
+            top_logprobs.append(top)
+        names = [name(t) for t in ids[start:]]
+        offsets, at = [], 0
+        for piece in names:
+            offsets.append(at)
+            at += len(piece)
+        return {"tokens": names, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": offsets}
+
+
+def create_app(backend: HFBackend, served_name: str, max_logprobs: int = 20) -> FastAPI:
+    """The ASGI app: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``."""
+    service = CompletionService(backend, served_name, max_logprobs)
+    app = FastAPI(title="heal serve-teacher (hf)")
+    one_at_a_time = anyio.Lock()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        return _error(400, f"{'.'.join(map(str, first['loc'][1:]))}: {first['msg']}", str(first["loc"][-1]))
+
+    @app.exception_handler(BadRequest)
+    async def bad(_: Request, exc: BadRequest) -> JSONResponse:
+        return _error(400, str(exc), exc.param)
+
+    @app.exception_handler(Exception)
+    async def failed(_: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"{type(exc).__name__}: {exc}")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": served_name, "object": "model", "owned_by": "heal"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: CompletionRequest) -> dict[str, Any]:
+        async with one_at_a_time:
+            return await anyio.to_thread.run_sync(service.complete, request)
+
+    return app
+
+
+def serve(model: str, served_name: str, host: str, port: int, dtype: str, device: str, max_logprobs: int,
+          max_batch_sequences: int) -> None:
+    """Load the model and serve it until interrupted."""
+    import uvicorn
+
+    backend = HFBackend(model, dtype, device, max_batch_sequences)
+    uvicorn.run(create_app(backend, served_name, max_logprobs), host=host, port=port)

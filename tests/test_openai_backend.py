@@ -1,0 +1,301 @@
+"""The OpenAI backend against a real server: ``heal serve-teacher --backend hf`` serving a tiny local model on
+127.0.0.1, with faults (503, 429, timeouts, answers without log-probs) injected by a real HTTP proxy in between."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import uvicorn
+import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from typer.testing import CliRunner
+
+from heal_core.backends.base import TeacherBackend
+from heal_core.backends.hf import HFBackend
+from heal_core.backends.openai import LogprobsUnsupported, OpenAIBackend, ServerError
+from heal_core.backends.serve import create_app
+from heal_core.config import SamplingConfig, TeacherConfig
+from servers import free_port, stop, wait_http
+
+NAME = "tiny-teacher"
+MAX_LOGPROBS = 1024  # above the tiny vocabulary: a top-k that holds every token makes the entropy bound exact
+PROMPTS = ["What is 2 + 3?", "Ann has 12 apples and buys 30 more. How many apples does she have now?"]
+SAMPLING = SamplingConfig(n=3, temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=12, seed=5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads on 2 shared cores (see test_hf_backend.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free 127.0.0.1 port in a background thread; yield its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+class FaultProxy:
+    """A real HTTP proxy in front of the teacher server. Each POST takes the next scripted fault, if any:
+    ``503``/``429`` answer instead of the server, ``slow`` delays past the client's timeout, ``strip`` forwards
+    and drops the log-probs from the answer. It counts requests and the most it saw in flight at once."""
+
+    def __init__(self, upstream: str, slow_seconds: float = 4.0) -> None:
+        self.upstream, self.slow_seconds, self.url = upstream, slow_seconds, ""
+        self.faults: list[str] = []
+        self.posts = self.in_flight = self.max_in_flight = 0
+        self.app = Starlette(routes=[Route("/{path:path}", self.forward, methods=["GET", "POST"])])
+
+    def reset(self, *faults: str) -> None:
+        """Script the next faults and zero the counters, once requests abandoned by an earlier test are done."""
+        deadline = time.monotonic() + 2 * self.slow_seconds
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.faults, self.posts, self.max_in_flight = list(faults), 0, 0
+
+    async def forward(self, request: Request) -> Response:
+        fault, body = None, await request.body()
+        if request.method == "POST":
+            self.posts += 1
+            fault = self.faults.pop(0) if self.faults else None
+        if fault == "503":
+            return JSONResponse({"error": {"message": "overloaded", "code": 503}}, 503)
+        if fault == "429":
+            return JSONResponse({"error": {"message": "slow down", "code": 429}}, 429, headers={"Retry-After": "0.05"})
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if fault == "slow":
+                await asyncio.sleep(self.slow_seconds)
+            async with httpx.AsyncClient(timeout=60) as client:
+                answer = await client.request(request.method, f"{self.upstream}/{request.path_params['path']}",
+                                              content=body, headers={"content-type": "application/json"})
+        finally:
+            self.in_flight -= 1
+        data = answer.json()
+        if fault == "strip":
+            for choice in data["choices"]:
+                choice["logprobs"] = None
+        return JSONResponse(data, answer.status_code)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dirs) -> Path:
+    return tiny_model_dirs["qwen2"]
+
+
+@pytest.fixture(scope="module")
+def hf(model_dir) -> HFBackend:
+    return HFBackend(str(model_dir), dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(hf) -> Iterator[str]:
+    with serving(create_app(hf, NAME, MAX_LOGPROBS)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def proxy(server) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(server)
+    with serving(proxy.app) as url:
+        proxy.url = url
+        yield proxy
+
+
+def teacher(url: str, model_dir: Path, top_logprobs: int = MAX_LOGPROBS, **server: object) -> TeacherConfig:
+    return TeacherConfig(backend="openai", entropy="topk", model=str(model_dir), top_logprobs=top_logprobs,
+                         server={"url": f"{url}/v1", "model_name": NAME, "backoff_seconds": 0.05, **server})
+
+
+@pytest.fixture(scope="module")
+def client(server, model_dir) -> Iterator[OpenAIBackend]:
+    backend = OpenAIBackend(teacher(server, model_dir))
+    yield backend
+    backend.close()
+
+
+def test_samples_continuations_and_scores_match_the_hf_backend(client, hf):
+    """Same token ids, texts, finish reasons and seeds as sampling in process; the entropy (top-k holding every
+    token) and every log-prob equal HF's."""
+    assert isinstance(client, TeacherBackend)
+    served = client.sample(PROMPTS, 3, SAMPLING)
+    for i, prompt in enumerate(PROMPTS):
+        local = hf.sample([prompt], 3, SAMPLING.model_copy(update={"seed": SAMPLING.seed + 3 * i}))[0]
+        assert [g.token_ids for g in served[i]] == [g.token_ids for g in local]
+        assert [(g.text, g.finish_reason, g.seed) for g in served[i]] == [(g.text, g.finish_reason, g.seed) for g in local]
+        for a, b in zip(served[i], local, strict=True):
+            np.testing.assert_allclose(a.entropy, b.entropy, atol=2e-4)
+    prefix = "First, 2 + 3 = 5.\n\n"
+    continued, local = client.continue_(PROMPTS[0], prefix, 2, SAMPLING), hf.continue_(PROMPTS[0], prefix, 2, SAMPLING)
+    assert [g.token_ids for g in continued] == [g.token_ids for g in local]
+    answer = "First, 2 + 3 = 5.\n\nSo the answer is 5.\n\nThe final answer is \\boxed{5}."
+    np.testing.assert_allclose(client.score(PROMPTS[0], answer), hf.score(PROMPTS[0], answer), atol=1e-5)
+    segments = ["First, 2 + 3 = 5.", "\n\nSo the answer is 5."]
+    ours, reference = (b.score_prefixes(PROMPTS[0], segments, "\n\nThe final answer is \\boxed{", "5") for b in (client, hf))
+    for a, b in zip(ours.segment_logprobs + ours.answer_logprobs, reference.segment_logprobs + reference.answer_logprobs,
+                    strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_top20_entropy_is_a_lower_bound_of_the_exact_one(server, model_dir, hf):
+    backend = OpenAIBackend(teacher(server, model_dir, top_logprobs=20))
+    try:
+        [served] = backend.sample(PROMPTS[:1], 3, SAMPLING)
+    finally:
+        backend.close()
+    [local] = hf.sample(PROMPTS[:1], 3, SAMPLING)
+    for a, b in zip(served, local, strict=True):
+        assert a.token_ids == b.token_ids
+        assert np.all(a.entropy <= b.entropy + 1e-4) and np.all(a.entropy > 0)
+
+
+def test_retries_503_and_429_then_succeeds_with_the_same_samples(proxy, model_dir, client):
+    backend = OpenAIBackend(teacher(proxy.url, model_dir))
+    try:
+        proxy.reset("503", "429", "503")
+        retried = backend.sample(PROMPTS[:1], 3, SAMPLING)
+        assert proxy.posts == 4 and not proxy.faults
+    finally:
+        backend.close()
+    assert [g.token_ids for g in retried[0]] == [g.token_ids for g in client.sample(PROMPTS[:1], 3, SAMPLING)[0]]
+
+
+def test_retries_a_timeout_and_gives_up_after_max_retries(proxy, model_dir):
+    backend = OpenAIBackend(teacher(proxy.url, model_dir, timeout_seconds=2.0, max_retries=1))
+    try:
+        proxy.reset("slow")
+        assert len(backend.sample(PROMPTS[:1], 2, SAMPLING)[0]) == 2 and proxy.posts == 2
+        proxy.reset("slow", "slow")
+        with pytest.raises(ServerError, match="failed 2 times, last: ReadTimeout"):
+            backend.sample(PROMPTS[:1], 2, SAMPLING)
+        proxy.reset("503", "503")
+        with pytest.raises(ServerError, match="failed 2 times, last: HTTP 503: overloaded"):
+            backend.score(PROMPTS[0], "5")
+    finally:
+        backend.close()
+
+
+def test_missing_or_refused_logprobs_are_a_clear_error(proxy, model_dir, server):
+    backend = OpenAIBackend(teacher(proxy.url, model_dir))
+    try:
+        proxy.reset("strip")
+        with pytest.raises(LogprobsUnsupported, match="without per-token log-probs"):
+            backend.sample(PROMPTS[:1], 2, SAMPLING)
+    finally:
+        backend.close()
+    too_many = OpenAIBackend(teacher(proxy.url, model_dir, top_logprobs=MAX_LOGPROBS + 1))
+    try:
+        proxy.reset()
+        with pytest.raises(LogprobsUnsupported, match=f"greater than max allowed: {MAX_LOGPROBS}.*--max-logprobs"):
+            too_many.sample(PROMPTS[:1], 2, SAMPLING)
+        assert proxy.posts == 1  # a refusal is not retried
+    finally:
+        too_many.close()
+
+
+def test_concurrency_is_bounded(proxy, model_dir):
+    backend = OpenAIBackend(teacher(proxy.url, model_dir, max_concurrency=2))
+    try:
+        proxy.reset()
+        result = backend.sample([f"What is {i} + {i}?" for i in range(6)], 1, SAMPLING)
+    finally:
+        backend.close()
+    assert len(result) == 6 and proxy.posts == 6 and proxy.max_in_flight == 2
+
+
+def test_wrong_model_name_fails_before_any_work(server, model_dir):
+    with pytest.raises(ServerError, match=rf"serves \['{NAME}'\], not 'other'"):
+        OpenAIBackend(teacher(server, model_dir, model_name="other"))
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"stop": ["\n\n"]}, "stop"), ({"temperature": 0.0}, "temperature"), ({"stream": True}, "stream"),
+    ({"repetition_penalty": 1.1}, "repetition_penalty"), ({"stop_token_ids": [5]}, "stop_token_ids"),
+    ({"n": 0}, "n"), ({"prompt": [10**6]}, "prompt"),
+])
+def test_server_refuses_what_it_would_not_do_exactly(server, change, field):
+    payload = {"model": NAME, "prompt": [1, 2, 3], "max_tokens": 2, **change}
+    answer = httpx.post(f"{server}/v1/completions", json=payload, timeout=30)
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == field
+
+
+def test_serve_teacher_cli_serves_the_configured_teacher(model_dir, tmp_path):
+    """The real command line: ``heal serve-teacher --backend hf`` in its own process."""
+    port = free_port()
+    config = tmp_path / "teacher.yaml"
+    config.write_text(yaml.safe_dump({"teacher": {"model": str(model_dir), "dtype": "float32", "device": "cpu",
+                                                  "server": {"model_name": NAME}}}))
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", "from flows.cli import app; app()", "serve-teacher", str(config),
+                                 "--backend", "hf", "--port", str(port)], stdout=out, stderr=out)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log, seconds=120)
+        backend = OpenAIBackend(teacher(f"http://127.0.0.1:{port}", model_dir, top_logprobs=20))
+        try:
+            [[generation]] = backend.sample(PROMPTS[:1], 1, SAMPLING)
+        finally:
+            backend.close()
+        assert generation.token_ids and len(generation.entropy) == len(generation.token_ids)
+    finally:
+        stop(proc)
+
+
+def test_serve_teacher_vllm_prints_the_vllm_serve_command(model_dir, tmp_path):
+    from flows.cli import app
+
+    config = tmp_path / "teacher.yaml"
+    config.write_text(yaml.safe_dump({"teacher": {"model": str(model_dir), "top_logprobs": 16,
+                                                  "vllm": {"tensor_parallel_size": 2}}}))
+    result = CliRunner().invoke(app, ["serve-teacher", str(config), "--backend", "vllm", "--print-only",
+                                      "--vllm-bin", "/opt/vllm/bin/vllm", "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    command = result.output.strip().split()
+    assert command[:3] == ["/opt/vllm/bin/vllm", "serve", str(model_dir)]
+    assert {"--max-logprobs": "16", "--tensor-parallel-size": "2", "--port": "8123"}.items() <= dict(
+        zip(command[3::2], command[4::2])).items()
+    assert "--enable-prefix-caching" in command
+
+
+def test_factory_builds_the_configured_backend(server, model_dir):
+    from heal_core.backends.factory import build_backend
+
+    cfg = teacher(server, model_dir)
+    remote = build_backend(cfg)
+    try:
+        assert isinstance(remote, OpenAIBackend) and remote.served == NAME
+    finally:
+        remote.close()
+    local = build_backend(cfg, str(model_dir), dtype="float32", kind="hf")
+    assert isinstance(local, HFBackend) and local.model.dtype == torch.float32

@@ -6,8 +6,9 @@ from scratch on multi-step arithmetic has exactly that shape: one step is an err
 (temperature 1.0), so the chance of a clean chain falls with the number of steps, and problems past its
 reach get zero correct samples out of N.
 
-Reproduce the committed checkpoints with ``heal demo train-teacher`` (= ``python -m heal_core.demo.teacher``;
-seed 0, 2 threads, about 30 minutes on an idle 2-core CPU).
+``heal demo train-teacher`` (= ``python -m heal_core.demo.teacher``; seed 0, 2 threads, about 30 minutes on an
+idle 2-core CPU) trains the current calibration candidate; ``models/README.md`` records how the committed
+(provisional) checkpoints were trained and what each candidate measured.
 """
 
 from __future__ import annotations

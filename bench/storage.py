@@ -27,21 +27,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from heal_core import storage
-from heal_core.schema import TRAJECTORY_SCHEMA, conform
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test suite's server helpers
+from servers import moto_server  # noqa: E402
+
+from heal_core import storage  # noqa: E402
+from heal_core.schema import TRAJECTORY_SCHEMA, conform  # noqa: E402
 
 VOCAB = 151_936  # Qwen2.5's
 CODECS = ("zstd", "snappy")
@@ -133,40 +134,15 @@ def encode(table: pa.Table, compression: str, row_group_size: int | None = None)
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str | None]:
-    """moto's standalone S3 server on a free port (as tests/conftest.py starts it); None when moto is missing."""
+def moto(tmp: str) -> Iterator[str | None]:
+    """moto's standalone S3 server (the test suite's, tests/servers.py); None when moto is not installed."""
     import importlib.util
 
     if importlib.util.find_spec("moto") is None:
         yield None
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {proc.returncode}")
-            try:
-                urllib.request.urlopen(url, timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not answer at {url} within 30 s") from None
-                time.sleep(0.1)
+    with moto_server(Path(tmp) / "moto.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def main() -> None:
@@ -211,7 +187,7 @@ def main() -> None:
 
     s3_note = ""
     with contextlib.ExitStack() as stack:
-        endpoint = args.endpoint or stack.enter_context(moto_server())
+        endpoint = args.endpoint or stack.enter_context(moto(stack.enter_context(tempfile.TemporaryDirectory())))
         if endpoint is None:
             s3_note = "S3 skipped: moto is not installed (pip install 'moto[server]') and no --endpoint was given"
         else:

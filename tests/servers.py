@@ -93,6 +93,20 @@ def prefect_server(home: Path, database_url: str | None = None) -> Iterator[str]
         stop(proc)
 
 
+@contextlib.contextmanager
+def moto_server(log: Path) -> Iterator[str]:
+    """moto's standalone S3 server on a free port (real HTTP, as s3fs meets S3 in a run); yields its URL."""
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=out)
+    try:
+        wait_http(f"http://127.0.0.1:{port}", proc, log, seconds=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc, grace=10)
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target port. ``down()`` refuses and cuts every connection (an outage as
     clients see it); ``up()`` listens again on the same port. The target keeps its state throughout."""

@@ -10,6 +10,7 @@ from tasks.evaluation import evaluate_model, write_evaluation
 from tasks.layout import RunLayout
 from tasks.models import resolve_model
 from tasks.problems import benchmark_sets, problem_set
+from tasks.secrets import export_secrets
 from tasks.training import local_model
 
 
@@ -18,6 +19,7 @@ def heal_eval(run_root: str, config: HealConfig, trained: dict[str, str]) -> int
     """Teacher and student base (as configured, resolved on this worker) and the ``trained`` models (label ->
     storage URI, fetched into the worker's cache), each on the held-out set and on every configured benchmark.
     Per-problem results and their per-benchmark summary land as Parquet; returns the number of result rows."""
+    export_secrets(config)
     held_out, _ = problem_set(config.evaluation.uri, "eval", config, config.evaluation.max_problems)
     sets = {HELD_OUT: held_out, **benchmark_sets(config)}
     models = {"teacher": resolve_model(config.teacher.model, "teacher"),

@@ -32,6 +32,7 @@ from tasks.layout import RunLayout, check_run_id
 from tasks.models import resolve_model
 from tasks.problems import drop_contaminated, problem_set
 from tasks.report import write_report
+from tasks.secrets import export_secrets
 from tasks.training import trained_models
 
 
@@ -99,6 +100,7 @@ class _Manifest:
 def heal_pipeline(config: HealConfig, run_id: str | None = None) -> dict[str, Any]:
     """Run (or continue) one HEAL run. ``run_id`` defaults to one derived from this flow run."""
     cfg = config
+    export_secrets(cfg)
     run_id = check_run_id(run_id or _default_run_id())
     layout = RunLayout.of(cfg.storage.uri, run_id)
     logger = get_run_logger()

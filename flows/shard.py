@@ -12,12 +12,14 @@ from typing import Any
 from prefect import flow
 
 from heal_core.config import HealConfig
-from tasks.generate import run_shard
+from tasks.generate import retrying_shard
 from tasks.layout import RunLayout
 from tasks.models import resolve_model
+from tasks.secrets import export_secrets
 
 
 @flow(name="heal-shard")
 def heal_shard(run_root: str, shard: int, config: HealConfig) -> dict[str, Any]:
     """The teacher is resolved here, on the worker: a bundled or local path is the worker's, not the parent's."""
-    return run_shard(RunLayout(run_root), shard, config, resolve_model(config.teacher.model, "teacher"))
+    export_secrets(config)
+    return retrying_shard(config)(RunLayout(run_root), shard, config, resolve_model(config.teacher.model, "teacher"))

@@ -12,6 +12,7 @@ from heal_core.train import stage_steps
 from tasks.curriculum import read_dataset
 from tasks.layout import RunLayout
 from tasks.models import resolve_model
+from tasks.secrets import export_secrets
 from tasks.training import train_model
 
 
@@ -22,6 +23,7 @@ def heal_train(run_root: str, config: HealConfig) -> list[dict[str, Any]]:
     The RS-SFT baseline trains the same student on Stage I data for as many steps as the three PACE stages
     took together, so a difference between the two is the data's, not the compute's.
     """
+    export_secrets(config)
     layout = RunLayout(run_root)
     student = resolve_model(config.student.model, "student")
     results = []

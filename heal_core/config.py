@@ -208,12 +208,49 @@ class StudentConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
+_CREDENTIAL = re.compile(r"(^|_)(key|secret|token|password|credentials?|connection_string)($|_)", re.IGNORECASE)
+_ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def _literal_credentials(options: Any, path: str = "storage.storage_options") -> list[str]:
+    """Keys of ``options`` (nested too) that hold a credential as a literal rather than a ``${NAME}`` reference."""
+    if isinstance(options, dict):
+        found = []
+        for name, value in options.items():
+            key = f"{path}.{name}"
+            if isinstance(value, (dict, list)):
+                found += _literal_credentials(value, key)
+            elif _CREDENTIAL.search(str(name)) and value not in (None, "") and not _ENV_REFERENCE.fullmatch(str(value)):
+                found.append(key)
+        return found
+    if isinstance(options, list):
+        return [key for i, item in enumerate(options) for key in _literal_credentials(item, f"{path}.{i}")]
+    return []
+
+
 class StorageConfig(_Section):
+    """Credentials never live in the config: the config is copied into every run (``config.yaml``), into flow
+    parameters (stored by the Prefect server, shown in its UI) and into logs. They come from the environment
+    (``AWS_*``, or ``${NAME}`` references in ``storage_options``), which ``orchestration.secrets_block`` can fill
+    from a Prefect Secret block on each worker."""
+
     uri: str = Field("./heal-data", description="local path or s3://bucket/prefix; runs land under <uri>/runs/")
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="passed to fsspec (s3fs: endpoint_url, key, secret, ...); AWS_* env vars also apply",
+        description="passed to fsspec (s3fs: endpoint_url, ...); credentials only as ${ENV_VAR} references; "
+                    "AWS_* env vars also apply",
     )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_literal_credentials(cls, options: dict[str, Any]) -> dict[str, Any]:
+        literal = _literal_credentials(options)
+        if literal:
+            raise ValueError(
+                f"{', '.join(literal)}: a credential written into the config would be copied into config.yaml, "
+                "flow parameters and logs; write it as a ${ENV_VAR} reference, or use the AWS_* variables"
+            )
+        return options
 
 
 class OrchestrationConfig(_Section):
@@ -230,6 +267,19 @@ class OrchestrationConfig(_Section):
     cpu_pool: str = Field("cpu", description="work pool of heal-pipeline (it waits on its children: keep it off the GPUs)")
     gpu_pool: str = Field("gpu", description="work pool of heal-shard, heal-train and heal-eval")
     poll_seconds: float = Field(5.0, gt=0, description="how often the parent checks its deployment runs")
+    shard_retries: int = Field(3, ge=0, description="retries of a failed shard inside its run, before it waits for Retry")
+    retry_backoff_seconds: float = Field(
+        5.0, ge=0, description="first retry delay, doubled each retry: the default 5, 10, 20 s outlasts a 30 s outage"
+    )
+    max_shard_tokens: int = Field(
+        256_000_000, ge=1,
+        description="refuse a config whose shard may generate more tokens than this (worst case: every problem "
+        "hard and extremely hard); a shard holds its samples and entropy traces in memory, ~10 bytes a token",
+    )
+    secrets_block: str = Field(
+        "", description="name of a Prefect Secret block holding a JSON object of environment variables (S3 "
+        "credentials, API tokens) that every heal flow run sets in its process before it starts work",
+    )
 
 
 ProblemFormat = Literal["fields", "gsm8k", "math", "aime", "amc"]
@@ -257,6 +307,11 @@ class ProblemsConfig(_Section):
     )
     metadata_fields: list[str] = Field(
         default_factory=list, description="fields kept with each problem (e.g. subject, level) for grouped evaluation"
+    )
+    max_chars: int = Field(
+        20000, gt=0,
+        description="a problem or answer longer than this is quarantined: a prompt that size fills a teacher's "
+                    "context and its memory (the longest MATH-500 problem is about 3 400 characters)",
     )
 
     @model_validator(mode="after")
@@ -304,7 +359,8 @@ class EvaluationConfig(_Section):
 
 _EXECUTION_ONLY: dict[str, Any] = {
     "storage": True,
-    "orchestration": {"mode", "cpu_pool", "gpu_pool", "poll_seconds"},
+    "orchestration": {"mode", "cpu_pool", "gpu_pool", "poll_seconds", "secrets_block", "max_shard_tokens",
+                      "shard_retries", "retry_backoff_seconds"},
     "teacher": {"server": True, "vllm": {"gpu_memory_utilization", "data_parallel_size"}},
 }
 
@@ -331,6 +387,21 @@ class HealConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _shard_fits_memory(self) -> HealConfig:
+        per_problem = (self.teacher.sampling.n + self.hints.n + self.gear.failed_paths * self.gear.continuations) \
+            * self.teacher.sampling.max_new_tokens
+        limit = self.orchestration.max_shard_tokens
+        if self.orchestration.shard_size * per_problem > limit:
+            raise ValueError(
+                f"orchestration.shard_size={self.orchestration.shard_size} may generate "
+                f"{self.orchestration.shard_size * per_problem:,} tokens in one shard (per problem: (teacher.sampling.n"
+                f" + hints.n + gear.failed_paths x gear.continuations) x teacher.sampling.max_new_tokens = "
+                f"{per_problem:,}), over orchestration.max_shard_tokens={limit:,}; a shard is held in memory until "
+                f"it is written: use orchestration.shard_size <= {max(1, limit // per_problem)}"
+            )
+        return self
+
     def config_hash(self) -> str:
         """Stable short hash of every setting that shapes a run's data: shard outputs are keyed by it.
 
@@ -350,6 +421,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key '{key}'")
+        elif key == "<root>" or key.startswith("storage.storage_options"):  # whole config, or maybe a credential
+            lines.append(f"'{key}': {e['msg']}")
         else:
             lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
     where = f" {source}" if source else ""

@@ -160,7 +160,7 @@ def read_source(
 def _hf_records(uri: str, split: str, storage_options: dict[str, Any] | None) -> Iterable[Mapping[str, Any]]:
     from datasets import Dataset, load_from_disk  # imported here: it costs seconds, and only this path needs it
 
-    data = load_from_disk(uri, storage_options=storage_options or None)
+    data = load_from_disk(uri, storage_options=storage.resolve_options(storage_options) or None)
     if isinstance(data, Dataset):
         if split:
             raise ProblemError(f"{uri}: holds one dataset without splits, but split {split!r} was asked for")

@@ -140,13 +140,31 @@ def _parse_one(
     if not isinstance(text, str) or not text.strip():
         what = "missing" if text is None else f"expected non-empty text, got {text!r:.60}"
         raise FieldError(fields.problem_field, what)
-    metadata = {name: _metadata_value(record[name]) for name in fields.metadata_fields if record.get(name) is not None}
-    return Problem(problem_id=problem_id, problem=text, answer=answer(record), source=source, metadata=metadata)
+    metadata = {name: _metadata_value(record[name], name, fields.max_chars) for name in fields.metadata_fields
+                if record.get(name) is not None}
+    return Problem(
+        problem_id=_storable(problem_id, fields.id_field, fields.max_chars),
+        problem=_storable(text, fields.problem_field, fields.max_chars),
+        answer=_storable(answer(record), fields.answer_field, fields.max_chars),
+        source=source, metadata=metadata,
+    )
 
 
-def _metadata_value(value: Any) -> str:
+def _storable(text: str, name: str, max_chars: int) -> str:
+    """Text that Parquet can hold and a teacher can read. JSON's ``\\ud800`` escapes decode to lone surrogates,
+    which no UTF-8 writer accepts: caught here, the record is quarantined instead of failing a shard's write."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise FieldError(name, f"not valid Unicode (lone surrogate at character {exc.start})") from None
+    if len(text) > max_chars:
+        raise FieldError(name, f"{len(text)} characters, more than problems.max_chars={max_chars}")
+    return text
+
+
+def _metadata_value(value: Any, name: str, max_chars: int) -> str:
     """Metadata is kept as text (MATH's integer ``level`` becomes ``"5"``), so one Arrow map type holds any set's."""
-    return value if isinstance(value, str) else json.dumps(value)
+    return _storable(value if isinstance(value, str) else json.dumps(value), name, max_chars)
 
 
 def read_jsonl_records(data: bytes) -> Iterable[Mapping[str, Any] | Reject]:
@@ -163,6 +181,8 @@ def read_jsonl_records(data: bytes) -> Iterable[Mapping[str, Any] | Reject]:
             yield json.loads(text)
         except json.JSONDecodeError as exc:
             yield Reject(number, "<line>", f"not valid JSON: {exc.msg} at column {exc.colno}")
+        except RecursionError:  # json raises it, not JSONDecodeError, for a line like "[[[[..." thousands deep
+            yield Reject(number, "<line>", "JSON nested too deeply")
 
 
 def read_records(data: bytes, name: str) -> Iterable[Mapping[str, Any] | Reject]:

@@ -4,8 +4,10 @@ Every stage reads and writes through these functions so that a crash never leave
 that a resumed run would take for finished work, and so that a storage problem surfaces as one
 ``StorageError`` naming the URI instead of a botocore traceback.
 
-S3 endpoint and credentials come from ``storage_options`` (config ``storage.storage_options``, passed to
-s3fs: ``endpoint_url``, ``key``, ``secret``, ...) or from the standard ``AWS_*`` environment variables.
+S3 endpoint and credentials come from the standard ``AWS_*`` environment variables or from ``storage_options``
+(config ``storage.storage_options``, passed to s3fs: ``endpoint_url``, ``key``, ``secret``, ...), whose values
+may be ``${NAME}`` references to environment variables. References are expanded here, when a filesystem is
+opened, and nowhere else: the config a run stores and passes around holds the reference, never the secret.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import json
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -30,10 +33,31 @@ class StorageError(ValueError):
     """A storage operation that failed; the message names the URI (and the bucket when that is missing)."""
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def resolve_options(options: Any) -> Any:
+    """``storage_options`` with every ``${NAME}`` in its strings replaced by that environment variable."""
+    if isinstance(options, dict):
+        return {k: resolve_options(v) for k, v in options.items()}
+    if isinstance(options, list):
+        return [resolve_options(v) for v in options]
+    if isinstance(options, str):
+        return _ENV_REF.sub(_env_value, options)
+    return options
+
+
+def _env_value(match: re.Match[str]) -> str:
+    value = os.environ.get(match[1])
+    if value is None:
+        raise StorageError(f"storage.storage_options refers to ${{{match[1]}}}, which is not set in this process")
+    return value
+
+
 def _fs(uri: str, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
     # fsspec caches instances per (protocol, options), so resolving a URI on every call is cheap.
     try:
-        return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        return fsspec.core.url_to_fs(uri, **resolve_options(storage_options or {}))
     except (ValueError, ImportError) as exc:  # "Protocol not known: foo", or its package is missing
         raise StorageError(f"cannot open {uri}: {exc}") from None
 

@@ -72,9 +72,13 @@ def shard_done(layout: RunLayout, shard: int, cfg: HealConfig) -> dict[str, Any]
     return record
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def run_shard(layout: RunLayout, shard: int, cfg: HealConfig, model_path: str) -> dict[str, Any]:
-    """Generate one shard unless it already finished; outputs first, the lineage record (the marker) last."""
+    """Generate one shard unless it already finished; outputs first, the lineage record (the marker) last.
+
+    Call it through ``retrying_shard``: a retry regenerates the shard, which is deterministic (seeded sampling,
+    ids from content), so a write that failed mid-outage is redone with the same rows, never duplicated.
+    """
     logger = get_run_logger()
     done = shard_done(layout, shard, cfg)
     if done is not None:
@@ -97,3 +101,10 @@ def run_shard(layout: RunLayout, shard: int, cfg: HealConfig, model_path: str) -
     }
     storage.write_json(record, layout.shard_lineage(shard), options)
     return record
+
+
+def retrying_shard(cfg: HealConfig):
+    """``run_shard`` with the configured retries and exponential backoff (storage outages, a flaky server)."""
+    orch = cfg.orchestration
+    delays = [orch.retry_backoff_seconds * 2**i for i in range(orch.shard_retries)]
+    return run_shard.with_options(retries=orch.shard_retries, retry_delay_seconds=delays or 0)

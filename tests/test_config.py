@@ -40,7 +40,8 @@ def test_round_trip_through_yaml(tmp_path: Path):
 def test_hash_ignores_where_and_how_a_run_executes():
     base = load_config(None, ["teacher.sampling.n=4"])
     moved = load_config(None, ["teacher.sampling.n=4", "storage.uri=s3://b/p", "orchestration.mode=deployments",
-                               "orchestration.gpu_pool=h200", "storage.storage_options={key: k}"])
+                               "orchestration.gpu_pool=h200", "storage.storage_options={endpoint_url: http://y}",
+                               "orchestration.secrets_block=cluster-secrets"])
     assert moved.config_hash() == base.config_hash()
     assert load_config(None, ["teacher.sampling.n=4", "orchestration.shard_size=3"]).config_hash() != base.config_hash()
 
@@ -81,3 +82,13 @@ def test_model_is_strict_on_assignment():
     cfg = HealConfig()
     with pytest.raises(ValueError):
         cfg.pure.lam = "high"
+
+
+def test_a_shard_too_large_for_memory_is_refused_with_the_size_that_fits():
+    parse_config({})  # the paper's defaults: 64 x (30 + 30 + 10 x 20) x 4096 = 68M tokens, under the bound
+    with pytest.raises(ConfigError) as err:
+        parse_config({}, ["orchestration.shard_size=256", "teacher.sampling.max_new_tokens=16384"])
+    message = str(err.value)
+    assert "orchestration.shard_size=256 may generate 1,090,519,040 tokens" in message
+    assert "use orchestration.shard_size <= 60" in message and "got" not in message
+    parse_config({}, ["orchestration.shard_size=60", "teacher.sampling.max_new_tokens=16384"])

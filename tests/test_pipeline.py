@@ -18,12 +18,28 @@ LINEAGE = {2: ["hint", "leaked_hint", "pure_answer_nll", "pure_step_ppl", "pure_
                "prefix_chars", "pure_answer_nll", "pure_step_ppl", "pure_ratio", "pure_verdict", "pure_reason"]}
 
 
+# One line of each kind of hostile record (tests/reliability/test_hostile_input.py fuzzes the parser with them),
+# with the field its quarantine entry must name: the flow runs to completion around all of them.
+HOSTILE = [
+    (json.dumps({"id": "no-answer", "problem": "What is 1 + 1?"}).encode(), "answer"),
+    (b"{broken json", "<line>"),
+    (b'{"id": "latin1", "problem": "caf\xe9", "answer": 1}', "<line>"),
+    (b'{"id": "surrogate", "problem": "\\ud800 + 1", "answer": 1}', "problem"),
+    (json.dumps({"id": "huge", "problem": "x" * (1 << 20), "answer": 1}).encode(), "problem"),
+    (b'{"id": "nan", "problem": "What is 0 / 0?", "answer": NaN}', "answer"),
+    (b"[" * 100_000, "<line>"),
+    (json.dumps({"id": "listy", "problem": ["not", "text"], "answer": 1}).encode(), "problem"),
+    (b"42", "<record>"),
+]
+
+
 def _write_problems(path: Path, problems, bad: bool) -> None:
-    lines = [json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) for p in problems]
+    """The problems, with the HOSTILE lines after the first and a repeat of the first at the end when ``bad``."""
+    lines = [json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}).encode() for p in problems]
     if bad:
-        lines.insert(1, json.dumps({"id": "no-answer", "problem": "What is 1 + 1?"}))
-        lines.insert(3, "{broken json")
-    path.write_text("\n".join(lines) + "\n")
+        lines[1:1] = [line for line, _ in HOSTILE]
+        lines.append(lines[0])
+    path.write_bytes(b"\n".join(lines) + b"\n")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +71,8 @@ def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypa
     assert manifest["shards"] == {"0": "done", "1": "done"}
     assert all(v == "done" for v in manifest["steps"].values()) and "report" in manifest["steps"]
     quarantine = json.loads((run / "quarantine.json").read_text())
-    assert [(q["record"], q["field"]) for q in quarantine] == [(2, "answer"), (4, "<line>")]
+    hostile = [(2 + i, field) for i, (_, field) in enumerate(HOSTILE)]
+    assert [(q["record"], q["field"]) for q in quarantine] == [*hostile, (2 + len(HOSTILE) + 5, "id")]
 
     samples = pq.read_table(run / "samples" / "shard-00000.parquet")
     assert samples.schema.equals(TRAJECTORY_SCHEMA, check_metadata=False)

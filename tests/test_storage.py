@@ -163,10 +163,14 @@ def test_missing_bucket_is_one_clear_message(s3_endpoint: str, op) -> None:
     assert err.value.__cause__ is None and err.value.__suppress_context__  # no botocore traceback attached
 
 
-def test_storage_options_carry_the_endpoint(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_storage_options_carry_the_endpoint_and_env_references(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]:
         monkeypatch.delenv(key)
-    options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
+    options = {"endpoint_url": s3_endpoint, "key": "${HEAL_TEST_KEY}", "secret": "${HEAL_TEST_SECRET}"}
+    with pytest.raises(StorageError, match=r"refers to \$\{HEAL_TEST_KEY\}, which is not set"):
+        storage.exists("s3://any/x", storage_options=options)
+    monkeypatch.setenv("HEAL_TEST_KEY", "testing")
+    monkeypatch.setenv("HEAL_TEST_SECRET", "testing")
     bucket = f"heal-{uuid.uuid4().hex[:12]}"
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing")
     s3.create_bucket(Bucket=bucket)

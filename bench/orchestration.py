@@ -65,7 +65,8 @@ def measure(db: str, shards: int, workers: int, tmp: Path) -> dict[str, float]:
     cfg = parse_config(demo_defaults(), [f"problems.uri={problems}", f"storage.uri={tmp / f'store-{db}'}",
                                          "teacher.sampling.n=2", "hints.n=2", "teacher.sampling.max_new_tokens=8"])
     (tmp / "bench.yaml").write_text(cfg.to_yaml())
-    with prefect_server(home, url) as api:
+    with prefect_server(home, url) as server:
+        api = server.api
         env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_HOME": str(home),
                "HEAL_CACHE_DIR": str(tmp / "cache")}
         subprocess.run([HEAL, "deploy", str(tmp / "bench.yaml")], env=env, check=True, capture_output=True)

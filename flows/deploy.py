@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ import yaml
 from heal_core.config import HealConfig
 
 PREFECT_FILE = Path(__file__).resolve().parent.parent / "deployments" / "prefect.yaml"
+HEARTBEAT_SECONDS = 30  # the smallest flow run heartbeat frequency for which Prefect emits heartbeat events
+ZOMBIE_AUTOMATION = "heal: crash flow runs whose heartbeat stopped"
 PIPELINES = ("heal-pipeline", "heal-pipeline-nightly")
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
@@ -62,6 +65,46 @@ def ensure_pools(spec: dict[str, Any]) -> list[str]:
     return created
 
 
+def ensure_zombie_automation(timeout_seconds: int) -> bool:
+    """Create (or re-create with a new window) the automation that marks a silent flow run CRASHED.
+
+    Why: a worker killed by SIGKILL, OOM or a lost node leaves its runs RUNNING forever, and Prefect offers
+    Retry only on a final state. With heartbeats (every ``HEARTBEAT_SECONDS`` from ``heal worker``) and this
+    automation, which is Prefect's documented recipe for self-hosted servers, such a run turns CRASHED and is
+    retried like any failed shard. Returns whether it was created or changed.
+    """
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    final = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    wanted = Automation(
+        name=ZOMBIE_AUTOMATION,
+        trigger=EventTrigger(
+            # Running too: a run killed before its first heartbeat reached the server would never be caught
+            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
+            expect={"prefect.flow-run.heartbeat", *final},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            within=timedelta(seconds=timeout_seconds),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {timeout_seconds} s: its worker is gone")],
+    )
+    try:
+        existing = Automation.read(name=ZOMBIE_AUTOMATION)
+    except ValueError:
+        existing = None
+    if existing is not None:
+        if existing.trigger.within == wanted.trigger.within:
+            return False
+        existing.delete()
+    wanted.create()
+    return True
+
+
 def register(spec: dict[str, Any]) -> None:
     """``prefect deploy --all`` on the rendered spec; raises with Prefect's own output when it fails."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,10 +122,11 @@ def worker_command(pool: str, gpu: int | None, limit: int | None, name: str | No
     """The ``prefect worker start`` command line and environment for one worker.
 
     A GPU worker is pinned to one device (``CUDA_VISIBLE_DEVICES``) and runs one flow run at a time, so two
-    shards never share a GPU; start one per GPU. ``--install-policy never``: the worker runs the installed
+    shards never share a GPU; start one per GPU. Its flow runs send heartbeats (see
+    ``ensure_zombie_automation``). ``--install-policy never``: the worker runs the installed
     project and must not pip-install anything at run time (offline hosts, reproducible environments).
     """
-    env = dict(OFFLINE_ENV)
+    env = {**OFFLINE_ENV, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     limit = limit if limit is not None else (1 if gpu is not None else 4)

@@ -267,6 +267,10 @@ class OrchestrationConfig(_Section):
     cpu_pool: str = Field("cpu", description="work pool of heal-pipeline (it waits on its children: keep it off the GPUs)")
     gpu_pool: str = Field("gpu", description="work pool of heal-shard, heal-train and heal-eval")
     poll_seconds: float = Field(5.0, gt=0, description="how often the parent checks its deployment runs")
+    heartbeat_timeout_seconds: int = Field(
+        90, ge=45, description="a deployment run silent this long (workers send a heartbeat every 30 s) is marked "
+        "CRASHED by the automation heal deploy creates, so a killed worker's runs become retryable",
+    )
     shard_retries: int = Field(3, ge=0, description="retries of a failed shard inside its run, before it waits for Retry")
     retry_backoff_seconds: float = Field(
         5.0, ge=0, description="first retry delay, doubled each retry: the default 5, 10, 20 s outlasts a 30 s outage"
@@ -360,7 +364,7 @@ class EvaluationConfig(_Section):
 _EXECUTION_ONLY: dict[str, Any] = {
     "storage": True,
     "orchestration": {"mode", "cpu_pool", "gpu_pool", "poll_seconds", "secrets_block", "max_shard_tokens",
-                      "shard_retries", "retry_backoff_seconds"},
+                      "shard_retries", "retry_backoff_seconds", "heartbeat_timeout_seconds"},
     "teacher": {"server": True, "vllm": {"gpu_memory_utilization", "data_parallel_size"}},
 }
 

@@ -73,24 +73,48 @@ def postgres_url() -> str | None:
     return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
 
 
+class PrefectServer:
+    """``prefect server start`` on a free port with its own PREFECT_HOME. ``restart()`` stops it and starts it
+    again on the same port and database, so its state survives, as in a production server restart."""
+
+    def __init__(self, home: Path, database_url: str | None = None) -> None:
+        self.home, self.port = home, free_port()
+        self.env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "true",
+                    "PREFECT_UI_API_URL": f"{self.api}"}  # else the UI calls port 4200
+        self.env.pop("PREFECT_API_URL", None)
+        if database_url:
+            self.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> None:
+        log = self.home / "server.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                          "--port", str(self.port)], env=self.env, stdout=out, stderr=out)
+        wait_http(f"{self.api}/health", self.proc, log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+    def restart(self, down_seconds: float = 0) -> None:
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+
 @contextlib.contextmanager
-def prefect_server(home: Path, database_url: str | None = None) -> Iterator[str]:
-    """``prefect server start`` on a free port with its own PREFECT_HOME; yields the API URL."""
-    port = free_port()
-    env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "true",
-           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}  # else the UI calls port 4200
-    env.pop("PREFECT_API_URL", None)
-    if database_url:
-        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
-    log = home / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=env, stdout=out, stderr=out)
+def prefect_server(home: Path, database_url: str | None = None) -> Iterator[PrefectServer]:
+    server = PrefectServer(home, database_url)
     try:
-        wait_http(f"http://127.0.0.1:{port}/api/health", proc, log)
-        yield f"http://127.0.0.1:{port}/api"
+        server.start()
+        yield server
     finally:
-        stop(proc)
+        server.stop()
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from heal_core.demo import demo_defaults, demo_problems
 from heal_core.schema import CURRICULUM_SCHEMA, TRAJECTORY_SCHEMA
 from tasks.generate import write_shards
 from tasks.layout import RunLayout
-from servers import TcpProxy, postgres_url, prefect_server, stop
+from servers import PrefectServer, TcpProxy, postgres_url, prefect_server, stop
 
 BUCKET = "heal-deploy"
 HEAL = str(Path(sys.executable).parent / "heal")  # the console script, as a user runs it
@@ -32,12 +32,16 @@ DATASETS = ("stage1", "stage2", "stage3", "rs_sft", "keep_all")
 
 @dataclass
 class Cluster:
-    api: str
+    server: PrefectServer
     env: dict[str, str]
     proxy: TcpProxy
     cfg: HealConfig
     logs: Path
     workers: dict[str, subprocess.Popen]
+
+    @property
+    def api(self) -> str:
+        return self.server.api
 
     def start_worker(self, pool: str, *extra: str) -> None:
         with open(self.logs / f"worker-{pool}.log", "ab") as out:
@@ -61,6 +65,7 @@ def _reduced(tmp: Path) -> HealConfig:
         f"storage.uri=s3://{BUCKET}/heal", "orchestration.shard_size=2", "orchestration.poll_seconds=1",
         "pace.epochs=1", "pace.batch_size=4", "teacher.sampling.n=4", "hints.n=4",
         "orchestration.shard_retries=0",  # the S3 cut must fail the shard runs: they are retried as the UI does
+        "orchestration.heartbeat_timeout_seconds=60",  # a killed worker's runs turn CRASHED a minute after
     ])
 
 
@@ -72,7 +77,8 @@ def _start_workers(cluster: Cluster) -> None:
 def _cluster(tmp: Path, s3_endpoint: str, database_url: str | None, cfg: HealConfig, workers: bool):
     home = tmp / "prefect"
     home.mkdir()
-    with prefect_server(home, database_url) as api:
+    with prefect_server(home, database_url) as server:
+        api = server.api
         proxy = TcpProxy(int(s3_endpoint.rsplit(":", 1)[1]))
         proxy.up()
         env = {**os.environ, "PREFECT_API_URL": api, "AWS_ENDPOINT_URL": proxy.url, "HEAL_CACHE_DIR": str(tmp / "cache"),
@@ -80,7 +86,7 @@ def _cluster(tmp: Path, s3_endpoint: str, database_url: str | None, cfg: HealCon
         (tmp / "config.yaml").write_text(cfg.to_yaml())
         deployed = subprocess.run([HEAL, "deploy", str(tmp / "config.yaml")], env=env, capture_output=True, text=True)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        cluster = Cluster(api, env, proxy, cfg, tmp, {})
+        cluster = Cluster(server, env, proxy, cfg, tmp, {})
         if workers:
             _start_workers(cluster)
         try:
@@ -247,6 +253,70 @@ def test_failed_shards_retried_from_the_ui_and_resumed_parent_equal_a_clean_run(
     assert len(_children(cluster, "faulty", "shard")) == 2  # re-attached, not launched again
     assert all(s["run_count"] == 2 for s in _children(cluster, "faulty", "shard"))
     assert _datasets(cluster.cfg, "faulty") == _datasets(cluster.cfg, "clean")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_killed_worker_s_shards_turn_crashed_and_their_retry_equals_a_clean_run(clean_cluster):
+    """SIGKILL the GPU worker and every process under it (a lost node) while its shards run: the heartbeat
+    automation that ``heal deploy`` created marks them CRASHED; no partial object is visible meanwhile; after a
+    new worker starts, the shards and the parent are retried as the UI does and the datasets equal a clean run's."""
+    import psutil
+
+    cluster = clean_cluster
+    parent = _trigger(cluster, "killed")
+    deadline = time.monotonic() + 300
+    while not any(s["state"]["type"] == "RUNNING" for s in _children(cluster, "killed", "shard")):
+        assert time.monotonic() < deadline, "no shard run started"
+        time.sleep(0.5)
+    worker = psutil.Process(cluster.workers.pop("gpu").pid)
+    for proc in [worker, *worker.children(recursive=True)]:
+        proc.kill()
+
+    fs = s3fs.S3FileSystem()
+    root = f"{cluster.cfg.storage.uri}/runs/killed"
+    for path in fs.find(root):  # every object readers can see is whole: no temp names, every Parquet decodes
+        assert "tmp" not in path.rsplit("/", 1)[1]
+        if path.endswith(".parquet"):
+            with fs.open(path, "rb") as f:
+                pq.read_table(f)
+    timeout = cluster.cfg.orchestration.heartbeat_timeout_seconds
+    crashed = [_wait(cluster, s["id"], _final, seconds=timeout + 180) for s in _children(cluster, "killed", "shard")
+               if s["state"]["type"] == "RUNNING"]
+    assert crashed and all(r["state"]["type"] == "CRASHED" for r in crashed), [r["state"] for r in crashed]
+    assert _wait(cluster, parent, _final)["state"]["type"] == "FAILED"
+
+    cluster.start_worker("gpu", "--limit", "2")
+    for run in crashed:
+        _retry_as_the_ui_does(cluster, run["id"])
+    for run in crashed:
+        assert _wait(cluster, run["id"], _completed)["run_count"] == 2
+    _retry_as_the_ui_does(cluster, parent)
+    assert _wait(cluster, parent, _final)["state"]["type"] == "COMPLETED"
+    assert _datasets(cluster.cfg, "killed") == _datasets(cluster.cfg, "clean")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_prefect_server_restart_mid_run_ends_in_the_same_datasets(clean_cluster):
+    """The API server stops for 10 s while shards run and comes back on its database: the workers reconnect
+    (they serve the runs created after it), and the run completes, or `heal resume` completes it, with the
+    datasets of a clean run."""
+    cluster = clean_cluster
+    parent = _trigger(cluster, "restart")
+    deadline = time.monotonic() + 300
+    while not any(s["state"]["type"] == "RUNNING" for s in _children(cluster, "restart", "shard")):
+        assert time.monotonic() < deadline, "no shard run started"
+        time.sleep(0.5)
+    cluster.server.restart(down_seconds=10)
+
+    if _wait(cluster, parent, _final)["state"]["type"] != "COMPLETED":
+        resumed = subprocess.run([HEAL, "resume", "restart", "--storage", cluster.cfg.storage.uri, "--mode",
+                                  "deployments"], env=cluster.env, capture_output=True, text=True, timeout=900)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert all(w.poll() is None for w in cluster.workers.values()), "a worker died with the server"
+    assert [r["state"]["type"] for r in _children(cluster, "restart", "e")][-1] == "COMPLETED"  # created after
+    assert _datasets(cluster.cfg, "restart") == _datasets(cluster.cfg, "clean")
 
 
 def test_clean_run_was_served_by_postgres(clean_cluster, cluster):

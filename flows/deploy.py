@@ -69,7 +69,7 @@ def ensure_zombie_automation(timeout_seconds: int) -> bool:
     """Create (or re-create with a new window) the automation that marks a silent flow run CRASHED.
 
     Why: a worker killed by SIGKILL, OOM or a lost node leaves its runs RUNNING forever, and Prefect offers
-    Retry only on a final state. With heartbeats (every ``HEARTBEAT_SECONDS`` from ``heal worker``) and this
+    Retry only on a final state (a run whose process died while starting stays PENDING). With heartbeats (every ``HEARTBEAT_SECONDS`` from ``heal worker``) and this
     automation, which is Prefect's documented recipe for self-hosted servers, such a run turns CRASHED and is
     retried like any failed shard. Returns whether it was created or changed.
     """
@@ -83,9 +83,10 @@ def ensure_zombie_automation(timeout_seconds: int) -> bool:
     wanted = Automation(
         name=ZOMBIE_AUTOMATION,
         trigger=EventTrigger(
-            # Running too: a run killed before its first heartbeat reached the server would never be caught
-            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
-            expect={"prefect.flow-run.heartbeat", *final},
+            # Pending and Running too: a run whose process died before its engine started (Pending) or before
+            # its first heartbeat reached the server (Running) sends no heartbeat at all
+            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Running", *final},
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
             within=timedelta(seconds=timeout_seconds),
@@ -98,7 +99,8 @@ def ensure_zombie_automation(timeout_seconds: int) -> bool:
     except ValueError:
         existing = None
     if existing is not None:
-        if existing.trigger.within == wanted.trigger.within:
+        shape = ("within", "after", "expect")
+        if all(getattr(existing.trigger, k) == getattr(wanted.trigger, k) for k in shape):
             return False
         existing.delete()
     wanted.create()

@@ -107,6 +107,8 @@ def heal_pipeline(config: HealConfig, run_id: str | None = None) -> dict[str, An
     deployments = _use_deployments(cfg)
     resolve_model(cfg.teacher.model, "teacher")  # fail fast, before any work; workers resolve their own copy
     resolve_model(cfg.student.model, "student")
+    if cfg.judge.enabled and cfg.judge.model:
+        resolve_model(cfg.judge.model, "judge")
     _pin_config(layout, cfg)
     options, key = cfg.storage.storage_options, cfg.config_hash()
     logger.info("run %s at %s (config %s, %s)", run_id, layout.root, key, "deployments" if deployments else "embedded")

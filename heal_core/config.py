@@ -345,6 +345,21 @@ class DecontaminationConfig(_Section):
     )
 
 
+class JudgeConfig(_Section):
+    """An LLM judge for answers the rule-based verifier rejects but that are not trivially different (see
+    ``heal_core/judge.py``). Off by default: a judge is slower than Math-Verify and can be wrong itself."""
+
+    enabled: bool = False
+    model: str = Field("", description="judge model, on the teacher's backend settings; empty = the teacher")
+    template: str = Field(
+        "Do these two final answers to a math problem denote the same value?\nAnswer A: {prediction}\n"
+        "Answer B: {gold}\nReply with yes or no.",
+        description="the judge's user message; {prediction} and {gold} are replaced",
+    )
+    temperature: float = Field(0.01, gt=0.0, le=2.0, description="near-greedy: a verdict, not a sample")
+    max_new_tokens: int = Field(8, ge=1)
+
+
 class EvaluationConfig(_Section):
     """Evaluation of teacher and students: pass@1 as the mean over ``samples`` draws, pass@samples.
 
@@ -378,6 +393,7 @@ class HealConfig(_Section):
     gear: GearConfig = GearConfig()
     pure: PureConfig = PureConfig()
     pace: PaceConfig = PaceConfig()
+    judge: JudgeConfig = JudgeConfig()
     student: StudentConfig = StudentConfig()
     storage: StorageConfig = StorageConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()

@@ -43,6 +43,10 @@ def summarize(
         "PURE rejections": sum((r["pure_verdict"] or "keep") != "keep" for r in samples),
         "problems rescued (0 correct -> kept)": len(rescued),
     }
+    judged = [r for r in samples if r["judge_verdict"] is not None]
+    if judged:  # only with judge.enabled: the default summary keeps its shape
+        summary["verifier rejections judged / accepted"] = \
+            f"{len(judged)} / {sum(r['judge_verdict'] == 'equivalent' for r in judged)}"
     for name in ("stage1", "stage2", "stage3", "rs_sft"):
         if name in dataset_sizes:
             summary[f"PACE {name} examples"] = dataset_sizes[name]

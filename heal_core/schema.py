@@ -40,6 +40,7 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("verified", pa.bool_(), nullable=False),
         pa.field("verify_status", pa.string(), nullable=False),  # see heal_core.verify.Status
         pa.field("extracted_answer", pa.string()),
+        pa.field("judge_verdict", pa.string()),  # equivalent | different | unclear; null when not judged
         pa.field("hint", pa.string()),  # the hinted user message the teacher saw (stages 2, 3)
         pa.field("leaked_hint", pa.bool_()),
         pa.field("parent_sample_id", pa.string()),  # GEAR: the failed trajectory that was repaired
@@ -71,6 +72,7 @@ CURRICULUM_SCHEMA = pa.schema(
         pa.field("problem_id", pa.string(), nullable=False),
         pa.field("stage", pa.int8(), nullable=False),
         pa.field("verify_status", pa.string(), nullable=False),
+        pa.field("judge_verdict", pa.string()),
         pa.field("parent_sample_id", pa.string()),
         pa.field("breakpoint_token", pa.int32()),
         pa.field("pure_verdict", pa.string()),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heal_core import gear, hints, pure
+from heal_core.judge import judge_rows
 from heal_core.backends.base import TeacherBackend
 from heal_core.config import HealConfig
 from heal_core.problems import Problem
@@ -45,8 +46,15 @@ def apply_filters(rows: list[dict[str, Any]], backend: TeacherBackend, cfg: Heal
         kept[row["problem_id"]] += 1
 
 
-def generate_shard(backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, teacher: str) -> ShardOutput:
+def generate_shard(
+    backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, teacher: str,
+    judge: TeacherBackend | None = None,
+) -> ShardOutput:
+    """``judge`` (``judge.enabled``) re-examines the verifier's rejections of every stage before they count:
+    Stage I's before the buckets are drawn, so a false negative does not send a solved problem to repair."""
     stage1 = sample_stage1(backend, problems, cfg, teacher)
+    if judge is not None:
+        judge_rows(stage1, judge, cfg.judge)
     stats = problem_stats(stage1, cfg)
     kept_ids = {r["sample_id"] for r in select_stage1(stage1, cfg.pace.stage1_cap_per_problem)}
     for row in stage1:
@@ -54,6 +62,8 @@ def generate_shard(backend: TeacherBackend, problems: Sequence[Problem], cfg: He
 
     hard = [p for p in problems if needs_hint(stats[p.problem_id], cfg)]
     stage2 = hints.sample_hinted(backend, hard, cfg, teacher)
+    if judge is not None:
+        judge_rows(stage2, judge, cfg.judge)
     apply_filters(stage2, backend, cfg, cfg.hints.max_per_problem)
 
     by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -67,6 +77,8 @@ def generate_shard(backend: TeacherBackend, problems: Sequence[Problem], cfg: He
         rows, problem_skips = gear.repair(
             backend, p, gear.failed_paths(by_problem[p.problem_id], cfg.gear.failed_paths), cfg, teacher
         )
+        if judge is not None:
+            judge_rows(rows, judge, cfg.judge)
         apply_filters(rows, backend, cfg, cfg.gear.max_per_problem)
         stage3.extend(rows)
         skips.extend(problem_skips)

@@ -18,6 +18,7 @@ from heal_core.problems import Problem, problems_to_records
 from heal_core.schema import PROBLEM_SCHEMA, TRAJECTORY_SCHEMA, to_table
 from heal_core.shard import generate_shard
 from tasks.layout import RunLayout
+from tasks.models import resolve_model
 
 
 @functools.lru_cache(maxsize=2)
@@ -88,8 +89,11 @@ def run_shard(layout: RunLayout, shard: int, cfg: HealConfig, model_path: str) -
     table = storage.read_parquet(layout.shard_problems(shard), PROBLEM_SCHEMA, options)
     problems = [Problem(**row) for row in table.to_pylist()]
     backend = teacher_backend(cfg.teacher, model_path)
+    judge = None
+    if cfg.judge.enabled:
+        judge = teacher_backend(cfg.teacher, resolve_model(cfg.judge.model, "judge") if cfg.judge.model else model_path)
     logger.info("shard %d: %d problems, N=%d", shard, len(problems), cfg.teacher.sampling.n)
-    out = generate_shard(backend, problems, cfg, teacher=model_path)
+    out = generate_shard(backend, problems, cfg, teacher=model_path, judge=judge)
     storage.write_parquet(to_table(out.trajectories, TRAJECTORY_SCHEMA), layout.shard_samples(shard), options)
     record = {
         "shard": shard,

@@ -15,8 +15,10 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
-# script -> its smallest settings (bench/orchestration.py needs PostgreSQL and minutes: not run here)
+# script -> its smallest settings
 REDUCED = {
+    "overhead.py": ["--quick"],
+    "orchestration.py": ["--shards", "2", "--workers", "1", "--db", "sqlite"],
     "sampling.py": ["--quick"],
     "prefix_scoring.py": ["--quick"],
     "gear.py": ["--quick"],

@@ -98,6 +98,7 @@ def shard_table(problems: int, samples: int, mean_tokens: int, seed: int = 0) ->
         "verified": pa.array(verified),
         "verify_status": pa.array(np.where(verified, "correct", "wrong")),
         "extracted_answer": pa.array([str(p * 37 % 1000) if v else str(i) for p, v, i in zip(problem, verified, index)]),
+        "judge_verdict": pa.nulls(rows, pa.string()),  # judge.enabled is off by default
         "hint": nulls([prompts[p] + " Hint: the answer is ..." for p in problem], later),
         "leaked_hint": nulls([False] * rows, later),
         "parent_sample_id": nulls([f"p{p:05d}|s1|{i}" for p, i in zip(problem, index)], stage == 3),

@@ -276,9 +276,10 @@ class OrchestrationConfig(_Section):
         5.0, ge=0, description="first retry delay, doubled each retry: the default 5, 10, 20 s outlasts a 30 s outage"
     )
     max_shard_tokens: int = Field(
-        256_000_000, ge=1,
+        512_000_000, ge=1,
         description="refuse a config whose shard may generate more tokens than this (worst case: every problem "
-        "hard and extremely hard); a shard holds its samples and entropy traces in memory, ~10 bytes a token",
+        "hard and extremely hard); a shard holds its samples and entropy traces in memory, ~10 bytes a token: "
+        "~5 GB at the default, which the paper's settings with 16k-token samples and 64-problem shards fit",
     )
     secrets_block: str = Field(
         "", description="name of a Prefect Secret block holding a JSON object of environment variables (S3 "

@@ -90,5 +90,5 @@ def test_a_shard_too_large_for_memory_is_refused_with_the_size_that_fits():
         parse_config({}, ["orchestration.shard_size=256", "teacher.sampling.max_new_tokens=16384"])
     message = str(err.value)
     assert "orchestration.shard_size=256 may generate 1,090,519,040 tokens" in message
-    assert "use orchestration.shard_size <= 60" in message and "got" not in message
-    parse_config({}, ["orchestration.shard_size=60", "teacher.sampling.max_new_tokens=16384"])
+    assert "use orchestration.shard_size <= 120" in message and "got" not in message
+    parse_config({}, ["orchestration.shard_size=120", "teacher.sampling.max_new_tokens=16384"])

@@ -158,6 +158,15 @@ def _children(cluster: Cluster, run_id: str, prefix: str = "") -> list[dict]:
     return sorted((r for r in runs if r["name"].startswith(f"{run_id}-{prefix}")), key=lambda r: r["name"])
 
 
+def _trigger_and_wait_for_a_running_shard(cluster: Cluster, run_id: str) -> str:
+    parent = _trigger(cluster, run_id)
+    deadline = time.monotonic() + 300
+    while not any(s["state"]["type"] == "RUNNING" for s in _children(cluster, run_id, "shard")):
+        assert time.monotonic() < deadline, "no shard run started"
+        time.sleep(0.5)
+    return parent
+
+
 def _retry_as_the_ui_does(cluster: Cluster, flow_run: str) -> None:
     """The exact request the UI's Retry button sends (see ../shared/notes/prefect.md, section 1.1)."""
     state = {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}
@@ -264,11 +273,7 @@ def test_a_killed_worker_s_shards_turn_crashed_and_their_retry_equals_a_clean_ru
     import psutil
 
     cluster = clean_cluster
-    parent = _trigger(cluster, "killed")
-    deadline = time.monotonic() + 300
-    while not any(s["state"]["type"] == "RUNNING" for s in _children(cluster, "killed", "shard")):
-        assert time.monotonic() < deadline, "no shard run started"
-        time.sleep(0.5)
+    parent = _trigger_and_wait_for_a_running_shard(cluster, "killed")
     worker = psutil.Process(cluster.workers.pop("gpu").pid)  # a shard still starting stays PENDING: caught too
     for proc in [worker, *worker.children(recursive=True)]:
         proc.kill()
@@ -303,11 +308,7 @@ def test_a_prefect_server_restart_mid_run_ends_in_the_same_datasets(clean_cluste
     (they serve the runs created after it), and the run completes, or `heal resume` completes it, with the
     datasets of a clean run."""
     cluster = clean_cluster
-    parent = _trigger(cluster, "restart")
-    deadline = time.monotonic() + 300
-    while not any(s["state"]["type"] == "RUNNING" for s in _children(cluster, "restart", "shard")):
-        assert time.monotonic() < deadline, "no shard run started"
-        time.sleep(0.5)
+    parent = _trigger_and_wait_for_a_running_shard(cluster, "restart")
     cluster.server.restart(down_seconds=10)
 
     if _wait(cluster, parent, _final)["state"]["type"] != "COMPLETED":

@@ -159,6 +159,14 @@ def sampled_generation(
 RowScorer = Callable[[list[list[int]]], list[list[TokenLogprobs | None]]]
 
 
+def score(score_rows: RowScorer, tokenizer: PreTrainedTokenizerBase, prompt: str, continuation: str) -> np.ndarray:
+    """``score`` for backends that can only score whole rows: one row, prompt + continuation, and the
+    continuation's share of its log-probs."""
+    prompt_ids, ids = tokens.prompt_ids(tokenizer, prompt), tokens.encode(tokenizer, continuation)
+    [positions] = score_rows([prompt_ids + ids])
+    return target_logprobs(positions[len(prompt_ids) :], ids)
+
+
 def score_prefixes(
     score_rows: RowScorer,
     tokenizer: PreTrainedTokenizerBase,

@@ -308,9 +308,7 @@ class OpenAIBackend:
         return out
 
     def score(self, prompt: str, continuation: str) -> np.ndarray:
-        prompt_ids, ids = tokens.prompt_ids(self.tokenizer, prompt), tokens.encode(self.tokenizer, continuation)
-        [positions] = self._echo([prompt_ids + ids])
-        return logprobs.target_logprobs(positions[len(prompt_ids) :], ids)
+        return logprobs.score(self._echo, self.tokenizer, prompt, continuation)
 
     def score_prefixes(
         self, prompt: str, segments: Sequence[str], answer_lead: str, answer: str

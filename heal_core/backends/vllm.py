@@ -222,9 +222,7 @@ class VLLMBackend:
         return [prompt_positions(out) for out in outputs]
 
     def score(self, prompt: str, continuation: str) -> np.ndarray:
-        prompt_ids, ids = tokens.prompt_ids(self.tokenizer, prompt), tokens.encode(self.tokenizer, continuation)
-        [positions] = self._prompt_logprobs([prompt_ids + ids])
-        return logprobs.target_logprobs(positions[len(prompt_ids) :], ids)
+        return logprobs.score(self._prompt_logprobs, self.tokenizer, prompt, continuation)
 
     def score_prefixes(
         self, prompt: str, segments: Sequence[str], answer_lead: str, answer: str

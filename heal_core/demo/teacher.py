@@ -6,8 +6,8 @@ from scratch on multi-step arithmetic has exactly that shape: one step is an err
 (temperature 1.0), so the chance of a clean chain falls with the number of steps, and problems past its
 reach get zero correct samples out of N.
 
-``heal demo train-teacher`` (= ``python -m heal_core.demo.teacher``; seed 0, 2 threads, about 40 minutes on an
-idle 2-core CPU) trains the committed checkpoints; ``models/README.md`` records how, and what each calibration
+``heal demo train-teacher`` (= ``python -m heal_core.demo.teacher``; seed 0, 2 threads, 57 minutes measured on a
+shared 2-core CPU) trains the committed checkpoints; ``models/README.md`` records how, and what each calibration
 candidate measured.
 """
 

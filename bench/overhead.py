@@ -5,7 +5,7 @@ started on first use, local storage), with timers wrapped around the calls that 
 
 * backend compute: the teacher's and the students' generation (``HFBackend.generate_ids``) and teacher-forced
   scoring (PURE, GEAR breakpoints, exact entropy), plus model loading;
-* training steps: ``transformers.Trainer.train`` inside each PACE stage and the RS-SFT baseline;
+* training steps: ``transformers.Trainer.train`` inside each stage of each (variant, seed);
 * training set-up: the rest of ``train_stage`` (SFTConfig, tokenizer and model load, dataset tokenisation,
   save);
 * verification: ``check_many`` (the timeout-safe Math-Verify pool) in sampling and evaluation;
@@ -71,7 +71,7 @@ def instrument(clock: Clock) -> None:
     import heal_core.evaluate
     import heal_core.report
     import heal_core.sampling
-    import tasks.training
+    import heal_core.train
     from heal_core import storage
     from heal_core.backends.hf import HFBackend
 
@@ -80,7 +80,7 @@ def instrument(clock: Clock) -> None:
         clock.wrap(HFBackend, method, "backend: scoring")
     clock.wrap(HFBackend, "__init__", "backend: model load")
     clock.wrap(transformers.Trainer, "train", "training steps")
-    clock.wrap(tasks.training, "train_stage", "training (whole stage)")
+    clock.wrap(heal_core.train, "train_stage", "training (whole stage)")
     for module in (heal_core.sampling, heal_core.evaluate):
         clock.wrap(module, "check_many", "verification")
     for name in ("write_bytes", "read_bytes", "exists", "list_files", "write_parquet", "read_parquet",
@@ -108,7 +108,7 @@ def main() -> None:
         os.environ["HEAL_CACHE_DIR"] = str(Path(tmp) / "cache")
         overrides = [f"storage.uri={tmp}/store"]
         if args.quick:
-            overrides += ["teacher.sampling.n=4", "hints.n=2", "pace.epochs=1", "evaluation.samples=1",
+            overrides += ["teacher.sampling.n=4", "hints.n=2", "pace.epochs=1", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]", "evaluation.samples=1",
                           "evaluation.max_problems=4", "orchestration.shard_size=4"]
         cfg = parse_config(demo_defaults(), overrides)
         if args.quick:

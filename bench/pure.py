@@ -1,14 +1,17 @@
-"""PURE on a labelled set: genuine trajectories vs constructed shortcuts, scored by the bundled teacher.
+"""PURE graded against the truth: the pipeline's own hinted samples, then constructed shortcuts.
 
-Genuine: verified unaided teacher samples of the demo task. Shortcuts, each built from a genuine one so the
-final answer stays correct and only the support changes:
-  * dropped   -- every intermediate step removed (start, then the answer);
-  * corrupted -- every intermediate result replaced by a wrong number, the correct answer still stated;
-  * early     -- the answer stated after the first half of the steps.
-Prints the AUROC of the forced-answer ratio R (higher R = shortcut), precision/recall of PURE's rejections at
-the configured lambda, and per-kind recall. Last line: the headline AUROC.
+1. **The pipeline's own samples.** The first ``--problems`` demo generation problems go through
+   ``heal_core.shard.generate_shard`` (Stage I, buckets, Stage II hints, GEAR, PURE) with the bundled teacher and
+   the embedded default, exactly as ``heal run`` does. Every verified hinted sample PURE scored (Stages II and III)
+   is labelled by the demo's step checker: a shortcut has a wrong step. Printed: counts, precision and recall of
+   PURE's rejections, and the AUROC of ``pure.shortcut_score`` (``heal_core/truth.py``), per stage and together.
+2. **Constructed shortcuts** (a second table), each built from a verified unaided sample so the answer stays right
+   and only the support changes: ``dropped`` (every intermediate step removed), ``corrupted`` (every intermediate
+   result replaced by a wrong number), ``early`` (the answer stated after the first half of the steps). AUROC of R.
 
     python bench/pure.py [--problems 40] [--n 8] [--model PATH] [--set pure.lam=0.2 ...]
+
+Last line: the headline figure, PURE's AUROC on the pipeline's own hinted samples.
 """
 
 from __future__ import annotations
@@ -23,19 +26,14 @@ import torch
 
 from heal_core import pure
 from heal_core.backends.hf import HFBackend
-from heal_core.demo import bundled_model, demo_problems
-from heal_core.demo.teacher import demo_config
 from heal_core.config import parse_config
+from heal_core.demo import bundled_model, demo_defaults, demo_problems
+from heal_core.demo.arithmetic import first_wrong_step
 from heal_core.entropy import split_steps
-from heal_core.verify import check_many
+from heal_core.shard import generate_shard
+from heal_core.truth import Truth, auroc, pure_audit
 
 NUMBER = re.compile(r"-?\d+")
-
-
-def auroc(positive: list[float], negative: list[float]) -> float:
-    """P(score of a random positive > score of a random negative), ties counting half (Mann-Whitney U)."""
-    pos, neg = np.asarray(positive)[:, None], np.asarray(negative)[None, :]
-    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
 
 
 def shortcuts(text: str, rng: random.Random) -> dict[str, str]:
@@ -56,6 +54,10 @@ def shortcuts(text: str, rng: random.Random) -> dict[str, str]:
     }
 
 
+def _rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=40)
@@ -64,41 +66,49 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     torch.set_num_threads(2)
-    base = demo_config()
-    cfg = parse_config(base.model_dump(mode="json"), args.overrides).pure
-    backend = HFBackend(args.model, dtype="float32", device="cpu")
+    cfg = parse_config(demo_defaults(), [f"teacher.sampling.n={args.n}", f"hints.n={args.n}", *args.overrides])
+    backend = HFBackend(args.model, dtype="float32", device="cpu", max_batch_sequences=cfg.teacher.max_batch_sequences)
     problems = demo_problems("generation")[: args.problems]
-    sampling = base.teacher.sampling.model_copy(update={"n": args.n, "seed": 1})
-    prompts = [base.teacher.prompt_template.format(problem=p.problem) for p in problems]
 
     started = time.perf_counter()
-    batches = backend.sample(prompts, args.n, sampling)
+    rows = generate_shard(backend, problems, cfg, teacher=args.model).trajectories
+    truth = Truth({p.problem_id: p for p in problems}, first_wrong_step, backend.decode)
+    print(f"PURE on the pipeline's own verified hinted samples: {len(problems)} problems, N={args.n} "
+          f"({time.perf_counter() - started:.0f} s on {torch.get_num_threads()} threads), "
+          f"lambda={cfg.pure.lam} eps={cfg.pure.eps}")
+    print("| samples | scored | shortcuts (wrong step) | rejected | precision | recall | AUROC |")
+    print("|---|---|---|---|---|---|---|")
+    overall = None
+    for name, stages in (("Stage II", (2,)), ("Stage III", (3,)), ("II + III", (2, 3))):
+        result = pure_audit([r for r in rows if r["stage"] in stages], truth, cfg)
+        print(f"| {name} | {result.scored} | {result.wrong} | {result.rejected} | {_rate(result.precision)} "
+              f"| {_rate(result.recall)} | {_rate(result.auroc)} |")
+        overall = result
+
+    prompts = [cfg.teacher.prompt_template.format(problem=p.problem) for p in problems]
     rng = random.Random(0)
     labelled: list[tuple[str, str, str, str]] = []  # (kind, prompt, text, answer)
-    for problem, prompt, gens in zip(problems, prompts, batches, strict=True):
-        verdicts = check_many([(g.text, problem.answer) for g in gens])
-        genuine = next((g.text for g, v in zip(gens, verdicts, strict=True) if v.correct and len(split_steps(g.text)) >= 4), None)
+    for problem, prompt in zip(problems, prompts, strict=True):
+        genuine = next((r["text"] for r in rows if r["problem_id"] == problem.problem_id and r["stage"] == 1
+                        and r["verified"] and len(split_steps(r["text"])) >= 4), None)
         if genuine is None:
             continue
         labelled.append(("genuine", prompt, genuine, problem.answer))
         labelled += [(kind, prompt, text, problem.answer) for kind, text in shortcuts(genuine, rng).items()]
-
-    results = [(kind, pure.score(backend, prompt, text, answer, cfg)) for kind, prompt, text, answer in labelled]
-    elapsed = time.perf_counter() - started
+    results = [(kind, pure.score(backend, prompt, text, answer, cfg.pure)) for kind, prompt, text, answer in labelled]
     genuine_r = [r.ratio for k, r in results if k == "genuine"]
     shortcut_r = [r.ratio for k, r in results if k != "genuine"]
-    rejected = [(k, not r.kept) for k, r in results]
-    tp = sum(rej for k, rej in rejected if k != "genuine")
-    fp = sum(rej for k, rej in rejected if k == "genuine")
-    print(f"trajectories: {len(genuine_r)} genuine, {len(shortcut_r)} shortcuts ({elapsed:.0f} s on {torch.get_num_threads()} threads)")
-    print(f"lambda={cfg.lam} eps={cfg.eps}")
-    print(f"{'kind':<10} {'count':>5} {'median R':>9} {'rejected':>9}")
+    print()
+    print(f"Constructed shortcuts from {len(genuine_r)} verified unaided samples:")
+    print("| kind | count | median R | rejected |")
+    print("|---|---|---|---|")
     for kind in ("genuine", "dropped", "corrupted", "early"):
-        rows = [(r.ratio, not r.kept) for k, r in results if k == kind]
-        if rows:
-            print(f"{kind:<10} {len(rows):>5} {np.median([x for x, _ in rows]):>9.3f} {np.mean([y for _, y in rows]):>9.1%}")
-    print(f"precision of rejections: {tp / max(1, tp + fp):.3f}   recall on shortcuts: {tp / max(1, len(shortcut_r)):.3f}")
-    print(f"PURE AUROC (R, genuine vs shortcut): {auroc(shortcut_r, genuine_r):.3f}")
+        kept = [(r.ratio, not r.kept) for k, r in results if k == kind]
+        if kept:
+            print(f"| {kind} | {len(kept)} | {np.median([x for x, _ in kept]):.3f} | {np.mean([y for _, y in kept]):.1%} |")
+    print(f"AUROC of R, genuine vs constructed: {_rate(auroc(shortcut_r, genuine_r))}")
+    print(f"PURE AUROC on the pipeline's own hinted samples: {_rate(overall.auroc)} "
+          f"({overall.scored} scored, {overall.wrong} shortcuts)")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def instrument_train() -> None:
     SFTTrainer.train = train
 
 
-def plain_sft(model: str, examples: list[dict], out: Path, cfg: PaceConfig, steps: int) -> None:
+def plain_sft(model: str, examples: list[dict], out: Path, cfg: PaceConfig, steps: int, seed: int) -> None:
     """What a user would write with TRL alone, with train_stage's settings."""
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -63,6 +63,8 @@ def plain_sft(model: str, examples: list[dict], out: Path, cfg: PaceConfig, step
         max_steps=steps,
         per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=round(cfg.warmup_ratio * steps),
         max_length=cfg.max_length,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
@@ -71,7 +73,7 @@ def plain_sft(model: str, examples: list[dict], out: Path, cfg: PaceConfig, step
         save_strategy="no",
         report_to="none",
         dataloader_num_workers=0,
-        seed=cfg.seed,
+        seed=seed,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=AutoTokenizer.from_pretrained(model))
@@ -100,20 +102,21 @@ def main() -> None:
         for w in split("train", args.examples)
     ][: args.examples]
     cfg = PaceConfig(epochs=1, batch_size=args.batch_size, learning_rate=1e-4)
+    seed = cfg.seeds[0]
     steps = -(-len(examples) // cfg.batch_size)
     times: dict[str, list[tuple[float, float, float]]] = {"plain": [], "heal": []}  # (total s, train s, tokens)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.quick:  # warm-up, untimed: the first training in a process pays one-off set-up costs
-            plain_sft(args.model, examples[: cfg.batch_size], Path(tmp) / "warm-up", cfg, 1)
+            plain_sft(args.model, examples[: cfg.batch_size], Path(tmp) / "warm-up", cfg, 1, seed)
         for repeat in range(args.repeats):
             for side in (("plain", "heal") if repeat % 2 == 0 else ("heal", "plain")):
                 out = Path(tmp) / f"{side}-{repeat}"
                 start = time.perf_counter()
                 if side == "heal":
-                    result = train_stage("stage1", args.model, examples, out, cfg)
+                    result = train_stage("stage1", args.model, examples, out, cfg, seed)
                     assert result.steps == steps, (result.steps, steps)
                 else:
-                    plain_sft(args.model, examples, out, cfg, steps)
+                    plain_sft(args.model, examples, out, cfg, steps, seed)
                 total = time.perf_counter() - start
                 train_s, tokens = TRAIN_CALLS[-1]
                 times[side].append((total, train_s, tokens))

@@ -20,8 +20,11 @@ import heal_core
 from heal_core.config import ConfigError, HealConfig, load_config, parse_config
 from heal_core.demo import demo_defaults
 
-for _key, _value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
-    os.environ.setdefault(_key, _value)  # embedded mode is offline: never phone home
+# Embedded mode is offline: never phone home. Prefect's temporary server gets 20 s to start by default, which a
+# laptop busy with other work misses ("Timed out while attempting to connect to ephemeral Prefect API server").
+for _key, _value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
+    os.environ.setdefault(_key, _value)
 
 app = typer.Typer(help="HEAL: distil a teacher LLM into a small reasoning model.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=True)
@@ -89,11 +92,13 @@ def config_check(config: Path, set_: SetOpt = None) -> None:
 
 
 def _summary_table(title: str, summary: dict) -> Table:
+    from heal_core.report import flat_summary
+
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in summary.items():
-        table.add_row(key, str(value))
+    for key, value in flat_summary(summary):
+        table.add_row(key, value)
     return table
 
 

@@ -11,19 +11,23 @@ from tasks.layout import RunLayout
 from tasks.models import resolve_model
 from tasks.problems import benchmark_sets, problem_set
 from tasks.secrets import export_secrets
-from tasks.training import local_model
+from tasks.training import TrainedModel, local_model
 
 
 @flow(name="heal-eval")
-def heal_eval(run_root: str, config: HealConfig, trained: dict[str, str]) -> int:
-    """Teacher and student base (as configured, resolved on this worker) and the ``trained`` models (label ->
-    storage URI, fetched into the worker's cache), each on the held-out set and on every configured benchmark.
-    Per-problem results and their per-benchmark summary land as Parquet; returns the number of result rows."""
+def heal_eval(run_root: str, config: HealConfig, trained: list[TrainedModel]) -> int:
+    """Teacher and student base (as configured, resolved on this worker) and every ``trained`` (variant, seed)
+    model (fetched into the worker's cache), each on the held-out set and on every configured benchmark, all
+    with the same sampling settings. A trained model's rows carry its variant as the model label and its seed
+    as ``train_seed``. Per-problem results and their per-benchmark summary land as Parquet; returns the number
+    of result rows."""
     export_secrets(config)
     held_out, _ = problem_set(config.evaluation.uri, "eval", config, config.evaluation.max_problems)
     sets = {HELD_OUT: held_out, **benchmark_sets(config)}
-    models = {"teacher": resolve_model(config.teacher.model, "teacher"),
-              "student_base": resolve_model(config.student.model, "student"), **trained}
-    rows = [row for label, ref in models.items() for row in evaluate_model(label, local_model(ref, config), sets, config)]
+    models = [("teacher", None, resolve_model(config.teacher.model, "teacher")),
+              ("student_base", None, resolve_model(config.student.model, "student")),
+              *((m.variant, m.seed, m.model) for m in trained)]
+    rows = [row for label, seed, ref in models
+            for row in evaluate_model(label, local_model(ref, config), sets, config, train_seed=seed)]
     write_evaluation(RunLayout(run_root), rows, config)
     return len(rows)

@@ -1,9 +1,9 @@
-"""``heal-pipeline``: problems -> shards (sample, hints, GEAR, PURE) -> PACE datasets -> training -> eval -> report.
+"""``heal-pipeline``: problems -> shards (sample, hints, GEAR, PURE) -> datasets -> variants x seeds -> eval -> report.
 
 Every step writes its outputs under ``<storage.uri>/runs/<run_id>/`` and checks for them first, so running
 the same run id again (``heal resume``, or Retry on the parent in the Prefect UI) continues where it stopped:
-finished shards are skipped, finished training stages are not retrained. The manifest records each shard's and
-step's status for people and tools.
+finished shards are skipped, finished (variant, seed) models and training stages are not retrained. The
+manifest records each shard's and step's status for people and tools.
 
 The same flow code runs two ways (``orchestration.mode``): embedded, where shards, training and evaluation are
 subflows in this process (a laptop, the tests), and deployments, where each is a run of its own deployment on
@@ -12,6 +12,7 @@ a work pool (``flows/dispatch.py``), so a failed shard is retried alone on a GPU
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import yaml
@@ -33,7 +34,7 @@ from tasks.models import resolve_model
 from tasks.problems import drop_contaminated, problem_set
 from tasks.report import write_report
 from tasks.secrets import export_secrets
-from tasks.training import trained_models
+from tasks.training import TrainedModel, trained_models
 
 
 class RunConfigMismatch(ValueError):
@@ -136,7 +137,7 @@ def heal_pipeline(config: HealConfig, run_id: str | None = None) -> dict[str, An
 
     sizes = build_datasets(layout, count, cfg)
     manifest.step_done("curriculum")
-    logger.info("PACE datasets: %s", sizes)
+    logger.info("training datasets: %s", sizes)
 
     if deployments:
         run_children(TRAIN_DEPLOYMENT, [Child(f"{run_id}-train", f"{run_id}-train-{key}", params)], run_id,
@@ -145,17 +146,17 @@ def heal_pipeline(config: HealConfig, run_id: str | None = None) -> dict[str, An
         heal_train(layout.root, cfg)
     manifest.step_done("train")
 
-    stored = trained_models(layout, cfg)
-    final = next((stored[s] for s in ("stage3", "stage2", "stage1") if s in stored), None)
-    trained = {**({"heal": final} if final else {}), **({"rs_sft": stored["rs_sft"]} if "rs_sft" in stored else {})}
+    variants = trained_models(layout, cfg)
+    trained = [TrainedModel(r.variant, r.seed, r.model_dir) for r in variants if r.model_dir is not None]
     if deployments:
-        run_children(EVAL_DEPLOYMENT, [Child(f"{run_id}-eval", f"{run_id}-eval-{key}", {**params, "trained": trained})],
+        eval_params = {**params, "trained": [asdict(m) for m in trained]}
+        run_children(EVAL_DEPLOYMENT, [Child(f"{run_id}-eval", f"{run_id}-eval-{key}", eval_params)],
                      run_id, cfg.orchestration.poll_seconds)
     else:
         heal_eval(layout.root, cfg, trained)
     manifest.step_done("eval")
 
     evaluation = storage.read_parquet(layout.evaluation, EVALUATION_SCHEMA, options).to_pylist()
-    summary = write_report(layout, run_id, count, sizes, evaluation, cfg)
+    summary = write_report(layout, run_id, count, sizes, evaluation, variants, cfg)
     manifest.step_done("report")
     return summary

@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -188,19 +188,60 @@ class PureConfig(_Section):
     enabled: bool = True
 
 
+VariantName = Literal["heal", "rs_sft", "keep_all", "heal_no_pure", "heal_no_gear", "heal_mixed"]
+"""The training variants ``heal_core/variants.py`` defines: which datasets each trains on, in which order."""
+
+
+def _no_duplicates(values: list[Any]) -> list[Any]:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"listed more than once: {', '.join(repeated)}")
+    return values
+
+
 class PaceConfig(_Section):
-    """PACE: three sequential SFT stages, each initialised from the previous stage's weights."""
+    """PACE: three sequential SFT stages, each initialised from the previous stage's weights.
+
+    Every variant in ``variants`` is trained once per seed in ``seeds`` on the same run's data, with the same
+    optimizer-step budget (HEAL's; see ``heal_core/variants.py``), so the report can tell the data's effect from
+    seed noise: its intervals resample seeds as well as problems.
+    """
 
     epochs: float = Field(5.0, gt=0.0, description="per stage (paper: 5)")
     learning_rate: float = Field(1e-5, gt=0.0, description="paper: 1e-5")
     batch_size: int = Field(8, ge=1, description="effective batch size (paper: 8)")
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(8192, ge=16, description="long: TRL truncates the tail, answer included")
+    lr_scheduler_type: Literal["cosine", "linear", "constant_with_warmup"] = Field(
+        "cosine", description="per stage, each with a fresh optimizer; cosine with warmup is open-r1's distillation "
+        "recipe (the paper does not say)",
+    )
+    warmup_ratio: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of a stage's steps spent warming the learning rate up: a fresh Adam "
+        "at the full rate on an already trained model knocks it off (measured on the demo student: 16 steps at 1e-3 "
+        "without warm-up took it from 0.62 to 0.01 pass@1 on problems it solved)",
+    )
     mode: Literal["cumulative", "incremental"] = Field(
         "cumulative", description="stage k trains on stages <= k (cumulative) or on stage k's new data only"
     )
     stage1_cap_per_problem: int = Field(4, ge=1, description="verified samples per problem kept for Stage I")
-    seed: int = 0
+    variants: list[VariantName] = Field(
+        default_factory=lambda: ["heal", "rs_sft"],
+        description="what is trained and compared: heal (PACE I -> II -> III), rs_sft (Stage I data: the paper's "
+        "baseline), keep_all (every Stage I sample, unverified), heal_no_pure (PACE without the PURE filter), "
+        "heal_no_gear (PACE I -> II), heal_mixed (all of HEAL's data in one SFT run); each leaves one "
+        "ingredient of HEAL out, and rs_sft is the baseline the report's differences are taken against",
+    )
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1,
+        description="training seeds (SFTConfig.seed: data order, dropout); each variant is trained once per seed, "
+        "so a difference between variants can be told apart from seed-to-seed variation",
+    )
+
+    @field_validator("variants", "seeds")
+    @classmethod
+    def _listed_once(cls, values: list[Any]) -> list[Any]:
+        return _no_duplicates(values)
 
 
 class StudentConfig(_Section):
@@ -366,14 +407,30 @@ class EvaluationConfig(_Section):
 
     The held-out set (``uri``) is always evaluated; ``benchmarks`` adds published sets, each reported under
     its set name (file stem, as ``decontamination.against`` names them), so one run compares the models on
-    MATH-500, GSM8K, AIME, ... with the same sampling settings.
+    MATH-500, GSM8K, AIME, ... with the same sampling settings. The report's intervals over the held-out set
+    (``heal_core/stats.py``) use ``bootstrap_resamples`` and ``confidence``.
     """
 
     uri: str = Field("", description="JSONL or Parquet problems (same field mapping as problems)")
     samples: int = Field(4, ge=1, description="samples per problem")
+    temperature: float = Field(
+        0.6, gt=0.0, le=2.0,
+        description="sampling temperature of every evaluated model (teacher too); the teacher's own "
+        "(teacher.sampling) is set for diverse training data, not for measuring a model: DeepSeek-R1 reports "
+        "pass@1 at 0.6",
+    )
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling of evaluation (DeepSeek-R1: 0.95)")
     max_problems: int = Field(0, ge=0, description="problems per set (held-out and each benchmark); 0 = all")
     benchmarks: list[ProblemsConfig] = Field(
         default_factory=list, description="benchmark sets (uri, format, ...) evaluated besides the held-out set"
+    )
+    bootstrap_resamples: int = Field(
+        2000, ge=100,
+        description="bootstrap draws behind the report's intervals; percentile bounds need 1000 or more to be "
+        "stable from one set of draws to the next (Efron & Tibshirani, An Introduction to the Bootstrap, ch. 13)",
+    )
+    confidence: float = Field(
+        0.95, gt=0.0, lt=1.0, description="coverage of the report's percentile bootstrap intervals"
     )
 
 

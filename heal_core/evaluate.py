@@ -14,7 +14,7 @@ from math import comb
 from typing import Any
 
 from heal_core.backends.base import TeacherBackend
-from heal_core.config import SamplingConfig
+from heal_core.config import HealConfig, SamplingConfig
 from heal_core.problems import Problem
 from heal_core.schema import SAMPLING_COLUMNS
 from heal_core.verify import check_many
@@ -61,6 +61,13 @@ def evaluate(
     return results
 
 
+def evaluation_sampling(cfg: HealConfig) -> SamplingConfig:
+    """How every model is sampled for evaluation: the teacher's settings (max_new_tokens, top_k, seed) with
+    ``evaluation.samples``, ``evaluation.temperature`` and ``evaluation.top_p``."""
+    return cfg.teacher.sampling.model_copy(update={
+        "n": cfg.evaluation.samples, "temperature": cfg.evaluation.temperature, "top_p": cfg.evaluation.top_p})
+
+
 def sampling_settings(sampling: SamplingConfig) -> dict[str, Any]:
     """The settings every evaluation row records (see ``heal_core.schema.SAMPLING_COLUMNS``)."""
     return {name: getattr(sampling, name) for name in SAMPLING_COLUMNS}
@@ -74,7 +81,8 @@ def _value_order(value: str) -> tuple[int, int, str]:
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean pass@1 and pass@k per model, benchmark and sampling setting, over all its problems (group_field and
     group_value None) and over the problems of each value of each metadata field (rows of EVALUATION_SCHEMA in,
-    rows of EVALUATION_SUMMARY_SCHEMA out). Rows drawn with other settings are never averaged together."""
+    rows of EVALUATION_SUMMARY_SCHEMA out). Rows drawn with other settings are never averaged together. A
+    variant's mean is over its training seeds and problems alike; ``problems`` counts each problem once."""
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
         setting = (row["model"], row["benchmark"], row["samples"], *(row[c] for c in SAMPLING_COLUMNS))
@@ -93,7 +101,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         members = groups[key]
         summary.append({
             "model": model, "benchmark": benchmark, "group_field": field, "group_value": value,
-            "problems": len(members), "samples": samples,
+            "problems": len({r["problem_id"] for r in members}), "samples": samples,
             "pass_at_1": sum(r["pass_at_1"] for r in members) / len(members),
             "pass_at_k": sum(r["pass_at_k"] for r in members) / len(members),
             **dict(zip(SAMPLING_COLUMNS, settings, strict=True)),

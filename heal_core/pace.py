@@ -7,6 +7,9 @@ on its new data only. An example enters the curriculum once, at the first stage 
 
 Baselines a user compares against: ``rs_sft`` (Stage I data only: plain rejection-sampling SFT) and
 ``keep_all`` (every Stage I sample, unverified: OpenThoughts3 found answer filtering does not always help).
+Ablations of HEAL itself: ``stage2_no_pure`` / ``stage3_no_pure`` (the stages as HEAL selects them, PURE left
+out) and ``mixed`` (everything HEAL kept, for one SFT run without the curriculum). Which variant trains on
+which datasets is ``heal_core/variants.py``'s.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+from heal_core.config import HealConfig
 from heal_core.schema import CURRICULUM_SCHEMA
+from heal_core.selection import select_without_pure
 
 STAGES = (1, 2, 3)
+DATASETS = ("stage1", "stage2", "stage3", "stage2_no_pure", "stage3_no_pure", "mixed", "rs_sft", "keep_all")
 _LINEAGE = [name for name in CURRICULUM_SCHEMA.names if name not in ("prompt", "completion")]
 
 
@@ -63,3 +69,18 @@ def baselines(stage1_all: Sequence[dict[str, Any]], stage1_kept: Sequence[dict[s
         return [to_example(r) for r in dedupe(sorted(rows, key=lambda r: (r["problem_id"], r["sample_id"])))]
 
     return {"rs_sft": examples(stage1_kept), "keep_all": examples(stage1_all)}
+
+
+def datasets(rows: Sequence[dict[str, Any]], cfg: HealConfig) -> dict[str, list[dict[str, Any]]]:
+    """Every dataset of ``DATASETS`` from a run's trajectory rows of all stages (``kept`` as the shards set it)."""
+    kept = [r for r in rows if r["kept"]]
+    stage1 = [r for r in rows if r["stage"] == 1]
+    stage1_kept = [r for r in stage1 if r["kept"]]
+    heal = curriculum(kept, cfg.pace.mode)
+    no_pure = curriculum(stage1_kept + select_without_pure(rows, cfg), cfg.pace.mode)
+    return {
+        **{f"stage{stage}": examples for stage, examples in heal.items()},
+        "stage2_no_pure": no_pure[2], "stage3_no_pure": no_pure[3],
+        "mixed": curriculum(kept, "cumulative")[3],  # every stage's examples once: cumulative stage III
+        **baselines(stage1, stage1_kept),
+    }

@@ -20,6 +20,7 @@ scored for hint-conditioned stages, where an unsupported answer is exactly the r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,6 +75,34 @@ def leap_step(answer_nll: list[float], step_ppl: list[float], cfg: PureConfig) -
     if drops[k] / total >= cfg.leap_drop_share and log_ppl[k] - np.median(log_ppl) > cfg.leap_log_ppl_margin:
         return k + 1
     return None
+
+
+def shortcut_score(answer_nll: list[float], step_ppl: list[float], cfg: PureConfig) -> float:
+    """How far a trajectory goes past PURE's nearer rejection rule, in units of that rule's threshold: above 1
+    it is rejected (``judge``), and higher means more clearly unsupported. A ranking score, so PURE can be graded
+    by AUROC where the truth is known (``heal_core.truth``): the larger of R / lambda and, for the step with the
+    largest uncertainty drop, the smaller of its drop share / ``leap_drop_share`` and its log-perplexity excess
+    over the median step / ``leap_log_ppl_margin`` (both must pass for a leap). Unscorable trajectories get inf,
+    as ``judge`` rejects them."""
+    if len(step_ppl) < 2:
+        return math.inf
+    ratio = _over(forced_answer_ratio(answer_nll, cfg.eps), cfg.lam)
+    u = np.asarray(answer_nll)
+    total = u[0] - u[-1]
+    if len(u) < 2 or total <= 0:
+        return ratio
+    drops = u[:-1] - u[1:]
+    k = int(np.argmax(drops))
+    log_ppl = np.log(np.asarray(step_ppl))
+    leap = min(_over(drops[k] / total, cfg.leap_drop_share),
+               _over(log_ppl[k] - np.median(log_ppl), cfg.leap_log_ppl_margin))
+    return max(ratio, leap)
+
+
+def _over(value: float, threshold: float) -> float:
+    if threshold > 0:
+        return float(value / threshold)
+    return math.inf if value > 0 else 0.0
 
 
 def judge(answer_nll: list[float], step_ppl: list[float], cfg: PureConfig) -> PureResult:

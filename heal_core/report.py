@@ -12,11 +12,17 @@ from typing import Any
 
 import numpy as np
 
+from heal_core.config import HealConfig
 from heal_core.evaluate import HELD_OUT
 from heal_core.schema import SAMPLING_COLUMNS
+from heal_core.stats import Interval, bootstrap, pass_at_1_matrix
+from heal_core.train import VariantResult
+from heal_core.variants import BASELINE, step_budget
 
 # Report columns: the models a HEAL run compares, in reading order; any other label follows as it is.
-_MODEL_NAMES = {"teacher": "teacher", "student_base": "student base", "heal": "HEAL student", "rs_sft": "RS-SFT student"}
+_MODEL_NAMES = {"teacher": "teacher", "student_base": "student base", "heal": "HEAL student", "rs_sft": "RS-SFT student",
+                "keep_all": "keep-all student", "heal_no_pure": "HEAL without PURE", "heal_no_gear": "HEAL without GEAR",
+                "heal_mixed": "HEAL mixed (no curriculum)"}
 
 
 def summarize(
@@ -68,6 +74,133 @@ def accuracy(evaluation: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {model: float(np.mean(values)) for model, values in per_model.items()}
 
 
+def _figures(interval: Interval | None) -> dict[str, float] | None:
+    return None if interval is None else {k: round(getattr(interval, k), 4) for k in ("estimate", "low", "high")}
+
+
+def _stage_notes(stages: Sequence[dict[str, Any]]) -> list[str]:
+    """An empty stage inside a trained variant: which model the variant kept instead."""
+    notes, previous = [], "the student base"
+    for stage in stages:
+        if stage["steps"]:
+            previous = f"{stage['dataset']}'s model"
+        else:
+            notes.append(f"{stage['dataset']} is empty: keeps {previous}")
+    return notes
+
+
+def variant_summary(
+    results: Sequence[VariantResult], evaluation: Sequence[dict[str, Any]], dataset_sizes: dict[str, int],
+    cfg: HealConfig,
+) -> dict[str, Any]:
+    """The variants compared on the held-out set: per variant its seeds, stages (examples, steps), pass@1 with a
+    bootstrap interval over problems and seeds (``heal_core/stats.py``), and its difference from rs_sft, on all
+    held-out problems and on the hard ones (teacher pass@1 below ``hints.pass_rate_below``, Stage II's rule).
+    ``results`` are the stored (variant, seed) results, skipped ones with their reason."""
+    held_out = [r for r in evaluation if r["benchmark"] == HELD_OUT]
+    problems = sorted({r["problem_id"] for r in held_out})
+    teacher = {r["problem_id"]: r["pass_at_1"] for r in held_out if r["model"] == "teacher"}
+    threshold = cfg.hints.pass_rate_below
+    hard = [i for i, p in enumerate(problems) if p in teacher and teacher[p] < threshold]
+    scores = {}
+    for variant in cfg.pace.variants:
+        rows = [r for r in held_out if r["model"] == variant]
+        if rows:
+            scores[variant] = pass_at_1_matrix(rows, problems)
+    settings = {"baseline": BASELINE, "resamples": cfg.evaluation.bootstrap_resamples,
+                "confidence": cfg.evaluation.confidence}
+    whole = bootstrap(scores, **settings) if scores else ({}, {})
+    harder = bootstrap({v: x[:, hard] for v, x in scores.items()}, **settings) if scores and hard else ({}, {})
+    # Each ablation against HEAL itself: what leaving one ingredient out costs (or gains), on the hard problems.
+    against_heal = (bootstrap({v: x[:, hard] for v, x in scores.items()}, **{**settings, "baseline": "heal"})[1]
+                    if "heal" in scores and hard else {})
+
+    by_variant = {}
+    for variant in cfg.pace.variants:
+        mine = sorted((r for r in results if r.variant == variant), key=lambda r: r.seed)
+        stages = [{"dataset": s.name, "examples": s.examples, "steps": s.steps} for s in (mine[0].stages if mine else ())]
+        skip = mine[0].skip_reason if mine else "not trained: no result in the run's storage"
+        by_variant[variant] = {
+            "seeds": [r.seed for r in mine if r.skip_reason is None],
+            "stages": stages,
+            "steps": sum(s["steps"] for s in stages),
+            "pass@1 held-out": _figures(whole[0].get(variant)),
+            "pass@1 hard held-out": _figures(harder[0].get(variant)),
+            f"delta vs {BASELINE} held-out": _figures(whole[1].get(variant)),
+            f"delta vs {BASELINE} hard held-out": _figures(harder[1].get(variant)),
+            "delta vs heal hard held-out": _figures(against_heal.get(variant)),
+            "skip reason": skip,
+            "notes": [] if skip else _stage_notes(stages),
+        }
+    return {
+        "step budget": step_budget(dataset_sizes, cfg.pace),
+        "epochs": cfg.pace.epochs,
+        "confidence": cfg.evaluation.confidence,
+        "bootstrap resamples": cfg.evaluation.bootstrap_resamples,
+        "baseline": BASELINE,
+        "held-out problems": len(problems),
+        "hard held-out problems": len(hard),
+        "hard below teacher pass@1": threshold,
+        "by variant": by_variant,
+    }
+
+
+def _interval_text(figures: dict[str, float] | None) -> str:
+    return "—" if figures is None else f"{figures['estimate']:.3f} [{figures['low']:.3f}, {figures['high']:.3f}]"
+
+
+def variants_section(variants: dict[str, Any]) -> list[str]:
+    """Markdown lines of ``variant_summary``'s figures: the step budget, how the intervals are drawn, the table."""
+    ci, base = f"[{variants['confidence']:.0%} CI]", variants["baseline"]
+    budget = (f"Every variant: {variants['step budget']} optimizer steps, the steps HEAL's stages take at "
+              f"pace.epochs = {variants['epochs']:g}; a multi-stage variant splits them over its non-empty stages in "
+              "proportion to their epoch-based steps.")
+    method = (f"pass@1: mean over training seeds and problems; {ci}: percentile bootstrap over problems and seeds "
+              f"({variants['bootstrap resamples']} resamples); Δ vs {base}: paired over problems, seeds drawn per "
+              f"variant. Hard held-out: the {variants['hard held-out problems']} of {variants['held-out problems']} "
+              f"held-out problems where the teacher's pass@1 is below {variants['hard below teacher pass@1']:g} "
+              "(hints.pass_rate_below).")
+    header = (f"| variant | seeds | examples per stage | steps | pass@1 held-out {ci} | pass@1 hard held-out {ci} "
+              f"| Δ vs {base} held-out {ci} | Δ vs {base} hard {ci} | Δ vs heal hard {ci} | skipped / notes |")
+    lines = ["## Variants", "", budget, "", method, "", header, "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, v in variants["by variant"].items():
+        stages = " → ".join(f"{s['dataset']} {s['examples']}" for s in v["stages"])
+        steps = " + ".join(str(s["steps"]) for s in v["stages"] if s["steps"]) or "0"
+        notes = "; ".join(([f"skipped: {v['skip reason']}"] if v["skip reason"] else []) + v["notes"])
+        lines.append(f"| {name} | {', '.join(map(str, v['seeds'])) or '—'} | {stages} | {steps} "
+                     f"| {_interval_text(v['pass@1 held-out'])} | {_interval_text(v['pass@1 hard held-out'])} "
+                     f"| {_interval_text(v[f'delta vs {base} held-out'])} "
+                     f"| {_interval_text(v[f'delta vs {base} hard held-out'])} "
+                     f"| {_interval_text(v['delta vs heal hard held-out'])} | {notes} |")
+    return lines
+
+
+_SECTIONS = ("variants", "ground truth")  # summary keys holding a section of their own, not one figure
+
+
+def flat_summary(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric, value) pairs of a summary, the variants' figures one per line: the artifact's and the CLI's table."""
+    pairs = [(key, str(value)) for key, value in summary.items() if key not in _SECTIONS]
+    pairs += [(f"ground truth: {key}", str(value)) for key, value in summary.get("ground truth", {}).items()]
+    variants = summary.get("variants")
+    if variants:
+        ci, base = f"[{variants['confidence']:.0%} CI]", variants["baseline"]
+        pairs.append(("variant step budget (optimizer steps, every variant)", str(variants["step budget"])))
+        pairs.append(("hard held-out problems", f"{variants['hard held-out problems']} of {variants['held-out problems']}"))
+        for name, v in variants["by variant"].items():
+            if v["skip reason"]:
+                pairs.append((f"{name}: skipped", v["skip reason"]))
+                continue
+            pairs += [(f"{name}: seeds", ", ".join(map(str, v["seeds"]))), (f"{name}: steps", str(v["steps"])),
+                      (f"{name}: pass@1 held-out {ci}", _interval_text(v["pass@1 held-out"])),
+                      (f"{name}: pass@1 hard held-out {ci}", _interval_text(v["pass@1 hard held-out"])),
+                      (f"{name}: Δ vs {base} hard held-out {ci}", _interval_text(v[f"delta vs {base} hard held-out"]))]
+            if v["delta vs heal hard held-out"] is not None:
+                pairs.append((f"{name}: Δ vs heal hard held-out {ci}", _interval_text(v["delta vs heal hard held-out"])))
+            pairs += [(f"{name}: note", note) for note in v["notes"]]
+    return pairs
+
+
 def benchmark_comparison(benchmarks: Sequence[dict[str, Any]]) -> list[str]:
     """Markdown lines: one row per benchmark and group, one ``pass@1 / pass@k`` column per model (teacher,
     student base, HEAL student, RS-SFT student), from rows of EVALUATION_SUMMARY_SCHEMA; the sampling
@@ -95,11 +228,17 @@ def benchmark_comparison(benchmarks: Sequence[dict[str, Any]]) -> list[str]:
 def markdown(
     run_id: str, storage_uri: str, summary: dict[str, Any], plots: Sequence[str] = (),
     contaminated: Sequence[dict[str, Any]] = (), benchmarks: Sequence[dict[str, Any]] = (),
+    truth: Sequence[str] = (),
 ) -> str:
-    """``benchmarks``: rows of EVALUATION_SUMMARY_SCHEMA (``heal_core.evaluate.summarize``)."""
+    """``benchmarks``: rows of EVALUATION_SUMMARY_SCHEMA (``heal_core.evaluate.summarize``); ``summary["variants"]``,
+    when there, is ``variant_summary``'s; ``truth``: the ground-truth audit's lines (``heal_core.truth``)."""
     lines = [f"# HEAL run {run_id}", "", f"Outputs: `{storage_uri}`", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in summary.items()]
+    lines += [f"| {k} | {v} |" for k, v in summary.items() if k not in _SECTIONS]
     lines += ["", *(f"![{p}](plots/{p}.png)" for p in plots)]
+    if summary.get("variants"):
+        lines += ["", *variants_section(summary["variants"])]
+    if truth:
+        lines += ["", *truth]
     if benchmarks:
         lines += ["", *benchmark_comparison(benchmarks)]
     if contaminated:
@@ -140,11 +279,15 @@ def pass_rate_histogram(stats: Sequence[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
-def entropy_trace(entropy: Sequence[float], breakpoint: int) -> bytes:
+def entropy_trace(entropy: Sequence[float], breakpoint: int, fraction: float,
+                  wrong_step: tuple[int, int] | None = None) -> bytes:
+    """``wrong_step``: the tokens [start, end) of the trajectory's first wrong step, where a step checker knows it."""
     fig, ax = _figure("Entropy of a repaired trajectory")
     ax.plot(np.arange(len(entropy)), entropy, lw=1)
     ax.axvline(breakpoint, color="red", ls="--", label=f"breakpoint (token {breakpoint})")
-    ax.axvspan(0, len(entropy) / 3, color="grey", alpha=0.15, label="search span (first third)")
+    ax.axvspan(0, len(entropy) * fraction, color="grey", alpha=0.15, label=f"search span (first {fraction:.0%})")
+    if wrong_step is not None:
+        ax.axvspan(*wrong_step, color="orange", alpha=0.35, label="first wrong step (step checker)")
     ax.set_xlabel("generated token")
     ax.set_ylabel("entropy (nats)")
     ax.legend(fontsize=8)

@@ -93,10 +93,11 @@ _SAMPLING_FIELDS = [
 ]
 SAMPLING_COLUMNS = tuple(f.name for f in _SAMPLING_FIELDS)  # SamplingConfig's fields of the same names
 
-# One row per (model, benchmark, problem) of an evaluation; pass@k has k = samples.
+# One row per (model, training seed, benchmark, problem) of an evaluation; pass@k has k = samples.
 EVALUATION_SCHEMA = pa.schema(
     [
-        pa.field("model", pa.string(), nullable=False),  # label: teacher | student_base | heal | rs_sft | ...
+        pa.field("model", pa.string(), nullable=False),  # label: teacher | student_base | a variant (heal, rs_sft, ...)
+        pa.field("train_seed", pa.int32()),  # the variant's training seed; null for teacher and student base
         pa.field("model_path", pa.string(), nullable=False),
         pa.field("benchmark", pa.string(), nullable=False),  # held_out, or a benchmark's set name (math500_test)
         pa.field("problem_id", pa.string(), nullable=False),

@@ -7,7 +7,7 @@ worker; where the output goes is the caller's business.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +18,7 @@ from heal_core.backends.base import TeacherBackend
 from heal_core.config import HealConfig
 from heal_core.problems import Problem
 from heal_core.sampling import ProblemStats, needs_hint, problem_stats, sample_stage1, select_stage1
+from heal_core.selection import select_capped
 
 
 @dataclass
@@ -28,22 +29,21 @@ class ShardOutput:
 
 
 def apply_filters(rows: list[dict[str, Any]], backend: TeacherBackend, cfg: HealConfig, cap: int) -> None:
-    """Mark hinted/repaired rows kept when verified, not leaking the hint and passing PURE (in place).
+    """Mark hinted/repaired rows kept by HEAL's rule (``heal_core/selection.py``), PURE as its last check (in place).
 
     PURE is the expensive check, so it runs only on rows that already passed the cheap ones, and stops for a
     problem once ``cap`` samples are kept.
     """
-    kept: Counter[str] = Counter()
-    for row in rows:
-        if not row["verified"] or row["leaked_hint"] or kept[row["problem_id"]] >= cap:
-            continue
-        if cfg.pure.enabled:
-            result = pure.score(backend, row["prompt"], row["text"], row["gold_answer"], cfg.pure)
-            row.update(result.lineage())
-            if not result.kept:
-                continue
+
+    def passes_pure(row: dict[str, Any]) -> bool:
+        if not cfg.pure.enabled:
+            return True
+        result = pure.score(backend, row["prompt"], row["text"], row["gold_answer"], cfg.pure)
+        row.update(result.lineage())
+        return result.kept
+
+    for row in select_capped(rows, cap, passes_pure):
         row["kept"] = True
-        kept[row["problem_id"]] += 1
 
 
 def generate_shard(

@@ -1,6 +1,7 @@
-"""PACE training: TRL's SFTTrainer run stage after stage, each stage starting from the previous one's weights.
+"""Training: TRL's SFTTrainer run stage after stage, each stage starting from the previous one's weights.
 
-One new trainer per stage (not one trainer over concatenated data): each stage gets a fresh optimizer and
+``train_variant`` is the one training loop: one variant (``heal_core/variants.py``) for one seed. One new
+trainer per stage (not one trainer over concatenated data): each stage gets a fresh optimizer and
 learning-rate schedule, exactly as "stage k starts from stage k-1's weights" reads, and a finished stage is a
 complete model directory that a resumed run can start from without retraining it. A stage is finished when
 its ``heal_stage.json`` marker exists, written only after the model is saved.
@@ -12,13 +13,13 @@ default ``bf16=True`` raises there.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from heal_core.config import PaceConfig
+from heal_core.variants import VariantPlan, stage_steps
 
 MARKER = "heal_stage.json"
 
@@ -31,11 +32,6 @@ class StageResult:
     steps: int
     train_loss: float | None
     resumed: bool  # True when the stage was already finished and not retrained
-
-
-def stage_steps(examples: int, cfg: PaceConfig) -> int:
-    """Optimizer steps one stage takes: ``epochs`` passes at the configured effective batch size."""
-    return max(1, math.ceil(cfg.epochs * math.ceil(examples / cfg.batch_size)))
 
 
 def finished(model_dir: str | Path) -> StageResult | None:
@@ -53,9 +49,11 @@ def train_stage(
     examples: Sequence[dict[str, Any]],
     model_dir: str | Path,
     cfg: PaceConfig,
+    seed: int,
     max_steps: int | None = None,
 ) -> StageResult:
-    """Fine-tune ``init_model`` on ``examples`` (TRL prompt-completion rows) and save to ``model_dir``."""
+    """Fine-tune ``init_model`` on ``examples`` (TRL prompt-completion rows) and save to ``model_dir``; ``seed``
+    is the trainer's (data order, dropout). Without ``max_steps``, ``cfg.epochs`` passes."""
     done = finished(model_dir)
     if done is not None:
         return done
@@ -75,6 +73,8 @@ def train_stage(
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=round(cfg.warmup_ratio * steps),
         max_length=cfg.max_length,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
@@ -83,7 +83,7 @@ def train_stage(
         save_strategy="no",
         report_to="none",
         dataloader_num_workers=0,
-        seed=cfg.seed,
+        seed=seed,
     )
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
     trainer = SFTTrainer(
@@ -97,21 +97,57 @@ def train_stage(
     return result
 
 
-def train_curriculum(
-    student: str, stages: dict[int, Sequence[dict[str, Any]]], work_dir: str | Path, cfg: PaceConfig
-) -> list[StageResult]:
-    """Stages I -> II -> III in order, each initialised from the previous stage's output.
+@dataclass(frozen=True)
+class VariantResult:
+    variant: str
+    seed: int
+    budget: int  # the step budget B every variant got
+    stages: tuple[StageResult, ...]  # in training order; an empty stage: 0 steps, the previous stage's model
+    skip_reason: str | None = None  # set: nothing was trained (every stage has 0 steps)
 
-    A stage with no examples (say, no repair survived PURE in incremental mode) passes its input model on
-    unchanged rather than failing the run: it is reported with 0 steps.
+    @property
+    def model_dir(self) -> str | None:
+        """The variant's final model (None when skipped)."""
+        return self.stages[-1].model_dir if self.skip_reason is None else None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> VariantResult:
+        return cls(**{**data, "stages": tuple(StageResult(**s) for s in data["stages"])})
+
+
+def train_variant(
+    student: str,
+    plan: VariantPlan,
+    datasets: Mapping[str, Sequence[dict[str, Any]]],
+    model_dirs: Mapping[str, str | Path],
+    seed: int,
+    cfg: PaceConfig,
+    on_stage_done: Callable[[StageResult], None] = lambda result: None,
+) -> VariantResult:
+    """Train ``plan``'s stages in order from ``student``, each into its ``model_dirs[dataset]`` and initialised
+    from the previous stage's output; a stage finished there before is not retrained.
+
+    ``on_stage_done`` sees each trained or resumed stage as soon as it is finished, so a caller can store it
+    before the next stage starts (a run interrupted mid-variant then keeps its finished stages). An empty
+    stage passes its input model on unchanged rather than failing the run: it is reported with 0 steps.
     """
+    if plan.skip_reason is not None:
+        untrained = tuple(StageResult(s.dataset, student, s.examples, 0, None, False) for s in plan.stages)
+        return VariantResult(plan.variant, seed, plan.budget, untrained, plan.skip_reason)
     results = []
     init = student
-    for stage in sorted(stages):
-        if not stages[stage]:
-            results.append(StageResult(f"stage{stage}", init, 0, 0, None, False))
+    for stage in plan.stages:
+        examples = datasets[stage.dataset]
+        if len(examples) != stage.examples:
+            raise ValueError(f"{plan.variant}: {stage.dataset} holds {len(examples)} examples, the plan {stage.examples}")
+        if not stage.steps:
+            results.append(StageResult(stage.dataset, init, 0, 0, None, False))
             continue
-        result = train_stage(f"stage{stage}", init, stages[stage], Path(work_dir) / f"stage{stage}", cfg)
+        result = train_stage(stage.dataset, init, examples, model_dirs[stage.dataset], cfg, seed, stage.steps)
+        on_stage_done(result)
         results.append(result)
         init = result.model_dir
-    return results
+    return VariantResult(plan.variant, seed, plan.budget, tuple(results))

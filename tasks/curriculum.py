@@ -1,4 +1,4 @@
-"""Prefect task: merge shard outputs into the PACE stage datasets and the baselines."""
+"""Prefect task: merge shard outputs into the PACE stage datasets, the baselines and the ablations' datasets."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ from prefect.cache_policies import NO_CACHE
 
 from heal_core import storage
 from heal_core.config import HealConfig
-from heal_core.pace import baselines, curriculum
+from heal_core.pace import DATASETS, datasets
 from heal_core.schema import CURRICULUM_SCHEMA, TRAJECTORY_SCHEMA, to_table
 from tasks.layout import RunLayout
-
-DATASETS = ("stage1", "stage2", "stage3", "rs_sft", "keep_all")
 
 
 def read_samples(layout: RunLayout, shards: int, cfg: HealConfig) -> pa.Table:
@@ -27,16 +25,11 @@ def read_samples(layout: RunLayout, shards: int, cfg: HealConfig) -> pa.Table:
 
 @task(cache_policy=NO_CACHE)
 def build_datasets(layout: RunLayout, shards: int, cfg: HealConfig) -> dict[str, int]:
-    """Write ``curriculum/<name>.parquet`` for the three stages and both baselines; return their sizes."""
-    rows: list[dict[str, Any]] = read_samples(layout, shards, cfg).to_pylist()
-    kept = [r for r in rows if r["kept"]]
-    stage1 = [r for r in rows if r["stage"] == 1]
-    datasets = {f"stage{k}": v for k, v in curriculum(kept, cfg.pace.mode).items()}
-    datasets.update(baselines(stage1, [r for r in stage1 if r["kept"]]))
+    """Write ``curriculum/<name>.parquet`` for every dataset a variant trains on; return their sizes."""
+    built = datasets(read_samples(layout, shards, cfg).to_pylist(), cfg)
     for name in DATASETS:
-        table = to_table(datasets[name], CURRICULUM_SCHEMA)
-        storage.write_parquet(table, layout.curriculum(name), cfg.storage.storage_options)
-    return {name: len(datasets[name]) for name in DATASETS}
+        storage.write_parquet(to_table(built[name], CURRICULUM_SCHEMA), layout.curriculum(name), cfg.storage.storage_options)
+    return {name: len(built[name]) for name in DATASETS}
 
 
 def read_dataset(layout: RunLayout, name: str, cfg: HealConfig) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from heal_core import storage
 from heal_core.backends.factory import build_backend
 from heal_core.config import HealConfig
-from heal_core.evaluate import evaluate, sampling_settings, summarize
+from heal_core.evaluate import evaluate, evaluation_sampling, sampling_settings, summarize
 from heal_core.problems import Problem
 from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, to_table
 from tasks.generate import teacher_backend
@@ -21,18 +21,20 @@ from tasks.layout import RunLayout
 
 @task(cache_policy=NO_CACHE)
 def evaluate_model(
-    label: str, model_path: str, sets: dict[str, list[Problem]], cfg: HealConfig
+    label: str, model_path: str, sets: dict[str, list[Problem]], cfg: HealConfig, train_seed: int | None = None
 ) -> list[dict[str, Any]]:
-    """Rows of per-problem results on every set (name -> problems), tagged with the model's label (teacher, heal,
-    rs_sft), the set's name and the sampling settings; the model is loaded once for all sets."""
+    """Rows of per-problem results on every set (name -> problems), tagged with the model's label (teacher,
+    student_base, or a variant: heal, rs_sft, ...), its training seed (None for teacher and student base), the
+    set's name and the sampling settings; the model is loaded once for all sets."""
     # The teacher on its configured backend (the shards' cached one); students on HF: a server serves only the
     # teacher, and one process cannot free a vLLM engine reliably to load the next model.
     backend = (teacher_backend(cfg.teacher, model_path) if label == "teacher"
                else build_backend(cfg.teacher, model_path, dtype=cfg.student.dtype, kind="hf"))
-    sampling = cfg.teacher.sampling.model_copy(update={"n": cfg.evaluation.samples})
+    sampling = evaluation_sampling(cfg)
     settings = sampling_settings(sampling)
     return [
-        {"model": label, "model_path": model_path, "benchmark": name, **asdict(result), **settings}
+        {"model": label, "train_seed": train_seed, "model_path": model_path, "benchmark": name, **asdict(result),
+         **settings}
         for name, problems in sets.items()
         for result in evaluate(backend, problems, cfg.teacher.prompt_template, sampling, k=cfg.evaluation.samples)
     ]

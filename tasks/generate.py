@@ -47,6 +47,11 @@ def write_shards(layout: RunLayout, problems: list[Problem], cfg: HealConfig) ->
     return len(shards)
 
 
+def read_shard_problems(layout: RunLayout, shard: int, cfg: HealConfig) -> list[Problem]:
+    table = storage.read_parquet(layout.shard_problems(shard), PROBLEM_SCHEMA, cfg.storage.storage_options)
+    return [Problem(**row) for row in table.to_pylist()]
+
+
 def shard_done(layout: RunLayout, shard: int, cfg: HealConfig) -> dict[str, Any] | None:
     """The shard's lineage record if it finished under this exact config and its samples are intact, else None.
 
@@ -86,8 +91,7 @@ def run_shard(layout: RunLayout, shard: int, cfg: HealConfig, model_path: str) -
         logger.info("shard %d already finished under config %s: skipped", shard, cfg.config_hash())
         return done
     options = cfg.storage.storage_options
-    table = storage.read_parquet(layout.shard_problems(shard), PROBLEM_SCHEMA, options)
-    problems = [Problem(**row) for row in table.to_pylist()]
+    problems = read_shard_problems(layout, shard, cfg)
     backend = teacher_backend(cfg.teacher, model_path)
     judge = None
     if cfg.judge.enabled:

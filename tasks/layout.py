@@ -49,8 +49,14 @@ class RunLayout:
     def curriculum(self, name: str) -> str:
         return self.path("curriculum", f"{name}.parquet")
 
-    def model(self, name: str) -> str:
-        return self.path("models", name)
+    def model(self, variant: str, seed: int, stage: str) -> str:
+        """One stage's model of one (variant, seed): ``models/<variant>/seed-<seed>/<stage dataset>``."""
+        return self.path("models", variant, f"seed-{seed}", stage)
+
+    def variant_record(self, variant: str, seed: int) -> str:
+        """The (variant, seed)'s result (stages, steps, final model, or why it was skipped); written after its
+        last stage is stored, so it marks the (variant, seed) finished."""
+        return self.path("models", variant, f"seed-{seed}", "variant.json")
 
     @property
     def evaluation(self) -> str:

@@ -1,10 +1,11 @@
-"""Prefect task: train one PACE stage (or a baseline) and keep its model in the run's storage."""
+"""Prefect task: train one (variant, seed) and keep its models and its result in the run's storage."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ from prefect.cache_policies import NO_CACHE
 
 from heal_core import storage
 from heal_core.config import HealConfig
-from heal_core.train import MARKER, StageResult, finished, train_stage
+from heal_core.train import MARKER, StageResult, VariantResult, finished, train_variant
+from heal_core.variants import VariantPlan
 from tasks.layout import RunLayout
 
 
@@ -44,28 +46,66 @@ def local_model(reference: str, cfg: HealConfig) -> str:
     return str(local)
 
 
-def trained_models(layout: RunLayout, cfg: HealConfig) -> dict[str, str]:
-    """Storage URIs of the run's finished models (PACE stages, baselines) by name."""
-    names = ("stage1", "stage2", "stage3", "rs_sft")
-    return {n: layout.model(n) for n in names if is_stored_model(layout.model(n), cfg.storage.storage_options)}
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained (variant, seed) as heal-eval takes it: the variant is the evaluation rows' model label."""
+
+    variant: str
+    seed: int
+    model: str  # storage URI of its final stage (or any model reference a backend loads)
 
 
-@task(cache_policy=NO_CACHE)
+def stored_variant(layout: RunLayout, variant: str, seed: int, cfg: HealConfig) -> VariantResult | None:
+    """The (variant, seed)'s stored result, every stage marked resumed; None until it is finished."""
+    record, options = layout.variant_record(variant, seed), cfg.storage.storage_options
+    if not storage.exists(record, options):
+        return None
+    result = VariantResult.from_json(storage.read_json(record, options))
+    return replace(result, stages=tuple(replace(s, resumed=True) for s in result.stages))
+
+
+def trained_models(layout: RunLayout, cfg: HealConfig) -> list[VariantResult]:
+    """The finished (variant, seed) results of the config's variants and seeds, skipped ones included."""
+    found = (stored_variant(layout, v, s, cfg) for v in cfg.pace.variants for s in cfg.pace.seeds)
+    return [result for result in found if result is not None]
+
+
+@task(cache_policy=NO_CACHE, task_run_name="train-{plan.variant}-seed-{seed}")
 def train_model(
     layout: RunLayout,
-    name: str,
-    init_model: str,
-    examples: Sequence[dict[str, Any]],
+    plan: VariantPlan,
+    seed: int,
+    student: str,
+    datasets: Mapping[str, Sequence[dict[str, Any]]],
     cfg: HealConfig,
-    max_steps: int | None = None,
-) -> StageResult:
-    """Train ``name`` unless the run's storage already holds it finished (then fetch it, do not retrain)."""
-    remote, local = layout.model(name), local_model_dir(layout.model(name))
+) -> VariantResult:
+    """Train ``plan``'s variant for ``seed`` unless the run's storage holds its result (then return that: it
+    is not retrained). A skipped variant's result, with its reason, is stored the same way.
+
+    Stages an interrupted attempt stored are fetched first, so they resume instead of retraining; each stage
+    is stored as soon as it is finished, and the result last, once every stage is stored."""
     options = cfg.storage.storage_options
-    if is_stored_model(remote, options):
-        get_run_logger().info("%s already trained: not retrained", name)
-        return finished(local_model(remote, cfg))
-    result = train_stage(name, local_model(init_model, cfg), examples, local, cfg.pace, max_steps)
-    storage.put_dir(local, remote, options, last=MARKER)
-    get_run_logger().info("%s: %d examples, %d steps, loss %s", name, result.examples, result.steps, result.train_loss)
-    return result
+    logger = get_run_logger()
+    done = stored_variant(layout, plan.variant, seed, cfg)
+    if done is not None:
+        logger.info("%s seed %d already trained: not retrained", plan.variant, seed)
+        return done
+    remote = {stage.dataset: layout.model(plan.variant, seed, stage.dataset) for stage in plan.stages}
+    local = {dataset: local_model_dir(uri) for dataset, uri in remote.items()}
+    for uri in remote.values():
+        local_model(uri, cfg)  # a stage stored by an earlier attempt lands where train_variant looks for it
+
+    def store(result: StageResult) -> None:
+        if not is_stored_model(remote[result.name], options):
+            storage.put_dir(result.model_dir, remote[result.name], options, last=MARKER)
+        logger.info("%s seed %d %s: %d examples, %d steps, loss %s%s", plan.variant, seed, result.name,
+                    result.examples, result.steps, result.train_loss, " (resumed)" if result.resumed else "")
+
+    result = train_variant(student, plan, datasets, local, seed, cfg.pace, store)
+    if result.skip_reason is not None:
+        logger.info("%s seed %d skipped: %s", plan.variant, seed, result.skip_reason)
+    stored = {str(local[dataset]): uri for dataset, uri in remote.items()}
+    record = replace(result, stages=tuple(replace(s, model_dir=stored.get(s.model_dir, s.model_dir))
+                                          for s in result.stages))
+    storage.write_json(record.to_json(), layout.variant_record(plan.variant, seed), options)
+    return record

@@ -70,7 +70,7 @@ def _reduced(tmp: Path) -> HealConfig:
     return parse_config(demo_defaults(), [
         f"problems.uri={problems}", f"evaluation.uri={held_out}", "evaluation.samples=1",
         f"storage.uri=s3://{BUCKET}/heal", "orchestration.shard_size=2", "orchestration.poll_seconds=1",
-        "pace.epochs=1", "pace.batch_size=4", "teacher.sampling.n=4", "hints.n=4",
+        "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]", "teacher.sampling.n=4", "hints.n=4",
         "orchestration.shard_retries=0",  # the S3 cut must fail the shard runs: they are retried as the UI does
         "orchestration.heartbeat_timeout_seconds=60",  # a killed worker's runs turn CRASHED a minute after
     ])

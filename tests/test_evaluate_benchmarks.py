@@ -29,6 +29,7 @@ def test_heal_eval_on_every_benchmark_writes_results_summary_and_artifact(
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     from flows.evaluate import heal_eval
+    from tasks.training import TrainedModel
 
     llama, qwen2 = str(tiny_model_dirs["llama"]), str(tiny_model_dirs["qwen2"])
     cfg = parse_config({
@@ -40,7 +41,8 @@ def test_heal_eval_on_every_benchmark_writes_results_summary_and_artifact(
     })
     layout = RunLayout.of(cfg.storage.uri, "bench")
     # The tiny models stand in for trained students: heal-eval takes any model reference for them.
-    state = heal_eval(layout.root, cfg, {"heal": qwen2, "rs_sft": llama}, return_state=True)
+    trained = [TrainedModel("heal", 0, qwen2), TrainedModel("rs_sft", 0, llama)]
+    state = heal_eval(layout.root, cfg, trained, return_state=True)
     assert state.is_completed(), state
 
     results = pq.read_table(layout.evaluation)
@@ -49,10 +51,12 @@ def test_heal_eval_on_every_benchmark_writes_results_summary_and_artifact(
     assert state.result() == len(rows) == len(MODELS) * len(SETS) * 20
     assert Counter((r["model"], r["benchmark"]) for r in rows) == {(m, s): 20 for m in MODELS for s in SETS}
     assert len({(r["model"], r["benchmark"], r["problem_id"]) for r in rows}) == len(rows)
+    assert {(r["model"], r["train_seed"]) for r in rows} == {("teacher", None), ("student_base", None), ("heal", 0),
+                                                              ("rs_sft", 0)}
     assert all(r["samples"] == 2 and 0 <= r["correct"] <= 2 and 0.0 <= r["pass_at_1"] <= r["pass_at_k"] <= 1.0
                for r in rows)
     settings = {(r["temperature"], r["top_p"], r["top_k"], r["max_new_tokens"], r["seed"]) for r in rows}
-    assert settings == {(0.7, 0.95, 0, 16, 0)}
+    assert settings == {(0.6, 0.95, 0, 16, 0)}  # evaluation.temperature and top_p, the teacher's max_new_tokens
     assert all({"subject", "level"} <= dict(r["metadata"]).keys() for r in rows if r["benchmark"] == "math500_test")
 
     summary_table = pq.read_table(layout.evaluation_summary)
@@ -61,11 +65,13 @@ def test_heal_eval_on_every_benchmark_writes_results_summary_and_artifact(
     whole = {(r["model"], r["benchmark"]): r for r in summary if r["group_field"] is None}
     assert set(whole) == {(m, s) for m in MODELS for s in SETS} and all(r["problems"] == 20 for r in whole.values())
     assert all(r["samples"] == 2 and 0.0 <= r["pass_at_1"] <= r["pass_at_k"] <= 1.0
-               and (r["temperature"], r["top_p"], r["top_k"], r["max_new_tokens"], r["seed"]) == (0.7, 0.95, 0, 16, 0)
+               and (r["temperature"], r["top_p"], r["top_k"], r["max_new_tokens"], r["seed"]) == (0.6, 0.95, 0, 16, 0)
                for r in summary)
     for model in MODELS:
         groups = [r for r in summary if r["model"] == model and r["group_field"] is not None]
-        assert {r["benchmark"] for r in groups} == {"math500_test"}  # the only set whose problems carry metadata
+        # the demo's held-out problems carry their kind (easy, hard), MATH-500's their subject and level
+        assert {(r["benchmark"], r["group_field"]) for r in groups} == {
+            ("held_out", "kind"), ("math500_test", "subject"), ("math500_test", "level")}
         for field in ("subject", "level"):
             assert sum(r["problems"] for r in groups if r["group_field"] == field) == 20
         assert {r["group_value"] for r in groups if r["group_field"] == "level"} <= {"1", "2", "3", "4", "5"}

@@ -62,3 +62,13 @@ def test_headline_accuracy_is_the_held_out_set_and_the_report_compares_models_pe
     assert "| held_out | all | 1 | 0.500 / 1.000 | 1.000 / 1.000 | 0.000 / 0.000 |" in section
     assert "| aime2024_test | all | 1 | 0.500 / 1.000 | 0.000 / 0.000 | — |" in section
     assert "Sampling: samples=2, temperature=0.7, top_p=0.95, top_k=0, max_new_tokens=16, seed=0." in section
+
+
+def test_a_variants_summary_averages_over_its_training_seeds_and_counts_each_problem_once():
+    rows = [{**_row("heal", "held_out", problem, correct), "train_seed": seed}
+            for seed, problem, correct in [(0, "h1", 2), (1, "h1", 0), (0, "h2", 1), (1, "h2", 1)]]
+    rows.append(_row("teacher", "held_out", "h1", 2))  # no training seed: stored as null
+    stored = to_table(rows, EVALUATION_SCHEMA).to_pylist()
+    assert [r["train_seed"] for r in stored] == [0, 1, 0, 1, None]
+    heal = next(r for r in summarize(stored) if r["model"] == "heal")
+    assert (heal["problems"], heal["pass_at_1"]) == (2, 0.5)

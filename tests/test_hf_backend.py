@@ -217,16 +217,22 @@ def _segments(k: int, words: int) -> list[str]:
 
 
 def naive_prefix_scores(backend, prompt, segments, lead, answer):
-    """One full forward for the segments, then one per boundary for the answer: the O(K * L) reference."""
-    enc = lambda s: backend.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-    ids, seg_ids = prompt_ids(backend, prompt), [enc(seg) for seg in segments]
-    flat = [t for seg in seg_ids for t in seg]
+    """The O(K * L) reference, every string tokenised whole: one forward over the trajectory (a token counts for
+    the segment its first character is in), then one per boundary over prefix + lead + answer, scoring the tokens
+    that hold answer characters."""
+    enc = lambda s: backend.tokenizer(s, add_special_tokens=False, return_offsets_mapping=True)  # noqa: E731
+    ids, text = prompt_ids(backend, prompt), "".join(segments)
+    whole = enc(text)
+    flat, spans = whole["input_ids"], whole["offset_mapping"]
     lps = logprobs(forced_logits(backend, ids + flat)[len(ids) - 1 : -1], flat)
-    cuts = np.cumsum([0] + [len(seg) for seg in seg_ids])
-    answers, lead_ids, answer_ids = [], enc(lead), enc(answer)
-    for k in range(len(segments) + 1):
-        ctx = ids + flat[: cuts[k]] + lead_ids
-        answers.append(logprobs(forced_logits(backend, ctx + answer_ids)[len(ctx) - 1 : -1], answer_ids))
+    starts = np.cumsum([0] + [len(seg) for seg in segments])
+    cuts = [sum(begin < start for begin, _ in spans) for start in starts[:-1]] + [len(flat)]
+    answers = []
+    for start in starts:
+        probe = enc(text[:start] + lead + answer)
+        first = next(i for i, (_, end) in enumerate(probe["offset_mapping"]) if end > start + len(lead))
+        row = ids + probe["input_ids"]
+        answers.append(logprobs(forced_logits(backend, row)[len(ids) + first - 1 : -1], probe["input_ids"][first:]))
     return [lps[a:b] for a, b in zip(cuts, cuts[1:])], answers
 
 
@@ -245,7 +251,20 @@ def test_score_prefixes_matches_naive(backend, lead, pack, monkeypatch):
     monkeypatch.setattr(hf, "_PACKED_QUERY_TOKENS", pack)
     assert_matches_naive(backend, _segments(8, 3), lead)
     assert_matches_naive(backend, ["", "Step one.", "", "\n\nStep two."], lead)  # empty segments: equal boundaries
+    assert_matches_naive(backend, ["So 2 + 3 = 5.", "\n\n5 * 2 = 10.", "\n\nThe answer is 10."], lead)
     assert_matches_naive(backend, [], lead)
+
+
+def test_score_prefixes_tokenises_like_the_whole_text_across_a_merged_boundary(backend):
+    """Qwen2's pre-tokenizer keeps punctuation with the newlines after it: a step's closing "." and the blank line
+    after it are one token. Scored step by step they would be two tokens the model never saw together."""
+    segments = ["So 2 + 3 = 5.", "\n\n5 * 2 = 10."]
+    merged = backend.tokenizer.encode(".\n\n", add_special_tokens=False)
+    assert len(merged) == 1, "the test tokenizer no longer merges punctuation with newlines"
+    whole = backend.tokenizer.encode("".join(segments), add_special_tokens=False)
+    assert merged[0] in whole
+    scores = backend.score_prefixes(PROMPTS[0], segments, LEAD, "10}")
+    assert sum(len(lp) for lp in scores.segment_logprobs) == len(whole)
 
 
 def test_score_prefixes_eager_attention_and_unsupported(backend, monkeypatch):

@@ -50,7 +50,7 @@ def test_a_real_judge_model_accepts_a_rejection_and_the_rules_verdict_is_kept(ti
                  "completion": [{"role": "assistant", "content": "yes"}]}
                 for p, g in [("four", "4"), ("x=3", "3"), ("1/2", "0.5"), ("\\pi", "3.14159")] * 8]
     judge = train_stage("judge", str(tiny_model_dirs["qwen2"]), examples, tmp_path / "judge",
-                        PaceConfig(epochs=1, learning_rate=5e-3, batch_size=8), max_steps=40)
+                        PaceConfig(epochs=1, learning_rate=5e-3, batch_size=8), seed=0, max_steps=40)
     rows = [_row(0, "wrong", "four", "4"), _row(1, "wrong", "7", "8"), _row(2, "no_answer", None, "4"),
             _row(3, "correct", "4", "4")]
 

@@ -74,3 +74,69 @@ def test_baselines():
     base = baselines(all_rows, all_rows[:1])
     assert [e["sample_id"] for e in base["rs_sft"]] == ["a1"]
     assert [e["sample_id"] for e in base["keep_all"]] == ["a1", "a2"]
+
+
+def _hinted(pid, stage, index, verified=True, leaked=False, pure="keep", parent=None, text=None):
+    return {"sample_id": f"{pid}|s{stage}|{parent + '|' if parent else ''}{index}", "problem_id": pid, "stage": stage,
+            "sample_index": index, "prompt": f"P{pid}", "text": text or f"{pid}-{stage}-{parent}-{index}",
+            "verified": verified, "leaked_hint": leaked, "pure_verdict": pure, "parent_sample_id": parent,
+            "kept": False, "verify_status": "correct" if verified else "wrong", "teacher": "t", "config_hash": "h"}
+
+
+def _no_pure_rows():
+    """Stage I (a: one verified, b: failed twice), Stage II for a, Stage III repairs of b's two failed paths, stored
+    out of generation order; PURE rejected some of them."""
+    stage1 = [_hinted("a", 1, 0), _hinted("b", 1, 0, verified=False), _hinted("b", 1, 1, verified=False)]
+    stage2 = [_hinted("a", 2, 3), _hinted("a", 2, 0, pure="reject_ratio"), _hinted("a", 2, 1, verified=False),
+              _hinted("a", 2, 2, leaked=True), _hinted("a", 2, 4, pure=None)]
+    stage3 = [_hinted("b", 3, 0, parent="b|s1|1"), _hinted("b", 3, 1, parent="b|s1|0", pure="reject_leap"),
+              _hinted("b", 3, 0, parent="b|s1|0")]
+    return stage1 + stage3 + stage2
+
+
+def test_no_pure_selection_is_heals_rule_without_pure():
+    from heal_core.selection import select_without_pure
+
+    cfg = parse_config({}, ["hints.max_per_problem=2", "gear.max_per_problem=2"])
+    picked = select_without_pure(_no_pure_rows(), cfg)
+    # Stage II: the first two verified, non-leaking samples by index, PURE's verdict ignored (index 0 was rejected,
+    # index 4 never scored); Stage III: parent b|s1|0's repairs before b|s1|1's, the PURE-rejected one included.
+    assert [r["sample_id"] for r in picked] == ["a|s2|0", "a|s2|3", "b|s3|b|s1|0|0", "b|s3|b|s1|0|1"]
+    cfg = parse_config({}, ["hints.max_per_problem=9", "gear.max_per_problem=1"])
+    assert [r["sample_id"] for r in select_without_pure(_no_pure_rows(), cfg)] == [
+        "a|s2|0", "a|s2|3", "a|s2|4", "b|s3|b|s1|0|0"]
+
+
+def test_the_shard_and_the_no_pure_datasets_share_one_rule():
+    from heal_core.selection import generation_order, select_without_pure
+    from heal_core.shard import apply_filters
+
+    rows = _no_pure_rows()
+    cfg = parse_config({}, ["pure.enabled=false", "hints.max_per_problem=2", "gear.max_per_problem=1"])
+    ordered = generation_order(rows)  # the order the shard generated them in
+    for stage, cap in ((2, cfg.hints.max_per_problem), (3, cfg.gear.max_per_problem)):
+        apply_filters([r for r in ordered if r["stage"] == stage], None, cfg, cap)  # no backend: PURE is off
+    assert sorted(r["sample_id"] for r in rows if r["kept"]) == sorted(r["sample_id"] for r in select_without_pure(rows, cfg))
+
+
+def test_datasets_hold_heal_its_ablations_and_the_baselines():
+    from heal_core.pace import DATASETS, datasets
+
+    rows = _no_pure_rows()
+    rows[0]["kept"] = True  # Stage I's verified sample
+    for row in rows:  # HEAL's own selection: PURE-kept only
+        row["kept"] = row["kept"] or (row["stage"] > 1 and row["verified"] and not row["leaked_hint"]
+                                      and row["pure_verdict"] == "keep")
+    cfg = parse_config({}, ["hints.max_per_problem=2", "gear.max_per_problem=2"])
+    built = {name: [e["sample_id"] for e in examples] for name, examples in datasets(rows, cfg).items()}
+    assert list(built) == list(DATASETS)
+    assert built["stage2"] == ["a|s1|0", "a|s2|3"]
+    assert built["stage3"] == ["a|s1|0", "a|s2|3", "b|s3|b|s1|0|0", "b|s3|b|s1|1|0"]
+    assert built["stage2_no_pure"] == ["a|s1|0", "a|s2|0", "a|s2|3"]
+    assert built["stage3_no_pure"] == ["a|s1|0", "a|s2|0", "a|s2|3", "b|s3|b|s1|0|0", "b|s3|b|s1|0|1"]
+    assert sorted(built["mixed"]) == sorted(built["stage3"])
+    assert built["rs_sft"] == ["a|s1|0"] and built["keep_all"] == ["a|s1|0", "b|s1|0", "b|s1|1"]
+    incremental = parse_config({}, ["pace.mode=incremental", "hints.max_per_problem=2", "gear.max_per_problem=2"])
+    built = {name: [e["sample_id"] for e in examples] for name, examples in datasets(rows, incremental).items()}
+    assert built["stage2_no_pure"] == ["a|s2|0", "a|s2|3"] and built["stage3_no_pure"] == ["b|s3|b|s1|0|0", "b|s3|b|s1|0|1"]
+    assert sorted(built["mixed"]) == ["a|s1|0", "a|s2|3", "b|s3|b|s1|0|0", "b|s3|b|s1|1|0"]

@@ -51,7 +51,7 @@ def reduced(tmp_path_factory):
     cfg = parse_config(demo_defaults(), [
         f"problems.uri={problems_file}", f"evaluation.uri={eval_file}", "evaluation.samples=2",
         f"storage.uri={root / 'store'}", "orchestration.shard_size=3",
-        "pace.epochs=1", "pace.batch_size=4",
+        "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]",
     ])
     return cfg
 
@@ -84,18 +84,21 @@ def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypa
             missing = [c for c in LINEAGE[row["stage"]] if row[c] is None]
             assert not missing, f"{row['sample_id']}: lineage columns not filled: {missing}"
 
-    for name in ("stage1", "stage2", "stage3", "rs_sft", "keep_all"):
+    for name in ("stage1", "stage2", "stage3", "stage2_no_pure", "stage3_no_pure", "mixed", "rs_sft", "keep_all"):
         table = pq.read_table(run / "curriculum" / f"{name}.parquet")
         assert table.schema.equals(CURRICULUM_SCHEMA, check_metadata=False)
     sizes = [pq.read_metadata(run / "curriculum" / f"stage{k}.parquet").num_rows for k in (1, 2, 3)]
     assert sizes[0] > 0 and sizes[0] <= sizes[1] <= sizes[2]
     assert summary["PACE stage3 examples"] == sizes[2]
 
-    for model in ("stage1", "stage2", "stage3", "rs_sft"):
+    for model in ("heal/seed-0/stage1", "heal/seed-0/stage2", "heal/seed-0/stage3", "rs_sft/seed-0/rs_sft"):
         assert (run / "models" / model / "heal_stage.json").exists()
+    for variant in ("heal", "rs_sft"):
+        assert json.loads((run / "models" / variant / "seed-0" / "variant.json").read_text())["skip_reason"] is None
     evaluation = pq.read_table(run / "eval" / "results.parquet")
     assert evaluation.schema.equals(EVALUATION_SCHEMA, check_metadata=False)
-    assert set(evaluation.column("model").to_pylist()) == {"teacher", "student_base", "heal", "rs_sft"}
+    assert set(zip(evaluation.column("model").to_pylist(), evaluation.column("train_seed").to_pylist())) == {
+        ("teacher", None), ("student_base", None), ("heal", 0), ("rs_sft", 0)}
     assert set(evaluation.column("benchmark").to_pylist()) == {"held_out"}
     assert pq.read_table(run / "eval" / "summary.parquet").schema.equals(EVALUATION_SUMMARY_SCHEMA, check_metadata=False)
     report = (run / "report.md").read_text()
@@ -106,16 +109,29 @@ def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypa
     for key in ("problems", "teacher ceiling (0 correct)", "problems rescued (0 correct -> kept)",
                 "held-out pass@1 heal", "held-out pass@1 rs_sft", "held-out pass@1 teacher"):
         assert key in summary
+    variants = summary["variants"]
+    heal, rs_sft = variants["by variant"]["heal"], variants["by variant"]["rs_sft"]
+    assert heal["steps"] == rs_sft["steps"] == variants["step budget"] > 0  # one budget for every variant
+    assert heal["seeds"] == rs_sft["seeds"] == [0] and heal["pass@1 held-out"]["estimate"] == summary["held-out pass@1 heal"]
+    assert json.loads((run / "summary.json").read_text())["variants"] == variants
+    assert f"Every variant: {variants['step budget']} optimizer steps" in report.split("## Variants", 1)[1]
+    truth = summary["ground truth"]  # the demo task has a step checker: the run grades its components
+    assert {"breakpoint hit rate", "breakpoint hit rate, random position", "PURE AUROC", "wrong-step share variant heal",
+            "wrong-step share stage II examples (no PURE)"} <= set(truth)
+    assert "## Ground truth (step checker)" in report
 
     # Resume after an interrupted stage III: nothing finished is redone.
-    (run / "models" / "stage3" / "heal_stage.json").unlink()
+    heal = run / "models" / "heal" / "seed-0"
+    (heal / "stage3" / "heal_stage.json").unlink()
+    (heal / "variant.json").unlink()
     for marker in (tmp_path / "cache").rglob("stage3/heal_stage.json"):
         marker.unlink()
-    before = _mtimes(run / "samples") | {f"m/{k}": v for k, v in _mtimes(run / "models" / "stage1").items()}
+    finished = (heal / "stage1", run / "models" / "rs_sft")
+    before = _mtimes(run / "samples") | {f"m/{k}": v for d in finished for k, v in _mtimes(d).items()}
     heal_pipeline(reduced.model_dump(mode="json"), "e2e")
-    after = _mtimes(run / "samples") | {f"m/{k}": v for k, v in _mtimes(run / "models" / "stage1").items()}
+    after = _mtimes(run / "samples") | {f"m/{k}": v for d in finished for k, v in _mtimes(d).items()}
     assert before == after
-    assert (run / "models" / "stage3" / "heal_stage.json").exists()
+    assert (heal / "stage3" / "heal_stage.json").exists() and (heal / "variant.json").exists()
 
 
 def test_missing_model_path_fails_before_any_work(prefect_api, reduced, tmp_path):

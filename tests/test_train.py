@@ -8,7 +8,8 @@ from heal_core.config import PaceConfig
 from heal_core.demo.arithmetic import make_problems
 from heal_core.pace import curriculum
 from heal_core.testing import build_tiny_model
-from heal_core.train import MARKER, stage_steps, train_curriculum
+from heal_core.train import MARKER, train_variant
+from heal_core.variants import StagePlan, VariantPlan, plan, stage_steps
 
 
 def _weights(model_dir: str) -> dict[str, torch.Tensor]:
@@ -35,14 +36,23 @@ def test_stage_steps():
     assert stage_steps(1, cfg) == 2
 
 
+def _heal(stages: dict[int, list[dict]]) -> dict[str, list[dict]]:
+    return {f"stage{k}": examples for k, examples in stages.items()}
+
+
 def test_three_stages_chain_and_resume(student, tmp_path):
-    stages = curriculum(_rows(6, 1) + _rows(3, 2) + _rows(2, 3))
-    assert [len(stages[s]) for s in (1, 2, 3)] == [6, 9, 11]
+    datasets = _heal(curriculum(_rows(6, 1) + _rows(3, 2) + _rows(2, 3)))
+    assert [len(datasets[f"stage{s}"]) for s in (1, 2, 3)] == [6, 9, 11]
     cfg = PaceConfig(epochs=1, batch_size=4, learning_rate=1e-3, max_length=256)
-    results = train_curriculum(student, stages, tmp_path, cfg)
-    assert [r.name for r in results] == ["stage1", "stage2", "stage3"]
-    assert [r.steps for r in results] == [2, 3, 3]
+    heal = plan("heal", {name: len(rows) for name, rows in datasets.items()}, cfg)
+    dirs = {name: tmp_path / name for name in datasets}
+    done = []
+    result = train_variant(student, heal, datasets, dirs, 0, cfg, on_stage_done=done.append)
+    results = result.stages
+    assert [r.name for r in results] == ["stage1", "stage2", "stage3"] == [r.name for r in done]
+    assert [r.steps for r in results] == [2, 3, 3] and result.budget == 8
     assert all(r.train_loss is not None and not r.resumed for r in results)
+    assert result.model_dir == str(dirs["stage3"])
     base, w1, w2, w3 = (_weights(p) for p in (student, *(r.model_dir for r in results)))
     key = next(k for k in base if "layers.0.mlp" in k)
     assert not torch.equal(base[key], w1[key]) and not torch.equal(w1[key], w2[key])
@@ -50,7 +60,7 @@ def test_three_stages_chain_and_resume(student, tmp_path):
     # resume: finished stages are not retrained (weights on disk untouched)
     mtimes = [Path(r.model_dir, "model.safetensors").stat().st_mtime_ns for r in results]
     (Path(results[2].model_dir) / MARKER).unlink()  # stage III was interrupted before it finished
-    again = train_curriculum(student, stages, tmp_path, cfg)
+    again = train_variant(student, heal, datasets, dirs, 0, cfg).stages
     assert [r.resumed for r in again] == [True, True, False]
     assert [Path(r.model_dir, "model.safetensors").stat().st_mtime_ns for r in again][:2] == mtimes[:2]
     assert again[2].steps == 3
@@ -58,13 +68,22 @@ def test_three_stages_chain_and_resume(student, tmp_path):
 
 def test_each_stage_starts_from_the_previous_stage(student, tmp_path):
     # With a vanishing learning rate stage II must reproduce stage I's weights exactly: it started there,
-    # not from the base student.
-    stages = curriculum(_rows(4, 1) + _rows(2, 2))
-    stages[3] = []
+    # not from the base student. An empty stage III trains nothing and keeps stage II's model.
+    datasets = _heal(curriculum(_rows(4, 1) + _rows(2, 2)))
+    datasets["stage3"] = []
+    dirs = {name: tmp_path / name for name in datasets}
     normal = PaceConfig(epochs=1, batch_size=4, learning_rate=1e-3, max_length=256)
-    results = train_curriculum(student, {1: stages[1]}, tmp_path, normal)
+    first = train_variant(student, VariantPlan("heal", 1, (StagePlan("stage1", 4, 1),)), datasets, dirs, 0, normal)
     tiny = PaceConfig(epochs=1, batch_size=4, learning_rate=1e-30, max_length=256)
-    results += train_curriculum(results[0].model_dir, {2: stages[2], 3: stages[3]}, tmp_path, tiny)
-    w1, w2 = _weights(results[0].model_dir), _weights(results[1].model_dir)
+    rest = VariantPlan("heal", 2, (StagePlan("stage2", 6, 2), StagePlan("stage3", 0, 0)))
+    second = train_variant(first.model_dir, rest, datasets, dirs, 0, tiny)
+    w1, w2 = _weights(first.model_dir), _weights(second.stages[0].model_dir)
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
-    assert results[2].steps == 0 and results[2].model_dir == results[1].model_dir
+    assert second.stages[1].steps == 0 and second.model_dir == second.stages[0].model_dir
+
+
+def test_a_plan_that_does_not_match_the_data_is_refused(student, tmp_path):
+    datasets = {"rs_sft": _heal(curriculum(_rows(3, 1)))["stage1"]}
+    wrong = VariantPlan("rs_sft", 2, (StagePlan("rs_sft", 5, 2),))
+    with pytest.raises(ValueError, match="rs_sft holds 3 examples, the plan 5"):
+        train_variant(student, wrong, datasets, {"rs_sft": tmp_path / "rs_sft"}, 0, PaceConfig())

@@ -270,9 +270,9 @@ class HFBackend:
     def score_prefixes(
         self, prompt: str, segments: Sequence[str], answer_lead: str, answer: str
     ) -> PrefixScores:
-        """One pass over prompt + all segments fills a KV cache; packed passes over it score every answer.
+        """One pass over prompt + the trajectory fills a KV cache; packed passes over it score every answer probe.
 
-        Segments are tokenised one by one so every boundary is an exact token index. Cost: O(L + K * A)
+        Token ids come from ``tokens.prefix_plan`` (whole strings, as the model saw them). Cost: O(L + K * A)
         tokens in 1 + ceil(K * A / 4096) forwards, instead of O(K * L) tokens in K + 1 forwards. Packing
         matters on a GPU, where a short forward costs about as much as a long one.
         """
@@ -280,50 +280,58 @@ class HFBackend:
         if attention not in ("sdpa", "eager"):
             raise NotImplementedError(f"score_prefixes needs custom masks (sdpa or eager attention), not {attention}")
         prompt_ids = self._prompt_ids(prompt)
-        segment_ids = [self._encode(s) for s in segments]
-        lead_ids, answer_ids = self._encode(answer_lead), self._encode(answer)
-        ids = prompt_ids + [t for seg in segment_ids for t in seg]
-        bounds = np.cumsum([len(prompt_ids)] + [len(seg) for seg in segment_ids]).tolist()
+        plan = tokens.prefix_plan(self.tokenizer, segments, answer_lead, answer)
+        ids = prompt_ids + plan.ids
 
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(ids, cache)
-        flat = _target_logprobs(logits[len(prompt_ids) - 1 : -1], ids[len(prompt_ids) :])
+        flat = _target_logprobs(logits[len(prompt_ids) - 1 : -1], plan.ids)
         del logits
-        offsets = [b - len(prompt_ids) for b in bounds]
-        segment_logprobs = [flat[a:b] for a, b in zip(offsets, offsets[1:])]
+        bounds = plan.segment_bounds
+        segment_logprobs = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
 
-        per_pass = max(1, _PACKED_QUERY_TOKENS // (1 + len(lead_ids) + len(answer_ids)))
-        answers = []
-        for start in range(0, len(bounds), per_pass):
-            answers += self._answer_pass(ids, bounds[start : start + per_pass], lead_ids, answer_ids, cache)
+        copies = [(len(prompt_ids) + cut, probe, start)
+                  for cut, probe, start in zip(plan.cuts, plan.probes, plan.answer_starts, strict=True)]
+        answers, group = [], []
+        for copy in copies:  # greedy groups of at most _PACKED_QUERY_TOKENS query tokens per forward
+            if group and sum(1 + len(c[1]) for c in group) + 1 + len(copy[1]) > _PACKED_QUERY_TOKENS:
+                answers += self._answer_pass(ids, group, cache)
+                group = []
+            group.append(copy)
+        answers += self._answer_pass(ids, group, cache)
         return PrefixScores(segment_logprobs=segment_logprobs, answer_logprobs=answers)
 
     def _answer_pass(
-        self, ids: list[int], bounds: list[int], lead_ids: list[int], answer_ids: list[int], cache: DynamicCache
+        self, ids: list[int], copies: list[tuple[int, list[int], int]], cache: DynamicCache
     ) -> list[np.ndarray]:
-        """Answer log-probs after each boundary, from ONE forward over copies packed after the cached ``ids``.
+        """Answer log-probs of each probe, from ONE forward over copies packed after the cached ``ids``.
 
-        Copy k is [ids[b_k - 1], lead, answer] at positions b_k - 1, b_k, ...; it sees the cached
-        ids[:b_k - 1] and itself, causally. Re-feeding ids[b_k - 1] makes its logits predict the first lead (or answer)
-        token, so an empty lead needs no special case. The cache is cropped back to ``ids`` afterwards.
+        A copy (b, probe, start) is [ids[b - 1], *probe] at positions b - 1, b, ...; it sees the cached ids[:b - 1]
+        and itself, causally. Re-feeding ids[b - 1] makes its logits predict the probe's first token, so a probe
+        is scored from its first token on. The answer is probe[start:]. The cache is cropped back to ``ids``.
         """
-        width = 1 + len(lead_ids) + len(answer_ids)
-        tokens = [t for b in bounds for t in (ids[b - 1], *lead_ids, *answer_ids)]
-        positions = torch.tensor([b - 1 + j for b in bounds for j in range(width)], device=self.device)
-        logits = self._forward(tokens, cache, positions, self._packed_mask(bounds, len(ids), width))
-        cache.crop(-len(tokens))  # 5.x crop takes only a negative count: tokens to drop
-        return [_target_logprobs(logits[k * width + len(lead_ids) : (k + 1) * width - 1], answer_ids)
-                for k in range(len(bounds))]
+        query = [t for b, probe, _ in copies for t in (ids[b - 1], *probe)]
+        positions = torch.tensor([b - 1 + j for b, probe, _ in copies for j in range(1 + len(probe))], device=self.device)
+        logits = self._forward(query, cache, positions, self._packed_mask([(b, 1 + len(p)) for b, p, _ in copies], len(ids)))
+        cache.crop(-len(query))  # 5.x crop takes only a negative count: tokens to drop
+        out, offset = [], 0
+        for _, probe, start in copies:
+            out.append(_target_logprobs(logits[offset + start : offset + len(probe)], probe[start:]))
+            offset += 1 + len(probe)
+        return out
 
-    def _packed_mask(self, bounds: list[int], context: int, width: int) -> torch.Tensor:
-        """Additive [1, 1, queries, context + queries] mask (0 = attend) for ``_answer_pass``'s copies."""
-        queries = torch.arange(len(bounds) * width, device=self.device)
-        copy = queries // width
-        boundary = torch.tensor(bounds, device=self.device)[copy]
-        keys = torch.arange(context + len(queries), device=self.device)
+    def _packed_mask(self, copies: list[tuple[int, int]], context: int) -> torch.Tensor:
+        """Additive [1, 1, queries, context + queries] mask (0 = attend) for ``_answer_pass``'s copies, each given as
+        (boundary b, width): a copy sees the cached keys before b - 1 and its own earlier queries."""
+        widths = torch.tensor([w for _, w in copies], device=self.device)
+        copy = torch.repeat_interleave(torch.arange(len(copies), device=self.device), widths)
+        first = torch.cumsum(widths, 0) - widths  # each copy's first query index
+        boundary = torch.tensor([b for b, _ in copies], device=self.device)[copy]
+        queries = torch.arange(len(copy), device=self.device)
+        keys = torch.arange(context + len(copy), device=self.device)
         packed = keys[None, :] - context  # key index within the packed copies; negative for cached keys
         allowed = (keys[None, :] < boundary[:, None] - 1) | (
-            (packed >= 0) & (packed // width == copy[:, None]) & (packed <= queries[:, None])
+            (packed >= first[copy][:, None]) & (packed <= queries[:, None])
         )
         dtype = self.model.dtype
         mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed, torch.finfo(dtype).min)

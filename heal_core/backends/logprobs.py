@@ -178,20 +178,18 @@ def score_prefixes(
     """``score_prefixes`` for backends that can only score whole rows (prompt log-probs, echo).
 
     ``score_rows`` returns each row's per-position log-prob maps (position t: the row's token t given the ones
-    before). The rows are the whole answer and, for every boundary k = 0..K, the segments before it + lead +
-    gold answer: K + 2 rows, O(K * L) tokens. Segments are tokenised one by one, as in the HF backend, so every
-    boundary is an exact token index.
+    before). The rows are the whole answer and, for every boundary k = 0..K, the trajectory before it + its answer
+    probe: K + 2 rows, O(K * L) tokens, with the token ids of ``tokens.prefix_plan`` (as the HF backend scores).
     """
     prompt_ids = tokens.prompt_ids(tokenizer, prompt)
-    segment_ids = [tokens.encode(tokenizer, s) for s in segments]
-    lead_ids, answer_ids = tokens.encode(tokenizer, answer_lead), tokens.encode(tokenizer, answer)
-    ids = prompt_ids + [t for seg in segment_ids for t in seg]
-    bounds = np.cumsum([len(prompt_ids)] + [len(seg) for seg in segment_ids]).tolist()
-    whole, *after = score_rows([ids] + [ids[:b] + lead_ids + answer_ids for b in bounds])
-    flat = target_logprobs(whole[len(prompt_ids) : len(ids)], ids[len(prompt_ids) :])
-    offsets = [b - len(prompt_ids) for b in bounds]
+    plan = tokens.prefix_plan(tokenizer, segments, answer_lead, answer)
+    ids = prompt_ids + plan.ids
+    heads = [len(prompt_ids) + cut for cut in plan.cuts]
+    whole, *after = score_rows([ids] + [ids[:head] + probe for head, probe in zip(heads, plan.probes, strict=True)])
+    flat = target_logprobs(whole[len(prompt_ids) : len(ids)], plan.ids)
     answers = [
-        target_logprobs(positions[b + len(lead_ids) : b + len(lead_ids) + len(answer_ids)], answer_ids)
-        for b, positions in zip(bounds, after, strict=True)
+        target_logprobs(positions[head + start : head + len(probe)], probe[start:])
+        for head, probe, start, positions in zip(heads, plan.probes, plan.answer_starts, after, strict=True)
     ]
-    return PrefixScores(segment_logprobs=[flat[a:b] for a, b in zip(offsets, offsets[1:])], answer_logprobs=answers)
+    bounds = plan.segment_bounds
+    return PrefixScores(segment_logprobs=[flat[a:b] for a, b in zip(bounds, bounds[1:])], answer_logprobs=answers)

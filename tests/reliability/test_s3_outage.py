@@ -70,7 +70,7 @@ def test_a_30_second_s3_outage_is_outlasted_by_shard_retries(prefect_api, s3_end
     cfg = parse_config(demo_defaults(), [
         f"problems.uri={problems}", f"storage.uri=s3://{bucket}/heal",
         f"storage.storage_options={{endpoint_url: '{proxy.url}'}}", "orchestration.shard_size=2",
-        "teacher.sampling.n=4", "hints.n=2", "pace.epochs=1", "pace.batch_size=4",
+        "teacher.sampling.n=4", "hints.n=2", "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]",
         "evaluation.samples=1", "evaluation.max_problems=2",
     ])
     assert (cfg.orchestration.shard_retries, cfg.orchestration.retry_backoff_seconds) == (3, 5.0)  # 5+10+20 s > 30 s

@@ -64,7 +64,7 @@ def test_secrets_never_reach_logs_artifacts_parameters_or_storage(
         f"storage.storage_options={{endpoint_url: '{s3_endpoint}', key: '${{HEAL_TEST_S3_KEY}}', "
         "secret: '${HEAL_TEST_S3_SECRET}'}",
         "orchestration.secrets_block=heal-test-secrets", "orchestration.shard_size=2", "teacher.sampling.n=4",
-        "hints.n=2", "pace.epochs=1", "pace.batch_size=4", "evaluation.samples=1", "evaluation.max_problems=2",
+        "hints.n=2", "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]", "evaluation.samples=1", "evaluation.max_problems=2",
     ])
 
     heal_pipeline(cfg.model_dump(mode="json"), "secrets")

@@ -1,0 +1,244 @@
+"""Ground truth for runs whose task can check every step: how well HEAL's parts worked, not only what they did.
+
+On real data nobody knows which step of a trajectory is wrong, so a run can report only that GEAR cut somewhere
+and that PURE rejected something. A synthetic task with a step checker (the demo's) knows, so a run on it grades
+each component against the truth (issue G):
+
+* **breakpoint hit rate**: of the failed trajectories GEAR was to repair whose first wrong step lies inside the
+  breakpoint search span, the share whose breakpoint falls in that step or the one before it (a surge just
+  before the slip counts: the teacher's uncertainty can rise as it reaches the step), beside the rate of a
+  uniformly random position of the same span. A skipped path (no surge found) counts as a miss.
+* **PURE against truth**, on the run's own verified hinted samples that PURE scored: precision and recall of
+  its rejections against "the trajectory has a wrong step", and the AUROC of its score (``pure.shortcut_score``);
+* **wrong-step share** of the training examples of each curriculum dataset.
+
+Another checkable task joins ``TASKS``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from heal_core import pure
+from heal_core.config import HealConfig
+from heal_core.demo.arithmetic import first_wrong_step, parse_problem
+from heal_core.entropy import step_start
+from heal_core.gear import failed_paths
+from heal_core.problems import Problem
+from heal_core.sampling import problem_stats
+
+# (problem text, trajectory text) -> index of its first wrong step as heal_core.entropy.split_steps counts
+# segments, or None when every step is right.
+StepChecker = Callable[[str, str], int | None]
+Decode = Callable[[Sequence[int]], str]
+
+
+@dataclass(frozen=True)
+class CheckableTask:
+    """A task whose every step can be checked: which problem texts it states, and its step checker. Recognised
+    by the problem text, not by ``Problem.source``, so its problems are graded however they reached the run (the
+    embedded default, or the same problems exported to a JSONL file)."""
+
+    name: str
+    states: Callable[[str], bool]
+    check: StepChecker
+
+
+TASKS = (CheckableTask("demo arithmetic", lambda text: parse_problem(text) is not None, first_wrong_step),)
+
+
+def checker_for(problems: Sequence[Problem]) -> StepChecker | None:
+    """The step checker of the task every one of ``problems`` belongs to, if there is one."""
+    return next((task.check for task in TASKS if problems and all(task.states(p.problem) for p in problems)), None)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What grading a run needs: its problems by id, their step checker, and the teacher's ``decode`` (a token
+    index of a trajectory is mapped to its step as ``gear.plan_repair`` maps a breakpoint)."""
+
+    problems: Mapping[str, Problem]
+    check: StepChecker
+    decode: Decode
+
+    def first_wrong(self, row: Mapping[str, Any], text: str | None = None) -> int | None:
+        return self.check(self.problems[row["problem_id"]].problem, row["text"] if text is None else text)
+
+    def wrong_tokens(self, row: Mapping[str, Any]) -> tuple[int, int] | None:
+        """The generated tokens [start, end) of ``row``'s first wrong step; None when it has none."""
+        wrong = self.first_wrong(row)
+        positions = [t for t, step in enumerate(token_steps(row, self.decode)) if step == wrong]
+        return (positions[0], positions[-1] + 1) if wrong is not None and positions else None
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
+    """P(score of a random positive > score of a random negative), ties counting half (Mann-Whitney U)."""
+    if not positive or not negative:
+        return None
+    pos, neg = np.asarray(positive, dtype=float)[:, None], np.asarray(negative, dtype=float)[None, :]
+    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
+
+
+def token_steps(row: Mapping[str, Any], decode: Decode, limit: int | None = None) -> list[int]:
+    """The step each generated token of ``row`` starts in (tokens 0 .. ``limit`` - 1), mapped to steps exactly as
+    ``gear.plan_repair`` maps a breakpoint."""
+    ids = list(row["token_ids"] or [])
+    return [step_start(row["text"], len(decode(ids[:t])))[1] for t in range(min(len(ids), limit or len(ids)))]
+
+
+def span_steps(row: Mapping[str, Any], decode: Decode, fraction: float) -> list[int]:
+    """The step of each position the breakpoint search looks at (tokens 1 .. ceil(fraction * T) - 1, see
+    ``entropy.find_breakpoint``)."""
+    size = len(row["token_ids"] or [])
+    return token_steps(row, decode, min(size, math.ceil(fraction * size)))[1:]
+
+
+@dataclass(frozen=True)
+class BreakpointAudit:
+    failed: int  # failed Stage I trajectories of all problems
+    failed_located: int  # ... whose first wrong step lies inside the search span
+    paths: int  # failed paths GEAR was to repair, with their first wrong step inside the span
+    hits: int  # ... whose breakpoint fell in that step or the one before it
+    random_rate: float | None  # a uniformly random span position's chance of the same
+
+    @property
+    def hit_rate(self) -> float | None:
+        return self.hits / self.paths if self.paths else None
+
+    @property
+    def located_share(self) -> float | None:
+        return self.failed_located / self.failed if self.failed else None
+
+
+def breakpoint_audit(rows: Sequence[Mapping[str, Any]], truth: Truth, cfg: HealConfig) -> BreakpointAudit:
+    """``rows``: every trajectory of the run."""
+    fraction = cfg.gear.search_fraction
+    stage1 = [r for r in rows if r["stage"] == 1]
+    failed = [r for r in stage1 if not r["verified"]]
+    located: dict[str, tuple[int, list[int]]] = {}  # sample id -> (first wrong step, span steps)
+    for row in failed:
+        wrong = truth.first_wrong(row)
+        steps = span_steps(row, truth.decode, fraction)
+        if wrong is not None and wrong in steps:
+            located[row["sample_id"]] = (wrong, steps)
+    breakpoints = {r["parent_sample_id"]: r["breakpoint_step"] for r in rows if r["stage"] == 3}
+    extreme = {pid for pid, s in problem_stats(stage1, cfg).items() if s.bucket == "extremely_hard"}
+    by_problem: dict[str, list[Mapping[str, Any]]] = {}
+    for row in stage1:
+        by_problem.setdefault(row["problem_id"], []).append(row)
+    paths = [p for pid in extreme for p in failed_paths(by_problem[pid], cfg.gear.failed_paths)
+             if p["sample_id"] in located]
+    hits, chances = 0, []
+    for path in paths:
+        wrong, steps = located[path["sample_id"]]
+        hits += breakpoints.get(path["sample_id"]) in (wrong - 1, wrong)
+        chances.append(sum(s in (wrong - 1, wrong) for s in steps) / len(steps))
+    return BreakpointAudit(len(failed), len(located), len(paths), hits,
+                           float(np.mean(chances)) if chances else None)
+
+
+@dataclass(frozen=True)
+class PureAudit:
+    scored: int  # verified hinted samples (Stages II and III) PURE scored
+    wrong: int  # ... with a wrong step by the checker: the shortcuts
+    rejected: int
+    true_rejections: int  # rejected and wrong
+    auroc: float | None  # of pure.shortcut_score against "has a wrong step"
+
+    @property
+    def precision(self) -> float | None:
+        return self.true_rejections / self.rejected if self.rejected else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.true_rejections / self.wrong if self.wrong else None
+
+    @property
+    def shortcut_share(self) -> float | None:
+        return self.wrong / self.scored if self.scored else None
+
+
+def pure_audit(rows: Sequence[Mapping[str, Any]], truth: Truth, cfg: HealConfig) -> PureAudit:
+    """Only samples PURE scored count: the leaking ones and those past a problem's cap never reached it."""
+    scored = [r for r in rows if r["stage"] in (2, 3) and r["verified"] and r["pure_verdict"] is not None]
+    wrong = [truth.first_wrong(r) is not None for r in scored]
+    rejected = [r["pure_verdict"] != "keep" for r in scored]
+    scores = [pure.shortcut_score(list(r["pure_answer_nll"] or []), list(r["pure_step_ppl"] or []), cfg.pure)
+              for r in scored]
+    return PureAudit(
+        scored=len(scored), wrong=sum(wrong), rejected=sum(rejected),
+        true_rejections=sum(w and x for w, x in zip(wrong, rejected, strict=True)),
+        auroc=auroc([s for s, w in zip(scores, wrong, strict=True) if w],
+                    [s for s, w in zip(scores, wrong, strict=True) if not w]),
+    )
+
+
+def wrong_step_share(examples: Sequence[Mapping[str, Any]], truth: Truth) -> float | None:
+    """Share of curriculum examples (TRL prompt-completion rows) whose completion has a wrong step."""
+    if not examples:
+        return None
+    wrong = [truth.first_wrong(e, e["completion"][0]["content"]) is not None for e in examples]
+    return sum(wrong) / len(wrong)
+
+
+@dataclass(frozen=True)
+class TruthAudit:
+    breakpoints: BreakpointAudit
+    pure: PureAudit
+    wrong_steps: dict[str, float | None]  # training set (curriculum dataset or variant) -> share with a wrong step
+
+    def summary(self) -> dict[str, Any]:
+        """The figures for summary.json and the run's artifact."""
+        b, p = self.breakpoints, self.pure
+        return {
+            "failed trajectories located in the search span": _share(b.failed_located, b.failed),
+            "breakpoint hit rate": _rate(b.hit_rate), "breakpoint hit rate, random position": _rate(b.random_rate),
+            "breakpoint paths audited": b.paths,
+            "hinted samples scored by PURE": p.scored, "shortcuts among them (wrong step)": _share(p.wrong, p.scored),
+            "PURE precision": _rate(p.precision), "PURE recall": _rate(p.recall), "PURE AUROC": _rate(p.auroc),
+            **{f"wrong-step share {name}": _rate(share) for name, share in self.wrong_steps.items()},
+        }
+
+    def markdown(self) -> list[str]:
+        b, p = self.breakpoints, self.pure
+        lines = ["## Ground truth (step checker)", "",
+                 "This task can check every step, so HEAL's components are graded against the truth.", "",
+                 "| check | value |", "|---|---|",
+                 f"| failed Stage I trajectories whose first wrong step is in the search span | "
+                 f"{_share(b.failed_located, b.failed)} |",
+                 f"| breakpoint hit rate (in the first wrong step or the one before), GEAR's paths | "
+                 f"{_fraction(b.hits, b.paths)} |",
+                 f"| same, a uniformly random position of the span | {_rate(b.random_rate)} |",
+                 f"| verified hinted samples (II, III) PURE scored / with a wrong step | {p.scored} / "
+                 f"{_share(p.wrong, p.scored)} |",
+                 f"| PURE precision / recall of its rejections | {_rate(p.precision)} / {_rate(p.recall)} |",
+                 f"| PURE AUROC (shortcut score vs wrong step) | {_rate(p.auroc)} |"]
+        if self.wrong_steps:
+            lines += ["", "Share of training examples with a wrong step:", "", "| training set | share |", "|---|---|"]
+            lines += [f"| {name} | {_rate(share)} |" for name, share in self.wrong_steps.items()]
+        return lines
+
+
+def _rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part} of {whole} ({part / whole:.0%})" if whole else "—"
+
+
+def _fraction(part: int, whole: int) -> str:
+    return f"{part / whole:.3f} ({part} of {whole})" if whole else "—"
+
+
+def audit(
+    rows: Sequence[Mapping[str, Any]], training_sets: Mapping[str, Sequence[Mapping[str, Any]]], truth: Truth,
+    cfg: HealConfig,
+) -> TruthAudit:
+    return TruthAudit(breakpoint_audit(rows, truth, cfg), pure_audit(rows, truth, cfg),
+                      {name: wrong_step_share(examples, truth) for name, examples in training_sets.items()})

@@ -60,21 +60,26 @@ def forced_answer_ratio(answer_nll: list[float], eps: float) -> float:
     return float(answer_nll[-1] / (answer_nll[0] + eps))
 
 
-def leap_step(answer_nll: list[float], step_ppl: list[float], cfg: PureConfig) -> int | None:
-    """1-based index of a step that is a leap, or None.
-
-    Step k (1..K-1) lowers uncertainty by U_{k-1} - U_k. Only a real overall drop can contain a leap.
-    """
+def _largest_drop(answer_nll: list[float], step_ppl: list[float]) -> tuple[int, float, float] | None:
+    """The step with the largest uncertainty drop: (0-based index, its share of the total drop, its
+    log-perplexity excess over the median step), or None where uncertainty does not fall overall (only a real
+    overall drop can contain a leap). Step k lowers uncertainty by U_{k-1} - U_k."""
     u = np.asarray(answer_nll)
-    total = u[0] - u[-1]
-    if len(u) < 2 or total <= 0:
+    if len(u) < 2 or u[0] - u[-1] <= 0:
         return None
     drops = u[:-1] - u[1:]
     k = int(np.argmax(drops))
     log_ppl = np.log(np.asarray(step_ppl))
-    if drops[k] / total >= cfg.leap_drop_share and log_ppl[k] - np.median(log_ppl) > cfg.leap_log_ppl_margin:
-        return k + 1
-    return None
+    return k, float(drops[k] / (u[0] - u[-1])), float(log_ppl[k] - np.median(log_ppl))
+
+
+def leap_step(answer_nll: list[float], step_ppl: list[float], cfg: PureConfig) -> int | None:
+    """1-based index of a step that is a leap (most of the drop, at a perplexity well above the median), or None."""
+    drop = _largest_drop(answer_nll, step_ppl)
+    if drop is None:
+        return None
+    k, share, excess = drop
+    return k + 1 if share >= cfg.leap_drop_share and excess > cfg.leap_log_ppl_margin else None
 
 
 def shortcut_score(answer_nll: list[float], step_ppl: list[float], cfg: PureConfig) -> float:
@@ -87,16 +92,11 @@ def shortcut_score(answer_nll: list[float], step_ppl: list[float], cfg: PureConf
     if len(step_ppl) < 2:
         return math.inf
     ratio = _over(forced_answer_ratio(answer_nll, cfg.eps), cfg.lam)
-    u = np.asarray(answer_nll)
-    total = u[0] - u[-1]
-    if len(u) < 2 or total <= 0:
+    drop = _largest_drop(answer_nll, step_ppl)
+    if drop is None:
         return ratio
-    drops = u[:-1] - u[1:]
-    k = int(np.argmax(drops))
-    log_ppl = np.log(np.asarray(step_ppl))
-    leap = min(_over(drops[k] / total, cfg.leap_drop_share),
-               _over(log_ppl[k] - np.median(log_ppl), cfg.leap_log_ppl_margin))
-    return max(ratio, leap)
+    _, share, excess = drop
+    return max(ratio, min(_over(share, cfg.leap_drop_share), _over(excess, cfg.leap_log_ppl_margin)))
 
 
 def _over(value: float, threshold: float) -> float:

@@ -193,10 +193,9 @@ def flat_summary(summary: dict[str, Any]) -> list[tuple[str, str]]:
                 continue
             pairs += [(f"{name}: seeds", ", ".join(map(str, v["seeds"]))), (f"{name}: steps", str(v["steps"])),
                       (f"{name}: pass@1 held-out {ci}", _interval_text(v["pass@1 held-out"])),
-                      (f"{name}: pass@1 hard held-out {ci}", _interval_text(v["pass@1 hard held-out"])),
-                      (f"{name}: Δ vs {base} hard held-out {ci}", _interval_text(v[f"delta vs {base} hard held-out"]))]
-            if v["delta vs heal hard held-out"] is not None:
-                pairs.append((f"{name}: Δ vs heal hard held-out {ci}", _interval_text(v["delta vs heal hard held-out"])))
+                      (f"{name}: pass@1 hard held-out {ci}", _interval_text(v["pass@1 hard held-out"]))]
+            pairs += [(f"{name}: Δ vs {against} hard held-out {ci}", _interval_text(v[f"delta vs {against} hard held-out"]))
+                      for against in dict.fromkeys((base, "heal")) if v[f"delta vs {against} hard held-out"] is not None]
             pairs += [(f"{name}: note", note) for note in v["notes"]]
     return pairs
 
@@ -294,13 +293,21 @@ def entropy_trace(entropy: Sequence[float], breakpoint: int, fraction: float,
     return _png(fig)
 
 
-def pure_ratio_plot(samples: Sequence[dict[str, Any]]) -> bytes:
+def pure_ratio_plot(samples: Sequence[dict[str, Any]], lam: float) -> bytes:
+    """Log-scaled: R spans orders of magnitude (a genuine trajectory sits near 0.001, a forced answer near 1 and
+    beyond), and a linear axis squeezes every genuine one into its first bin. Rejections left of lambda are the
+    leap rule's."""
     fig, ax = _figure("PURE forced-answer ratio R")
-    kept = [r["pure_ratio"] for r in samples if r["pure_ratio"] is not None and r["pure_verdict"] == "keep"]
-    rejected = [r["pure_ratio"] for r in samples if r["pure_ratio"] is not None and r["pure_verdict"] != "keep"]
-    bins = np.linspace(0, max([1.0, *kept, *rejected]), 21)
+    floor = 1e-8  # R is an NLL ratio, so >= 0: a zero (no uncertainty left at all) goes in the first bin
+    kept = [max(r["pure_ratio"], floor) for r in samples if r["pure_ratio"] is not None and r["pure_verdict"] == "keep"]
+    rejected = [max(r["pure_ratio"], floor) for r in samples
+                if r["pure_ratio"] is not None and r["pure_verdict"] != "keep"]
+    values = [*kept, *rejected] or [lam]
+    bins = np.geomspace(min(min(values), lam) / 1.5, max(max(values), lam) * 1.5, 31)
     ax.hist([kept, rejected], bins=bins, label=["kept", "rejected"], stacked=True)
+    ax.axvline(lam, color="black", ls="--", lw=1, label=f"lambda = {lam:g}")
+    ax.set_xscale("log")
     ax.set_xlabel("R = U_{K-1} / (U_0 + eps)")
     ax.set_ylabel("trajectories")
-    ax.legend()
+    ax.legend(fontsize=8)
     return _png(fig)

@@ -98,6 +98,10 @@ def span_steps(row: Mapping[str, Any], decode: Decode, fraction: float) -> list[
     return token_steps(row, decode, min(size, math.ceil(fraction * size)))[1:]
 
 
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
 @dataclass(frozen=True)
 class BreakpointAudit:
     failed: int  # failed Stage I trajectories of all problems
@@ -108,11 +112,11 @@ class BreakpointAudit:
 
     @property
     def hit_rate(self) -> float | None:
-        return self.hits / self.paths if self.paths else None
+        return _ratio(self.hits, self.paths)
 
     @property
     def located_share(self) -> float | None:
-        return self.failed_located / self.failed if self.failed else None
+        return _ratio(self.failed_located, self.failed)
 
 
 def breakpoint_audit(rows: Sequence[Mapping[str, Any]], truth: Truth, cfg: HealConfig) -> BreakpointAudit:
@@ -152,15 +156,15 @@ class PureAudit:
 
     @property
     def precision(self) -> float | None:
-        return self.true_rejections / self.rejected if self.rejected else None
+        return _ratio(self.true_rejections, self.rejected)
 
     @property
     def recall(self) -> float | None:
-        return self.true_rejections / self.wrong if self.wrong else None
+        return _ratio(self.true_rejections, self.wrong)
 
     @property
     def shortcut_share(self) -> float | None:
-        return self.wrong / self.scored if self.scored else None
+        return _ratio(self.wrong, self.scored)
 
 
 def pure_audit(rows: Sequence[Mapping[str, Any]], truth: Truth, cfg: HealConfig) -> PureAudit:

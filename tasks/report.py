@@ -59,7 +59,7 @@ def write_report(
     stats = [s for shard in range(shards) for s in storage.read_json(layout.shard_lineage(shard), options)["stats"]]
     summary = report.summarize(samples, stats, sizes, evaluation)
 
-    plots = {"pass_rate_histogram": report.pass_rate_histogram(stats), "pure_ratio": report.pure_ratio_plot(samples)}
+    plots = {"pass_rate_histogram": report.pass_rate_histogram(stats), "pure_ratio": report.pure_ratio_plot(samples, cfg.pure.lam)}
     repaired = next((r for r in samples if r["stage"] == 3 and r["kept"]), None) or next(
         (r for r in samples if r["stage"] == 3), None)
     graded = ground_truth(layout, shards, cfg)

@@ -171,7 +171,8 @@ def deploy(config: ConfigArg = None, set_: SetOpt = None, prefect_file: PrefectF
     """
     import yaml
 
-    from flows.deploy import PREFECT_FILE, check_shared_storage, ensure_pools, ensure_zombie_automation, register, render
+    from flows.deploy import (PREFECT_FILE, check_shared_storage, close_parameter_schemas, deployment_name, ensure_pools,
+                              ensure_zombie_automation, register, render)
 
     cfg = _load(config, set_)
     path = prefect_file if prefect_file.exists() else PREFECT_FILE
@@ -180,6 +181,7 @@ def deploy(config: ConfigArg = None, set_: SetOpt = None, prefect_file: PrefectF
         spec = render(yaml.safe_load(path.read_text()), cfg)
         created = ensure_pools(spec)
         register(spec)
+        close_parameter_schemas(spec)
         automation = ensure_zombie_automation(cfg.orchestration.heartbeat_timeout_seconds)
     except (ValueError, OSError, RuntimeError) as err:
         raise _fail(err) from None
@@ -188,7 +190,7 @@ def deploy(config: ConfigArg = None, set_: SetOpt = None, prefect_file: PrefectF
     if automation:
         console.print(f"automation: flow runs silent for {cfg.orchestration.heartbeat_timeout_seconds} s are marked CRASHED")
     for d in spec["deployments"]:
-        console.print(f"deployed {d['entrypoint'].split(':')[1].replace('_', '-')}/{d['name']} -> pool {d['work_pool']['name']}")
+        console.print(f"deployed {deployment_name(d)} -> pool {d['work_pool']['name']}")
 
 
 @app.command()

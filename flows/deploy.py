@@ -120,6 +120,30 @@ def register(spec: dict[str, Any]) -> None:
         raise RuntimeError(f"prefect deploy failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
 
 
+def deployment_name(deployment: dict[str, Any]) -> str:
+    """``flow/deployment`` of a spec entry: heal's flows are named after their entrypoint functions."""
+    return f"{deployment['entrypoint'].split(':')[1].replace('_', '-')}/{deployment['name']}"
+
+
+def close_parameter_schemas(spec: dict[str, Any]) -> None:
+    """Refuse unknown top-level parameters at run creation on every deployment of ``spec``.
+
+    Prefect derives a deployment's parameter schema from the flow's signature without ``additionalProperties:
+    false`` at the top level, so a REST create with a parameter the flow does not take is accepted (HTTP 201)
+    and fails only later, on a worker. With it, the server's schema check refuses it at the door (HTTP 409
+    naming the parameter), as it already refuses unknown config keys (the config forbids extras at every level).
+    Set after ``prefect deploy``, which has no setting for it.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    with get_client(sync_client=True) as client:
+        for entry in spec["deployments"]:
+            deployment = client.read_deployment_by_name(deployment_name(entry))
+            schema = {**deployment.parameter_openapi_schema, "additionalProperties": False}
+            client.update_deployment(deployment.id, DeploymentUpdate(parameter_openapi_schema=schema))
+
+
 def worker_command(pool: str, gpu: int | None, limit: int | None, name: str | None) -> tuple[list[str], dict[str, str]]:
     """The ``prefect worker start`` command line and environment for one worker.
 

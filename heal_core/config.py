@@ -313,6 +313,11 @@ class OrchestrationConfig(_Section):
         "CRASHED by the automation heal deploy creates, so a killed worker's runs become retryable",
     )
     shard_retries: int = Field(3, ge=0, description="retries of a failed shard inside its run, before it waits for Retry")
+    max_verify_error_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="a verifier call with more than one failed check (status error) making up "
+        "more than this share of its checks fails the work (heal_core.verify.VerifierUnavailable), as a broken "
+        "verifier pool does: a broken tool must not turn every sample into an unsolved one",
+    )
     retry_backoff_seconds: float = Field(
         5.0, ge=0, description="first retry delay, doubled each retry: the default 5, 10, 20 s outlasts a 30 s outage"
     )
@@ -437,7 +442,8 @@ class EvaluationConfig(_Section):
 _EXECUTION_ONLY: dict[str, Any] = {
     "storage": True,
     "orchestration": {"mode", "cpu_pool", "gpu_pool", "poll_seconds", "secrets_block", "max_shard_tokens",
-                      "shard_retries", "retry_backoff_seconds", "heartbeat_timeout_seconds"},
+                      "shard_retries", "retry_backoff_seconds", "heartbeat_timeout_seconds",
+                      "max_verify_error_share"},
     "teacher": {"server": True, "vllm": {"gpu_memory_utilization", "data_parallel_size"}},
 }
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from heal_core.backends.base import TeacherBackend
+from heal_core.backends.base import TeacherBackend, require_usable
 from heal_core.config import HealConfig
 from heal_core.problems import Problem
 from heal_core.sampling import generation_rows
@@ -38,7 +38,7 @@ def sample_hinted(
     if not problems:
         return []
     hinted = [hinted_prompt(cfg.hints.template, p) for p in problems]
-    batches = backend.sample(hinted, cfg.hints.n, cfg.teacher.sampling)
+    batches = require_usable(backend.sample(hinted, cfg.hints.n, cfg.teacher.sampling), "Stage II hinted sampling")
     rows: list[dict[str, Any]] = []
     for problem, hint, gens in zip(problems, hinted, batches, strict=True):
         prompt = cfg.teacher.prompt_template.format(problem=problem.problem)

@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from heal_core.backends.base import TeacherBackend
+from heal_core.backends.base import BackendUnavailable, TeacherBackend, require_usable
 from heal_core.config import JudgeConfig, SamplingConfig
 
 JudgeVerdict = Literal["equivalent", "different", "unclear"]
@@ -51,16 +51,20 @@ def parse_reply(text: str) -> JudgeVerdict:
 def judge_rows(rows: Sequence[dict[str, Any]], backend: TeacherBackend, cfg: JudgeConfig) -> int:
     """Judge the rows worth judging (in place): ``judge_verdict`` set, ``verified`` on ``equivalent``.
 
-    One batched call for all of them. Returns how many were judged.
+    One batched call for all of them. Returns how many were judged. A judge that answers none of more than one
+    question with yes or no is a broken judge, not data: ``BackendUnavailable``.
     """
     todo = [r for r in rows if worth_judging(r["verify_status"], r["extracted_answer"], r["gold_answer"])]
     if not todo:
         return 0
     prompts = [cfg.template.format(prediction=r["extracted_answer"], gold=r["gold_answer"]) for r in todo]
     sampling = SamplingConfig(n=1, temperature=cfg.temperature, top_p=1.0, top_k=0, max_new_tokens=cfg.max_new_tokens)
-    replies = backend.sample(prompts, 1, sampling)
-    for row, reply in zip(todo, replies, strict=True):
-        verdict = parse_reply(reply[0].text)
+    replies = require_usable(backend.sample(prompts, 1, sampling), "the judge")
+    verdicts = [parse_reply(reply[0].text) for reply in replies]
+    if len(verdicts) > 1 and set(verdicts) == {"unclear"}:
+        raise BackendUnavailable(f"the judge answered none of {len(verdicts)} questions with yes or no (first reply: "
+                                 f"{replies[0][0].text[:80]!r}): check judge.model and judge.template")
+    for row, verdict in zip(todo, verdicts, strict=True):
         row["judge_verdict"] = verdict
         if verdict == "equivalent":
             row["verified"] = True

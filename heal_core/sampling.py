@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from heal_core.backends.base import Generation, TeacherBackend
+from heal_core.backends.base import Generation, TeacherBackend, require_usable
 from heal_core.config import HealConfig
 from heal_core.problems import Problem
 from heal_core.schema import new_trajectory
@@ -40,7 +40,8 @@ def generation_rows(
     as GEAR does when it prepends the kept prefix)."""
     texts = list(texts) if texts is not None else [g.text for g in generations]
     verdicts = check_many([(text, problem.answer) for text in texts],
-                          truncated=[g.finish_reason == "length" for g in generations])
+                          truncated=[g.finish_reason == "length" for g in generations],
+                          max_error_share=cfg.orchestration.max_verify_error_share)
     parent = lineage.get("parent_sample_id")
     return [
         new_trajectory(
@@ -73,7 +74,7 @@ def sample_stage1(
 ) -> list[dict[str, Any]]:
     """N unaided samples per problem, verified; the prompt recorded is the one the student will see."""
     prompts = [cfg.teacher.prompt_template.format(problem=p.problem) for p in problems]
-    batches = backend.sample(prompts, cfg.teacher.sampling.n, cfg.teacher.sampling)
+    batches = require_usable(backend.sample(prompts, cfg.teacher.sampling.n, cfg.teacher.sampling), "Stage I sampling")
     rows: list[dict[str, Any]] = []
     for problem, prompt, gens in zip(problems, prompts, batches, strict=True):
         rows.extend(generation_rows(problem, prompt, gens, stage=1, cfg=cfg, teacher=teacher))

@@ -36,6 +36,14 @@ Status = Literal["correct", "wrong", "no_answer", "unparseable", "bad_gold", "ti
 """``error``: the worker died (killed, out of memory) or the check raised; the sample's correctness is unknown."""
 
 DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_MAX_ERROR_SHARE = 0.1  # orchestration.max_verify_error_share
+
+
+class VerifierUnavailable(RuntimeError):
+    """The verifier cannot verify: its process pool broke (workers that died or could not start), or too many
+    checks of one call failed. Raised, never recorded: every sample would read ``error`` and look unsolved, the
+    run would spend teacher compute on hints and repairs for solved problems, and a broken tool would become
+    data. The caller's work fails, so Prefect's retries and the UI's Retry apply once the cause is fixed."""
 
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox|framebox)\s*\{")  # AoPS solutions box AIME answers with \framebox
 _BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)
@@ -107,6 +115,7 @@ def check_many(
     truncated: Sequence[bool] = (),
     timeout: float = DEFAULT_TIMEOUT_S,
     workers: int | None = None,
+    max_error_share: float = DEFAULT_MAX_ERROR_SHARE,
 ) -> list[Verdict]:
     """Verify ``(prediction_text, gold_answer)`` pairs in parallel, in order.
 
@@ -115,6 +124,10 @@ def check_many(
     it would teach the student not to stop. ``timeout`` bounds each check (from when a worker starts it); a
     check past it is ``timeout``. ``workers`` sizes the process pool (default ``min(4, cpu_count)``); a size
     different from the running pool's replaces it. Safe to call from any thread.
+
+    One check that raises, or whose worker dies (a pathological answer that runs a worker out of memory), is
+    that sample's ``error``: data. A pool that breaks, or more than one ``error`` making up more than
+    ``max_error_share`` of the checks, raises ``VerifierUnavailable``: the verifier, not the samples, failed.
     """
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")  # pebble reads 0/None as "no limit"
@@ -129,24 +142,32 @@ def check_many(
     if checked:
         pool = _get_pool(workers)
         futures = [pool.schedule(_grade, args=(pairs[i][1], extracted[i]), timeout=timeout) for i in checked]
-        for i, status in zip(checked, _collect(pool, futures), strict=True):
+        for i, status in zip(checked, _collect(pool, futures, max_error_share), strict=True):
             statuses[i] = status
     return [Verdict(status == "correct", status, answer) for answer, status in zip(extracted, statuses)]
 
 
-def _collect(pool: ProcessPool, futures: list[ProcessFuture[Status]]) -> list[Status]:
+def _collect(pool: ProcessPool, futures: list[ProcessFuture[Status]], max_error_share: float) -> list[Status]:
     """Wait for every check; pebble itself kills a check that runs past its timeout.
 
-    A pool whose workers all died (one killed while the pool was idle, or workers that cannot start)
-    fails the checks it had dispatched but never those still queued: stop waiting when it breaks.
+    A pool whose workers all died (one killed while the pool was idle, or workers that cannot start) fails
+    the checks it had dispatched and never runs those still queued: stop waiting when it breaks, and raise.
     """
     pending = set(futures)
     while pending and pool.active:
         pending = wait(pending, timeout=1.0).not_done
     statuses = [_status(future) for future in futures]
-    if "error" in statuses:
-        first = next((f.exception() for f, s in zip(futures, statuses) if s == "error" and f.done()), None)
-        logger.warning("%d of %d answer checks failed; first error: %r", statuses.count("error"), len(futures), first)
+    errors = statuses.count("error")
+    if not errors:
+        return statuses
+    first = next((f.exception() for f, s in zip(futures, statuses) if s == "error" and f.done()), None)
+    summary = f"{errors} of {len(futures)} answer checks failed; first error: {first!r}"
+    if not pool.active:
+        raise VerifierUnavailable(f"the verifier's process pool broke (its workers died or could not start): "
+                                  f"{summary}")
+    if errors > 1 and errors > max_error_share * len(futures):
+        raise VerifierUnavailable(f"{summary}, above orchestration.max_verify_error_share={max_error_share:g}")
+    logger.warning("%s", summary)
     return statuses
 
 

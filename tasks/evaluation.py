@@ -36,7 +36,8 @@ def evaluate_model(
         {"model": label, "train_seed": train_seed, "model_path": model_path, "benchmark": name, **asdict(result),
          **settings}
         for name, problems in sets.items()
-        for result in evaluate(backend, problems, cfg.teacher.prompt_template, sampling, k=cfg.evaluation.samples)
+        for result in evaluate(backend, problems, cfg.teacher.prompt_template, sampling, k=cfg.evaluation.samples,
+                               max_error_share=cfg.orchestration.max_verify_error_share)
     ]
 
 

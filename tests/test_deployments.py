@@ -237,6 +237,20 @@ def test_parameters_are_validated_when_the_run_is_created(cluster):
         nightly = client.get("/deployments/name/heal-pipeline/heal-pipeline-nightly").raise_for_status().json()
     assert bad_key.status_code == 409 and "bogus" in bad_key.text
     assert bad_type.status_code == 409 and "config.teacher.sampling.n" in bad_type.text
+    config = cluster.cfg.model_dump(mode="json")
+    complete = {  # every parameter the flow takes, so only the unknown one can be what is refused
+        "heal-pipeline/heal-pipeline": {"config": config},
+        "heal-pipeline/heal-pipeline-nightly": {"config": config},
+        "heal-shard/heal-shard": {"run_root": "runs/x", "shard": 0, "config": config},
+        "heal-train/heal-train": {"run_root": "runs/x", "config": config},
+        "heal-eval/heal-eval": {"run_root": "runs/x", "config": config, "trained": []},
+    }
+    with cluster.client() as client:
+        unknown = {name: client.post(f"/deployments/{_deployment_id(client, name)}/create_flow_run",
+                                     json={"parameters": {**parameters, "bogus_parameter": 1}})
+                   for name, parameters in complete.items()}
+    for name, response in unknown.items():
+        assert response.status_code == 409 and "bogus_parameter" in response.text, (name, response.text)
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
     assert all(s["active"] for s in nightly["schedules"])
     assert nightly["parameters"]["config"]["storage"]["uri"] == cluster.cfg.storage.uri

@@ -47,6 +47,23 @@ class Generation:
             raise ValueError(f"entropy has {len(self.entropy)} values for {len(self.token_ids)} tokens")
 
 
+class BackendUnavailable(RuntimeError):
+    """A backend returned nothing usable for a whole batch: a broken engine, server or model, not a property of
+    the prompts. Raised, never recorded, so the work fails and can be retried (see ``heal_core.verify``'s
+    ``VerifierUnavailable`` for the same rule applied to the verifier)."""
+
+
+def require_usable(batches: Sequence[Sequence[Generation]], call: str) -> Sequence[Sequence[Generation]]:
+    """``batches`` unchanged, unless every one of more than one generation has no text: one empty completion is
+    a model's choice (it stopped at once), all of them are a backend that does not work (a server that answers
+    with empty content, a checkpoint whose stop tokens end every reply)."""
+    generations = [g for batch in batches for g in batch]
+    if len(generations) > 1 and not any(g.text.strip() for g in generations):
+        raise BackendUnavailable(f"{call}: the backend returned {len(generations)} generations without text for "
+                                 f"{len(batches)} prompts")
+    return batches
+
+
 @dataclass
 class PrefixScores:
     """Log-probs from one ``score_prefixes`` call.

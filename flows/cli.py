@@ -103,6 +103,8 @@ def _summary_table(title: str, summary: dict) -> Table:
 
 
 def _run_pipeline(cfg: HealConfig, run_id: str) -> None:
+    from flows.interrupt import stop_on_signal
+    from flows.local_api import local_api
     from flows.pipeline import heal_pipeline
     from tasks.layout import RunLayout
 
@@ -110,9 +112,15 @@ def _run_pipeline(cfg: HealConfig, run_id: str) -> None:
         layout = RunLayout.of(cfg.storage.uri, run_id)
         console.print(f"run id: [bold]{run_id}[/bold]   storage: {layout.root}", soft_wrap=True)
         started = time.perf_counter()
-        summary = heal_pipeline(cfg, run_id)
+        summary = None
+        with local_api(), stop_on_signal():
+            summary = heal_pipeline(cfg, run_id)
     except (ValueError, FileNotFoundError) as err:  # bad input: say what, no traceback
         raise _fail(err) from None
+    if summary is None:  # Ctrl-C or SIGTERM stopped it
+        console.print(f"[yellow]interrupted.[/yellow] Continue the run with: heal resume {run_id} --storage "
+                      f"{cfg.storage.uri}", soft_wrap=True, highlight=False)
+        raise typer.Exit(130)
     console.print(_summary_table(f"HEAL run {run_id} ({time.perf_counter() - started:.0f} s)", summary))
     console.print(f"report: {layout.report}")
 

@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 import threading
 from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -223,6 +224,8 @@ def _has_value(parsed: Sequence[object]) -> bool:
 def _init_worker() -> None:
     # Math-Verify warns once per process that its timeouts are off; that is deliberate here.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+    # A terminal's Ctrl-C reaches the whole process group: the caller decides what stops, and how.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --- the pool --------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The whole embedded pipeline runs in this process, as ``heal run`` runs it (Prefect's temporary local API server
 started on first use, local storage), with timers wrapped around the calls that do the work:
 
-* backend compute: the teacher's and the students' generation (``HFBackend.generate_ids``) and teacher-forced
+* backend compute: the teacher's and the students' generation (``HFBackend.generate_rows``) and teacher-forced
   scoring (PURE, GEAR breakpoints, exact entropy), plus model loading;
 * training steps: ``transformers.Trainer.train`` inside each stage of each (variant, seed);
 * training set-up: the rest of ``train_stage`` (SFTConfig, tokenizer and model load, dataset tokenisation,
@@ -75,7 +75,7 @@ def instrument(clock: Clock) -> None:
     from heal_core import storage
     from heal_core.backends.hf import HFBackend
 
-    clock.wrap(HFBackend, "generate_ids", "backend: generation")
+    clock.wrap(HFBackend, "generate_rows", "backend: generation")
     for method in ("teacher_forced", "score", "score_prefixes", "exact_entropy"):
         clock.wrap(HFBackend, method, "backend: scoring")
     clock.wrap(HFBackend, "__init__", "backend: model load")

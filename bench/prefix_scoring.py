@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from heal_core.backends.base import PrefixQuery
 from heal_core.backends.hf import HFBackend
 from heal_core.testing import build_tiny_model
 
@@ -80,10 +81,10 @@ def main() -> None:
                     for j in range(k)]
         text = "".join(segments)
         tokens = len(backend.tokenizer.encode(text))
-        for warm_up in (lambda: backend.score(PROMPT, text), lambda: backend.score_prefixes(PROMPT, segments, LEAD, ANSWER)):
+        for warm_up in (lambda: backend.score(PROMPT, text), lambda: backend.score_prefixes([PrefixQuery(PROMPT, tuple(segments), LEAD, ANSWER)])):
             warm_up()  # untimed
         one = best(lambda: backend.score(PROMPT, text), args.repeats)
-        packed = best(lambda: backend.score_prefixes(PROMPT, segments, LEAD, ANSWER), args.repeats)
+        packed = best(lambda: backend.score_prefixes([PrefixQuery(PROMPT, tuple(segments), LEAD, ANSWER)]), args.repeats)
         slow = best(lambda: naive(backend, segments), args.repeats)
         print(f"| {k} | {tokens} | {tokens / k:.0f} | {one * 1e3:.1f} | {packed * 1e3:.1f} | {slow * 1e3:.1f} | "
               f"{packed / one:.2f} | {slow / one:.2f} |")

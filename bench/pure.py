@@ -95,7 +95,8 @@ def main() -> None:
             continue
         labelled.append(("genuine", prompt, genuine, problem.answer))
         labelled += [(kind, prompt, text, problem.answer) for kind, text in shortcuts(genuine, rng).items()]
-    results = [(kind, pure.score(backend, prompt, text, answer, cfg.pure)) for kind, prompt, text, answer in labelled]
+    scores = pure.score(backend, [(prompt, text, answer) for _, prompt, text, answer in labelled], cfg.pure)
+    results = [(kind, result) for (kind, *_), result in zip(labelled, scores, strict=True)]
     genuine_r = [r.ratio for k, r in results if k == "genuine"]
     shortcut_r = [r.ratio for k, r in results if k != "genuine"]
     print()

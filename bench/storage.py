@@ -101,6 +101,7 @@ def shard_table(problems: int, samples: int, mean_tokens: int, seed: int = 0) ->
         "judge_verdict": pa.nulls(rows, pa.string()),  # judge.enabled is off by default
         "hint": nulls([prompts[p] + " Hint: the answer is ..." for p in problem], later),
         "leaked_hint": nulls([False] * rows, later),
+        "wave": nulls([0] * rows, later),
         "parent_sample_id": nulls([f"p{p:05d}|s1|{i}" for p, i in zip(problem, index)], stage == 3),
         "breakpoint_token": nulls((lengths // 5).tolist(), stage == 3),
         "breakpoint_step": nulls((steps // 4).tolist(), stage == 3),

@@ -43,7 +43,8 @@ class SamplingConfig(_Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 = disabled")
     max_new_tokens: int = Field(4096, ge=1)
-    seed: int = 0
+    seed: int = Field(0, description="base seed: each request's seed is derived from it and what the request is "
+                      "(stage, problem or repaired path; heal_core/seeds.py)")
 
 
 class VLLMConfig(_Section):
@@ -138,6 +139,10 @@ class HintsConfig(_Section):
         description="case-insensitive regexes; a trajectory matching any is rejected as leaking the hint",
     )
     max_per_problem: int = Field(4, ge=1, description="kept hinted samples per problem")
+    wave_samples: int = Field(
+        8, ge=1, description="hinted samples drawn per problem per wave; a problem with max_per_problem kept gets "
+        "no further wave (paper: silent; all n at once when >= n)",
+    )
 
     @field_validator("leakage_patterns")
     @classmethod
@@ -169,6 +174,10 @@ class GearConfig(_Section):
         description="user message for repairs; the kept prefix is the partially written answer",
     )
     max_per_problem: int = Field(4, ge=1, description="kept repairs per problem")
+    wave_paths: int = Field(
+        1, ge=1, description="failed paths repaired per problem per wave; a problem with max_per_problem kept "
+        "repairs gets no further wave (paper: silent)",
+    )
 
 
 class PureConfig(_Section):

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from math import comb
 from typing import Any
 
-from heal_core.backends.base import TeacherBackend, require_usable
+from heal_core.backends.base import Request, TeacherBackend, require_usable
 from heal_core.config import HealConfig, SamplingConfig
 from heal_core.problems import Problem
 from heal_core.schema import SAMPLING_COLUMNS
+from heal_core.seeds import request_seed
 from heal_core.verify import DEFAULT_MAX_ERROR_SHARE, check_many
 
 HELD_OUT = "held_out"  # the benchmark label of evaluation.uri (the demo's eval split when it is empty)
@@ -49,8 +50,9 @@ def evaluate(
     max_error_share: float = DEFAULT_MAX_ERROR_SHARE,
 ) -> list[ProblemResult]:
     """Draw ``sampling.n`` samples per problem and score them; ``k`` <= ``sampling.n``."""
-    prompts = [prompt_template.format(problem=p.problem) for p in problems]
-    batches = require_usable(backend.sample(prompts, sampling.n, sampling), "evaluation sampling")
+    requests = [Request(prompt_template.format(problem=p.problem), sampling.n,
+                        request_seed(sampling.seed, "eval", p.problem_id)) for p in problems]
+    batches = require_usable(backend.generate(requests, sampling), "evaluation sampling")
     pairs = [(g.text, p.answer) for p, gens in zip(problems, batches, strict=True) for g in gens]
     cut = [g.finish_reason == "length" for gens in batches for g in gens]  # cut off: wrong, as in Stage I
     verdicts = iter(check_many(pairs, truncated=cut, max_error_share=max_error_share))

@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from heal_core.backends.base import TeacherBackend
+from heal_core.backends.base import Request, TeacherBackend, Trace, require_usable
 from heal_core.config import HealConfig
 from heal_core.entropy import find_breakpoint, step_start
 from heal_core.hints import hinted_prompt, leak
 from heal_core.problems import Problem
-from heal_core.sampling import generation_rows
+from heal_core.sampling import Drawn, generation_rows
+from heal_core.seeds import request_seed
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,19 @@ class Skip:
     reason: str
 
 
-def plan_repair(row: dict[str, Any], backend: TeacherBackend, cfg: HealConfig) -> RepairPlan | Skip:
-    """The breakpoint is found in the exact entropy trace: a backend that stored a top-k bound recomputes it."""
-    recorded = np.asarray(row.get("entropy") or [], dtype=np.float64)
-    if recorded.size == 0:
-        return Skip(row["sample_id"], row["problem_id"], "empty entropy trace")
-    entropy = backend.exact_entropy(row["prompt"], row["token_ids"], recorded, cfg.teacher.sampling.temperature)
+def plan_repairs(rows: Sequence[dict[str, Any]], backend: TeacherBackend, cfg: HealConfig) -> list[RepairPlan | Skip]:
+    """One plan (or skip) per failed trajectory. Breakpoints are found in the exact entropy traces: a backend that
+    stored a top-k bound recomputes them, all in one call."""
+    traced = [r for r in rows if r.get("entropy")]
+    exact = iter(backend.exact_entropy(
+        [Trace(r["prompt"], tuple(r["token_ids"]), np.asarray(r["entropy"], dtype=np.float64)) for r in traced],
+        cfg.teacher.sampling.temperature,
+    ) if traced else [])
+    return [_plan(r, next(exact), backend, cfg) if r.get("entropy")
+            else Skip(r["sample_id"], r["problem_id"], "empty entropy trace") for r in rows]
+
+
+def _plan(row: dict[str, Any], entropy: np.ndarray, backend: TeacherBackend, cfg: HealConfig) -> RepairPlan | Skip:
     bp = find_breakpoint(entropy, cfg.gear.surge_window, cfg.gear.search_fraction)
     if bp is None:
         return Skip(row["sample_id"], row["problem_id"],
@@ -65,27 +73,34 @@ def failed_paths(rows: Sequence[dict[str, Any]], limit: int) -> list[dict[str, A
 
 
 def repair(
-    backend: TeacherBackend, problem: Problem, failed: Sequence[dict[str, Any]], cfg: HealConfig, teacher: str
+    backend: TeacherBackend,
+    paths: Sequence[tuple[Problem, Sequence[dict[str, Any]]]],
+    cfg: HealConfig,
+    teacher: str,
+    wave: int = 0,
 ) -> tuple[list[dict[str, Any]], list[Skip]]:
-    """Stage III rows for one problem (verified, leakage-flagged; PURE is applied by the caller)."""
-    prompt = cfg.teacher.prompt_template.format(problem=problem.problem)
-    hint = hinted_prompt(cfg.gear.hint_template, problem)
-    rows: list[dict[str, Any]] = []
-    skips: list[Skip] = []
-    for path_index, parent in enumerate(failed):
-        plan = plan_repair(parent, backend, cfg)
-        if isinstance(plan, Skip):
-            skips.append(plan)
-            continue
-        sampling = cfg.teacher.sampling.model_copy(update={"seed": cfg.teacher.sampling.seed + 7919 * (path_index + 1)})
-        gens = backend.continue_(hint, plan.prefix, cfg.gear.continuations, sampling)
-        texts = [plan.prefix + g.text for g in gens]
-        for row in generation_rows(
-            problem, prompt, gens, stage=3, cfg=cfg, teacher=teacher, texts=texts, hint=hint,
-            parent_sample_id=plan.parent_sample_id, breakpoint_token=plan.breakpoint_token,
-            breakpoint_step=plan.breakpoint_step, breakpoint_surge=plan.breakpoint_surge,
-            prefix_chars=len(plan.prefix),
-        ):
-            row["leaked_hint"] = leak(row["text"][len(plan.prefix):], cfg.hints.leakage_patterns) is not None
-            rows.append(row)
+    """Stage III rows of one wave: the given failed trajectories of each problem, planned, then every
+    continuation of every plan in one batched call, verified and leakage-flagged (PURE is applied by the
+    caller). A repair's continuations are seeded by its parent's sample id, so they do not depend on the wave."""
+    parents = [(problem, row) for problem, rows in paths for row in rows]
+    plans = plan_repairs([row for _, row in parents], backend, cfg)
+    repairs = [(problem, plan) for (problem, _), plan in zip(parents, plans, strict=True) if isinstance(plan, RepairPlan)]
+    skips = [plan for plan in plans if isinstance(plan, Skip)]
+    if not repairs:
+        return [], skips
+    base = cfg.teacher.sampling.seed
+    requests = [Request(hinted_prompt(cfg.gear.hint_template, problem), cfg.gear.continuations,
+                        request_seed(base, "stage3", plan.parent_sample_id), plan.prefix) for problem, plan in repairs]
+    batches = require_usable(backend.generate(requests, cfg.teacher.sampling), "GEAR continuations")
+    drawn = [
+        Drawn(problem, cfg.teacher.prompt_template.format(problem=problem.problem), gens,
+              texts=[plan.prefix + g.text for g in gens],
+              lineage={"hint": request.prompt, "wave": wave, "parent_sample_id": plan.parent_sample_id,
+                       "breakpoint_token": plan.breakpoint_token, "breakpoint_step": plan.breakpoint_step,
+                       "breakpoint_surge": plan.breakpoint_surge, "prefix_chars": len(plan.prefix)})
+        for (problem, plan), request, gens in zip(repairs, requests, batches, strict=True)
+    ]
+    rows = generation_rows(drawn, stage=3, cfg=cfg, teacher=teacher)
+    for row in rows:
+        row["leaked_hint"] = leak(row["text"][row["prefix_chars"]:], cfg.hints.leakage_patterns) is not None
     return rows, skips

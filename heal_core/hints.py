@@ -13,10 +13,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from heal_core.backends.base import TeacherBackend, require_usable
+from heal_core.backends.base import Request, TeacherBackend, require_usable
 from heal_core.config import HealConfig
 from heal_core.problems import Problem
-from heal_core.sampling import generation_rows
+from heal_core.sampling import Drawn, generation_rows
+from heal_core.seeds import request_seed
 
 
 def hinted_prompt(template: str, problem: Problem) -> str:
@@ -32,18 +33,23 @@ def leak(text: str, patterns: Sequence[str]) -> str | None:
 
 
 def sample_hinted(
-    backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, teacher: str
+    backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, teacher: str, wave: int = 0
 ) -> list[dict[str, Any]]:
-    """Stage II rows: hinted samples, verified, with their leakage verdict (PURE is applied by the caller)."""
-    if not problems:
+    """Stage II rows of one wave, in one batched call: samples ``wave * hints.wave_samples`` on (at most
+    ``hints.wave_samples`` of the ``hints.n``) of each problem, verified, with their leakage verdict (PURE is
+    applied by the caller). Sample j of a problem has the same seed whichever wave draws it."""
+    first = wave * cfg.hints.wave_samples
+    count = min(cfg.hints.wave_samples, cfg.hints.n - first)
+    if not problems or count <= 0:
         return []
     hinted = [hinted_prompt(cfg.hints.template, p) for p in problems]
-    batches = require_usable(backend.sample(hinted, cfg.hints.n, cfg.teacher.sampling), "Stage II hinted sampling")
-    rows: list[dict[str, Any]] = []
-    for problem, hint, gens in zip(problems, hinted, batches, strict=True):
-        prompt = cfg.teacher.prompt_template.format(problem=problem.problem)
-        for row in generation_rows(problem, prompt, gens, stage=2, cfg=cfg, teacher=teacher, hint=hint):
-            row["leaked_hint"] = leak(row["text"], cfg.hints.leakage_patterns) is not None
-            rows.append(row)
+    requests = [Request(hint, count, request_seed(cfg.teacher.sampling.seed, "stage2", p.problem_id) + first)
+                for p, hint in zip(problems, hinted, strict=True)]
+    batches = require_usable(backend.generate(requests, cfg.teacher.sampling), "Stage II hinted sampling")
+    drawn = [Drawn(p, cfg.teacher.prompt_template.format(problem=p.problem), gens, first_index=first,
+                   lineage={"hint": hint, "wave": wave})
+             for p, hint, gens in zip(problems, hinted, batches, strict=True)]
+    rows = generation_rows(drawn, stage=2, cfg=cfg, teacher=teacher)
+    for row in rows:
+        row["leaked_hint"] = leak(row["text"], cfg.hints.leakage_patterns) is not None
     return rows
-

@@ -17,8 +17,9 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from heal_core.backends.base import BackendUnavailable, TeacherBackend, require_usable
+from heal_core.backends.base import BackendUnavailable, Request, TeacherBackend, require_usable
 from heal_core.config import JudgeConfig, SamplingConfig
+from heal_core.seeds import request_seed
 
 JudgeVerdict = Literal["equivalent", "different", "unclear"]
 
@@ -57,9 +58,10 @@ def judge_rows(rows: Sequence[dict[str, Any]], backend: TeacherBackend, cfg: Jud
     todo = [r for r in rows if worth_judging(r["verify_status"], r["extracted_answer"], r["gold_answer"])]
     if not todo:
         return 0
-    prompts = [cfg.template.format(prediction=r["extracted_answer"], gold=r["gold_answer"]) for r in todo]
+    requests = [Request(cfg.template.format(prediction=r["extracted_answer"], gold=r["gold_answer"]), 1,
+                        request_seed(0, "judge", r["sample_id"])) for r in todo]
     sampling = SamplingConfig(n=1, temperature=cfg.temperature, top_p=1.0, top_k=0, max_new_tokens=cfg.max_new_tokens)
-    replies = require_usable(backend.sample(prompts, 1, sampling), "the judge")
+    replies = require_usable(backend.generate(requests, sampling), "the judge")
     verdicts = [parse_reply(reply[0].text) for reply in replies]
     if len(verdicts) > 1 and set(verdicts) == {"unclear"}:
         raise BackendUnavailable(f"the judge answered none of {len(verdicts)} questions with yes or no (first reply: "

@@ -21,12 +21,13 @@ scored for hint-conditioned stages, where an unsupported answer is exactly the r
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from heal_core.backends.base import TeacherBackend
+from heal_core.backends.base import PrefixQuery, TeacherBackend
 from heal_core.config import PureConfig
 from heal_core.entropy import split_steps
 
@@ -120,12 +121,21 @@ def judge(answer_nll: list[float], step_ppl: list[float], cfg: PureConfig) -> Pu
     return PureResult("keep", f"R={ratio:.3f} <= lambda={cfg.lam}", answer_nll, step_ppl, ratio)
 
 
-def score(backend: TeacherBackend, prompt: str, text: str, answer: str, cfg: PureConfig) -> PureResult:
-    """Score a trajectory under the unaided teacher and judge it."""
-    segments = split_steps(text)
-    if len(segments) < 2:
-        return judge([], [], cfg)
-    scores = backend.score_prefixes(prompt, segments, cfg.answer_lead, answer)
-    answer_nll = [float(-lp.mean()) for lp in scores.answer_logprobs[: len(segments)]]
-    step_ppl = [float(np.exp(-lp.mean())) for lp in scores.segment_logprobs]
-    return judge(answer_nll, step_ppl, cfg)
+def score(
+    backend: TeacherBackend, trajectories: Sequence[tuple[str, str, str]], cfg: PureConfig
+) -> list[PureResult]:
+    """Score (prompt, text, gold answer) trajectories under the unaided teacher, in one batched call, and judge
+    each."""
+    split = [split_steps(text) for _, text, _ in trajectories]
+    scorable = [i for i, segments in enumerate(split) if len(segments) >= 2]
+    queries = [PrefixQuery(trajectories[i][0], tuple(split[i]), cfg.answer_lead, trajectories[i][2]) for i in scorable]
+    scored = dict(zip(scorable, backend.score_prefixes(queries) if queries else [], strict=True))
+    results = []
+    for i, segments in enumerate(split):
+        if i not in scored:
+            results.append(judge([], [], cfg))
+            continue
+        answer_nll = [float(-lp.mean()) for lp in scored[i].answer_logprobs[: len(segments)]]
+        step_ppl = [float(np.exp(-lp.mean())) for lp in scored[i].segment_logprobs]
+        results.append(judge(answer_nll, step_ppl, cfg))
+    return results

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from heal_core.backends.base import Generation, TeacherBackend, require_usable
+from heal_core.backends.base import Generation, Request, TeacherBackend, require_usable
 from heal_core.config import HealConfig
 from heal_core.problems import Problem
 from heal_core.schema import new_trajectory
+from heal_core.seeds import request_seed
 from heal_core.verify import check_many
 
 
@@ -25,60 +26,68 @@ def sample_id(problem_id: str, stage: int, index: int, parent: str | None = None
     return f"{problem_id}|s{stage}|{parent + '|' if parent else ''}{index}"
 
 
-def generation_rows(
-    problem: Problem,
-    prompt: str,
-    generations: Sequence[Generation],
-    stage: int,
-    cfg: HealConfig,
-    teacher: str,
-    *,
-    texts: Sequence[str] | None = None,
-    **lineage: Any,
-) -> list[dict[str, Any]]:
-    """Verified trajectory records for one problem's generations (``texts`` overrides the verified text,
-    as GEAR does when it prepends the kept prefix)."""
-    texts = list(texts) if texts is not None else [g.text for g in generations]
-    verdicts = check_many([(text, problem.answer) for text in texts],
-                          truncated=[g.finish_reason == "length" for g in generations],
-                          max_error_share=cfg.orchestration.max_verify_error_share)
-    parent = lineage.get("parent_sample_id")
-    return [
-        new_trajectory(
-            sample_id=sample_id(problem.problem_id, stage, i, parent),
-            problem_id=problem.problem_id,
-            prompt=prompt,
-            gold_answer=problem.answer,
-            stage=stage,
-            sample_index=i,
-            text=text,
-            token_ids=list(g.token_ids),
-            num_tokens=len(g.token_ids),
-            entropy=[float(e) for e in g.entropy],
-            finish_reason=g.finish_reason,
-            verified=v.correct,
-            verify_status=v.status,
-            extracted_answer=v.extracted,
-            kept=False,
-            teacher=teacher,
-            seed=g.seed,
-            config_hash=cfg.config_hash(),
-            **lineage,
-        )
-        for i, (g, text, v) in enumerate(zip(generations, texts, verdicts, strict=True))
-    ]
+@dataclass
+class Drawn:
+    """One request's generations, to become trajectory records: ``texts`` overrides the verified text (GEAR
+    prepends the kept prefix), ``first_index`` is the sample index of the first generation (a later wave's
+    samples go on from the earlier waves'), and ``lineage`` holds the stage's extra columns."""
+
+    problem: Problem
+    prompt: str
+    generations: Sequence[Generation]
+    texts: Sequence[str] | None = None
+    first_index: int = 0
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def generation_rows(drawn: Sequence[Drawn], stage: int, cfg: HealConfig, teacher: str) -> list[dict[str, Any]]:
+    """Verified trajectory records of every request's generations, verified in one call."""
+    texts = [list(d.texts) if d.texts is not None else [g.text for g in d.generations] for d in drawn]
+    verdicts = iter(check_many(
+        [(text, d.problem.answer) for d, ts in zip(drawn, texts) for text in ts],
+        truncated=[g.finish_reason == "length" for d in drawn for g in d.generations],
+        max_error_share=cfg.orchestration.max_verify_error_share,
+    ))
+    rows = []
+    for d, ts in zip(drawn, texts, strict=True):
+        parent = d.lineage.get("parent_sample_id")
+        for i, (g, text) in enumerate(zip(d.generations, ts, strict=True), start=d.first_index):
+            v = next(verdicts)
+            rows.append(new_trajectory(
+                sample_id=sample_id(d.problem.problem_id, stage, i, parent),
+                problem_id=d.problem.problem_id,
+                prompt=d.prompt,
+                gold_answer=d.problem.answer,
+                stage=stage,
+                sample_index=i,
+                text=text,
+                token_ids=list(g.token_ids),
+                num_tokens=len(g.token_ids),
+                entropy=[float(e) for e in g.entropy],
+                finish_reason=g.finish_reason,
+                verified=v.correct,
+                verify_status=v.status,
+                extracted_answer=v.extracted,
+                kept=False,
+                teacher=teacher,
+                seed=g.seed,
+                config_hash=cfg.config_hash(),
+                **d.lineage,
+            ))
+    return rows
 
 
 def sample_stage1(
     backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, teacher: str
 ) -> list[dict[str, Any]]:
-    """N unaided samples per problem, verified; the prompt recorded is the one the student will see."""
+    """N unaided samples per problem in one batched call, verified; the prompt recorded is the one the student
+    will see."""
     prompts = [cfg.teacher.prompt_template.format(problem=p.problem) for p in problems]
-    batches = require_usable(backend.sample(prompts, cfg.teacher.sampling.n, cfg.teacher.sampling), "Stage I sampling")
-    rows: list[dict[str, Any]] = []
-    for problem, prompt, gens in zip(problems, prompts, batches, strict=True):
-        rows.extend(generation_rows(problem, prompt, gens, stage=1, cfg=cfg, teacher=teacher))
-    return rows
+    requests = [Request(prompt, cfg.teacher.sampling.n, request_seed(cfg.teacher.sampling.seed, "stage1", p.problem_id))
+                for p, prompt in zip(problems, prompts, strict=True)]
+    batches = require_usable(backend.generate(requests, cfg.teacher.sampling), "Stage I sampling")
+    return generation_rows([Drawn(p, prompt, gens) for p, prompt, gens in zip(problems, prompts, batches, strict=True)],
+                           stage=1, cfg=cfg, teacher=teacher)
 
 
 Bucket = Literal["solved", "hard", "extremely_hard"]

@@ -43,6 +43,7 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("judge_verdict", pa.string()),  # equivalent | different | unclear; null when not judged
         pa.field("hint", pa.string()),  # the hinted user message the teacher saw (stages 2, 3)
         pa.field("leaked_hint", pa.bool_()),
+        pa.field("wave", pa.int32()),  # stages 2, 3: the wave that drew the row (0 first; see heal_core.shard)
         pa.field("parent_sample_id", pa.string()),  # GEAR: the failed trajectory that was repaired
         pa.field("breakpoint_token", pa.int32()),
         pa.field("breakpoint_step", pa.int32()),
@@ -55,7 +56,7 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("pure_reason", pa.string()),
         pa.field("kept", pa.bool_(), nullable=False),  # enters a PACE stage
         pa.field("teacher", pa.string(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),  # the row's own sampling seed (heal_core/seeds.py)
         pa.field("config_hash", pa.string(), nullable=False),
     ]
 )

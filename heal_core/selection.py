@@ -9,7 +9,7 @@ rule to the stored rows without PURE, so the only difference between the two dat
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -17,20 +17,33 @@ from heal_core.config import HealConfig
 
 
 def select_capped(
-    rows: Iterable[dict[str, Any]], cap: int, accept: Callable[[dict[str, Any]], bool] = lambda row: True
+    rows: Iterable[dict[str, Any]],
+    cap: int,
+    accept: Callable[[list[dict[str, Any]]], list[bool]] | None = None,
+    kept: Counter[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The rows kept, in order: verified, not leaking the hint, ``accept``ed, at most ``cap`` per problem.
 
-    ``accept`` is the expensive check: it is called only on rows that pass the cheap ones while their problem
-    is still under its cap."""
-    kept: Counter[str] = Counter()
-    selected = []
-    for row in rows:
-        if not row["verified"] or row["leaked_hint"] or kept[row["problem_id"]] >= cap or not accept(row):
-            continue
-        kept[row["problem_id"]] += 1
-        selected.append(row)
-    return selected
+    ``kept`` counts rows already kept per problem (earlier waves) and is updated. ``accept`` is the expensive
+    check, called on batches: each round takes, of every problem still under its cap, as many next candidates as
+    it has room for, so it judges exactly the rows a row-by-row pass would judge, and no row past the cap."""
+    kept = kept if kept is not None else Counter()
+    rows = list(rows)
+    queues: dict[str, deque[int]] = defaultdict(deque)
+    for i, row in enumerate(rows):
+        if row["verified"] and not row["leaked_hint"]:
+            queues[row["problem_id"]].append(i)
+    selected: list[int] = []
+    while True:
+        batch = [queue.popleft() for pid, queue in queues.items() for _ in range(min(cap - kept[pid], len(queue)))]
+        if not batch:
+            break
+        verdicts = accept([rows[i] for i in batch]) if accept is not None else [True] * len(batch)
+        for i, ok in zip(batch, verdicts, strict=True):
+            if ok:
+                kept[rows[i]["problem_id"]] += 1
+                selected.append(i)
+    return [rows[i] for i in sorted(selected)]
 
 
 def generation_order(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -106,7 +106,7 @@ def _ratio(part: int, whole: int) -> float | None:
 class BreakpointAudit:
     failed: int  # failed Stage I trajectories of all problems
     failed_located: int  # ... whose first wrong step lies inside the search span
-    paths: int  # failed paths GEAR was to repair, with their first wrong step inside the span
+    paths: int  # failed paths GEAR reached (a wave repaired them), with their first wrong step inside the span
     hits: int  # ... whose breakpoint fell in that step or the one before it
     random_rate: float | None  # a uniformly random span position's chance of the same
 
@@ -135,8 +135,13 @@ def breakpoint_audit(rows: Sequence[Mapping[str, Any]], truth: Truth, cfg: HealC
     by_problem: dict[str, list[Mapping[str, Any]]] = {}
     for row in stage1:
         by_problem.setdefault(row["problem_id"], []).append(row)
-    paths = [p for pid in extreme for p in failed_paths(by_problem[pid], cfg.gear.failed_paths)
-             if p["sample_id"] in located]
+    # A path of a problem that filled its cap before GEAR's wave reached it was never cut: not GEAR's to grade.
+    # A path GEAR reached and skipped for want of a surge counts as a miss where a later path of its problem was cut.
+    paths = []
+    for pid in extreme:
+        candidates = failed_paths(by_problem[pid], cfg.gear.failed_paths)
+        reached = max((i for i, p in enumerate(candidates) if p["sample_id"] in breakpoints), default=-1)
+        paths += [p for p in candidates[: reached + 1] if p["sample_id"] in located]
     hits, chances = 0, []
     for path in paths:
         wrong, steps = located[path["sample_id"]]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from heal_core import gear, pure
+from heal_core.backends.base import PrefixQuery
 from heal_core.backends.hf import HFBackend
 from heal_core.config import parse_config
 from heal_core.entropy import split_steps
@@ -32,12 +33,13 @@ def _failed_row(backend, text: str) -> dict:
 def test_gear_backs_up_to_the_step_start_and_continues_from_there(backend):
     text = "Start with 5.\n\n5 + 3 = 8.\n\n8 * 2 = 17.\n\nThe result is \\boxed{17}.\n\nDone now, really done."
     row = _failed_row(backend, text)
-    plan = gear.plan_repair(row, backend, CFG)
+    [plan] = gear.plan_repairs([row], backend, CFG)
     assert isinstance(plan, gear.RepairPlan)
     assert plan.prefix == "Start with 5.\n\n" and plan.breakpoint_step == 1
-    rows, skips = gear.repair(backend, PROBLEM, [row], CFG, teacher="tiny")
+    rows, skips = gear.repair(backend, [(PROBLEM, [row])], CFG, teacher="tiny", wave=2)
     assert not skips and len(rows) == 3
     for r in rows:
+        assert r["wave"] == 2
         assert r["text"].startswith(plan.prefix) and r["prefix_chars"] == len(plan.prefix)
         assert r["stage"] == 3 and r["parent_sample_id"] == "p1|s1|0" and r["breakpoint_token"] == plan.breakpoint_token
         assert r["hint"] and "16" in r["hint"] and r["prompt"] == CFG.teacher.prompt_template.format(problem=PROBLEM.problem)
@@ -49,27 +51,29 @@ def test_gear_records_why_it_cannot_repair(backend):
     row = _failed_row(backend, "Start with 5.\n\n5 + 3 = 8.\n\nSo \\boxed{8}.")
     empty = {**row, "entropy": [], "sample_id": "e"}
     flat = {**row, "entropy": [0.5] * len(row["token_ids"]), "sample_id": "f"}
-    rows, skips = gear.repair(backend, PROBLEM, [empty, flat], CFG, teacher="tiny")
+    rows, skips = gear.repair(backend, [(PROBLEM, [empty, flat])], CFG, teacher="tiny")
     assert rows == []
     assert [(s.sample_id, s.reason.split(" ")[0]) for s in skips] == [("e", "empty"), ("f", "no")]
 
 
 def test_pure_scores_every_step_under_the_unaided_teacher(backend):
     text = "Start with 5.\n\n5 + 3 = 8.\n\n8 * 2 = 16.\n\nThe result is \\boxed{16}."
-    result = pure.score(backend, "Start with 5 ...", text, "16", CFG.pure)
+    [result] = pure.score(backend, [("Start with 5 ...", text, "16")], CFG.pure)
     k = len(split_steps(text))
     assert len(result.step_ppl) == k == 4 and len(result.answer_nll) == k
     assert all(np.isfinite(result.answer_nll)) and all(p > 1 for p in result.step_ppl)
     assert result.ratio == pytest.approx(result.answer_nll[-1] / (result.answer_nll[0] + CFG.pure.eps))
     assert result.verdict in ("keep", "reject_ratio", "reject_leap")
     # the same numbers from the backend directly: U_k is the mean NLL of the answer tokens after k steps
-    direct = backend.score_prefixes("Start with 5 ...", split_steps(text), CFG.pure.answer_lead, "16")
+    [direct] = backend.score_prefixes([PrefixQuery("Start with 5 ...", tuple(split_steps(text)), CFG.pure.answer_lead, "16")])
     assert result.answer_nll[2] == pytest.approx(float(-direct.answer_logprobs[2].mean()))
 
 
 def test_pure_unscorable_single_step(backend):
-    result = pure.score(backend, "q", "The answer is \\boxed{3}.", "3", CFG.pure)
-    assert result.verdict == "reject_unscorable" and result.ratio is None
+    text = "Start with 5.\n\n5 + 3 = 8.\n\nThe result is \\boxed{8}."
+    single, scored = pure.score(backend, [("q", "The answer is \\boxed{3}.", "3"), ("q", text, "8")], CFG.pure)
+    assert single.verdict == "reject_unscorable" and single.ratio is None
+    assert scored.ratio is not None and len(scored.step_ppl) == 3
 
 
 def test_gear_cuts_at_the_exact_entropy_a_backend_recomputes(backend):
@@ -82,12 +86,12 @@ def test_gear_cuts_at_the_exact_entropy_a_backend_recomputes(backend):
     class Recomputing:
         decode = staticmethod(backend.decode)
 
-        def exact_entropy(self, prompt, token_ids, recorded, temperature):
-            recomputed.append((prompt, list(token_ids), temperature))
-            return np.asarray(planted["entropy"])
+        def exact_entropy(self, traces, temperature):
+            recomputed.extend((t.prompt, list(t.token_ids), temperature) for t in traces)
+            return [np.asarray(planted["entropy"]) for _ in traces]
 
     flat = {**planted, "entropy": [0.5] * len(planted["token_ids"])}
-    assert isinstance(gear.plan_repair(flat, backend, CFG), gear.Skip)
-    plan = gear.plan_repair(flat, Recomputing(), CFG)
+    assert isinstance(gear.plan_repairs([flat], backend, CFG)[0], gear.Skip)
+    [plan] = gear.plan_repairs([flat], Recomputing(), CFG)
     assert isinstance(plan, gear.RepairPlan) and plan.prefix == "Start with 5.\n\n"
     assert recomputed == [(planted["prompt"], planted["token_ids"], CFG.teacher.sampling.temperature)]

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from heal_core.backends import hf
-from heal_core.backends.base import TeacherBackend
+from heal_core.backends.base import PrefixQuery, Request, TeacherBackend, Trace
 from heal_core.backends.hf import HFBackend
 from heal_core.config import SamplingConfig, TeacherConfig
+from draw import draw
 
 ARCHS = ["llama", "qwen2"]
 PROMPTS = ["What is 2 + 3?", "Ann has 12 apples and buys 30 more. How many apples does she have now?", "x"]
@@ -99,24 +100,23 @@ def test_satisfies_protocol(tiny_model_dirs):
     cfg = TeacherConfig(model="unused", max_batch_sequences=3, dtype="float32", device="cpu")
     backend = HFBackend.from_config(cfg, model=str(tiny_model_dirs["qwen2"]))
     assert isinstance(backend, TeacherBackend)
-    assert backend.max_batch_sequences == 3 and backend.model.dtype == torch.float32
+    assert backend.batch_rows == 3 and backend.model.dtype == torch.float32
 
 
 def test_sample_shapes_grouping_and_entropy(backend, monkeypatch):
     """T=0.7 with top-k/top-p: the recorded entropy is of softmax(raw logits / T), i.e. before the warpers."""
     calls = spy_generate(backend, monkeypatch)
-    sampling = SamplingConfig(temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=12, seed=5)
-    result = backend.sample(PROMPTS, 4, sampling)
+    sampling = SamplingConfig(temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=12)
+    result = draw(backend, PROMPTS, 4, sampling, seed=5)
 
     assert [len(row) for row in result] == [4, 4, 4]
-    assert len(calls) == 3  # max 5 rows per call: one prompt x 4 samples each
-    assert [c["input_ids"].shape[0] * c["generation_config"].num_return_sequences for c in calls] == [4] * 3
+    assert [c["input_ids"].shape[0] for c in calls] == [5, 5, 2]  # 12 rows, at most 5 per call
     eos, reasons = backend.tokenizer.eos_token_id, set()
     for i, (prompt, row) in enumerate(zip(PROMPTS, result, strict=True)):
         ids = prompt_ids(backend, prompt)
-        for g in row:
+        for j, g in enumerate(row):
             reasons.add(g.finish_reason)
-            assert g.seed == 5 + i
+            assert g.seed == 5 + 1000 * i + j
             assert len(g.entropy) == len(g.token_ids) > 0 and g.entropy.dtype == np.float32
             assert all(0 <= t < len(backend.tokenizer) for t in g.token_ids)
             assert eos not in g.token_ids[:-1]
@@ -134,27 +134,59 @@ def test_sample_shapes_grouping_and_entropy(backend, monkeypatch):
 
 def test_n_above_batch_limit_is_split(backend, monkeypatch):
     calls = spy_generate(backend, monkeypatch)
-    result = backend.sample(PROMPTS[:2], 7, SamplingConfig(max_new_tokens=3, seed=0))
+    result = draw(backend, PROMPTS[:2], 7, SamplingConfig(max_new_tokens=3))
     assert [len(row) for row in result] == [7, 7]
-    assert [c["generation_config"].num_return_sequences for c in calls] == [5, 2, 5, 2]
-    assert [g.seed for g in result[1]] == [2] * 5 + [3] * 2
+    assert [c["input_ids"].shape[0] for c in calls] == [5, 5, 4]
+    assert [g.seed for g in result[1]] == [1000 + j for j in range(7)]
 
 
 def test_seed_determinism(backend):
     def tokens(seed):
-        result = backend.sample(PROMPTS, 3, SamplingConfig(max_new_tokens=8, seed=seed))
+        result = draw(backend, PROMPTS, 3, SamplingConfig(max_new_tokens=8), seed=seed)
         return [g.token_ids for row in result for g in row]
 
     assert tokens(1) == tokens(1)
     assert tokens(1) != tokens(2)
 
 
+def test_a_row_does_not_depend_on_its_batch(backend, monkeypatch):
+    """Row j of a request is drawn from seed + j alone: the same tokens alone, in another order, in other calls."""
+    sampling = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12)
+    requests = [Request(p, 4, 77 * i) for i, p in enumerate(PROMPTS)]
+    together = backend.generate(requests, sampling)
+    monkeypatch.setattr(backend, "batch_rows", 1)
+    alone = [backend.generate([Request(r.prompt, 1, r.seed + j)], sampling)[0][0] for r in requests for j in range(4)]
+    monkeypatch.setattr(backend, "batch_rows", 3)
+    reversed_ = backend.generate(requests[::-1], sampling)[::-1]
+    flat = [g for row in together for g in row]
+    assert [g.token_ids for g in flat] == [g.token_ids for g in alone] == [g.token_ids for row in reversed_ for g in row]
+    assert len({tuple(g.token_ids) for g in flat}) > 6  # rows differ from each other: seeds are not shared
+    for g, h in zip(flat, alone, strict=True):
+        np.testing.assert_allclose(g.entropy, h.entropy, atol=1e-5)
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(5, 1.0), (0, 0.5)])
+def test_top_k_and_top_p_bound_what_is_sampled(backend, top_k, top_p):
+    """Every sampled token lies in the top-k, or in the smallest set of likeliest tokens reaching top_p (at T)."""
+    sampling = SamplingConfig(temperature=0.7, top_k=top_k, top_p=top_p, max_new_tokens=10)
+    ids = prompt_ids(backend, PROMPTS[1])
+    for g in draw(backend, PROMPTS[1:2], 6, sampling)[0]:
+        logits = forced_logits(backend, ids + g.token_ids)[len(ids) - 1 : -1] / 0.7
+        chosen = logits.gather(-1, torch.tensor(g.token_ids)[:, None])
+        if top_k:
+            assert ((logits > chosen).sum(-1) < top_k).all()
+        else:
+            p = logits.softmax(-1)
+            likelier = torch.where(p > p.gather(-1, torch.tensor(g.token_ids)[:, None]), p, 0.0).sum(-1)
+            assert (likelier < top_p + 1e-6).all()
+
+
 def test_top_k_zero_is_unrestricted(backend):
     """HF would default to top-k 50; with top_k=0 a near-uniform model must sample beyond rank 50."""
-    sampling = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=12, seed=0)
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=12)
     ids = prompt_ids(backend, PROMPTS[0])
     ranks = []
-    for g in backend.sample(PROMPTS[:1], 5, sampling)[0]:
+    for g in draw(backend, PROMPTS[:1], 5, sampling)[0]:
         logits = forced_logits(backend, ids + g.token_ids)[len(ids) - 1 : -1]
         chosen = logits.gather(-1, torch.tensor(g.token_ids)[:, None])
         ranks += (logits > chosen).sum(-1).tolist()
@@ -168,10 +200,10 @@ def test_checkpoint_generation_config_is_ignored(tiny_model_dirs, tmp_path):
     gen_cfg.update(repetition_penalty=5.0, top_k=3, top_p=0.5, min_p=0.2, no_repeat_ngram_size=1, temperature=0.1)
     (path / "generation_config.json").write_text(json.dumps(gen_cfg))
     backend = HFBackend(str(path))
-    sampling = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=16, seed=0)
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=16)
     ids = prompt_ids(backend, PROMPTS[0])
     ranks = []
-    for g in backend.sample(PROMPTS[:1], 4, sampling)[0]:
+    for g in draw(backend, PROMPTS[:1], 4, sampling)[0]:
         logits = forced_logits(backend, ids + g.token_ids)[len(ids) - 1 : -1]
         np.testing.assert_allclose(g.entropy, entropy(logits, 1.0), atol=1e-4, rtol=0)
         ranks += (logits > logits.gather(-1, torch.tensor(g.token_ids)[:, None])).sum(-1).tolist()
@@ -183,8 +215,8 @@ def test_continue_resumes_the_prefix(backend, monkeypatch):
     tok = backend.tokenizer
     prefix_ids = tok.encode(prefix, add_special_tokens=False)
     calls = spy_generate(backend, monkeypatch)
-    sampling = SamplingConfig(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=10, seed=3)
-    gens = backend.continue_(prompt, prefix, 3, sampling)
+    sampling = SamplingConfig(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=10)
+    [gens] = backend.generate([Request(prompt, 3, 3, prefix)], sampling)
 
     full = calls[0]["input_ids"][0].tolist()
     open_turn = tok.apply_chat_template(
@@ -192,7 +224,7 @@ def test_continue_resumes_the_prefix(backend, monkeypatch):
         tokenize=False, continue_final_message=True,
     )
     assert full == prompt_ids(backend, prompt) + prefix_ids == tok.encode(open_turn, add_special_tokens=False)
-    assert len(gens) == 3 and all(g.seed == 3 for g in gens)
+    assert [g.seed for g in gens] == [3, 4, 5]
     after_prefix = entropy(forced_logits(backend, full)[-1:], 0.7)[0]
     for g in gens:
         logits = forced_logits(backend, full + g.token_ids)[len(full) - 1 : -1]
@@ -200,7 +232,8 @@ def test_continue_resumes_the_prefix(backend, monkeypatch):
         assert g.entropy[0] == pytest.approx(after_prefix, abs=1e-4)
         assert g.text == tok.decode(g.token_ids, skip_special_tokens=True)
     # token-id prefixes are the same request
-    assert [g.token_ids for g in backend.continue_(prompt, prefix_ids, 3, sampling)] == [g.token_ids for g in gens]
+    [by_ids] = backend.generate([Request(prompt, 3, 3, tuple(prefix_ids))], sampling)
+    assert [g.token_ids for g in by_ids] == [g.token_ids for g in gens]
 
 
 def test_score_matches_forward(backend):
@@ -237,12 +270,21 @@ def naive_prefix_scores(backend, prompt, segments, lead, answer):
 
 
 def assert_matches_naive(backend, segments, lead, answer="42}"):
-    scores = backend.score_prefixes(PROMPTS[0], segments, lead, answer)
+    [scores] = backend.score_prefixes([PrefixQuery(PROMPTS[0], tuple(segments), lead, answer)])
     seg_lps, answers = naive_prefix_scores(backend, PROMPTS[0], segments, lead, answer)
     assert len(scores.segment_logprobs) == len(segments) and len(scores.answer_logprobs) == len(segments) + 1
     for got, want in zip(scores.segment_logprobs + scores.answer_logprobs, seg_lps + answers, strict=True):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_score_prefixes_of_many_trajectories_is_each_ones(backend):
+    queries = [PrefixQuery(p, tuple(_segments(3, k + 1)), LEAD, f"{k}}}") for k, p in enumerate(PROMPTS)]
+    together = backend.score_prefixes(queries)
+    for query, got in zip(queries, together, strict=True):
+        [alone] = backend.score_prefixes([query])
+        for a, b in zip(got.segment_logprobs + got.answer_logprobs, alone.segment_logprobs + alone.answer_logprobs):
+            np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("pack", [4096, 10])  # 10: a few boundaries per packed forward, cache cropped between
@@ -263,7 +305,7 @@ def test_score_prefixes_tokenises_like_the_whole_text_across_a_merged_boundary(b
     assert len(merged) == 1, "the test tokenizer no longer merges punctuation with newlines"
     whole = backend.tokenizer.encode("".join(segments), add_special_tokens=False)
     assert merged[0] in whole
-    scores = backend.score_prefixes(PROMPTS[0], segments, LEAD, "10}")
+    [scores] = backend.score_prefixes([PrefixQuery(PROMPTS[0], tuple(segments), LEAD, "10}")])
     assert sum(len(lp) for lp in scores.segment_logprobs) == len(whole)
 
 
@@ -272,7 +314,7 @@ def test_score_prefixes_eager_attention_and_unsupported(backend, monkeypatch):
     assert_matches_naive(backend, _segments(4, 2), LEAD)
     monkeypatch.setattr(backend.model.config, "_attn_implementation", "flash_attention_2")
     with pytest.raises(NotImplementedError, match="flash_attention_2"):
-        backend.score_prefixes(PROMPTS[0], ["a"], LEAD, "1}")
+        backend.score_prefixes([PrefixQuery(PROMPTS[0], ("a",), LEAD, "1}")])
 
 
 def test_missing_model_fails_fast(tmp_path, monkeypatch):
@@ -287,7 +329,7 @@ def test_decode_of_a_token_prefix_is_a_prefix_of_the_text(tiny_model_dirs):
     from heal_core.config import SamplingConfig
 
     backend = HFBackend(str(tiny_model_dirs["qwen2"]), dtype="float32", device="cpu")
-    gen = backend.sample(["Compute 2 + 3."], 1, SamplingConfig(n=1, temperature=1.0, top_p=1.0, max_new_tokens=24))[0][0]
+    [[gen]] = draw(backend, ["Compute 2 + 3."], 1, SamplingConfig(n=1, temperature=1.0, top_p=1.0, max_new_tokens=24))
     assert backend.decode(gen.token_ids) == gen.text
     for t in range(len(gen.token_ids)):
         assert gen.text.startswith(backend.decode(gen.token_ids[:t]).rstrip("\ufffd"))
@@ -296,8 +338,8 @@ def test_decode_of_a_token_prefix_is_a_prefix_of_the_text(tiny_model_dirs):
 def test_teacher_forced_pass_reproduces_sampling_entropy_and_log_probs(backend):
     """What the vLLM backend's exact entropy and the HTTP server's log-probs rest on: one forward over prompt +
     sample gives the entropy recorded while sampling, each token's log-prob at T = 1 and a sorted top-k."""
-    sampling = SamplingConfig(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=10, seed=3)
-    [[gen]] = backend.sample(PROMPTS[:1], 1, sampling)
+    sampling = SamplingConfig(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=10)
+    [[gen]] = draw(backend, PROMPTS[:1], 1, sampling, seed=3)
     ids = prompt_ids(backend, PROMPTS[0])
     stats = backend.teacher_forced(ids + gen.token_ids, len(ids), temperature=0.7, top_k=5)
     np.testing.assert_allclose(stats.entropy, gen.entropy, atol=1e-4)
@@ -305,4 +347,5 @@ def test_teacher_forced_pass_reproduces_sampling_entropy_and_log_probs(backend):
     np.testing.assert_allclose(stats.logprobs, logprobs(logits, gen.token_ids), atol=1e-5)
     assert stats.top_ids.shape == (len(gen.token_ids), 5) and np.all(np.diff(stats.top_logprobs, axis=1) <= 0)
     np.testing.assert_array_equal(stats.top_ids[:, 0], logits.argmax(-1).numpy())
-    np.testing.assert_array_equal(backend.exact_entropy(PROMPTS[0], gen.token_ids, gen.entropy, 0.7), gen.entropy)
+    [exact] = backend.exact_entropy([Trace(PROMPTS[0], tuple(gen.token_ids), gen.entropy)], 0.7)
+    np.testing.assert_array_equal(exact, gen.entropy)

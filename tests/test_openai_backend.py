@@ -19,16 +19,17 @@ import torch
 import uvicorn
 import yaml
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from heal_core.backends.base import TeacherBackend
+from heal_core.backends.base import PrefixQuery, Request, TeacherBackend
 from heal_core.backends.hf import HFBackend
 from heal_core.backends.openai import LogprobsUnsupported, OpenAIBackend, ServerError
 from heal_core.backends.serve import create_app
 from heal_core.config import SamplingConfig, TeacherConfig
+from draw import draw
 from servers import free_port, stop, wait_http
 
 NAME = "tiny-teacher"
@@ -83,7 +84,7 @@ class FaultProxy:
             time.sleep(0.02)
         self.faults, self.posts, self.max_in_flight = list(faults), 0, 0
 
-    async def forward(self, request: Request) -> Response:
+    async def forward(self, request: HTTPRequest) -> Response:
         fault, body = None, await request.body()
         if request.method == "POST":
             self.posts += 1
@@ -149,32 +150,34 @@ def test_samples_continuations_and_scores_match_the_hf_backend(client, hf):
     """Same token ids, texts, finish reasons and seeds as sampling in process; the entropy (top-k holding every
     token) and every log-prob equal HF's."""
     assert isinstance(client, TeacherBackend)
-    served = client.sample(PROMPTS, 3, SAMPLING)
+    served = draw(client, PROMPTS, 3, SAMPLING, seed=5)
     for i, prompt in enumerate(PROMPTS):
-        local = hf.sample([prompt], 3, SAMPLING.model_copy(update={"seed": SAMPLING.seed + 3 * i}))[0]
+        [local] = hf.generate([Request(prompt, 3, 5 + 1000 * i)], SAMPLING)
         assert [g.token_ids for g in served[i]] == [g.token_ids for g in local]
         assert [(g.text, g.finish_reason, g.seed) for g in served[i]] == [(g.text, g.finish_reason, g.seed) for g in local]
         for a, b in zip(served[i], local, strict=True):
             np.testing.assert_allclose(a.entropy, b.entropy, atol=2e-4)
     prefix = "First, 2 + 3 = 5.\n\n"
-    continued, local = client.continue_(PROMPTS[0], prefix, 2, SAMPLING), hf.continue_(PROMPTS[0], prefix, 2, SAMPLING)
+    [continued], [local] = (b.generate([Request(PROMPTS[0], 2, 9, prefix)], SAMPLING) for b in (client, hf))
     assert [g.token_ids for g in continued] == [g.token_ids for g in local]
     answer = "First, 2 + 3 = 5.\n\nSo the answer is 5.\n\nThe final answer is \\boxed{5}."
     np.testing.assert_allclose(client.score(PROMPTS[0], answer), hf.score(PROMPTS[0], answer), atol=1e-5)
     segments = ["First, 2 + 3 = 5.", "\n\nSo the answer is 5."]
-    ours, reference = (b.score_prefixes(PROMPTS[0], segments, "\n\nThe final answer is \\boxed{", "5") for b in (client, hf))
-    for a, b in zip(ours.segment_logprobs + ours.answer_logprobs, reference.segment_logprobs + reference.answer_logprobs,
-                    strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+    query = PrefixQuery(PROMPTS[0], tuple(segments), "\n\nThe final answer is \\boxed{", "5")
+    (ours, twice), (reference, _) = (b.score_prefixes([query, query]) for b in (client, hf))
+    for scores in (ours, twice):  # two queries in one call: each scored as its own
+        for a, b in zip(scores.segment_logprobs + scores.answer_logprobs,
+                        reference.segment_logprobs + reference.answer_logprobs, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_top20_entropy_is_a_lower_bound_of_the_exact_one(server, model_dir, hf):
     backend = OpenAIBackend(teacher(server, model_dir, top_logprobs=20))
     try:
-        [served] = backend.sample(PROMPTS[:1], 3, SAMPLING)
+        [served] = draw(backend, PROMPTS[:1], 3, SAMPLING)
     finally:
         backend.close()
-    [local] = hf.sample(PROMPTS[:1], 3, SAMPLING)
+    [local] = draw(hf, PROMPTS[:1], 3, SAMPLING)
     for a, b in zip(served, local, strict=True):
         assert a.token_ids == b.token_ids
         assert np.all(a.entropy <= b.entropy + 1e-4) and np.all(a.entropy > 0)
@@ -184,21 +187,21 @@ def test_retries_503_and_429_then_succeeds_with_the_same_samples(proxy, model_di
     backend = OpenAIBackend(teacher(proxy.url, model_dir))
     try:
         proxy.reset("503", "429", "503")
-        retried = backend.sample(PROMPTS[:1], 3, SAMPLING)
+        retried = draw(backend, PROMPTS[:1], 3, SAMPLING)
         assert proxy.posts == 4 and not proxy.faults
     finally:
         backend.close()
-    assert [g.token_ids for g in retried[0]] == [g.token_ids for g in client.sample(PROMPTS[:1], 3, SAMPLING)[0]]
+    assert [g.token_ids for g in retried[0]] == [g.token_ids for g in draw(client, PROMPTS[:1], 3, SAMPLING)[0]]
 
 
 def test_retries_a_timeout_and_gives_up_after_max_retries(proxy, model_dir):
     backend = OpenAIBackend(teacher(proxy.url, model_dir, timeout_seconds=2.0, max_retries=1))
     try:
         proxy.reset("slow")
-        assert len(backend.sample(PROMPTS[:1], 2, SAMPLING)[0]) == 2 and proxy.posts == 2
+        assert len(draw(backend, PROMPTS[:1], 2, SAMPLING)[0]) == 2 and proxy.posts == 2
         proxy.reset("slow", "slow")
         with pytest.raises(ServerError, match="failed 2 times, last: ReadTimeout"):
-            backend.sample(PROMPTS[:1], 2, SAMPLING)
+            draw(backend, PROMPTS[:1], 2, SAMPLING)
         proxy.reset("503", "503")
         with pytest.raises(ServerError, match="failed 2 times, last: HTTP 503: overloaded"):
             backend.score(PROMPTS[0], "5")
@@ -211,14 +214,14 @@ def test_missing_or_refused_logprobs_are_a_clear_error(proxy, model_dir, server)
     try:
         proxy.reset("strip")
         with pytest.raises(LogprobsUnsupported, match="without per-token log-probs"):
-            backend.sample(PROMPTS[:1], 2, SAMPLING)
+            draw(backend, PROMPTS[:1], 2, SAMPLING)
     finally:
         backend.close()
     too_many = OpenAIBackend(teacher(proxy.url, model_dir, top_logprobs=MAX_LOGPROBS + 1))
     try:
         proxy.reset()
         with pytest.raises(LogprobsUnsupported, match=f"greater than max allowed: {MAX_LOGPROBS}.*--max-logprobs"):
-            too_many.sample(PROMPTS[:1], 2, SAMPLING)
+            draw(too_many, PROMPTS[:1], 2, SAMPLING)
         assert proxy.posts == 1  # a refusal is not retried
     finally:
         too_many.close()
@@ -228,7 +231,7 @@ def test_concurrency_is_bounded(proxy, model_dir):
     backend = OpenAIBackend(teacher(proxy.url, model_dir, max_concurrency=2))
     try:
         proxy.reset()
-        result = backend.sample([f"What is {i} + {i}?" for i in range(6)], 1, SAMPLING)
+        result = draw(backend, [f"What is {i} + {i}?" for i in range(6)], 1, SAMPLING)
     finally:
         backend.close()
     assert len(result) == 6 and proxy.posts == 6 and proxy.max_in_flight == 2
@@ -264,7 +267,7 @@ def test_serve_teacher_cli_serves_the_configured_teacher(model_dir, tmp_path):
         wait_http(f"http://127.0.0.1:{port}/health", proc, log, seconds=120)
         backend = OpenAIBackend(teacher(f"http://127.0.0.1:{port}", model_dir, top_logprobs=20))
         try:
-            [[generation]] = backend.sample(PROMPTS[:1], 1, SAMPLING)
+            [[generation]] = draw(backend, PROMPTS[:1], 1, SAMPLING)
         finally:
             backend.close()
         assert generation.token_ids and len(generation.entropy) == len(generation.token_ids)

@@ -1,15 +1,20 @@
 """The teacher-backend protocol every backend (HF transformers, vLLM, OpenAI-compatible server) implements.
 
-HEAL asks three things of a teacher, and only these three:
+HEAL asks three things of a teacher, and only these three, each as one batched call over a whole shard's work
+(a backend fills its own batches: HF packs generation rows up to ``teacher.max_batch_sequences`` and scores a
+trajectory per forward with all its probes packed, the vLLM engine takes every prompt in one ``generate``, the
+OpenAI client keeps ``server.max_concurrency`` requests in flight):
 
-* ``sample``: N trajectories per prompt, each with the exact per-token entropy of the next-token
-  distribution it was drawn from (GEAR finds breakpoints in it);
-* ``continue_``: resume a partially written assistant answer (GEAR repairs after the breakpoint);
-* ``score`` / ``score_prefixes``: log-probabilities of given text (PURE), the batched form scoring one
-  answer after every step prefix of a trajectory while re-using the shared prefix's computation.
-
-Backends that see only the top-k log-probs (vLLM, OpenAI-compatible servers) store a lower bound of the entropy
-(``heal_core/backends/logprobs.py``); ``exact_entropy`` gives GEAR the exact trace of the few trajectories it cuts.
+* ``generate``: completions of many requests, a request being a prompt (Stage I and II: N trajectories per
+  problem) or a prompt and a partially written assistant answer (GEAR repairs after the breakpoint), each
+  completion with the exact per-token entropy of the next-token distribution it was drawn from (GEAR finds
+  breakpoints in it). Completion j of a request is drawn with seed ``request.seed + j`` alone
+  (``heal_core/seeds.py``), so it does not depend on what else shares its batch;
+* ``score`` / ``score_prefixes``: log-probabilities of given text (PURE); ``score_prefixes`` scores, for each of
+  many trajectories, one answer after every step prefix while re-using the shared prefix's computation;
+* ``exact_entropy``: the exact entropy traces of the trajectories GEAR cuts. Backends that see only the top-k
+  log-probs (vLLM, OpenAI-compatible servers) store a lower bound while sampling
+  (``heal_core/backends/logprobs.py``).
 
 Prompts are user-message strings; a backend applies the model's chat template when it has one.
 """
@@ -27,9 +32,40 @@ from heal_core.config import SamplingConfig
 FinishReason = Literal["stop", "length"]
 
 
+@dataclass(frozen=True)
+class Request:
+    """``n`` completions of ``prompt`` (a user message), continuing ``prefix`` (a partial assistant answer, as text
+    or token ids; empty for a fresh answer). Completion j is drawn with seed ``seed + j``."""
+
+    prompt: str
+    n: int
+    seed: int
+    prefix: str | tuple[int, ...] = ""
+
+
+@dataclass(frozen=True)
+class PrefixQuery:
+    """One trajectory for ``score_prefixes``: ``segments`` concatenate to the answer given to ``prompt``, and
+    ``answer`` is scored after ``answer_lead`` placed after every segment prefix."""
+
+    prompt: str
+    segments: tuple[str, ...]
+    answer_lead: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A sampled answer to ``prompt`` and the entropy trace ``generate`` recorded for it (``exact_entropy``)."""
+
+    prompt: str
+    token_ids: tuple[int, ...]
+    recorded: np.ndarray
+
+
 @dataclass
 class Generation:
-    """One sampled completion.
+    """One sampled completion; ``seed`` is the seed it alone was drawn with.
 
     ``entropy[t]`` is the Shannon entropy (nats) of softmax(logits_t / temperature) over the full
     vocabulary, before top-k/top-p truncation: the distribution's own uncertainty at the sampling
@@ -66,7 +102,7 @@ def require_usable(batches: Sequence[Sequence[Generation]], call: str) -> Sequen
 
 @dataclass
 class PrefixScores:
-    """Log-probs from one ``score_prefixes`` call.
+    """Log-probs of one ``PrefixQuery``.
 
     ``segment_logprobs[j]`` holds the per-token log-probs of segment j given the prompt and segments < j.
     ``answer_logprobs[k]`` holds the per-token log-probs of the answer placed after segments[:k] and the
@@ -81,14 +117,9 @@ class PrefixScores:
 class TeacherBackend(Protocol):
     name: str
 
-    def sample(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
-        """``n`` samples for each prompt; result[i][j] is sample j of prompt i."""
-        ...
-
-    def continue_(
-        self, prompt: str, prefix: str | Sequence[int], n: int, sampling: SamplingConfig
-    ) -> list[Generation]:
-        """``n`` continuations of a partial assistant answer; returned text excludes the prefix."""
+    def generate(self, requests: Sequence[Request], sampling: SamplingConfig) -> list[list[Generation]]:
+        """result[i][j] is completion j of request i, its text excluding the prefix. Of ``sampling`` the backend
+        reads the temperature, top-p, top-k and max_new_tokens; ``n`` and the seed come with each request."""
         ...
 
     def decode(self, token_ids: Sequence[int]) -> str:
@@ -99,17 +130,11 @@ class TeacherBackend(Protocol):
         """Per-token log-probs (temperature 1) of ``continuation`` as the assistant's answer to ``prompt``."""
         ...
 
-    def score_prefixes(
-        self, prompt: str, segments: Sequence[str], answer_lead: str, answer: str
-    ) -> PrefixScores:
-        """Score ``segments`` (which concatenate to one answer) and ``answer`` after every segment prefix."""
+    def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
+        """Each query's segments scored, and its answer after every segment prefix."""
         ...
 
-    def exact_entropy(
-        self, prompt: str, token_ids: Sequence[int], recorded: np.ndarray, temperature: float
-    ) -> np.ndarray:
-        """The exact entropy trace (as ``Generation.entropy`` defines it) of a sampled answer to ``prompt``.
-
-        ``recorded`` is the trace ``sample`` returned; a backend whose recorded traces are exact returns it.
-        """
+    def exact_entropy(self, traces: Sequence[Trace], temperature: float) -> list[np.ndarray]:
+        """The exact entropy trace (as ``Generation.entropy`` defines it) of each trace; a backend whose recorded
+        traces are exact returns them."""
         ...

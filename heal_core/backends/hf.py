@@ -2,11 +2,17 @@
 
 Entropy is recorded by a ``LogitsProcessor`` rather than ``output_logits``: the latter keeps a [B, V] tensor
 per step (hundreds of GB at teacher scale), the recorder keeps one float per row and step.
+
+Every row is sampled from its own ``torch.Generator`` (``RowSampler``), seeded with the row's seed
+(``heal_core/seeds.py``), not from torch's global RNG: a row's tokens then do not depend on which rows share its
+``generate`` call, which is what lets the backend pack any requests into a call, and split a call that runs out
+of accelerator memory, without changing a single output.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,8 +30,10 @@ from transformers import (
 )
 
 from heal_core.backends import tokens
-from heal_core.backends.base import Generation, PrefixScores
+from heal_core.backends.base import Generation, PrefixQuery, PrefixScores, Request, Trace
 from heal_core.config import SamplingConfig, TeacherConfig
+
+logger = logging.getLogger(__name__)
 
 _LOGPROB_CHUNK = 1024  # rows of [rows, V] float32 log-softmax at a time: bounds memory at V ~ 152k
 _PACKED_QUERY_TOKENS = 4096  # answer tokens per packed forward: bounds the [queries, keys] attention mask
@@ -61,6 +69,35 @@ class EntropyRecorder(LogitsProcessor):
         return torch.stack(self.steps, 1).cpu()
 
 
+class RowSampler(LogitsProcessor):
+    """Draws each row's next token from that row's own generator, and returns scores that leave only that token
+    possible, so ``generate`` run greedily emits it.
+
+    The draw is temperature, then top-k, then top-p (HF's own warpers' order and rules: top-p keeps the smallest
+    set of likeliest tokens whose probability reaches ``top_p``), then the Gumbel-max trick: argmax(logits / T +
+    Gumbel noise) is a sample of softmax(logits / T). Each row draws the same amount of noise at every step,
+    finished or not, so its stream depends on its seed and step alone.
+    """
+
+    def __init__(self, sampling: SamplingConfig, seeds: Sequence[int], device: torch.device) -> None:
+        self.temperature, self.top_k, self.top_p = sampling.temperature, sampling.top_k, sampling.top_p
+        self.generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logits = scores.float() / self.temperature
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, -torch.inf)
+        if self.top_p < 1.0:
+            ordered, order = logits.sort(-1, descending=True)
+            before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # probability of the likelier tokens
+            drop = torch.empty_like(before, dtype=torch.bool).scatter(-1, order, before >= self.top_p)
+            logits = logits.masked_fill(drop, -torch.inf)
+        uniform = torch.stack([torch.rand(logits.shape[-1], generator=g, device=logits.device) for g in self.generators])
+        choice = (logits - (-uniform.log()).log()).argmax(-1, keepdim=True)
+        return torch.full_like(scores, -torch.inf).scatter(-1, choice, 0.0)
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -89,18 +126,6 @@ def _target_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> np.ndarray
     return torch.cat(parts).squeeze(-1).cpu().numpy() if parts else np.zeros(0, dtype=np.float32)
 
 
-def _call_plan(n_rows: int, n: int, max_rows: int) -> Iterator[tuple[list[int], int]]:
-    """(prompt indices, samples each) per generate() call, so no call has more than ``max_rows`` rows."""
-    if n >= max_rows:
-        for i in range(n_rows):
-            for start in range(0, n, max_rows):
-                yield [i], min(max_rows, n - start)
-    else:
-        per_call = max_rows // n
-        for start in range(0, n_rows, per_call):
-            yield list(range(start, min(start + per_call, n_rows))), n
-
-
 @dataclass(frozen=True)
 class ForcedStats:
     """Per predicted token of a teacher-forced pass: what the vLLM backend's exact mode and the HTTP server need."""
@@ -122,7 +147,7 @@ class HFBackend:
         self.tokenizer = tokens.load_tokenizer(model)
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
-        self.max_batch_sequences = max_batch_sequences
+        self.batch_rows = max_batch_sequences  # rows per generate() call; lowered where a call runs out of memory
         self.eos_ids = tokens.stop_token_ids(model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         # generate() fills every unset GenerationConfig field from model.generation_config, so a checkpoint's
@@ -144,50 +169,66 @@ class HFBackend:
 
     # ---- sampling -------------------------------------------------------------------------------------
 
-    def sample(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
-        return self.generate_ids([self._prompt_ids(p) for p in prompts], n, sampling)
+    def generate(self, requests: Sequence[Request], sampling: SamplingConfig) -> list[list[Generation]]:
+        rows = [(self._prompt_ids(r.prompt) + self._prefix_ids(r.prefix), r.seed + j) for r in requests for j in range(r.n)]
+        flat = iter(self.generate_rows(rows, sampling))
+        return [[next(flat) for _ in range(r.n)] for r in requests]
 
-    def continue_(
-        self, prompt: str, prefix: str | Sequence[int], n: int, sampling: SamplingConfig
-    ) -> list[Generation]:
-        prefix_ids = self._encode(prefix) if isinstance(prefix, str) else list(prefix)
-        return self.generate_ids([self._prompt_ids(prompt) + prefix_ids], n, sampling)[0]
+    def _prefix_ids(self, prefix: str | Sequence[int]) -> list[int]:
+        return self._encode(prefix) if isinstance(prefix, str) else list(prefix)
 
-    def generate_ids(self, rows: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
-        """``n`` samples after each row of prompt token ids (``sample``, ``continue_`` and the HTTP server)."""
-        results: list[list[Generation]] = [[] for _ in rows]
-        for offset, (indices, k) in enumerate(_call_plan(len(rows), n, self.max_batch_sequences)):
-            chunk = self._generate_call([rows[i] for i in indices], k, sampling, sampling.seed + offset)
-            for i, generations in zip(indices, chunk, strict=True):
-                results[i].extend(generations)
-        return results
+    def generate_rows(self, rows: Sequence[tuple[list[int], int]], sampling: SamplingConfig) -> list[Generation]:
+        """One completion after each (prompt token ids, seed) row, in order (``generate`` and the HTTP server).
+
+        Rows go longest first into calls of at most ``batch_rows`` rows, so a call pads little. A call that runs
+        out of accelerator memory is retried in halves, and the largest size that fit becomes ``batch_rows`` for
+        the rest of this backend's life (one shard); a single row that does not fit fails with its length.
+        """
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+        out: list[Generation | None] = [None] * len(rows)
+        done = 0
+        while done < len(order):
+            take = order[done : done + self.batch_rows]
+            try:
+                generations = self._generate_call([rows[i] for i in take], sampling)
+            except torch.OutOfMemoryError as exc:
+                self._shrink(len(take), exc, f"{len(rows[take[0]][0])} prompt tokens + max_new_tokens="
+                             f"{sampling.max_new_tokens}")
+                continue
+            for i, generation in zip(take, generations, strict=True):
+                out[i] = generation
+            done += len(take)
+        return out  # type: ignore[return-value]
+
+    def _shrink(self, tried: int, exc: torch.OutOfMemoryError, row: str) -> None:
+        """Halve ``batch_rows`` below the ``tried`` rows that ran out of memory, or fail where one row did."""
+        if tried == 1:
+            raise torch.OutOfMemoryError(f"one row of {row} does not fit in accelerator memory: lower "
+                                         f"teacher.sampling.max_new_tokens or use a larger device") from exc
+        self.batch_rows = tried // 2
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        logger.warning("out of accelerator memory with %d rows per call: using %d from now on", tried, self.batch_rows)
 
     @torch.inference_mode()
-    def _generate_call(
-        self, rows: list[list[int]], k: int, sampling: SamplingConfig, seed: int
-    ) -> list[list[Generation]]:
-        input_ids, attention_mask = self._left_pad(rows)
+    def _generate_call(self, rows: Sequence[tuple[list[int], int]], sampling: SamplingConfig) -> list[Generation]:
+        input_ids, attention_mask = self._left_pad([ids for ids, _ in rows])
+        seeds = [seed for _, seed in rows]
         config = GenerationConfig(
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,  # 0 disables; left unset, generate() would use 50
+            do_sample=False,  # RowSampler draws every token; greedy decoding then emits its draw
             max_new_tokens=sampling.max_new_tokens,
-            num_return_sequences=k,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
         )
         recorder = EntropyRecorder(sampling.temperature)
-        torch.manual_seed(seed)
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             generation_config=config,
-            logits_processor=LogitsProcessorList([recorder]),
+            logits_processor=LogitsProcessorList([recorder, RowSampler(sampling, seeds, self.device)]),
         )
         new_tokens, entropies = out[:, input_ids.shape[1] :].cpu(), recorder.entropies()
-        generations = [self._generation(new_tokens[r].tolist(), entropies[r], seed) for r in range(len(out))]
-        return [generations[i * k : (i + 1) * k] for i in range(len(rows))]  # rows come back prompt-major
+        return [self._generation(new_tokens[r].tolist(), entropies[r], seed) for r, seed in enumerate(seeds)]
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(map(len, rows))
@@ -212,11 +253,9 @@ class HFBackend:
             seed=seed,
         )
 
-    def exact_entropy(
-        self, prompt: str, token_ids: Sequence[int], recorded: np.ndarray, temperature: float
-    ) -> np.ndarray:
+    def exact_entropy(self, traces: Sequence[Trace], temperature: float) -> list[np.ndarray]:
         """Recorded while sampling, from the full logits: already exact."""
-        return np.asarray(recorded)
+        return [np.asarray(t.recorded) for t in traces]
 
     @torch.inference_mode()
     def teacher_forced(self, ids: Sequence[int], start: int, temperature: float = 1.0, top_k: int = 0) -> ForcedStats:
@@ -266,8 +305,13 @@ class HFBackend:
         logits = self._forward(prompt_ids + ids)
         return _target_logprobs(logits[len(prompt_ids) - 1 : -1], ids)
 
+    def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
+        """One trajectory at a time (``_score_prefixes``): its own pass already packs all of its answer probes, and
+        a [tokens, V] logits tensor per trajectory is what bounds memory at teacher scale."""
+        return [self._score_prefixes(q.prompt, q.segments, q.answer_lead, q.answer) for q in queries]
+
     @torch.inference_mode()
-    def score_prefixes(
+    def _score_prefixes(
         self, prompt: str, segments: Sequence[str], answer_lead: str, answer: str
     ) -> PrefixScores:
         """One pass over prompt + the trajectory fills a KV cache; packed passes over it score every answer probe.

@@ -38,7 +38,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from heal_core.backends import tokens
-from heal_core.backends.base import Generation, PrefixScores
+from heal_core.backends.base import Generation, PrefixQuery, PrefixScores
 
 TokenLogprobs = Mapping[int, float]  # token id -> log-prob at one position
 
@@ -168,28 +168,32 @@ def score(score_rows: RowScorer, tokenizer: PreTrainedTokenizerBase, prompt: str
 
 
 def score_prefixes(
-    score_rows: RowScorer,
-    tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
-    segments: Sequence[str],
-    answer_lead: str,
-    answer: str,
-) -> PrefixScores:
+    score_rows: RowScorer, tokenizer: PreTrainedTokenizerBase, queries: Sequence[PrefixQuery]
+) -> list[PrefixScores]:
     """``score_prefixes`` for backends that can only score whole rows (prompt log-probs, echo).
 
     ``score_rows`` returns each row's per-position log-prob maps (position t: the row's token t given the ones
-    before). The rows are the whole answer and, for every boundary k = 0..K, the trajectory before it + its answer
-    probe: K + 2 rows, O(K * L) tokens, with the token ids of ``tokens.prefix_plan`` (as the HF backend scores).
+    before). A query's rows are its whole answer and, for every boundary k = 0..K, the trajectory before it + its
+    answer probe: K + 2 rows, O(K * L) tokens, with the token ids of ``tokens.prefix_plan`` (as the HF backend
+    scores). All queries' rows go to ``score_rows`` in one call, so the engine or server sees them together.
     """
-    prompt_ids = tokens.prompt_ids(tokenizer, prompt)
-    plan = tokens.prefix_plan(tokenizer, segments, answer_lead, answer)
-    ids = prompt_ids + plan.ids
-    heads = [len(prompt_ids) + cut for cut in plan.cuts]
-    whole, *after = score_rows([ids] + [ids[:head] + probe for head, probe in zip(heads, plan.probes, strict=True)])
-    flat = target_logprobs(whole[len(prompt_ids) : len(ids)], plan.ids)
-    answers = [
-        target_logprobs(positions[head + start : head + len(probe)], probe[start:])
-        for head, probe, start, positions in zip(heads, plan.probes, plan.answer_starts, after, strict=True)
-    ]
-    bounds = plan.segment_bounds
-    return PrefixScores(segment_logprobs=[flat[a:b] for a, b in zip(bounds, bounds[1:])], answer_logprobs=answers)
+    layouts, rows = [], []
+    for q in queries:
+        prompt_ids = tokens.prompt_ids(tokenizer, q.prompt)
+        plan = tokens.prefix_plan(tokenizer, q.segments, q.answer_lead, q.answer)
+        ids = prompt_ids + plan.ids
+        heads = [len(prompt_ids) + cut for cut in plan.cuts]
+        layouts.append((len(prompt_ids), len(ids), plan, heads, len(rows)))
+        rows += [ids] + [ids[:head] + probe for head, probe in zip(heads, plan.probes, strict=True)]
+    positions = score_rows(rows)
+    out = []
+    for prompt_len, length, plan, heads, first in layouts:
+        whole, after = positions[first], positions[first + 1 : first + 1 + len(heads)]
+        flat = target_logprobs(whole[prompt_len:length], plan.ids)
+        answers = [
+            target_logprobs(p[head + start : head + len(probe)], probe[start:])
+            for head, probe, start, p in zip(heads, plan.probes, plan.answer_starts, after, strict=True)
+        ]
+        bounds = plan.segment_bounds
+        out.append(PrefixScores(segment_logprobs=[flat[a:b] for a, b in zip(bounds, bounds[1:])], answer_logprobs=answers))
+    return out

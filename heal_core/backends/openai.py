@@ -32,7 +32,7 @@ import numpy as np
 from anyio.from_thread import start_blocking_portal
 
 from heal_core.backends import logprobs, tokens
-from heal_core.backends.base import Generation, PrefixScores
+from heal_core.backends.base import Generation, PrefixQuery, PrefixScores, Request, Trace
 from heal_core.config import SamplingConfig, ServerConfig, TeacherConfig
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -254,28 +254,26 @@ class OpenAIBackend:
 
     # ---- sampling -------------------------------------------------------------------------------------
 
-    def sample(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
-        return self._generate([tokens.prompt_ids(self.tokenizer, p) for p in prompts], n, sampling)
-
-    def continue_(
-        self, prompt: str, prefix: str | Sequence[int], n: int, sampling: SamplingConfig
-    ) -> list[Generation]:
-        prefix_ids = tokens.encode(self.tokenizer, prefix) if isinstance(prefix, str) else list(prefix)
-        return self._generate([tokens.prompt_ids(self.tokenizer, prompt) + prefix_ids], n, sampling)[0]
-
-    def _generate(self, rows: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
-        """One request per prompt; prompt i gets seed ``sampling.seed + i * n``, as with the vLLM engine."""
-        seeds = [sampling.seed + i * n for i in range(len(rows))]
+    def generate(self, requests: Sequence[Request], sampling: SamplingConfig) -> list[list[Generation]]:
+        """One HTTP request per request, ``server.max_concurrency`` in flight; the server draws choice j with the
+        request's seed + j, as vLLM does."""
         k = self.config.top_logprobs
-        payloads = [sample_payload(self.served, r, n, sampling, s, self.stop_ids, k) for r, s in zip(rows, seeds)]
+        payloads = [
+            sample_payload(self.served, tokens.prompt_ids(self.tokenizer, r.prompt) + self._prefix_ids(r.prefix), r.n,
+                           sampling, r.seed, self.stop_ids, k)
+            for r in requests
+        ]
         responses = self.client.post_all("completions", payloads)
         results = []
-        for response, seed in zip(responses, seeds, strict=True):
+        for response, r in zip(responses, requests, strict=True):
             choices = sorted(response["choices"], key=lambda c: c["index"])
-            if len(choices) != n:
-                raise ServerError(f"asked for {n} samples, the server returned {len(choices)}")
-            results.append([self._generation(c, seed, sampling.temperature) for c in choices])
+            if len(choices) != r.n:
+                raise ServerError(f"asked for {r.n} samples, the server returned {len(choices)}")
+            results.append([self._generation(c, r.seed + c["index"], sampling.temperature) for c in choices])
         return results
+
+    def _prefix_ids(self, prefix: str | Sequence[int]) -> list[int]:
+        return tokens.encode(self.tokenizer, prefix) if isinstance(prefix, str) else list(prefix)
 
     def _generation(self, choice: dict[str, Any], seed: int, temperature: float) -> Generation:
         ids, positions = choice_tokens(choice)
@@ -288,11 +286,9 @@ class OpenAIBackend:
     def decode(self, token_ids: Sequence[int]) -> str:
         return tokens.decode(self.tokenizer, token_ids)
 
-    def exact_entropy(
-        self, prompt: str, token_ids: Sequence[int], recorded: np.ndarray, temperature: float
-    ) -> np.ndarray:
-        """A server gives top-k log-probs only (``teacher.entropy`` is ``topk``): the recorded bound."""
-        return np.asarray(recorded)
+    def exact_entropy(self, traces: Sequence[Trace], temperature: float) -> list[np.ndarray]:
+        """A server gives top-k log-probs only (``teacher.entropy`` is ``topk``): the recorded bounds."""
+        return [np.asarray(t.recorded) for t in traces]
 
     # ---- scoring --------------------------------------------------------------------------------------
 
@@ -310,8 +306,6 @@ class OpenAIBackend:
     def score(self, prompt: str, continuation: str) -> np.ndarray:
         return logprobs.score(self._echo, self.tokenizer, prompt, continuation)
 
-    def score_prefixes(
-        self, prompt: str, segments: Sequence[str], answer_lead: str, answer: str
-    ) -> PrefixScores:
-        """K + 2 echo requests, sent concurrently (see ``logprobs.score_prefixes``)."""
-        return logprobs.score_prefixes(self._echo, self.tokenizer, prompt, segments, answer_lead, answer)
+    def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
+        """K + 2 echo requests per query, all sent concurrently (see ``logprobs.score_prefixes``)."""
+        return logprobs.score_prefixes(self._echo, self.tokenizer, queries)

@@ -5,8 +5,8 @@ the subset of ``/v1/completions`` that heal's OpenAI backend uses, with vLLM's s
 prompts, ``n``, ``seed``, ``logprobs: k`` (top-k at T = 1 plus the token itself, as vLLM's default
 ``raw_logprobs``), ``echo`` with prompt log-probs, ``return_tokens_as_token_ids``, vLLM's ``top_k`` and
 ``stop_token_ids``. Requests it cannot honour exactly (streaming, stop strings, penalties, greedy decoding) get
-HTTP 400 naming the field, never a silently different answer. ``vllm serve`` is the throughput path: this server
-runs one request at a time (the HF backend seeds torch's global RNG per call, so concurrent calls would race).
+HTTP 400 naming the field, never a silently different answer. Choice j of a prompt is drawn with ``seed + j``, as
+vLLM draws it. ``vllm serve`` is the throughput path: this server runs one request at a time on its one model.
 
 Log-probs come from one teacher-forced forward over prompt + sample after sampling (``HFBackend.teacher_forced``):
 exact, at the cost of one extra forward per sample.
@@ -117,9 +117,11 @@ class CompletionService:
         rows = self.rows(request.prompt)
         sampling = SamplingConfig(
             n=request.n, temperature=request.temperature, top_p=request.top_p, top_k=max(request.top_k, 0),
-            max_new_tokens=request.max_tokens, seed=request.seed if request.seed is not None else secrets.randbits(31),
+            max_new_tokens=request.max_tokens,
         )
-        samples = self.backend.generate_ids(rows, request.n, sampling)
+        seed = request.seed if request.seed is not None else secrets.randbits(62)
+        flat = iter(self.backend.generate_rows([(row, seed + j) for row in rows for j in range(request.n)], sampling))
+        samples = [[next(flat) for _ in range(request.n)] for _ in rows]
         choices = [
             self._choice(i * request.n + j, row, generation.token_ids, generation.finish_reason, request)
             for i, (row, generations) in enumerate(zip(rows, samples, strict=True))

@@ -18,8 +18,8 @@ What keeps it equivalent to the HF backend (``heal_core/backends/hf.py``):
 * scoring reads ``prompt_logprobs=0`` (the actual token's log-prob at T = 1): one request per scored text;
   prompt log-prob requests skip the prefix cache, so ``score_prefixes`` costs O(K * L) prefill on the GPU.
 
-Seeds: prompt i of a ``sample`` call gets request seed ``sampling.seed + i * n`` (vLLM gives sample j of a
-request seed + j), so no two samples of one call share a seed; ``Generation.seed`` is the request's seed.
+Seeds: each request goes in with its own seed, and vLLM draws sample j of it with seed + j, the row seed
+``heal_core/seeds.py`` defines; ``Generation.seed`` is that row seed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from heal_core.backends import logprobs, tokens
-from heal_core.backends.base import Generation, PrefixScores
+from heal_core.backends.base import Generation, PrefixQuery, PrefixScores, Request, Trace
 from heal_core.backends.hf import HFBackend
 from heal_core.config import SamplingConfig, TeacherConfig
 
@@ -179,40 +179,37 @@ class VLLMBackend:
 
     # ---- sampling -------------------------------------------------------------------------------------
 
-    def sample(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
-        rows = [tokens.prompt_ids(self.tokenizer, p) for p in prompts]
-        return self._generate(rows, n, sampling)
-
-    def continue_(
-        self, prompt: str, prefix: str | Sequence[int], n: int, sampling: SamplingConfig
-    ) -> list[Generation]:
-        prefix_ids = tokens.encode(self.tokenizer, prefix) if isinstance(prefix, str) else list(prefix)
-        return self._generate([tokens.prompt_ids(self.tokenizer, prompt) + prefix_ids], n, sampling)[0]
-
-    def _generate(self, rows: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Generation]]:
-        seeds = [sampling.seed + i * n for i in range(len(rows))]
-        params = [self._params(**sampling_kwargs(sampling, n, s, self.stop_ids, self.config.top_logprobs)) for s in seeds]
-        outputs = self.llm.generate([self._prompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False)
+    def generate(self, requests: Sequence[Request], sampling: SamplingConfig) -> list[list[Generation]]:
+        """Every request in one engine call: vLLM schedules and batches them itself."""
+        rows = [tokens.prompt_ids(self.tokenizer, r.prompt) + self._prefix_ids(r.prefix) for r in requests]
+        k = self.config.top_logprobs
+        params = [self._params(**sampling_kwargs(sampling, r.n, r.seed, self.stop_ids, k)) for r in requests]
+        outputs = self.llm.generate([self._prompt(prompt_token_ids=row) for row in rows], params, use_tqdm=False)
         return [
-            [completion_generation(c, seed, sampling.temperature, stop_ids=self.stop_ids, k=self.config.top_logprobs,
+            [completion_generation(c, r.seed + c.index, sampling.temperature, stop_ids=self.stop_ids, k=k,
                                    vocab_size=self.vocab_size, decode=self.decode)
              for c in sorted(out.outputs, key=lambda c: c.index)]
-            for out, seed in zip(outputs, seeds, strict=True)
+            for out, r in zip(outputs, requests, strict=True)
         ]
+
+    def _prefix_ids(self, prefix: str | Sequence[int]) -> list[int]:
+        return tokens.encode(self.tokenizer, prefix) if isinstance(prefix, str) else list(prefix)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return tokens.decode(self.tokenizer, token_ids)
 
-    def exact_entropy(
-        self, prompt: str, token_ids: Sequence[int], recorded: np.ndarray, temperature: float
-    ) -> np.ndarray:
-        """With ``entropy: exact``, one teacher-forced pass of the HF model; with ``topk``, the recorded bound."""
+    def exact_entropy(self, traces: Sequence[Trace], temperature: float) -> list[np.ndarray]:
+        """With ``entropy: exact``, one teacher-forced pass of the HF model per trace; with ``topk``, the recorded
+        bounds."""
         if self.config.entropy != "exact":
-            return np.asarray(recorded)
+            return [np.asarray(t.recorded) for t in traces]
         if self._forcer is None:
             self._forcer = HFBackend(self.model_path, self.config.dtype, self.config.device)
-        ids = tokens.prompt_ids(self.tokenizer, prompt)
-        return self._forcer.teacher_forced(ids + list(token_ids), len(ids), temperature).entropy
+        out = []
+        for t in traces:
+            ids = tokens.prompt_ids(self.tokenizer, t.prompt)
+            out.append(self._forcer.teacher_forced(ids + list(t.token_ids), len(ids), temperature).entropy)
+        return out
 
     # ---- scoring --------------------------------------------------------------------------------------
 
@@ -224,8 +221,6 @@ class VLLMBackend:
     def score(self, prompt: str, continuation: str) -> np.ndarray:
         return logprobs.score(self._prompt_logprobs, self.tokenizer, prompt, continuation)
 
-    def score_prefixes(
-        self, prompt: str, segments: Sequence[str], answer_lead: str, answer: str
-    ) -> PrefixScores:
-        """K + 2 prompt log-prob requests in one engine batch (see ``logprobs.score_prefixes``)."""
-        return logprobs.score_prefixes(self._prompt_logprobs, self.tokenizer, prompt, segments, answer_lead, answer)
+    def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
+        """K + 2 prompt log-prob requests per query, all in one engine batch (see ``logprobs.score_prefixes``)."""
+        return logprobs.score_prefixes(self._prompt_logprobs, self.tokenizer, queries)

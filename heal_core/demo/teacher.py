@@ -250,7 +250,9 @@ class Calibration:
 
 
 def calibrate(model_dir: str | Path, problems: Sequence[Worked]) -> list[Calibration]:
+    from heal_core.backends.base import Request
     from heal_core.backends.hf import HFBackend
+    from heal_core.seeds import request_seed
     from heal_core.truth import span_steps
     from heal_core.verify import check_many
 
@@ -264,8 +266,10 @@ def calibrate(model_dir: str | Path, problems: Sequence[Worked]) -> list[Calibra
 
     graded: dict[bool, list[list[tuple[bool, int | None, bool]]]] = {}
     for hinted in (False, True):
-        prompts = [_row(w, cfg, hinted)["prompt"][0]["content"] for w in problems]
-        samples = backend.sample(prompts, cfg.teacher.sampling.n, cfg.teacher.sampling)
+        stage = "stage2" if hinted else "stage1"  # the pipeline's seeds for these problems
+        requests = [Request(_row(w, cfg, hinted)["prompt"][0]["content"], cfg.teacher.sampling.n,
+                            request_seed(cfg.teacher.sampling.seed, stage, w.problem.problem_id)) for w in problems]
+        samples = backend.generate(requests, cfg.teacher.sampling)
         verdicts = iter(check_many([(g.text, w.problem.answer) for w, gens in zip(problems, samples) for g in gens]))
         graded[hinted] = [
             [grade(w, g, next(verdicts).correct) for g in gens]

@@ -44,10 +44,11 @@ class Cluster:
     def api(self) -> str:
         return self.server.api
 
-    def start_worker(self, pool: str, *extra: str) -> None:
+    def start_worker(self, pool: str, *extra: str, own_session: bool = False) -> None:
+        """``own_session``: the worker leads a process group of its own, as a command started in a terminal does."""
         with open(self.logs / f"worker-{pool}.log", "ab") as out:
-            self.workers[pool] = subprocess.Popen([HEAL, "worker", "--pool", pool, *extra],
-                                                  env=self.env, stdout=out, stderr=out)
+            self.workers[pool] = subprocess.Popen([HEAL, "worker", "--pool", pool, *extra], env=self.env, stdout=out,
+                                                  stderr=out, start_new_session=own_session)
 
     def stop_worker(self, pool: str) -> None:
         stop(self.workers.pop(pool))
@@ -343,6 +344,37 @@ def test_a_killed_worker_s_shards_turn_crashed_and_their_retry_equals_a_clean_ru
     _retry_as_the_ui_does(cluster, parent)
     assert _wait(cluster, parent, _final)["state"]["type"] == "COMPLETED"
     assert _datasets(cluster.cfg, "killed") == clean_run.datasets
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_ctrl_c_on_a_worker_ends_its_runs_and_their_retry_equals_a_clean_run(clean_cluster, clean_run):
+    """Ctrl-C on ``heal worker`` as a terminal delivers it (SIGINT to the worker's whole process group) while its
+    shards run: the worker exits, its shard runs end CRASHED or CANCELLED, never RUNNING forever; after a new worker
+    starts, the shards and the parent are retried as the UI does and the datasets equal a clean run's."""
+    import signal
+
+    cluster = clean_cluster
+    cluster.stop_worker("gpu")
+    cluster.start_worker("gpu", "--limit", "2", own_session=True)
+    parent = _trigger_and_wait_for_shards(cluster, "interrupted", all_started=True)
+    worker = cluster.workers.pop("gpu")
+    os.killpg(worker.pid, signal.SIGINT)
+    worker.wait(timeout=120)
+
+    timeout = cluster.cfg.orchestration.heartbeat_timeout_seconds
+    ended = [_wait(cluster, s["id"], _final, seconds=timeout + 180) for s in _children(cluster, "interrupted", "shard")
+             if s["state"]["type"] in ("RUNNING", "PENDING")]
+    assert ended and all(r["state"]["type"] in ("CRASHED", "CANCELLED") for r in ended), [r["state"] for r in ended]
+    assert _wait(cluster, parent, _final)["state"]["type"] in ("FAILED", "CRASHED", "CANCELLED")
+
+    cluster.start_worker("gpu", "--limit", "2")
+    for run in ended:
+        _retry_as_the_ui_does(cluster, run["id"])
+    _assert_ran_once_more(cluster, ended)
+    _retry_as_the_ui_does(cluster, parent)
+    assert _wait(cluster, parent, _final)["state"]["type"] == "COMPLETED"
+    assert _datasets(cluster.cfg, "interrupted") == clean_run.datasets
 
 
 @pytest.mark.slow

@@ -278,9 +278,18 @@ def assert_matches_naive(backend, segments, lead, answer="42}"):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-def test_score_prefixes_of_many_trajectories_is_each_ones(backend):
+@pytest.mark.parametrize(("pack", "scored"), [(4096, 4096), (30, 4096), (4096, 60)])
+def test_score_prefixes_of_many_trajectories_is_each_ones(backend, pack, scored, monkeypatch):
+    """Padded together in one group (or, with a small budget, in packed rounds and several groups), each
+    trajectory gets the scores it gets alone, and the scores the naive reference gives."""
     queries = [PrefixQuery(p, tuple(_segments(3, k + 1)), LEAD, f"{k}}}") for k, p in enumerate(PROMPTS)]
+    queries.append(PrefixQuery(PROMPTS[0], (), LEAD, "7}"))
+    monkeypatch.setattr(hf, "_PACKED_QUERY_TOKENS", pack)
+    monkeypatch.setattr(hf, "_SCORED_TOKENS", scored)
     together = backend.score_prefixes(queries)
+    seg_lps, answers = naive_prefix_scores(backend, PROMPTS[1], list(queries[1].segments), LEAD, "1}")
+    for got, want in zip(together[1].segment_logprobs + together[1].answer_logprobs, seg_lps + answers, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     for query, got in zip(queries, together, strict=True):
         [alone] = backend.score_prefixes([query])
         for a, b in zip(got.segment_logprobs + got.answer_logprobs, alone.segment_logprobs + alone.answer_logprobs):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 _LOGPROB_CHUNK = 1024  # rows of [rows, V] float32 log-softmax at a time: bounds memory at V ~ 152k
 _PACKED_QUERY_TOKENS = 4096  # answer tokens per packed forward: bounds the [queries, keys] attention mask
+_SCORED_TOKENS = 4096  # padded trajectory tokens per scoring forward: bounds its [tokens, V] logits
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -148,6 +149,7 @@ class HFBackend:
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
         self.batch_rows = max_batch_sequences  # rows per generate() call; lowered where a call runs out of memory
+        self.score_rows = max_batch_sequences  # trajectories per scoring forward; lowered likewise
         self.eos_ids = tokens.stop_token_ids(model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         # generate() fills every unset GenerationConfig field from model.generation_config, so a checkpoint's
@@ -200,15 +202,15 @@ class HFBackend:
             done += len(take)
         return out  # type: ignore[return-value]
 
-    def _shrink(self, tried: int, exc: torch.OutOfMemoryError, row: str) -> None:
-        """Halve ``batch_rows`` below the ``tried`` rows that ran out of memory, or fail where one row did."""
+    def _shrink(self, tried: int, exc: torch.OutOfMemoryError, row: str, limit: str = "batch_rows") -> None:
+        """Halve the ``limit`` attribute below the ``tried`` rows that ran out of memory, or fail where one row did."""
         if tried == 1:
             raise torch.OutOfMemoryError(f"one row of {row} does not fit in accelerator memory: lower "
                                          f"teacher.sampling.max_new_tokens or use a larger device") from exc
-        self.batch_rows = tried // 2
+        setattr(self, limit, tried // 2)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        logger.warning("out of accelerator memory with %d rows per call: using %d from now on", tried, self.batch_rows)
+        logger.warning("out of accelerator memory with %d rows per call: using %d from now on", tried, tried // 2)
 
     @torch.inference_mode()
     def _generate_call(self, rows: Sequence[tuple[list[int], int]], sampling: SamplingConfig) -> list[Generation]:
@@ -285,19 +287,10 @@ class HFBackend:
 
     # ---- scoring --------------------------------------------------------------------------------------
 
-    def _forward(
-        self,
-        ids: Sequence[int],
-        cache: DynamicCache | None = None,
-        positions: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits [len(ids), V] of one unpadded row; positions default to 0..len-1, the mask to causal."""
+    def _forward(self, ids: Sequence[int]) -> torch.Tensor:
+        """Logits [len(ids), V] of one unpadded row, causal, without a cache."""
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        positions = positions if positions is not None else torch.arange(len(ids), device=self.device)
-        cache_kwargs = {self._cache_kw: cache, "use_cache": True} if cache is not None else {"use_cache": False}
-        out = self.model(input_ids=input_ids, position_ids=positions[None], attention_mask=mask, **cache_kwargs)
-        return out.logits[0]
+        return self.model(input_ids=input_ids, use_cache=False).logits[0]
 
     @torch.inference_mode()
     def score(self, prompt: str, continuation: str) -> np.ndarray:
@@ -306,77 +299,121 @@ class HFBackend:
         return _target_logprobs(logits[len(prompt_ids) - 1 : -1], ids)
 
     def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
-        """One trajectory at a time (``_score_prefixes``): its own pass already packs all of its answer probes, and
-        a [tokens, V] logits tensor per trajectory is what bounds memory at teacher scale."""
-        return [self._score_prefixes(q.prompt, q.segments, q.answer_lead, q.answer) for q in queries]
-
-    @torch.inference_mode()
-    def _score_prefixes(
-        self, prompt: str, segments: Sequence[str], answer_lead: str, answer: str
-    ) -> PrefixScores:
-        """One pass over prompt + the trajectory fills a KV cache; packed passes over it score every answer probe.
-
-        Token ids come from ``tokens.prefix_plan`` (whole strings, as the model saw them). Cost: O(L + K * A)
-        tokens in 1 + ceil(K * A / 4096) forwards, instead of O(K * L) tokens in K + 1 forwards. Packing
-        matters on a GPU, where a short forward costs about as much as a long one.
+        """Trajectories are scored in groups, longest first (``_score_group``): at most ``score_rows`` of them and
+        ``_SCORED_TOKENS`` padded tokens per group, which bounds the group's [tokens, V] logits. A group that runs
+        out of accelerator memory is split as a generation call is (``_shrink``); the scores do not change.
         """
         attention = self.model.config._attn_implementation
         if attention not in ("sdpa", "eager"):
             raise NotImplementedError(f"score_prefixes needs custom masks (sdpa or eager attention), not {attention}")
-        prompt_ids = self._prompt_ids(prompt)
-        plan = tokens.prefix_plan(self.tokenizer, segments, answer_lead, answer)
-        ids = prompt_ids + plan.ids
+        items = [(self._prompt_ids(q.prompt), tokens.prefix_plan(self.tokenizer, q.segments, q.answer_lead, q.answer))
+                 for q in queries]
+        length = [len(prompt) + len(plan.ids) for prompt, plan in items]
+        order = sorted(range(len(items)), key=lambda i: -length[i])
+        out: list[PrefixScores | None] = [None] * len(items)
+        done = 0
+        while done < len(order):
+            fits = max(1, _SCORED_TOKENS // max(1, length[order[done]]))  # the first of a group is its longest
+            take = order[done : done + min(self.score_rows, fits)]
+            try:
+                scores = self._score_group([items[i] for i in take])
+            except torch.OutOfMemoryError as exc:
+                self._shrink(len(take), exc, f"{length[take[0]]} scored tokens", "score_rows")
+                continue
+            for i, score in zip(take, scores, strict=True):
+                out[i] = score
+            done += len(take)
+        return out  # type: ignore[return-value]
 
+    @torch.inference_mode()
+    def _score_group(self, items: Sequence[tuple[list[int], tokens.PrefixPlan]]) -> list[PrefixScores]:
+        """One right-padded pass over every prompt + trajectory of the group fills a KV cache; packed passes over it
+        score every answer probe of every trajectory (``_answer_pass``).
+
+        Token ids come from ``tokens.prefix_plan`` (whole strings, as the model saw them). Cost: O(L + K * A)
+        tokens per trajectory in 1 + a few forwards per group, instead of O(K * L) tokens in K + 1 forwards per
+        trajectory. Packing matters on a GPU, where a short forward costs about as much as a long one.
+        """
+        rows = [prompt + plan.ids for prompt, plan in items]
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for r, row in enumerate(rows):
+            input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[r, : len(row)] = 1
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(ids, cache)
-        flat = _target_logprobs(logits[len(prompt_ids) - 1 : -1], plan.ids)
+        logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                            **{self._cache_kw: cache}, use_cache=True).logits
+        segments = []
+        for r, (prompt, plan) in enumerate(items):
+            flat = _target_logprobs(logits[r, len(prompt) - 1 : len(rows[r]) - 1], plan.ids)
+            bounds = plan.segment_bounds
+            segments.append([flat[a:b] for a, b in zip(bounds, bounds[1:])])
         del logits
-        bounds = plan.segment_bounds
-        segment_logprobs = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
 
-        copies = [(len(prompt_ids) + cut, probe, start)
-                  for cut, probe, start in zip(plan.cuts, plan.probes, plan.answer_starts, strict=True)]
-        answers, group = [], []
-        for copy in copies:  # greedy groups of at most _PACKED_QUERY_TOKENS query tokens per forward
-            if group and sum(1 + len(c[1]) for c in group) + 1 + len(copy[1]) > _PACKED_QUERY_TOKENS:
-                answers += self._answer_pass(ids, group, cache)
-                group = []
-            group.append(copy)
-        answers += self._answer_pass(ids, group, cache)
-        return PrefixScores(segment_logprobs=segment_logprobs, answer_logprobs=answers)
+        pending = [[(len(prompt) + cut, probe, start) for cut, probe, start in
+                    zip(plan.cuts, plan.probes, plan.answer_starts, strict=True)] for prompt, plan in items]
+        answers: list[list[np.ndarray]] = [[] for _ in items]
+        budget = max(1, _PACKED_QUERY_TOKENS // len(items))  # query tokens per trajectory per packed forward
+        while any(pending):
+            takes = []
+            for r, copies in enumerate(pending):
+                n = 0
+                while n < len(copies) and (n == 0 or sum(1 + len(c[1]) for c in copies[: n + 1]) <= budget):
+                    n += 1
+                takes.append(copies[:n])
+                pending[r] = copies[n:]
+            for r, scores in enumerate(self._answer_pass(rows, takes, cache, width)):
+                answers[r] += scores
+        return [PrefixScores(segment_logprobs=s, answer_logprobs=a) for s, a in zip(segments, answers, strict=True)]
 
     def _answer_pass(
-        self, ids: list[int], copies: list[tuple[int, list[int], int]], cache: DynamicCache
-    ) -> list[np.ndarray]:
-        """Answer log-probs of each probe, from ONE forward over copies packed after the cached ``ids``.
+        self, rows: list[list[int]], takes: list[list[tuple[int, list[int], int]]], cache: DynamicCache, width: int
+    ) -> list[list[np.ndarray]]:
+        """Answer log-probs of each row's probes, from ONE forward over each row's copies packed after its cached
+        tokens (the cache is ``width`` wide, right-padded).
 
-        A copy (b, probe, start) is [ids[b - 1], *probe] at positions b - 1, b, ...; it sees the cached ids[:b - 1]
-        and itself, causally. Re-feeding ids[b - 1] makes its logits predict the probe's first token, so a probe
-        is scored from its first token on. The answer is probe[start:]. The cache is cropped back to ``ids``.
+        A copy (b, probe, start) is [row[b - 1], *probe] at positions b - 1, b, ...; it sees the cached row[:b - 1]
+        and itself, causally. Re-feeding row[b - 1] makes its logits predict the probe's first token, so a probe
+        is scored from its first token on. The answer is probe[start:]. The cache is cropped back to ``width``.
         """
-        query = [t for b, probe, _ in copies for t in (ids[b - 1], *probe)]
-        positions = torch.tensor([b - 1 + j for b, probe, _ in copies for j in range(1 + len(probe))], device=self.device)
-        logits = self._forward(query, cache, positions, self._packed_mask([(b, 1 + len(p)) for b, p, _ in copies], len(ids)))
-        cache.crop(-len(query))  # 5.x crop takes only a negative count: tokens to drop
-        out, offset = [], 0
-        for _, probe, start in copies:
-            out.append(_target_logprobs(logits[offset + start : offset + len(probe)], probe[start:]))
-            offset += 1 + len(probe)
+        queries = [[t for b, probe, _ in copies for t in (row[b - 1], *probe)] for row, copies in zip(rows, takes)]
+        span = max(1, max(map(len, queries)))
+        input_ids = torch.full((len(rows), span), self.pad_id, dtype=torch.long)
+        positions = torch.zeros_like(input_ids)
+        for r, (query, copies) in enumerate(zip(queries, takes, strict=True)):
+            input_ids[r, : len(query)] = torch.tensor(query, dtype=torch.long)
+            positions[r, : len(query)] = torch.tensor([b - 1 + j for b, probe, _ in copies for j in range(1 + len(probe))],
+                                                      dtype=torch.long)
+        mask = torch.stack([self._packed_mask([(b, 1 + len(p)) for b, p, _ in copies], width, span) for copies in takes])
+        logits = self.model(input_ids=input_ids.to(self.device), position_ids=positions.to(self.device),
+                            attention_mask=mask, **{self._cache_kw: cache}, use_cache=True).logits
+        cache.crop(-span)  # 5.x crop takes only a negative count: tokens to drop
+        out = []
+        for r, copies in enumerate(takes):
+            scores, offset = [], 0
+            for _, probe, start in copies:
+                scores.append(_target_logprobs(logits[r, offset + start : offset + len(probe)], probe[start:]))
+                offset += 1 + len(probe)
+            out.append(scores)
         return out
 
-    def _packed_mask(self, copies: list[tuple[int, int]], context: int) -> torch.Tensor:
-        """Additive [1, 1, queries, context + queries] mask (0 = attend) for ``_answer_pass``'s copies, each given as
-        (boundary b, width): a copy sees the cached keys before b - 1 and its own earlier queries."""
-        widths = torch.tensor([w for _, w in copies], device=self.device)
+    def _packed_mask(self, copies: list[tuple[int, int]], context: int, span: int) -> torch.Tensor:
+        """Additive [1, span, context + span] mask (0 = attend) of one row for ``_answer_pass``'s copies, each given as
+        (boundary b, width): a copy sees the cached keys before b - 1 and its own earlier queries. Query slots past
+        the copies are padding and see key 0 only (a row with nothing to attend to would be undefined)."""
+        widths = torch.tensor([w for _, w in copies], dtype=torch.long, device=self.device)
         copy = torch.repeat_interleave(torch.arange(len(copies), device=self.device), widths)
         first = torch.cumsum(widths, 0) - widths  # each copy's first query index
-        boundary = torch.tensor([b for b, _ in copies], device=self.device)[copy]
+        boundary = torch.tensor([b for b, _ in copies], dtype=torch.long, device=self.device)[copy]
         queries = torch.arange(len(copy), device=self.device)
-        keys = torch.arange(context + len(copy), device=self.device)
+        keys = torch.arange(context + span, device=self.device)
         packed = keys[None, :] - context  # key index within the packed copies; negative for cached keys
-        allowed = (keys[None, :] < boundary[:, None] - 1) | (
+        allowed = torch.zeros((span, context + span), dtype=torch.bool, device=self.device)
+        allowed[: len(copy)] = (keys[None, :] < boundary[:, None] - 1) | (
             (packed >= first[copy][:, None]) & (packed <= queries[:, None])
         )
+        allowed[len(copy) :, 0] = True
         dtype = self.model.dtype
         mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed, torch.finfo(dtype).min)
-        return mask[None, None]
+        return mask[None]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from heal_core.backends.base import Request
+from heal_core.backends.base import PrefixQuery, Request
 from heal_core.backends.hf import HFBackend
 from heal_core.config import SamplingConfig
 
@@ -75,3 +75,23 @@ def test_a_single_row_that_does_not_fit_fails_naming_its_length(backend):
     finally:
         handle.remove()
     assert memory.raised == 3  # 4 rows, then 2, then 1
+
+
+def test_a_scoring_group_that_runs_out_of_memory_is_split_and_scores_the_same(backend, caplog):
+    queries = [PrefixQuery(p, ("Step one.", "\n\n2 + 3 = 5.", f"\n\nSo {i}."), "\n\nThe final answer is \\boxed{",
+                           f"{i}}}") for i, p in enumerate(PROMPTS)]
+    reference = backend.score_prefixes(queries)
+    memory = DeviceMemory(1, armed_after=0)
+    handle = backend.model.register_forward_pre_hook(memory, with_kwargs=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="heal_core.backends.hf"):
+            constrained = backend.score_prefixes(queries)
+    finally:
+        handle.remove()
+    assert memory.raised == 1 and backend.score_rows == 1  # 3 trajectories ran out, then one by one (3 // 2)
+    assert backend.batch_rows == 8  # generation keeps its own limit
+    assert len(caplog.records) == 1
+    for want, got in zip(reference, constrained, strict=True):
+        for a, b in zip(got.segment_logprobs + got.answer_logprobs, want.segment_logprobs + want.answer_logprobs,
+                        strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)

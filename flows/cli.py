@@ -6,6 +6,7 @@ It sits at the top of the import chain (cli -> flows -> tasks -> heal_core), whi
 
 from __future__ import annotations
 
+import difflib
 import os
 import time
 from pathlib import Path
@@ -82,6 +83,31 @@ def config_show(
         print(cfg.model_dump_json())  # plain print: rich would wrap the line
     else:
         console.print(cfg.to_yaml(), markup=False)
+
+
+@config_app.command("explain")
+def config_explain(
+    key: Annotated[str | None, typer.Argument(help="a key (gear.max_per_problem) or a section (gear); default: all")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="the whole reference as docs/config.md holds it")] = False,
+) -> None:
+    """Describe config keys: type, default, the paper's value and what each does (generated from the model)."""
+    from heal_core.config_reference import keys
+    from heal_core.config_reference import markdown as reference
+
+    if markdown:
+        print(reference())  # plain print: the file is written from it byte for byte
+        return
+    docs = [d for d in keys() if key is None or d.key == key or d.key.startswith(key + ".")]
+    if not docs:
+        close = difflib.get_close_matches(key, [d.key for d in keys()], n=3)
+        console.print(f"unknown config key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""), markup=False)
+        raise typer.Exit(2)
+    table = Table(show_lines=True)
+    for column in ("key", "type", "default", "paper", "description"):
+        table.add_column(column, overflow="fold")
+    for d in docs:
+        table.add_row(d.key, d.type, d.default, d.paper, d.description)
+    console.print(table)
 
 
 @config_app.command("check")

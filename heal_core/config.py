@@ -39,10 +39,10 @@ class SamplingConfig(_Section):
     """
 
     n: int = Field(30, ge=1, description="samples per problem (paper: 30)")
-    temperature: float = Field(0.7, gt=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    temperature: float = Field(0.7, gt=0.0, le=2.0, description="sampling temperature of the training data (paper: silent)")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling; 1.0 disables it")
     top_k: int = Field(0, ge=0, description="0 = disabled")
-    max_new_tokens: int = Field(4096, ge=1)
+    max_new_tokens: int = Field(4096, ge=1, description="a longer generation is cut and counted truncated, never correct")
     seed: int = Field(0, description="base seed: each request's seed is derived from it and what the request is "
                       "(stage, problem or repaired path; heal_core/seeds.py)")
 
@@ -91,7 +91,8 @@ class TeacherConfig(_Section):
 
     backend: Literal["hf", "vllm", "openai"] = Field("hf", description="hf (transformers), vllm (engine), openai (server)")
     model: str = Field("", description="HF model path or hub name")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights' dtype; auto = the checkpoint's")
     device: str = Field("auto", description="'auto' picks cuda when available, else cpu")
     max_batch_sequences: int = Field(
         64, ge=1, description="sequences per generate() call; n is split across calls when larger"
@@ -194,7 +195,7 @@ class PureConfig(_Section):
     leap_log_ppl_margin: float = Field(
         1.0, ge=0.0, description="... and is rejected when its log-perplexity exceeds the median step's by this"
     )
-    enabled: bool = True
+    enabled: bool = Field(True, description="off: Stage II and III rows are kept without PURE's check")
 
 
 VariantName = Literal["heal", "rs_sft", "keep_all", "heal_no_pure", "heal_no_gear", "heal_mixed"]
@@ -219,7 +220,8 @@ class PaceConfig(_Section):
     epochs: float = Field(5.0, gt=0.0, description="per stage (paper: 5)")
     learning_rate: float = Field(1e-5, gt=0.0, description="paper: 1e-5")
     batch_size: int = Field(8, ge=1, description="effective batch size (paper: 8)")
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="batch_size is split into this many micro-batches (less memory, same effective batch)")
     max_length: int = Field(8192, ge=16, description="long: TRL truncates the tail, answer included")
     lr_scheduler_type: Literal["cosine", "linear", "constant_with_warmup"] = Field(
         "cosine", description="per stage, each with a fresh optimizer; cosine with warmup is open-r1's distillation "
@@ -255,7 +257,8 @@ class PaceConfig(_Section):
 
 class StudentConfig(_Section):
     model: str = Field("", description="HF model path or hub name of the student's starting checkpoint")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="training dtype; auto = the checkpoint's")
 
 
 _CREDENTIAL = re.compile(r"(^|_)(key|secret|token|password|credentials?|connection_string)($|_)", re.IGNORECASE)
@@ -360,8 +363,8 @@ class ProblemsConfig(_Section):
     )
     split: str = Field("", description="split of an HF DatasetDict directory; empty when it holds one split")
     id_field: str = Field("id", description="records without it get positional ids")
-    problem_field: str = "problem"
-    answer_field: str = "answer"
+    problem_field: str = Field("problem", description="the problem statement's field")
+    answer_field: str = Field("answer", description="the gold answer's field")
     solution_field: str = Field(
         "", description="worked solution; its last \\boxed{} is the answer of a record without one (MATH layout)"
     )
@@ -405,7 +408,7 @@ class JudgeConfig(_Section):
     """An LLM judge for answers the rule-based verifier rejects but that are not trivially different (see
     ``heal_core/judge.py``). Off by default: a judge is slower than Math-Verify and can be wrong itself."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="re-examine the verifier's rejections with the judge")
     model: str = Field("", description="judge model, on the teacher's backend settings; empty = the teacher")
     template: str = Field(
         "Do these two final answers to a math problem denote the same value?\nAnswer A: {prediction}\n"
@@ -413,7 +416,7 @@ class JudgeConfig(_Section):
         description="the judge's user message; {prediction} and {gold} are replaced",
     )
     temperature: float = Field(0.01, gt=0.0, le=2.0, description="near-greedy: a verdict, not a sample")
-    max_new_tokens: int = Field(8, ge=1)
+    max_new_tokens: int = Field(8, ge=1, description="a verdict is a word")
 
 
 class EvaluationConfig(_Section):

@@ -35,3 +35,12 @@ def test_run_rejects_a_path_traversing_run_id(tmp_path):
 def test_report_of_an_unknown_run_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["report", "nope", "--storage", str(tmp_path)])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_config_explain_describes_a_key_a_section_and_refuses_an_unknown_one():
+    one = runner.invoke(app, ["config", "explain", "gear.max_per_problem"], env={"COLUMNS": "200"})
+    assert one.exit_code == 0 and "kept repairs per problem" in one.output and "gear.wave_paths" not in one.output
+    section = runner.invoke(app, ["config", "explain", "pure"], env={"COLUMNS": "200"})
+    assert section.exit_code == 0 and "pure.lam" in section.output and "0.2" in section.output
+    wrong = runner.invoke(app, ["config", "explain", "gear.max_per_problm"], env={"COLUMNS": "200"})
+    assert wrong.exit_code == 2 and "did you mean gear.max_per_problem" in wrong.output

@@ -92,3 +92,15 @@ def test_a_shard_too_large_for_memory_is_refused_with_the_size_that_fits():
     assert "orchestration.shard_size=256 may generate 1,090,519,040 tokens" in message
     assert "use orchestration.shard_size <= 120" in message and "got" not in message
     parse_config({}, ["orchestration.shard_size=120", "teacher.sampling.max_new_tokens=16384"])
+
+
+def test_every_key_is_described_and_docs_config_md_is_current():
+    """The reference is generated from the model; the committed file must be what it generates (regenerate with
+    ``heal config explain --markdown > docs/config.md``)."""
+    from heal_core.config_reference import keys, markdown
+
+    docs = keys()
+    assert len(docs) > 90 and [d.key for d in docs if not d.description] == []
+    assert {d.key: d.paper for d in docs}["teacher.sampling.n"] == "30"
+    committed = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text(encoding="utf-8")
+    assert committed == markdown() + "\n", "docs/config.md is out of date: heal config explain --markdown > docs/config.md"

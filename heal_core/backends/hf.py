@@ -172,12 +172,10 @@ class HFBackend:
     # ---- sampling -------------------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[Request], sampling: SamplingConfig) -> list[list[Generation]]:
-        rows = [(self._prompt_ids(r.prompt) + self._prefix_ids(r.prefix), r.seed + j) for r in requests for j in range(r.n)]
+        ids = [tokens.request_ids(self.tokenizer, r.prompt, r.prefix) for r in requests]  # once per request, not row
+        rows = [(row, r.seed + j) for row, r in zip(ids, requests, strict=True) for j in range(r.n)]
         flat = iter(self.generate_rows(rows, sampling))
         return [[next(flat) for _ in range(r.n)] for r in requests]
-
-    def _prefix_ids(self, prefix: str | Sequence[int]) -> list[int]:
-        return self._encode(prefix) if isinstance(prefix, str) else list(prefix)
 
     def generate_rows(self, rows: Sequence[tuple[list[int], int]], sampling: SamplingConfig) -> list[Generation]:
         """One completion after each (prompt token ids, seed) row, in order (``generate`` and the HTTP server).
@@ -358,8 +356,9 @@ class HFBackend:
         while any(pending):
             takes = []
             for r, copies in enumerate(pending):
-                n = 0
-                while n < len(copies) and (n == 0 or sum(1 + len(c[1]) for c in copies[: n + 1]) <= budget):
+                n, used = 0, 0
+                while n < len(copies) and (n == 0 or used + 1 + len(copies[n][1]) <= budget):
+                    used += 1 + len(copies[n][1])
                     n += 1
                 takes.append(copies[:n])
                 pending[r] = copies[n:]

@@ -259,7 +259,7 @@ class OpenAIBackend:
         request's seed + j, as vLLM does."""
         k = self.config.top_logprobs
         payloads = [
-            sample_payload(self.served, tokens.prompt_ids(self.tokenizer, r.prompt) + self._prefix_ids(r.prefix), r.n,
+            sample_payload(self.served, tokens.request_ids(self.tokenizer, r.prompt, r.prefix), r.n,
                            sampling, r.seed, self.stop_ids, k)
             for r in requests
         ]
@@ -271,9 +271,6 @@ class OpenAIBackend:
                 raise ServerError(f"asked for {r.n} samples, the server returned {len(choices)}")
             results.append([self._generation(c, r.seed + c["index"], sampling.temperature) for c in choices])
         return results
-
-    def _prefix_ids(self, prefix: str | Sequence[int]) -> list[int]:
-        return tokens.encode(self.tokenizer, prefix) if isinstance(prefix, str) else list(prefix)
 
     def _generation(self, choice: dict[str, Any], seed: int, temperature: float) -> Generation:
         ids, positions = choice_tokens(choice)

@@ -30,6 +30,11 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     return encode(tokenizer, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
+def request_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, prefix: str | Sequence[int]) -> list[int]:
+    """A generation request's input: the prompt's ids, then the partial answer's (GEAR), given as text or ids."""
+    return prompt_ids(tokenizer, prompt) + (encode(tokenizer, prefix) if isinstance(prefix, str) else list(prefix))
+
+
 @dataclass(frozen=True)
 class PrefixPlan:
     """Token ids for PURE's scoring of one trajectory (``TeacherBackend.score_prefixes``), every string tokenised

@@ -181,7 +181,7 @@ class VLLMBackend:
 
     def generate(self, requests: Sequence[Request], sampling: SamplingConfig) -> list[list[Generation]]:
         """Every request in one engine call: vLLM schedules and batches them itself."""
-        rows = [tokens.prompt_ids(self.tokenizer, r.prompt) + self._prefix_ids(r.prefix) for r in requests]
+        rows = [tokens.request_ids(self.tokenizer, r.prompt, r.prefix) for r in requests]
         k = self.config.top_logprobs
         params = [self._params(**sampling_kwargs(sampling, r.n, r.seed, self.stop_ids, k)) for r in requests]
         outputs = self.llm.generate([self._prompt(prompt_token_ids=row) for row in rows], params, use_tqdm=False)
@@ -191,9 +191,6 @@ class VLLMBackend:
              for c in sorted(out.outputs, key=lambda c: c.index)]
             for out, r in zip(outputs, requests, strict=True)
         ]
-
-    def _prefix_ids(self, prefix: str | Sequence[int]) -> list[int]:
-        return tokens.encode(self.tokenizer, prefix) if isinstance(prefix, str) else list(prefix)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return tokens.decode(self.tokenizer, token_ids)

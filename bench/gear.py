@@ -108,7 +108,7 @@ def run_shard(args, overrides: list[str]):
     backend = MeteredBackend(args.model, "float32", "cpu", cfg.teacher.max_batch_sequences)
     tag(backend)
     started = time.perf_counter()
-    out = generate_shard(backend, [w.problem for w in worked], cfg, teacher=args.model)
+    out = generate_shard(backend, [w.problem for w in worked], cfg)
     return cfg, worked, backend, out, time.perf_counter() - started
 
 

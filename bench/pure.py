@@ -71,7 +71,7 @@ def main() -> None:
     problems = demo_problems("generation")[: args.problems]
 
     started = time.perf_counter()
-    rows = generate_shard(backend, problems, cfg, teacher=args.model).trajectories
+    rows = generate_shard(backend, problems, cfg).trajectories
     truth = Truth({p.problem_id: p for p in problems}, first_wrong_step, backend.decode)
     print(f"PURE on the pipeline's own verified hinted samples: {len(problems)} problems, N={args.n} "
           f"({time.perf_counter() - started:.0f} s on {torch.get_num_threads()} threads), "

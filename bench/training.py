@@ -2,9 +2,8 @@
 
 Both sides fine-tune the same student on the same prompt-completion rows (the demo task's worked
 solutions, in TRL's conversational format) for the same number of optimizer steps with the same settings:
-``heal_core.train.train_stage`` builds its SFTConfig from ``PaceConfig``; the plain side writes that
-SFTConfig by hand (TRL's defaults would differ, e.g. gradient checkpointing on) and calls
-``SFTTrainer(...).train()`` and ``save_model``. Each run loads the model from disk and writes a fresh output
+both use ``heal_core.train.sft_args`` (TRL's defaults would differ, e.g. gradient checkpointing on); the plain
+side calls ``SFTTrainer(...).train()`` and ``save_model`` itself. Each run loads the model from disk and writes a fresh output
 directory. Runs alternate between the sides; the best of ``--repeats`` counts.
 
 Tokens = the non-padding tokens the trainer fed the model (TRL's ``num_tokens``). Two rates: over the
@@ -29,7 +28,7 @@ import torch
 from heal_core.config import PaceConfig
 from heal_core.demo import bundled_model
 from heal_core.demo.teacher import split
-from heal_core.train import train_stage
+from heal_core.train import sft_args, train_stage
 
 TRAIN_CALLS: list[tuple[float, float]] = []  # (seconds in SFTTrainer.train, tokens it reports), per call
 
@@ -52,31 +51,13 @@ def instrument_train() -> None:
 
 
 def plain_sft(model: str, examples: list[dict], out: Path, cfg: PaceConfig, steps: int, seed: int) -> None:
-    """What a user would write with TRL alone, with train_stage's settings."""
+    """What a user would write with TRL alone, with train_stage's trainer arguments."""
     from datasets import Dataset
     from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
-    on_gpu = torch.cuda.is_available()
-    args = SFTConfig(
-        output_dir=str(out / "checkpoints"),
-        max_steps=steps,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=round(cfg.warmup_ratio * steps),
-        max_length=cfg.max_length,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        use_cpu=not on_gpu,
-        gradient_checkpointing=False,
-        logging_steps=max(1, steps // 10),
-        save_strategy="no",
-        report_to="none",
-        dataloader_num_workers=0,
-        seed=seed,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=AutoTokenizer.from_pretrained(model))
+    trainer = SFTTrainer(model=model, args=sft_args(cfg, steps, out / "checkpoints", seed),
+                         train_dataset=Dataset.from_list(examples), processing_class=AutoTokenizer.from_pretrained(model))
     trainer.train()
     trainer.save_model(str(out))
 

@@ -76,7 +76,6 @@ def repair(
     backend: TeacherBackend,
     paths: Sequence[tuple[Problem, Sequence[dict[str, Any]]]],
     cfg: HealConfig,
-    teacher: str,
     wave: int = 0,
 ) -> tuple[list[dict[str, Any]], list[Skip]]:
     """Stage III rows of one wave: the given failed trajectories of each problem, planned, then every
@@ -100,7 +99,7 @@ def repair(
                        "breakpoint_surge": plan.breakpoint_surge, "prefix_chars": len(plan.prefix)})
         for (problem, plan), request, gens in zip(repairs, requests, batches, strict=True)
     ]
-    rows = generation_rows(drawn, stage=3, cfg=cfg, teacher=teacher)
+    rows = generation_rows(drawn, stage=3, cfg=cfg, teacher=backend.model_path)
     for row in rows:
         row["leaked_hint"] = leak(row["text"][row["prefix_chars"]:], cfg.hints.leakage_patterns) is not None
     return rows, skips

@@ -33,7 +33,7 @@ def leak(text: str, patterns: Sequence[str]) -> str | None:
 
 
 def sample_hinted(
-    backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, teacher: str, wave: int = 0
+    backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, wave: int = 0
 ) -> list[dict[str, Any]]:
     """Stage II rows of one wave, in one batched call: samples ``wave * hints.wave_samples`` on (at most
     ``hints.wave_samples`` of the ``hints.n``) of each problem, verified, with their leakage verdict (PURE is
@@ -49,7 +49,7 @@ def sample_hinted(
     drawn = [Drawn(p, cfg.teacher.prompt_template.format(problem=p.problem), gens, first_index=first,
                    lineage={"hint": hint, "wave": wave})
              for p, hint, gens in zip(problems, hinted, batches, strict=True)]
-    rows = generation_rows(drawn, stage=2, cfg=cfg, teacher=teacher)
+    rows = generation_rows(drawn, stage=2, cfg=cfg, teacher=backend.model_path)
     for row in rows:
         row["leaked_hint"] = leak(row["text"], cfg.hints.leakage_patterns) is not None
     return rows

@@ -78,9 +78,7 @@ def generation_rows(drawn: Sequence[Drawn], stage: int, cfg: HealConfig, teacher
     return rows
 
 
-def sample_stage1(
-    backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, teacher: str
-) -> list[dict[str, Any]]:
+def sample_stage1(backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig) -> list[dict[str, Any]]:
     """N unaided samples per problem in one batched call, verified; the prompt recorded is the one the student
     will see."""
     prompts = [cfg.teacher.prompt_template.format(problem=p.problem) for p in problems]
@@ -88,7 +86,7 @@ def sample_stage1(
                 for p, prompt in zip(problems, prompts, strict=True)]
     batches = require_usable(backend.generate(requests, cfg.teacher.sampling), "Stage I sampling")
     return generation_rows([Drawn(p, prompt, gens) for p, prompt, gens in zip(problems, prompts, batches, strict=True)],
-                           stage=1, cfg=cfg, teacher=teacher)
+                           stage=1, cfg=cfg, teacher=backend.model_path)
 
 
 Bucket = Literal["solved", "hard", "extremely_hard"]

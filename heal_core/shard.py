@@ -90,13 +90,12 @@ def repair_paths(room: int, cfg: HealConfig) -> int:
 
 
 def generate_shard(
-    backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, teacher: str,
-    judge: TeacherBackend | None = None,
+    backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, judge: TeacherBackend | None = None
 ) -> ShardOutput:
     """``judge`` (``judge.enabled``) re-examines the verifier's rejections of every stage before they count:
     Stage I's before the buckets are drawn, so a false negative does not send a solved problem to repair."""
     # 1. Stage I: N unaided samples of every problem, one batched call
-    stage1 = sample_stage1(backend, problems, cfg, teacher)
+    stage1 = sample_stage1(backend, problems, cfg)
     if judge is not None:
         judge_rows(stage1, judge, cfg.judge)
 
@@ -108,7 +107,7 @@ def generate_shard(
 
     # 3. Stage II: hinted samples of hard problems, hints.wave_samples per problem per wave
     hard = [p for p in problems if needs_hint(stats[p.problem_id], cfg)]
-    stage2 = in_waves(lambda active, wave, _: hints.sample_hinted(backend, active, cfg, teacher, wave), hard,
+    stage2 = in_waves(lambda active, wave, _: hints.sample_hinted(backend, active, cfg, wave), hard,
                       math.ceil(cfg.hints.n / cfg.hints.wave_samples), cfg.hints.max_per_problem, backend, cfg, judge)
 
     # 4. Stage III: GEAR repairs of extremely hard problems' failed paths, in waves
@@ -128,7 +127,7 @@ def generate_shard(
             repaired[p.problem_id] += take
             if failed[p.problem_id][start : start + take]:
                 paths.append((p, failed[p.problem_id][start : start + take]))
-        rows, wave_skips = gear.repair(backend, paths, cfg, teacher, wave)
+        rows, wave_skips = gear.repair(backend, paths, cfg, wave)
         skips.extend(wave_skips)
         return rows
 

@@ -43,34 +43,19 @@ def finished(model_dir: str | Path) -> StageResult | None:
     return StageResult(**{**json.loads(marker.read_text()), "model_dir": str(model_dir), "resumed": True})
 
 
-def train_stage(
-    name: str,
-    init_model: str,
-    examples: Sequence[dict[str, Any]],
-    model_dir: str | Path,
-    cfg: PaceConfig,
-    seed: int,
-    max_steps: int | None = None,
-) -> StageResult:
-    """Fine-tune ``init_model`` on ``examples`` (TRL prompt-completion rows) and save to ``model_dir``; ``seed``
-    is the trainer's (data order, dropout). Without ``max_steps``, ``cfg.epochs`` passes."""
-    done = finished(model_dir)
-    if done is not None:
-        return done
+def sft_args(cfg: PaceConfig, steps: int, output_dir: str | Path, seed: int, **overrides: Any):
+    """TRL's ``SFTConfig`` for ``steps`` optimizer steps of ``cfg``: the one place PACE's settings become
+    trainer arguments (``bench/training.py`` trains its plain-TRL side with the same ones, the demo models
+    with their own ``overrides``). Set explicitly where TRL's defaults would differ on a laptop: gradient
+    checkpointing off, no checkpoints saved, no reporting, and bf16 only on a GPU that has it."""
     import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
-    if not examples:
-        raise ValueError(f"stage {name}: no training examples")
-    steps = max_steps or stage_steps(len(examples), cfg)
-    per_device = max(1, cfg.batch_size // cfg.gradient_accumulation_steps)
     on_gpu = torch.cuda.is_available()
-    args = SFTConfig(
-        output_dir=str(Path(model_dir) / "checkpoints"),
+    settings = dict(
+        output_dir=str(output_dir),
         max_steps=steps,
-        per_device_train_batch_size=per_device,
+        per_device_train_batch_size=max(1, cfg.batch_size // cfg.gradient_accumulation_steps),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type,
@@ -85,6 +70,31 @@ def train_stage(
         dataloader_num_workers=0,
         seed=seed,
     )
+    return SFTConfig(**{**settings, **overrides})
+
+
+def train_stage(
+    name: str,
+    init_model: str,
+    examples: Sequence[dict[str, Any]],
+    model_dir: str | Path,
+    cfg: PaceConfig,
+    seed: int,
+    max_steps: int | None = None,
+) -> StageResult:
+    """Fine-tune ``init_model`` on ``examples`` (TRL prompt-completion rows) and save to ``model_dir``; ``seed``
+    is the trainer's (data order, dropout). Without ``max_steps``, ``cfg.epochs`` passes."""
+    done = finished(model_dir)
+    if done is not None:
+        return done
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    if not examples:
+        raise ValueError(f"stage {name}: no training examples")
+    steps = max_steps or stage_steps(len(examples), cfg)
+    args = sft_args(cfg, steps, Path(model_dir) / "checkpoints", seed)
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
     trainer = SFTTrainer(
         model=init_model, args=args, train_dataset=dataset,

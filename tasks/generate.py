@@ -97,7 +97,7 @@ def run_shard(layout: RunLayout, shard: int, cfg: HealConfig, model_path: str) -
     if cfg.judge.enabled:
         judge = teacher_backend(cfg.teacher, resolve_model(cfg.judge.model, "judge") if cfg.judge.model else model_path)
     logger.info("shard %d: %d problems, N=%d", shard, len(problems), cfg.teacher.sampling.n)
-    out = generate_shard(backend, problems, cfg, teacher=model_path, judge=judge)
+    out = generate_shard(backend, problems, cfg, judge=judge)
     storage.write_parquet(to_table(out.trajectories, TRAJECTORY_SCHEMA), layout.shard_samples(shard), options)
     record = {
         "shard": shard,

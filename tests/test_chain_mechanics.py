@@ -36,10 +36,10 @@ def test_gear_backs_up_to_the_step_start_and_continues_from_there(backend):
     [plan] = gear.plan_repairs([row], backend, CFG)
     assert isinstance(plan, gear.RepairPlan)
     assert plan.prefix == "Start with 5.\n\n" and plan.breakpoint_step == 1
-    rows, skips = gear.repair(backend, [(PROBLEM, [row])], CFG, teacher="tiny", wave=2)
+    rows, skips = gear.repair(backend, [(PROBLEM, [row])], CFG, wave=2)
     assert not skips and len(rows) == 3
     for r in rows:
-        assert r["wave"] == 2
+        assert r["wave"] == 2 and r["teacher"] == backend.model_path  # the backend names the model it serves
         assert r["text"].startswith(plan.prefix) and r["prefix_chars"] == len(plan.prefix)
         assert r["stage"] == 3 and r["parent_sample_id"] == "p1|s1|0" and r["breakpoint_token"] == plan.breakpoint_token
         assert r["hint"] and "16" in r["hint"] and r["prompt"] == CFG.teacher.prompt_template.format(problem=PROBLEM.problem)
@@ -51,7 +51,7 @@ def test_gear_records_why_it_cannot_repair(backend):
     row = _failed_row(backend, "Start with 5.\n\n5 + 3 = 8.\n\nSo \\boxed{8}.")
     empty = {**row, "entropy": [], "sample_id": "e"}
     flat = {**row, "entropy": [0.5] * len(row["token_ids"]), "sample_id": "f"}
-    rows, skips = gear.repair(backend, [(PROBLEM, [empty, flat])], CFG, teacher="tiny")
+    rows, skips = gear.repair(backend, [(PROBLEM, [empty, flat])], CFG)
     assert rows == []
     assert [(s.sample_id, s.reason.split(" ")[0]) for s in skips] == [("e", "empty"), ("f", "no")]
 

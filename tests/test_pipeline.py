@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -54,6 +55,21 @@ def reduced(tmp_path_factory):
         "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]",
     ])
     return cfg
+
+
+GOLDEN = Path(__file__).parent / "golden" / "reduced_run.json"
+
+
+def _fingerprint(run: Path) -> dict[str, str]:
+    """sha256 of every dataset's and evaluation table's rows as canonical JSON, without the columns that name
+    this machine's places (the model paths, and the config hash, which covers the storage path). Parquet's
+    own bytes also carry the version of pyarrow that wrote them."""
+    def canonical(table) -> bytes:
+        rows = table.drop_columns([c for c in ("config_hash", "model_path") if c in table.column_names]).to_pylist()
+        return json.dumps(rows, sort_keys=True, default=str).replace(str(Path(__file__).parents[1]), "<repo>").encode()
+
+    files = sorted((run / "curriculum").glob("*.parquet")) + [run / "eval" / "results.parquet", run / "eval" / "summary.parquet"]
+    return {str(f.relative_to(run)): hashlib.sha256(canonical(pq.read_table(f))).hexdigest() for f in files}
 
 
 def _mtimes(directory: Path) -> dict[str, int]:
@@ -119,6 +135,14 @@ def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypa
     assert {"breakpoint hit rate", "breakpoint hit rate, random position", "PURE AUROC", "wrong-step share variant heal",
             "wrong-step share stage II examples (no PURE)"} <= set(truth)
     assert "## Ground truth (step checker)" in report
+
+    # Behaviour is pinned: the datasets and the evaluation are the ones this config has always produced.
+    # After an intended change of behaviour, HEAL_UPDATE_GOLDEN=1 rewrites the pin (review its diff).
+    fingerprint = _fingerprint(run)
+    if os.environ.get("HEAL_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
+    assert fingerprint == json.loads(GOLDEN.read_text())
 
     # Resume after an interrupted stage III: nothing finished is redone.
     heal = run / "models" / "heal" / "seed-0"

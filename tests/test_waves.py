@@ -67,7 +67,7 @@ def shards():
     out = {}
     for name, extra in (("waves", []), ("one wave", ["gear.wave_paths=3", "hints.wave_samples=4"])):
         cfg = parse_config(demo_defaults(), [*SETTINGS, *extra])
-        out[name] = generate_shard(backend, problems, cfg, teacher="demo")
+        out[name] = generate_shard(backend, problems, cfg)
     return out
 
 
@@ -105,7 +105,7 @@ def test_the_same_shard_again_writes_byte_identical_parquet(shards, tmp_path):
     """A fresh backend (a retried shard's worker) regenerates the shard to the byte."""
     problems = [w.problem for w in sorted(split("generation"), key=lambda w: -w.steps)[:6]]
     again = generate_shard(HFBackend(str(bundled_model("teacher")), "float32", "cpu", 64), problems,
-                           parse_config(demo_defaults(), SETTINGS), teacher="demo")
+                           parse_config(demo_defaults(), SETTINGS))
     paths = []
     for name, out in (("first", shards["waves"]), ("again", again)):
         path = tmp_path / f"{name}.parquet"

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal, Self
 
 import numpy as np
+from transformers import PreTrainedTokenizerBase
 
-from heal_core.config import SamplingConfig
+from heal_core.backends import tokens
+from heal_core.config import SamplingConfig, TeacherConfig
 
 FinishReason = Literal["stop", "length"]
 
@@ -113,28 +116,41 @@ class PrefixScores:
     answer_logprobs: list[np.ndarray] = field(default_factory=list)
 
 
-@runtime_checkable
-class TeacherBackend(Protocol):
-    name: str
+class TeacherBackend(ABC):
+    """What every backend shares; a backend adds how it generates and scores.
 
+    ``model_path`` is the model the backend serves, as resolved for this worker: every trajectory records it as
+    its ``teacher``, so the name lives with the weights it names instead of travelling beside them.
+    """
+
+    kind: ClassVar[str]  # teacher.backend's value for this backend
+    model_path: str
+    tokenizer: PreTrainedTokenizerBase
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: TeacherConfig, model: str | None = None, dtype: str | None = None) -> Self:
+        """A backend for ``model`` (default ``config.model``) in ``dtype`` (default ``config.dtype``)."""
+
+    @abstractmethod
     def generate(self, requests: Sequence[Request], sampling: SamplingConfig) -> list[list[Generation]]:
         """result[i][j] is completion j of request i, its text excluding the prefix. Of ``sampling`` the backend
         reads the temperature, top-p, top-k and max_new_tokens; ``n`` and the seed come with each request."""
-        ...
+
+    @abstractmethod
+    def score(self, prompt: str, continuation: str) -> np.ndarray:
+        """Per-token log-probs (temperature 1) of ``continuation`` as the assistant's answer to ``prompt``."""
+
+    @abstractmethod
+    def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
+        """Each query's segments scored, and its answer after every segment prefix."""
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Text of generated token ids as ``Generation.text`` renders it (GEAR maps a token index to text)."""
-        ...
-
-    def score(self, prompt: str, continuation: str) -> np.ndarray:
-        """Per-token log-probs (temperature 1) of ``continuation`` as the assistant's answer to ``prompt``."""
-        ...
-
-    def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
-        """Each query's segments scored, and its answer after every segment prefix."""
-        ...
+        return tokens.decode(self.tokenizer, token_ids)
 
     def exact_entropy(self, traces: Sequence[Trace], temperature: float) -> list[np.ndarray]:
-        """The exact entropy trace (as ``Generation.entropy`` defines it) of each trace; a backend whose recorded
-        traces are exact returns them."""
-        ...
+        """The exact entropy trace (as ``Generation.entropy`` defines it) of each trace. Here the recorded one:
+        exact where sampling saw the full logits (HF), the best there is where a server gives only top-k
+        log-probs (``teacher.entropy: topk``); vLLM overrides it for ``entropy: exact``."""
+        return [np.asarray(t.recorded) for t in traces]

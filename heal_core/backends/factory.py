@@ -23,15 +23,10 @@ def build_backend(
     ``config.backend`` (a student cannot be evaluated on the teacher's server).
     """
     kind = kind or config.backend
-    path = model or config.model
     if kind == "hf":
-        from heal_core.backends.hf import HFBackend
-
-        return HFBackend(path, dtype or config.dtype, config.device, config.max_batch_sequences)
-    if kind == "vllm":
-        from heal_core.backends.vllm import VLLMBackend
-
-        return VLLMBackend(config, path, dtype=dtype)
-    from heal_core.backends.openai import OpenAIBackend
-
-    return OpenAIBackend(config, path)
+        from heal_core.backends.hf import HFBackend as backend
+    elif kind == "vllm":
+        from heal_core.backends.vllm import VLLMBackend as backend
+    else:
+        from heal_core.backends.openai import OpenAIBackend as backend
+    return backend.from_config(config, model, dtype)

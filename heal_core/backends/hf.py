@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from heal_core.backends import tokens
-from heal_core.backends.base import Generation, PrefixQuery, PrefixScores, Request, Trace
+from heal_core.backends.base import Generation, PrefixQuery, PrefixScores, Request, TeacherBackend
 from heal_core.config import SamplingConfig, TeacherConfig
 
 logger = logging.getLogger(__name__)
@@ -137,13 +137,14 @@ class ForcedStats:
     top_logprobs: np.ndarray  # [L, k] their log-probs, descending
 
 
-class HFBackend:
+class HFBackend(TeacherBackend):
     """``TeacherBackend`` over ``AutoModelForCausalLM``; see heal_core/backends/base.py for the contract."""
 
-    name = "hf"
+    kind = "hf"
 
     def __init__(self, model: str, dtype: str = "auto", device: str = "auto", max_batch_sequences: int = 64) -> None:
         _require_local(model)
+        self.model_path = model
         self.device = torch.device(device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = tokens.load_tokenizer(model)
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
@@ -159,9 +160,8 @@ class HFBackend:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.24
 
     @classmethod
-    def from_config(cls, config: TeacherConfig, model: str | None = None) -> HFBackend:
-        """``model`` overrides ``config.model`` (e.g. a resolved local path)."""
-        return cls(model or config.model, config.dtype, config.device, config.max_batch_sequences)
+    def from_config(cls, config: TeacherConfig, model: str | None = None, dtype: str | None = None) -> HFBackend:
+        return cls(model or config.model, dtype or config.dtype, config.device, config.max_batch_sequences)
 
     def _encode(self, text: str) -> list[int]:
         return tokens.encode(self.tokenizer, text)
@@ -239,9 +239,6 @@ class HFBackend:
             attention_mask[i, width - len(row) :] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
 
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return tokens.decode(self.tokenizer, token_ids)
-
     def _generation(self, token_ids: list[int], entropy: torch.Tensor, seed: int) -> Generation:
         """Trim a row after its first stop token (kept); the rest is padding from rows that ran longer."""
         kept, stopped = tokens.trim_at_stop(token_ids, self.eos_ids)
@@ -252,10 +249,6 @@ class HFBackend:
             finish_reason="stop" if stopped else "length",
             seed=seed,
         )
-
-    def exact_entropy(self, traces: Sequence[Trace], temperature: float) -> list[np.ndarray]:
-        """Recorded while sampling, from the full logits: already exact."""
-        return [np.asarray(t.recorded) for t in traces]
 
     @torch.inference_mode()
     def teacher_forced(self, ids: Sequence[int], start: int, temperature: float = 1.0, top_k: int = 0) -> ForcedStats:

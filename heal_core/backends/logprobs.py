@@ -31,6 +31,7 @@ the traces GEAR cuts with a teacher-forced pass instead.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -38,7 +39,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from heal_core.backends import tokens
-from heal_core.backends.base import Generation, PrefixQuery, PrefixScores
+from heal_core.backends.base import Generation, PrefixQuery, PrefixScores, TeacherBackend
 
 TokenLogprobs = Mapping[int, float]  # token id -> log-prob at one position
 
@@ -197,3 +198,27 @@ def score_prefixes(
         bounds = plan.segment_bounds
         out.append(PrefixScores(segment_logprobs=[flat[a:b] for a, b in zip(bounds, bounds[1:])], answer_logprobs=answers))
     return out
+
+
+class RowScoringBackend(TeacherBackend):
+    """A backend that sees log-probs only as top-k maps per position of whole rows (vLLM's prompt log-probs, a
+    server's echo): it scores through ``score`` and ``score_prefixes`` above, and needs the tokenizer, the stop
+    ids and the vocabulary size of the model it serves to turn those maps into HEAL's arrays."""
+
+    def _load_tokens(self, path: str) -> None:
+        self.model_path = path
+        self.tokenizer = tokens.load_tokenizer(path)
+        self.stop_ids = tokens.stop_token_ids(path, self.tokenizer)
+        self.vocab_size = tokens.vocab_size(path)
+
+    @abstractmethod
+    def _score_rows(self, rows: list[list[int]]) -> list[list[TokenLogprobs | None]]:
+        """Each row's per-position log-prob maps (position t: the row's token t given the ones before)."""
+
+    def score(self, prompt: str, continuation: str) -> np.ndarray:
+        return score(self._score_rows, self.tokenizer, prompt, continuation)
+
+    def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
+        """K + 2 rows per query, all in one ``_score_rows`` call (the engine batches them, or the client sends
+        them concurrently)."""
+        return score_prefixes(self._score_rows, self.tokenizer, queries)

@@ -28,11 +28,10 @@ from typing import Any
 
 import anyio
 import httpx
-import numpy as np
 from anyio.from_thread import start_blocking_portal
 
 from heal_core.backends import logprobs, tokens
-from heal_core.backends.base import Generation, PrefixQuery, PrefixScores, Request, Trace
+from heal_core.backends.base import Generation, Request
 from heal_core.config import SamplingConfig, ServerConfig, TeacherConfig
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -226,22 +225,24 @@ class CompletionsClient:
         return ServerError(f"{url} refused the request: {problem}")
 
 
-class OpenAIBackend:
+class OpenAIBackend(logprobs.RowScoringBackend):
     """``TeacherBackend`` over an OpenAI-compatible completions server; see heal_core/backends/base.py."""
 
-    name = "openai"
+    kind = "openai"
 
     def __init__(self, config: TeacherConfig, model: str | None = None) -> None:
         """``model`` (default ``teacher.model``) is where the tokenizer and config come from: a hub name or a
         directory without weights will do. The server is asked for ``server.model_name`` (default teacher.model)."""
         self.config = config
-        path = model or config.model
-        self.tokenizer = tokens.load_tokenizer(path)
-        self.stop_ids = tokens.stop_token_ids(path, self.tokenizer)
-        self.vocab_size = tokens.vocab_size(path)
-        self.served = config.server.model_name or config.model or path
+        self._load_tokens(model or config.model)
+        self.served = config.server.model_name or config.model or self.model_path
         self.client = CompletionsClient(config.server)
         self._check_served()
+
+    @classmethod
+    def from_config(cls, config: TeacherConfig, model: str | None = None, dtype: str | None = None) -> OpenAIBackend:
+        """``dtype`` is the server's business: it is not asked for."""
+        return cls(config, model)
 
     def _check_served(self) -> None:
         """Fail before any work when the server does not serve the model (a wrong URL or name)."""
@@ -280,17 +281,11 @@ class OpenAIBackend:
             decode=self.decode,
         )
 
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return tokens.decode(self.tokenizer, token_ids)
-
-    def exact_entropy(self, traces: Sequence[Trace], temperature: float) -> list[np.ndarray]:
-        """A server gives top-k log-probs only (``teacher.entropy`` is ``topk``): the recorded bounds."""
-        return [np.asarray(t.recorded) for t in traces]
-
     # ---- scoring --------------------------------------------------------------------------------------
 
-    def _echo(self, rows: list[list[int]]) -> list[list[dict[int, float] | None]]:
-        """Per-position log-prob maps of each row, checked to be the row's own tokens."""
+    def _score_rows(self, rows: list[list[int]]) -> list[list[dict[int, float] | None]]:
+        """Per-position log-prob maps of each row (echo requests, all in flight together), checked to be the
+        row's own tokens."""
         responses = self.client.post_all("completions", [score_payload(self.served, r) for r in rows])
         out = []
         for row, response in zip(rows, responses, strict=True):
@@ -299,10 +294,3 @@ class OpenAIBackend:
                 raise ServerError("the server's echoed prompt differs from the token ids sent")
             out.append(positions[: len(row)])
         return out
-
-    def score(self, prompt: str, continuation: str) -> np.ndarray:
-        return logprobs.score(self._echo, self.tokenizer, prompt, continuation)
-
-    def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
-        """K + 2 echo requests per query, all sent concurrently (see ``logprobs.score_prefixes``)."""
-        return logprobs.score_prefixes(self._echo, self.tokenizer, queries)

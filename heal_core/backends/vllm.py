@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from heal_core.backends import logprobs, tokens
-from heal_core.backends.base import Generation, PrefixQuery, PrefixScores, Request, Trace
+from heal_core.backends.base import Generation, Request, Trace
 from heal_core.backends.hf import HFBackend
 from heal_core.config import SamplingConfig, TeacherConfig
 
@@ -157,10 +157,10 @@ def prompt_positions(output: Any) -> list[dict[int, float] | None]:
     return [_floats(p) for p in output.prompt_logprobs]
 
 
-class VLLMBackend:
+class VLLMBackend(logprobs.RowScoringBackend):
     """``TeacherBackend`` over ``vllm.LLM``; see heal_core/backends/base.py for the contract."""
 
-    name = "vllm"
+    kind = "vllm"
 
     def __init__(self, config: TeacherConfig, model: str | None = None, dtype: str | None = None) -> None:
         try:
@@ -170,12 +170,13 @@ class VLLMBackend:
             raise ImportError(INSTALL_HINT) from exc
         self._params, self._prompt = SamplingParams, TokensPrompt
         self.config = config.model_copy(update={"dtype": dtype}) if dtype else config
-        self.model_path = model or config.model
-        self.tokenizer = tokens.load_tokenizer(self.model_path)
-        self.stop_ids = tokens.stop_token_ids(self.model_path, self.tokenizer)
-        self.vocab_size = tokens.vocab_size(self.model_path)
+        self._load_tokens(model or config.model)
         self.llm = LLM(**engine_kwargs(self.config, self.model_path))
         self._forcer: HFBackend | None = None
+
+    @classmethod
+    def from_config(cls, config: TeacherConfig, model: str | None = None, dtype: str | None = None) -> VLLMBackend:
+        return cls(config, model, dtype)
 
     # ---- sampling -------------------------------------------------------------------------------------
 
@@ -192,9 +193,6 @@ class VLLMBackend:
             for out, r in zip(outputs, requests, strict=True)
         ]
 
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return tokens.decode(self.tokenizer, token_ids)
-
     def exact_entropy(self, traces: Sequence[Trace], temperature: float) -> list[np.ndarray]:
         """With ``entropy: exact``, one teacher-forced pass of the HF model per trace; with ``topk``, the recorded
         bounds."""
@@ -210,14 +208,8 @@ class VLLMBackend:
 
     # ---- scoring --------------------------------------------------------------------------------------
 
-    def _prompt_logprobs(self, rows: list[list[int]]) -> list[list[dict[int, float] | None]]:
+    def _score_rows(self, rows: list[list[int]]) -> list[list[dict[int, float] | None]]:
+        """Prompt log-probs of every row in one engine call."""
         params = self._params(**scoring_kwargs())
         outputs = self.llm.generate([self._prompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False)
         return [prompt_positions(out) for out in outputs]
-
-    def score(self, prompt: str, continuation: str) -> np.ndarray:
-        return logprobs.score(self._prompt_logprobs, self.tokenizer, prompt, continuation)
-
-    def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
-        """K + 2 prompt log-prob requests per query, all in one engine batch (see ``logprobs.score_prefixes``)."""
-        return logprobs.score_prefixes(self._prompt_logprobs, self.tokenizer, queries)

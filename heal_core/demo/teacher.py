@@ -43,7 +43,7 @@ from typing import Literal
 import torch
 import yaml
 
-from heal_core.config import HealConfig, parse_config
+from heal_core.config import HealConfig, PaceConfig, parse_config
 from heal_core.demo.arithmetic import (
     STEPS,
     Chain,
@@ -53,6 +53,7 @@ from heal_core.demo.arithmetic import (
     solution,
     wrong_firsts,
 )
+from heal_core.train import sft_args
 
 Split = Literal["train", "generation", "eval"]
 
@@ -163,27 +164,11 @@ def _sft(model_dir: Path, rows: list[dict], steps: int, lr: float, batch_size: i
     """
     from datasets import Dataset
     from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
-    args = SFTConfig(
-        output_dir=str(model_dir / "_trainer"),
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, steps // 20),
-        weight_decay=0.01,
-        max_length=512,
-        bf16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        logging_steps=max(1, steps // 10),
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=seed,
-    )
+    pace = PaceConfig(batch_size=batch_size, learning_rate=lr, lr_scheduler_type="cosine", max_length=512)
+    args = sft_args(pace, steps, model_dir / "_trainer", seed, warmup_steps=max(1, steps // 20), weight_decay=0.01,
+                    bf16=False, use_cpu=True, disable_tqdm=True)
     trainer = SFTTrainer(
         model=str(model_dir), args=args, train_dataset=Dataset.from_list(rows),
         processing_class=AutoTokenizer.from_pretrained(model_dir),

@@ -31,7 +31,7 @@ from servers import postgres_url, prefect_server, stop  # noqa: E402
 from heal_core.config import parse_config  # noqa: E402
 from heal_core.demo import demo_defaults, demo_problems  # noqa: E402
 from tasks.generate import write_shards  # noqa: E402
-from tasks.layout import RunLayout  # noqa: E402
+from heal_core.run import Run  # noqa: E402
 
 HEAL = str(Path(sys.executable).parent / "heal")
 
@@ -76,7 +76,7 @@ def measure(db: str, shards: int, workers: int, tmp: Path) -> dict[str, float]:
             with httpx.Client(base_url=api, timeout=30) as client:
                 dep = client.get("/deployments/name/heal-shard/heal-shard").raise_for_status().json()["id"]
                 root = f"{cfg.storage.uri}/runs/bench"
-                write_shards.fn(RunLayout(root), [p], cfg)
+                write_shards.fn(Run.at(root, cfg), [p], cfg)
                 params = {"run_root": root, "shard": 0, "config": cfg.model_dump(mode="json")}
 
                 refused = 0

@@ -10,7 +10,7 @@ import difflib
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.table import Table
 import heal_core
 from heal_core.config import ConfigError, HealConfig, load_config, parse_config
 from heal_core.demo import demo_defaults
+
+if TYPE_CHECKING:
+    from heal_core.run import Run
 
 # Embedded mode is offline: never phone home. Prefect's temporary server gets 20 s to start by default, which a
 # laptop busy with other work misses ("Timed out while attempting to connect to ephemeral Prefect API server").
@@ -132,11 +135,11 @@ def _run_pipeline(cfg: HealConfig, run_id: str) -> None:
     from flows.interrupt import stop_on_signal
     from flows.local_api import local_api
     from flows.pipeline import heal_pipeline
-    from tasks.layout import RunLayout
+    from heal_core.run import Run
 
     try:
-        layout = RunLayout.of(cfg.storage.uri, run_id)
-        console.print(f"run id: [bold]{run_id}[/bold]   storage: {layout.root}", soft_wrap=True)
+        run = Run.of(cfg, run_id)
+        console.print(f"run id: [bold]{run_id}[/bold]   storage: {run.root}", soft_wrap=True)
         started = time.perf_counter()
         summary = None
         with local_api(), stop_on_signal():
@@ -148,7 +151,7 @@ def _run_pipeline(cfg: HealConfig, run_id: str) -> None:
                       f"{cfg.storage.uri}", soft_wrap=True, highlight=False)
         raise typer.Exit(130)
     console.print(_summary_table(f"HEAL run {run_id} ({time.perf_counter() - started:.0f} s)", summary))
-    console.print(f"report: {layout.report}")
+    console.print(f"report: {run.report}")
 
 
 @app.command()
@@ -165,17 +168,16 @@ def run(
 StorageOpt = Annotated[str, typer.Option("--storage", help="storage.uri the run was written to")]
 
 
-def _stored_config(run_id: str, storage_uri: str) -> HealConfig:
-    import yaml
-
-    from heal_core import storage
-    from tasks.layout import RunLayout
+def _stored_run(run_id: str, storage_uri: str) -> tuple[Run, HealConfig]:
+    """The run under ``storage_uri`` and the config it stored (whose storage options it is read with)."""
+    from heal_core.run import Run
 
     try:
-        layout = RunLayout.of(storage_uri, run_id)
-        return parse_config(yaml.safe_load(storage.read_bytes(layout.config)), source=layout.config)
+        run = Run.of(parse_config({"storage": {"uri": storage_uri}}), run_id)
+        cfg = run.stored_config()
     except ValueError as err:  # ConfigError and StorageError are ValueErrors
         raise _fail(err) from None
+    return Run(run.root, cfg.storage.storage_options), cfg
 
 
 ModeOpt = Annotated[str | None, typer.Option("--mode", help="orchestration.mode for this attempt: embedded or deployments")]
@@ -184,7 +186,7 @@ ModeOpt = Annotated[str | None, typer.Option("--mode", help="orchestration.mode 
 @app.command()
 def resume(run_id: str, storage_uri: StorageOpt = "./heal-data", mode: ModeOpt = None) -> None:
     """Continue a run with its stored config: finished shards and training stages are not redone."""
-    cfg = _stored_config(run_id, storage_uri)
+    _, cfg = _stored_run(run_id, storage_uri)
     if mode is not None:
         try:
             cfg.orchestration.mode = mode  # execution-only: the run's config hash does not change
@@ -205,13 +207,14 @@ def deploy(config: ConfigArg = None, set_: SetOpt = None, prefect_file: PrefectF
     """
     import yaml
 
-    from flows.deploy import (PREFECT_FILE, check_shared_storage, close_parameter_schemas, deployment_name, ensure_pools,
+    from flows.deploy import (PREFECT_FILE, close_parameter_schemas, deployment_name, ensure_pools,
                               ensure_zombie_automation, register, render)
+    from heal_core import storage
 
     cfg = _load(config, set_)
     path = prefect_file if prefect_file.exists() else PREFECT_FILE
     try:
-        check_shared_storage(cfg.storage.uri)
+        storage.check_shared(cfg.storage.uri)
         spec = render(yaml.safe_load(path.read_text()), cfg)
         created = ensure_pools(spec)
         register(spec)
@@ -246,13 +249,11 @@ def worker(
 def report(run_id: str, storage_uri: StorageOpt = "./heal-data") -> None:
     """Print a finished run's summary again."""
     from heal_core import storage
-    from tasks.layout import RunLayout
 
-    cfg = _stored_config(run_id, storage_uri)
-    layout = RunLayout.of(storage_uri, run_id)
-    summary = storage.read_json(layout.path("summary.json"), cfg.storage.storage_options)
+    run, _ = _stored_run(run_id, storage_uri)
+    summary = storage.read_json(run.summary, run.options)
     console.print(_summary_table(f"HEAL run {run_id}", summary))
-    console.print(f"report: {layout.report}")
+    console.print(f"report: {run.report}")
 
 
 def main() -> None:  # pragma: no cover - console-script shim

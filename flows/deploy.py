@@ -28,13 +28,6 @@ PIPELINES = ("heal-pipeline", "heal-pipeline-nightly")
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
 
-def check_shared_storage(uri: str) -> None:
-    """Deployment runs execute on other workers, often other machines: a relative local path cannot be shared."""
-    if "://" not in uri and not uri.startswith("/"):
-        raise ValueError(f"storage.uri {uri!r} is a relative local path: workers on other machines or in other "
-                         "directories cannot share it; use s3://... or an absolute path on a shared filesystem")
-
-
 def render(spec: dict[str, Any], cfg: HealConfig) -> dict[str, Any]:
     """``spec`` with the config's pool names (``cpu``/``gpu`` in the file are roles) and, for the pipelines,
     the config as the default ``config`` parameter."""

@@ -6,8 +6,8 @@ from prefect import flow
 
 from heal_core.config import HealConfig
 from heal_core.evaluate import HELD_OUT
+from heal_core.run import Run
 from tasks.evaluation import evaluate_model, write_evaluation
-from tasks.layout import RunLayout
 from tasks.models import resolve_model
 from tasks.problems import benchmark_sets, problem_set
 from tasks.secrets import export_secrets
@@ -29,5 +29,5 @@ def heal_eval(run_root: str, config: HealConfig, trained: list[TrainedModel]) ->
               *((m.variant, m.seed, m.model) for m in trained)]
     rows = [row for label, seed, ref in models
             for row in evaluate_model(label, local_model(ref, config), sets, config, train_seed=seed)]
-    write_evaluation(RunLayout(run_root), rows, config)
+    write_evaluation(Run.at(run_root, config), rows, config)
     return len(rows)

@@ -12,8 +12,8 @@ from typing import Any
 from prefect import flow
 
 from heal_core.config import HealConfig
+from heal_core.run import Run
 from tasks.generate import retrying_shard
-from tasks.layout import RunLayout
 from tasks.models import resolve_model
 from tasks.secrets import export_secrets
 
@@ -22,4 +22,4 @@ from tasks.secrets import export_secrets
 def heal_shard(run_root: str, shard: int, config: HealConfig) -> dict[str, Any]:
     """The teacher is resolved here, on the worker: a bundled or local path is the worker's, not the parent's."""
     export_secrets(config)
-    return retrying_shard(config)(RunLayout(run_root), shard, config, resolve_model(config.teacher.model, "teacher"))
+    return retrying_shard(config)(Run.at(run_root, config), shard, config, resolve_model(config.teacher.model, "teacher"))

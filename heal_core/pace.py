@@ -21,9 +21,7 @@ from typing import Any, Literal
 from heal_core.config import HealConfig
 from heal_core.schema import CURRICULUM_SCHEMA
 from heal_core.selection import select_without_pure
-
-STAGES = (1, 2, 3)
-DATASETS = ("stage1", "stage2", "stage3", "stage2_no_pure", "stage3_no_pure", "mixed", "rs_sft", "keep_all")
+from heal_core.stages import Dataset, Stage
 _LINEAGE = [name for name in CURRICULUM_SCHEMA.names if name not in ("prompt", "completion")]
 
 
@@ -56,31 +54,31 @@ def curriculum(
 ) -> dict[int, list[dict[str, Any]]]:
     """Stage number -> examples. ``kept`` holds the kept trajectory rows of all stages."""
     ordered = sorted(kept, key=lambda r: (r["stage"], r["problem_id"], r["sample_id"]))
-    new = {stage: [] for stage in STAGES}
+    new = {stage: [] for stage in Stage}
     for row in dedupe(ordered):
         new[row["stage"]].append(to_example(row))
     if mode == "incremental":
         return new
-    return {stage: [ex for s in STAGES if s <= stage for ex in new[s]] for stage in STAGES}
+    return {stage: [ex for s in Stage if s <= stage for ex in new[s]] for stage in Stage}
 
 
 def baselines(stage1_all: Sequence[dict[str, Any]], stage1_kept: Sequence[dict[str, Any]]) -> dict[str, list[dict]]:
     def examples(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         return [to_example(r) for r in dedupe(sorted(rows, key=lambda r: (r["problem_id"], r["sample_id"])))]
 
-    return {"rs_sft": examples(stage1_kept), "keep_all": examples(stage1_all)}
+    return {Dataset.RS_SFT: examples(stage1_kept), Dataset.KEEP_ALL: examples(stage1_all)}
 
 
 def datasets(rows: Sequence[dict[str, Any]], cfg: HealConfig) -> dict[str, list[dict[str, Any]]]:
-    """Every dataset of ``DATASETS`` from a run's trajectory rows of all stages (``kept`` as the shards set it)."""
+    """Every ``Dataset`` from a run's trajectory rows of all stages (``kept`` as the shards set it)."""
     kept = [r for r in rows if r["kept"]]
-    stage1 = [r for r in rows if r["stage"] == 1]
+    stage1 = [r for r in rows if r["stage"] == Stage.BASE]
     stage1_kept = [r for r in stage1 if r["kept"]]
     heal = curriculum(kept, cfg.pace.mode)
     no_pure = curriculum(stage1_kept + select_without_pure(rows, cfg), cfg.pace.mode)
     return {
-        **{f"stage{stage}": examples for stage, examples in heal.items()},
-        "stage2_no_pure": no_pure[2], "stage3_no_pure": no_pure[3],
-        "mixed": curriculum(kept, "cumulative")[3],  # every stage's examples once: cumulative stage III
+        **{Dataset.of(stage): examples for stage, examples in heal.items()},
+        Dataset.STAGE2_NO_PURE: no_pure[Stage.HINT], Dataset.STAGE3_NO_PURE: no_pure[Stage.REPAIR],
+        Dataset.MIXED: curriculum(kept, "cumulative")[Stage.REPAIR],  # every stage's examples once: cumulative III
         **baselines(stage1, stage1_kept),
     }

@@ -81,6 +81,13 @@ def _errors(uri: str) -> Iterator[None]:
         raise StorageError(f"{uri}: {exc}") from exc
 
 
+def check_shared(uri: str) -> None:
+    """Deployment runs execute on other workers, often other machines: a relative local path cannot be shared."""
+    if "://" not in uri and not uri.startswith("/"):
+        raise ValueError(f"storage.uri {uri!r} is a relative local path: workers on other machines or in other "
+                         "directories cannot share it; use s3://... or an absolute path on a shared filesystem")
+
+
 def join(uri: str, *parts: str) -> str:
     """A child URI of ``uri``; the same for local paths and ``s3://`` prefixes (``os.path.join`` is not)."""
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])

@@ -1,6 +1,6 @@
 """Training variants: which curriculum datasets each one fine-tunes on, stage after stage, and for how many steps.
 
-A variant is a sequence of SFT stages, each a dataset of ``heal_core/pace.py`` (``DATASETS``) and each starting
+A variant is a sequence of SFT stages, each a ``Dataset`` (``heal_core/stages.py``, built by ``heal_core/pace.py``) and each starting
 from the previous stage's weights:
 
 ================  ===========================================  ==========================================
@@ -35,14 +35,15 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from heal_core.config import PaceConfig, VariantName
+from heal_core.stages import Dataset
 
-VARIANTS: dict[VariantName, tuple[str, ...]] = {
-    "heal": ("stage1", "stage2", "stage3"),
-    "rs_sft": ("rs_sft",),
-    "keep_all": ("keep_all",),
-    "heal_no_pure": ("stage1", "stage2_no_pure", "stage3_no_pure"),
-    "heal_no_gear": ("stage1", "stage2"),
-    "heal_mixed": ("mixed",),
+VARIANTS: dict[VariantName, tuple[Dataset, ...]] = {
+    "heal": (Dataset.STAGE1, Dataset.STAGE2, Dataset.STAGE3),
+    "rs_sft": (Dataset.RS_SFT,),
+    "keep_all": (Dataset.KEEP_ALL,),
+    "heal_no_pure": (Dataset.STAGE1, Dataset.STAGE2_NO_PURE, Dataset.STAGE3_NO_PURE),
+    "heal_no_gear": (Dataset.STAGE1, Dataset.STAGE2),
+    "heal_mixed": (Dataset.MIXED,),
 }
 BASELINE: VariantName = "rs_sft"  # what the report's differences are taken against
 

@@ -10,27 +10,25 @@ from prefect.cache_policies import NO_CACHE
 
 from heal_core import storage
 from heal_core.config import HealConfig
-from heal_core.pace import DATASETS, datasets
+from heal_core.pace import datasets
+from heal_core.run import Run
 from heal_core.schema import CURRICULUM_SCHEMA, TRAJECTORY_SCHEMA, to_table
-from tasks.layout import RunLayout
+from heal_core.stages import Dataset
 
 
-def read_samples(layout: RunLayout, shards: int, cfg: HealConfig) -> pa.Table:
-    tables = [
-        storage.read_parquet(layout.shard_samples(s), TRAJECTORY_SCHEMA, cfg.storage.storage_options)
-        for s in range(shards)
-    ]
+def read_samples(run: Run, shards: int) -> pa.Table:
+    tables = [storage.read_parquet(run.shard_samples(s), TRAJECTORY_SCHEMA, run.options) for s in range(shards)]
     return pa.concat_tables(tables) if tables else TRAJECTORY_SCHEMA.empty_table()
 
 
 @task(cache_policy=NO_CACHE)
-def build_datasets(layout: RunLayout, shards: int, cfg: HealConfig) -> dict[str, int]:
+def build_datasets(run: Run, shards: int, cfg: HealConfig) -> dict[str, int]:
     """Write ``curriculum/<name>.parquet`` for every dataset a variant trains on; return their sizes."""
-    built = datasets(read_samples(layout, shards, cfg).to_pylist(), cfg)
-    for name in DATASETS:
-        storage.write_parquet(to_table(built[name], CURRICULUM_SCHEMA), layout.curriculum(name), cfg.storage.storage_options)
-    return {name: len(built[name]) for name in DATASETS}
+    built = datasets(read_samples(run, shards).to_pylist(), cfg)
+    for name in Dataset:
+        storage.write_parquet(to_table(built[name], CURRICULUM_SCHEMA), run.curriculum(name), run.options)
+    return {name: len(built[name]) for name in Dataset}
 
 
-def read_dataset(layout: RunLayout, name: str, cfg: HealConfig) -> list[dict[str, Any]]:
-    return storage.read_parquet(layout.curriculum(name), CURRICULUM_SCHEMA, cfg.storage.storage_options).to_pylist()
+def read_dataset(run: Run, name: str) -> list[dict[str, Any]]:
+    return storage.read_parquet(run.curriculum(name), CURRICULUM_SCHEMA, run.options).to_pylist()

@@ -14,9 +14,9 @@ from heal_core.backends.factory import build_backend
 from heal_core.config import HealConfig
 from heal_core.evaluate import evaluate, evaluation_sampling, sampling_settings, summarize
 from heal_core.problems import Problem
+from heal_core.run import Run
 from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, to_table
 from tasks.generate import teacher_backend
-from tasks.layout import RunLayout
 
 
 @task(cache_policy=NO_CACHE)
@@ -42,13 +42,12 @@ def evaluate_model(
 
 
 @task(cache_policy=NO_CACHE)
-def write_evaluation(layout: RunLayout, rows: list[dict[str, Any]], cfg: HealConfig) -> list[dict[str, Any]]:
+def write_evaluation(run: Run, rows: list[dict[str, Any]], cfg: HealConfig) -> list[dict[str, Any]]:
     """Per-problem results and their summary per model, benchmark and group as Parquet; the summary also as the
     ``heal-eval-summary`` table artifact. Returns the summary rows."""
-    options = cfg.storage.storage_options
     summary = summarize(rows)
-    storage.write_parquet(to_table(rows, EVALUATION_SCHEMA), layout.evaluation, options)
-    storage.write_parquet(to_table(summary, EVALUATION_SUMMARY_SCHEMA), layout.evaluation_summary, options)
+    storage.write_parquet(to_table(rows, EVALUATION_SCHEMA), run.evaluation, run.options)
+    storage.write_parquet(to_table(summary, EVALUATION_SUMMARY_SCHEMA), run.evaluation_summary, run.options)
     create_table_artifact(key="heal-eval-summary", table=summary,
                           description=f"pass@1 and pass@{cfg.evaluation.samples} per model, benchmark and group")
     return summary

@@ -10,14 +10,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from heal_core import storage
-from heal_core.storage import StorageError
 from heal_core.backends.base import TeacherBackend
 from heal_core.backends.factory import build_backend
 from heal_core.config import HealConfig, TeacherConfig
 from heal_core.problems import Problem, problems_to_records
 from heal_core.schema import PROBLEM_SCHEMA, TRAJECTORY_SCHEMA, to_table
 from heal_core.shard import generate_shard
-from tasks.layout import RunLayout
+from heal_core.run import Run
 from tasks.models import resolve_model
 
 
@@ -35,70 +34,51 @@ def teacher_backend(teacher: TeacherConfig, model: str) -> TeacherBackend:
 
 
 @task(cache_policy=NO_CACHE)
-def write_shards(layout: RunLayout, problems: list[Problem], cfg: HealConfig) -> int:
+def write_shards(run: Run, problems: list[Problem], cfg: HealConfig) -> int:
     """Write the problem shards (deterministic: the same problems and shard size give the same shards)."""
     size = cfg.orchestration.shard_size
     shards = [problems[i : i + size] for i in range(0, len(problems), size)]
     for shard, chunk in enumerate(shards):
-        uri = layout.shard_problems(shard)
-        if not storage.exists(uri, cfg.storage.storage_options):
-            table = to_table(problems_to_records(chunk), PROBLEM_SCHEMA)
-            storage.write_parquet(table, uri, cfg.storage.storage_options)
+        uri = run.shard_problems(shard)
+        if not storage.exists(uri, run.options):
+            storage.write_parquet(to_table(problems_to_records(chunk), PROBLEM_SCHEMA), uri, run.options)
     return len(shards)
 
 
-def read_shard_problems(layout: RunLayout, shard: int, cfg: HealConfig) -> list[Problem]:
-    table = storage.read_parquet(layout.shard_problems(shard), PROBLEM_SCHEMA, cfg.storage.storage_options)
+def read_shard_problems(run: Run, shard: int) -> list[Problem]:
+    table = storage.read_parquet(run.shard_problems(shard), PROBLEM_SCHEMA, run.options)
     return [Problem(**row) for row in table.to_pylist()]
 
 
-def shard_done(layout: RunLayout, shard: int, cfg: HealConfig) -> dict[str, Any] | None:
-    """The shard's lineage record if it finished under this exact config and its samples are intact, else None.
-
-    Intact means the samples Parquet reads completely, in schema, with as many rows as the lineage record
-    says. A truncated or corrupt object (a failing disk, a copy that was not atomic, a hand edit) therefore
-    sends the shard back to generation instead of being merged, silently short, into the curriculum.
-    """
-    options = cfg.storage.storage_options
-    uri = layout.shard_lineage(shard)
-    if not storage.exists(uri, options):
-        return None
-    try:
-        record = storage.read_json(uri, options)
-        if record.get("config_hash") != cfg.config_hash():
-            return None
-        rows = storage.read_parquet(layout.shard_samples(shard), TRAJECTORY_SCHEMA, options).num_rows
-    except StorageError as err:
-        get_run_logger().warning("shard %d is corrupt and will be generated again: %s", shard, err)
-        return None
-    if rows != record["samples"]:
-        get_run_logger().warning("shard %d holds %d samples, its lineage says %d: generated again", shard, rows,
-                                 record["samples"])
-        return None
+def shard_done(run: Run, shard: int, cfg: HealConfig) -> dict[str, Any] | None:
+    """The shard's lineage record if it finished under this exact config with its samples intact
+    (``Run.finished_shard``), else None; a shard found corrupt is logged, then generated again."""
+    record, problem = run.finished_shard(shard, cfg.config_hash())
+    if problem is not None:
+        get_run_logger().warning(problem)
     return record
 
 
 @task(cache_policy=NO_CACHE)
-def run_shard(layout: RunLayout, shard: int, cfg: HealConfig, model_path: str) -> dict[str, Any]:
+def run_shard(run: Run, shard: int, cfg: HealConfig, model_path: str) -> dict[str, Any]:
     """Generate one shard unless it already finished; outputs first, the lineage record (the marker) last.
 
     Call it through ``retrying_shard``: a retry regenerates the shard, which is deterministic (seeded sampling,
     ids from content), so a write that failed mid-outage is redone with the same rows, never duplicated.
     """
     logger = get_run_logger()
-    done = shard_done(layout, shard, cfg)
+    done = shard_done(run, shard, cfg)
     if done is not None:
         logger.info("shard %d already finished under config %s: skipped", shard, cfg.config_hash())
         return done
-    options = cfg.storage.storage_options
-    problems = read_shard_problems(layout, shard, cfg)
+    problems = read_shard_problems(run, shard)
     backend = teacher_backend(cfg.teacher, model_path)
     judge = None
     if cfg.judge.enabled:
         judge = teacher_backend(cfg.teacher, resolve_model(cfg.judge.model, "judge") if cfg.judge.model else model_path)
     logger.info("shard %d: %d problems, N=%d", shard, len(problems), cfg.teacher.sampling.n)
     out = generate_shard(backend, problems, cfg, judge=judge)
-    storage.write_parquet(to_table(out.trajectories, TRAJECTORY_SCHEMA), layout.shard_samples(shard), options)
+    storage.write_parquet(to_table(out.trajectories, TRAJECTORY_SCHEMA), run.shard_samples(shard), run.options)
     record = {
         "shard": shard,
         "config_hash": cfg.config_hash(),
@@ -107,7 +87,7 @@ def run_shard(layout: RunLayout, shard: int, cfg: HealConfig, model_path: str) -
         "stats": [asdict(s) for s in out.stats.values()],
         "gear_skips": [asdict(s) for s in out.skips],
     }
-    storage.write_json(record, layout.shard_lineage(shard), options)
+    storage.write_json(record, run.shard_lineage(shard), run.options)
     return record
 
 

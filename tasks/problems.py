@@ -1,4 +1,4 @@
-"""Prefect task: read a problem set, quarantining bad records with their reasons."""
+"""Prefect tasks: read a problem set, quarantining bad records with their reasons; shard a run's problems."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from heal_core import storage
 from heal_core.config import HealConfig, ProblemsConfig
 from heal_core.datasets import load_named_sets, load_problem_set
 from heal_core.decontaminate import decontaminate
 from heal_core.demo import demo_problems
 from heal_core.evaluate import HELD_OUT
 from heal_core.problems import Problem, ProblemError, Reject, require_problems
+from heal_core.run import Run
+from tasks.generate import write_shards
 
 
 @task(cache_policy=NO_CACHE)
@@ -60,3 +63,16 @@ def drop_contaminated(problems: list[Problem], cfg: HealConfig) -> tuple[list[Pr
         get_run_logger().warning("dropped %s: overlaps %s %s (%.0f %% of its %d-grams)", item.problem.problem_id,
                                  item.eval_set, item.eval_id, 100 * item.overlap, cfg.decontamination.ngram)
     return kept, [item.record() for item in dropped]
+
+
+def shard_problems(run: Run, cfg: HealConfig) -> int:
+    """The training problems, checked (bad records to ``quarantine.json``, copies of evaluation items to
+    ``decontamination.json``), written as the run's problem shards; returns how many shards there are."""
+    problems, rejects = problem_set(cfg.problems.uri, "generation", cfg)
+    if rejects:
+        storage.write_json([{"record": r.record, "field": r.field, "reason": r.reason} for r in rejects],
+                           run.quarantine, run.options)
+    problems, contaminated = drop_contaminated(problems, cfg)
+    if cfg.decontamination.against:
+        storage.write_json(contaminated, run.contamination, run.options)
+    return write_shards(run, problems, cfg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from prefect import task
@@ -11,20 +10,19 @@ from prefect.cache_policies import NO_CACHE
 
 from heal_core import report, storage, truth
 from heal_core.config import HealConfig
-from heal_core.evaluate import summarize as summarize_evaluation
-from heal_core.pace import DATASETS
-from heal_core.train import VariantResult
+from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA
+from heal_core.run import Run
+from heal_core.stages import Dataset, Stage
 from heal_core.variants import VARIANTS
 from tasks.curriculum import read_dataset, read_samples
 from tasks.generate import read_shard_problems
-from tasks.layout import RunLayout
 from tasks.models import resolve_model
 from tasks.training import local_model
 
 
-def ground_truth(layout: RunLayout, shards: int, cfg: HealConfig) -> truth.Truth | None:
+def ground_truth(run: Run, shards: int, cfg: HealConfig) -> truth.Truth | None:
     """What grading the run against a step checker needs (``heal_core/truth.py``); None when its task has none."""
-    problems = [p for shard in range(shards) for p in read_shard_problems(layout, shard, cfg)]
+    problems = [p for shard in range(shards) for p in read_shard_problems(run, shard)]
     check = truth.checker_for(problems)
     if check is None:
         return None
@@ -35,56 +33,61 @@ def ground_truth(layout: RunLayout, shards: int, cfg: HealConfig) -> truth.Truth
                        lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True))
 
 
-def training_sets(layout: RunLayout, cfg: HealConfig) -> dict[str, list[dict[str, Any]]]:
+def training_sets(run: Run, cfg: HealConfig) -> dict[str, list[dict[str, Any]]]:
     """The training examples the audit grades: each stage's own new ones (I, II, III, and II, III without PURE),
     and each configured variant's over all its stages."""
-    datasets = {name: read_dataset(layout, name, cfg) for name in DATASETS}
-    out = {f"stage {roman} examples{suffix}": [e for e in datasets[name] if e["stage"] == stage]
-           for name, roman, stage, suffix in (("stage3", "I", 1, ""), ("stage3", "II", 2, ""), ("stage3", "III", 3, ""),
-                                              ("stage3_no_pure", "II", 2, " (no PURE)"),
-                                              ("stage3_no_pure", "III", 3, " (no PURE)"))}
+    datasets = {name: read_dataset(run, name) for name in Dataset}
+    graded = [(Dataset.STAGE3, stage, "") for stage in Stage] + [(Dataset.STAGE3_NO_PURE, stage, " (no PURE)")
+                                                                 for stage in (Stage.HINT, Stage.REPAIR)]
+    out = {f"stage {stage.roman} examples{suffix}": [e for e in datasets[name] if e["stage"] == stage]
+           for name, stage, suffix in graded}
     for variant in cfg.pace.variants:
         out[f"variant {variant}"] = list({e["sample_id"]: e for name in VARIANTS[variant] for e in datasets[name]}.values())
     return out
 
 
-@task(cache_policy=NO_CACHE)
-def write_report(
-    layout: RunLayout, run_id: str, shards: int, sizes: dict[str, int], evaluation: list[dict[str, Any]],
-    variants: Sequence[VariantResult], cfg: HealConfig,
-) -> dict[str, Any]:
-    """``variants``: the stored (variant, seed) results, skipped ones included."""
-    options = cfg.storage.storage_options
-    samples = read_samples(layout, shards, cfg).to_pylist()
-    stats = [s for shard in range(shards) for s in storage.read_json(layout.shard_lineage(shard), options)["stats"]]
-    summary = report.summarize(samples, stats, sizes, evaluation)
-
-    plots = {"pass_rate_histogram": report.pass_rate_histogram(stats), "pure_ratio": report.pure_ratio_plot(samples, cfg.pure.lam)}
-    repaired = next((r for r in samples if r["stage"] == 3 and r["kept"]), None) or next(
-        (r for r in samples if r["stage"] == 3), None)
-    graded = ground_truth(layout, shards, cfg)
+def plots(run: Run, samples: list[dict[str, Any]], stats: list[dict[str, Any]], graded: truth.Truth | None,
+          cfg: HealConfig) -> list[str]:
+    """Write the run's PNGs; return their names. The breakpoint plot shows the first kept GEAR repair's parent
+    (or the first repair's, when none was kept), with the truth's wrong tokens where the task has a checker."""
+    pngs = {"pass_rate_histogram": report.pass_rate_histogram(stats), "pure_ratio": report.pure_ratio_plot(samples, cfg.pure.lam)}
+    repairs = [r for r in samples if r["stage"] == Stage.REPAIR]
+    repaired = next((r for r in repairs if r["kept"]), repairs[0] if repairs else None)
     if repaired is not None:
         parent = next(r for r in samples if r["sample_id"] == repaired["parent_sample_id"])
-        plots["entropy_breakpoint"] = report.entropy_trace(
+        pngs["entropy_breakpoint"] = report.entropy_trace(
             parent["entropy"], repaired["breakpoint_token"], cfg.gear.search_fraction,
             graded.wrong_tokens(parent) if graded is not None else None)
-    for name, png in plots.items():
-        storage.write_bytes(png, layout.plot(name), options)
+    for name, png in pngs.items():
+        storage.write_bytes(png, run.plot(name), run.options)
+    return list(pngs)
 
-    contaminated = storage.read_json(layout.contamination, options) if storage.exists(layout.contamination, options) else []
+
+@task(cache_policy=NO_CACHE)
+def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) -> dict[str, Any]:
+    """The run's summary from what its steps stored: samples and lineage, the (variant, seed) results (skipped
+    ones included) and the evaluation, whose per-benchmark table is ``eval/summary.parquet`` as it stands."""
+    samples = read_samples(run, shards).to_pylist()
+    stats = [s for record in run.shard_records(shards) for s in record["stats"]]
+    evaluation = storage.read_parquet(run.evaluation, EVALUATION_SCHEMA, run.options).to_pylist()
+    benchmarks = storage.read_parquet(run.evaluation_summary, EVALUATION_SUMMARY_SCHEMA, run.options).to_pylist()
+    summary = report.summarize(samples, stats, sizes, evaluation)
+    graded = ground_truth(run, shards, cfg)
+    names = plots(run, samples, stats, graded, cfg)
+    contaminated = storage.read_json(run.contamination, run.options) if storage.exists(run.contamination, run.options) else []
     if contaminated:
         summary["contaminated problems dropped"] = len(contaminated)
-    summary["variants"] = report.variant_summary(variants, evaluation, sizes, cfg)
-    audit = truth.audit(samples, training_sets(layout, cfg), graded, cfg) if graded is not None else None
+    summary["variants"] = report.variant_summary(run.variants(cfg), evaluation, sizes, cfg)
+    audit = truth.audit(samples, training_sets(run, cfg), graded, cfg) if graded is not None else None
     if audit is not None:
         summary["ground truth"] = audit.summary()
-        create_table_artifact(key="heal-ground-truth", description=f"HEAL run {run_id}: components against the truth",
+        create_table_artifact(key="heal-ground-truth", description=f"HEAL run {run.run_id}: components against the truth",
                               table=[{"check": k, "value": str(v)} for k, v in summary["ground truth"].items()])
-    text = report.markdown(run_id, layout.root, summary, list(plots), contaminated, summarize_evaluation(evaluation),
+    text = report.markdown(run.run_id, run.root, summary, names, contaminated, benchmarks,
                            audit.markdown() if audit is not None else ())
-    storage.write_bytes(text.encode(), layout.report, options)
-    storage.write_json(summary, layout.path("summary.json"), options)
+    storage.write_bytes(text.encode(), run.report, run.options)
+    storage.write_json(summary, run.summary, run.options)
     create_table_artifact(key="heal-run-summary", table=[{"metric": k, "value": v} for k, v in report.flat_summary(summary)],
-                          description=f"HEAL run {run_id}")
-    create_markdown_artifact(key="heal-run-report", markdown=text, description=f"HEAL run {run_id}")
+                          description=f"HEAL run {run.run_id}")
+    create_markdown_artifact(key="heal-run-report", markdown=text, description=f"HEAL run {run.run_id}")
     return summary

@@ -14,9 +14,9 @@ from prefect.cache_policies import NO_CACHE
 
 from heal_core import storage
 from heal_core.config import HealConfig
+from heal_core.run import Run
 from heal_core.train import MARKER, StageResult, VariantResult, finished, train_variant
 from heal_core.variants import VariantPlan
-from tasks.layout import RunLayout
 
 
 def cache_dir() -> Path:
@@ -55,24 +55,9 @@ class TrainedModel:
     model: str  # storage URI of its final stage (or any model reference a backend loads)
 
 
-def stored_variant(layout: RunLayout, variant: str, seed: int, cfg: HealConfig) -> VariantResult | None:
-    """The (variant, seed)'s stored result, every stage marked resumed; None until it is finished."""
-    record, options = layout.variant_record(variant, seed), cfg.storage.storage_options
-    if not storage.exists(record, options):
-        return None
-    result = VariantResult.from_json(storage.read_json(record, options))
-    return replace(result, stages=tuple(replace(s, resumed=True) for s in result.stages))
-
-
-def trained_models(layout: RunLayout, cfg: HealConfig) -> list[VariantResult]:
-    """The finished (variant, seed) results of the config's variants and seeds, skipped ones included."""
-    found = (stored_variant(layout, v, s, cfg) for v in cfg.pace.variants for s in cfg.pace.seeds)
-    return [result for result in found if result is not None]
-
-
 @task(cache_policy=NO_CACHE, task_run_name="train-{plan.variant}-seed-{seed}")
 def train_model(
-    layout: RunLayout,
+    run: Run,
     plan: VariantPlan,
     seed: int,
     student: str,
@@ -84,20 +69,19 @@ def train_model(
 
     Stages an interrupted attempt stored are fetched first, so they resume instead of retraining; each stage
     is stored as soon as it is finished, and the result last, once every stage is stored."""
-    options = cfg.storage.storage_options
     logger = get_run_logger()
-    done = stored_variant(layout, plan.variant, seed, cfg)
+    done = run.variant(plan.variant, seed)
     if done is not None:
         logger.info("%s seed %d already trained: not retrained", plan.variant, seed)
         return done
-    remote = {stage.dataset: layout.model(plan.variant, seed, stage.dataset) for stage in plan.stages}
+    remote = {stage.dataset: run.model(plan.variant, seed, stage.dataset) for stage in plan.stages}
     local = {dataset: local_model_dir(uri) for dataset, uri in remote.items()}
     for uri in remote.values():
         local_model(uri, cfg)  # a stage stored by an earlier attempt lands where train_variant looks for it
 
     def store(result: StageResult) -> None:
-        if not is_stored_model(remote[result.name], options):
-            storage.put_dir(result.model_dir, remote[result.name], options, last=MARKER)
+        if not is_stored_model(remote[result.name], run.options):
+            storage.put_dir(result.model_dir, remote[result.name], run.options, last=MARKER)
         logger.info("%s seed %d %s: %d examples, %d steps, loss %s%s", plan.variant, seed, result.name,
                     result.examples, result.steps, result.train_loss, " (resumed)" if result.resumed else "")
 
@@ -107,5 +91,5 @@ def train_model(
     stored = {str(local[dataset]): uri for dataset, uri in remote.items()}
     record = replace(result, stages=tuple(replace(s, model_dir=stored.get(s.model_dir, s.model_dir))
                                           for s in result.stages))
-    storage.write_json(record.to_json(), layout.variant_record(plan.variant, seed), options)
+    storage.write_json(record.to_json(), run.variant_record(plan.variant, seed), run.options)
     return record

@@ -22,7 +22,7 @@ from heal_core.config import HealConfig, parse_config
 from heal_core.demo import demo_defaults, demo_problems
 from heal_core.schema import CURRICULUM_SCHEMA, TRAJECTORY_SCHEMA
 from tasks.generate import write_shards
-from tasks.layout import RunLayout
+from heal_core.run import Run
 from servers import PrefectServer, TcpProxy, postgres_url, prefect_server, stop
 
 BUCKET = "heal-deploy"
@@ -423,7 +423,7 @@ def test_the_ui_retry_button_reruns_a_failed_shard(clean_cluster):
         shard = client.post(f"/deployments/{dep}/create_flow_run", json=body).raise_for_status().json()["id"]
     failed = _wait(cluster, shard, _final)
     assert failed["state"]["type"] == "FAILED"
-    write_shards.fn(RunLayout(root), demo_problems("generation")[:1], cluster.cfg)  # the cause, fixed
+    write_shards.fn(Run.at(root, cluster.cfg), demo_problems("generation")[:1], cluster.cfg)  # the cause, fixed
 
     base = cluster.api.removesuffix("/api")
     with playwright.sync_playwright() as p:

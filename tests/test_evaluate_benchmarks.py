@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from heal_core.config import parse_config
 from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA
-from tasks.layout import RunLayout
+from heal_core.run import Run
 
 BENCHMARKS = {"math500_test": "math", "gsm8k_test": "gsm8k", "aime2024_test": "aime", "aime2025_test": "aime",
               "amc2023_test": "amc"}
@@ -39,7 +39,7 @@ def test_heal_eval_on_every_benchmark_writes_results_summary_and_artifact(
             {"uri": str(benchmarks_dir / f"{name}.jsonl"), "format": fmt} for name, fmt in BENCHMARKS.items()]},
         "storage": {"uri": str(tmp_path / "store")},
     })
-    layout = RunLayout.of(cfg.storage.uri, "bench")
+    layout = Run.of(cfg, "bench")
     # The tiny models stand in for trained students: heal-eval takes any model reference for them.
     trained = [TrainedModel("heal", 0, qwen2), TrainedModel("rs_sft", 0, llama)]
     state = heal_eval(layout.root, cfg, trained, return_state=True)

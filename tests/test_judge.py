@@ -64,11 +64,11 @@ def test_a_real_judge_model_accepts_a_rejection_and_the_rules_verdict_is_kept(ti
 
 def test_a_shard_with_the_judge_enabled_records_the_column(prefect_api, tmp_path):
     from tasks.generate import run_shard, write_shards
-    from tasks.layout import RunLayout
+    from heal_core.run import Run
 
     cfg = parse_config(demo_defaults(), [f"storage.uri={tmp_path}", "judge.enabled=true", "teacher.sampling.n=2",
                                          "hints.n=2"])
-    layout = RunLayout.of(cfg.storage.uri, "judged")
+    layout = Run.of(cfg, "judged")
 
     @flow
     def shard() -> dict:

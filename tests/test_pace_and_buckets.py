@@ -120,7 +120,8 @@ def test_the_shard_and_the_no_pure_datasets_share_one_rule():
 
 
 def test_datasets_hold_heal_its_ablations_and_the_baselines():
-    from heal_core.pace import DATASETS, datasets
+    from heal_core.pace import datasets
+    from heal_core.stages import Dataset
 
     rows = _no_pure_rows()
     rows[0]["kept"] = True  # Stage I's verified sample
@@ -129,7 +130,7 @@ def test_datasets_hold_heal_its_ablations_and_the_baselines():
                                       and row["pure_verdict"] == "keep")
     cfg = parse_config({}, ["hints.max_per_problem=2", "gear.max_per_problem=2"])
     built = {name: [e["sample_id"] for e in examples] for name, examples in datasets(rows, cfg).items()}
-    assert list(built) == list(DATASETS)
+    assert list(built) == list(Dataset)
     assert built["stage2"] == ["a|s1|0", "a|s2|3"]
     assert built["stage3"] == ["a|s1|0", "a|s2|3", "b|s3|b|s1|0|0", "b|s3|b|s1|1|0"]
     assert built["stage2_no_pure"] == ["a|s1|0", "a|s2|0", "a|s2|3"]

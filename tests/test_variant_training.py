@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 
 from heal_core import report, storage
 from heal_core.config import HealConfig, parse_config
-from heal_core.pace import DATASETS
+from heal_core.stages import Dataset
 from heal_core.schema import CURRICULUM_SCHEMA, to_table
 from heal_core.train import MARKER
-from tasks.layout import RunLayout
+from heal_core.run import Run
 
 SIZES = {"stage1": 4, "stage2": 6, "stage3": 8}  # cumulative: 4 -> +2 -> +2; at batch 4, 1 + 2 + 2 = 5 steps
 
@@ -46,13 +46,13 @@ def _config(tmp_path: Path, tiny_model_dirs: dict[str, Path], variants: list[str
     })
 
 
-def _write_datasets(layout: RunLayout, datasets: dict[str, list[dict]]) -> None:
-    for name in DATASETS:
+def _write_datasets(layout: Run, datasets: dict[str, list[dict]]) -> None:
+    for name in Dataset:
         storage.write_parquet(to_table(datasets.get(name, []), CURRICULUM_SCHEMA), layout.curriculum(name))
 
 
-def _sizes(layout: RunLayout) -> dict[str, int]:
-    return {name: pq.read_metadata(layout.curriculum(name)).num_rows for name in DATASETS}
+def _sizes(layout: Run) -> dict[str, int]:
+    return {name: pq.read_metadata(layout.curriculum(name)).num_rows for name in Dataset}
 
 
 def _mtimes(directory: Path) -> dict[str, int]:
@@ -62,11 +62,11 @@ def _mtimes(directory: Path) -> dict[str, int]:
 def test_variants_by_seeds_train_evaluate_and_resume(prefect_api, tiny_model_dirs, tmp_path, monkeypatch):
     from flows.evaluate import heal_eval
     from flows.train import heal_train
-    from tasks.training import TrainedModel, local_model_dir, trained_models
+    from tasks.training import TrainedModel, local_model_dir
 
     monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
     cfg = _config(tmp_path, tiny_model_dirs, ["heal", "rs_sft", "heal_mixed"], [0, 1])
-    layout = RunLayout.of(cfg.storage.uri, "variants")
+    layout = Run.of(cfg, "variants")
     stage1, new2, new3 = _examples(4, 1), _examples(2, 2), _examples(2, 3)
     _write_datasets(layout, {"stage1": stage1, "stage2": stage1 + new2, "stage3": stage1 + new2 + new3,
                              "mixed": stage1 + new2 + new3, "rs_sft": stage1})
@@ -101,7 +101,7 @@ def test_variants_by_seeds_train_evaluate_and_resume(prefect_api, tiny_model_dir
     assert changed == {"heal/seed-1/stage3/model.safetensors"}
     assert (heal1 / "variant.json").exists()
 
-    results = trained_models(layout, cfg)
+    results = layout.variants(cfg)
     trained = [TrainedModel(r.variant, r.seed, r.model_dir) for r in results]
     assert heal_eval(layout.root, cfg, trained) == (2 + 6) * 3
     rows = pq.read_table(layout.evaluation).to_pylist()
@@ -126,11 +126,11 @@ def test_variants_by_seeds_train_evaluate_and_resume(prefect_api, tiny_model_dir
 def test_a_variant_without_data_is_a_recorded_skip_shown_in_the_report(prefect_api, tiny_model_dirs, tmp_path, monkeypatch):
     from flows.evaluate import heal_eval
     from flows.train import heal_train
-    from tasks.training import TrainedModel, trained_models
+    from tasks.training import TrainedModel
 
     monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
     cfg = _config(tmp_path, tiny_model_dirs, ["rs_sft", "heal_no_gear"], [0])
-    layout = RunLayout.of(cfg.storage.uri, "skip")
+    layout = Run.of(cfg, "skip")
     hinted = _examples(4, 2)  # Stage I kept nothing; hints rescued four problems
     _write_datasets(layout, {"stage2": hinted, "stage3": hinted, "mixed": hinted})
 
@@ -141,7 +141,7 @@ def test_a_variant_without_data_is_a_recorded_skip_shown_in_the_report(prefect_a
     assert record["skip_reason"] == "no training examples: rs_sft is empty"
     assert not (Path(layout.root) / "models" / "rs_sft" / "seed-0" / "rs_sft").exists()
 
-    stored = trained_models(layout, cfg)
+    stored = layout.variants(cfg)
     trained = [TrainedModel(r.variant, r.seed, r.model_dir) for r in stored if r.model_dir is not None]
     assert [m.variant for m in trained] == ["heal_no_gear"]
     heal_eval(layout.root, cfg, trained)

@@ -7,19 +7,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from heal_core.config import ConfigError, PaceConfig, VariantName, parse_config
-from heal_core.pace import DATASETS
+from heal_core.stages import Dataset
 from heal_core.variants import VARIANTS, datasets_of, plan, split_budget, stage_steps, step_budget
 
 CFG = PaceConfig(epochs=2, batch_size=4)
 
 
 def _sizes(**sizes: int) -> dict[str, int]:
-    return {name: sizes.get(name, 0) for name in DATASETS}
+    return {name: sizes.get(name, 0) for name in Dataset}
 
 
 def test_every_configurable_variant_is_defined_on_built_datasets():
     assert set(VARIANTS) == set(get_args(VariantName))
-    assert {d for stages in VARIANTS.values() for d in stages} <= set(DATASETS)
+    assert {d for stages in VARIANTS.values() for d in stages} <= set(Dataset)
     assert datasets_of(["heal_mixed", "rs_sft"]) == ["stage1", "stage2", "stage3", "mixed", "rs_sft"]
 
 

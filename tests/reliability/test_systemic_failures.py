@@ -23,19 +23,19 @@ from heal_core.judge import judge_rows
 from heal_core.schema import new_trajectory
 from heal_core.verify import VerifierUnavailable, check_many
 from tasks.generate import run_shard, shard_done, write_shards
-from tasks.layout import RunLayout
+from heal_core.run import Run
 
 SLOW = r"So the answer is \boxed{9^{9^{9^{9^{9}}}}}."  # sympy evaluates this tower for minutes
 
 
 @flow
-def _shard(layout: RunLayout, cfg) -> dict:
+def _shard(layout: Run, cfg) -> dict:
     write_shards(layout, demo_problems("generation")[:2], cfg)
     return run_shard(layout, 0, cfg, str(bundled_model("teacher")))
 
 
 @flow
-def _done(layout: RunLayout, cfg) -> bool:
+def _done(layout: Run, cfg) -> bool:
     return shard_done(layout, 0, cfg) is not None
 
 
@@ -48,7 +48,7 @@ def _config(tmp_path):
 def test_a_verifier_pool_that_cannot_start_fails_the_shard_and_a_retry_equals_a_clean_run(
         prefect_api, tmp_path, monkeypatch):
     cfg = _config(tmp_path)
-    clean_layout = RunLayout.of(cfg.storage.uri, "clean")
+    clean_layout = Run.of(cfg, "clean")
     _shard(clean_layout, cfg)
     clean = pq.read_table(clean_layout.shard_samples(0))
     assert set(clean.column("verify_status").to_pylist()) & {"correct", "wrong"}  # the verifier was used
@@ -59,7 +59,7 @@ def test_a_verifier_pool_that_cannot_start_fails_the_shard_and_a_retry_equals_a_
     with pytest.raises(VerifierUnavailable, match="process pool broke"):
         check_many([(r"\boxed{2}", "2")] * 3, workers=3)  # a new pool (new size): its workers cannot start
 
-    layout = RunLayout.of(cfg.storage.uri, "broken")
+    layout = Run.of(cfg, "broken")
     with pytest.raises(VerifierUnavailable):
         _shard(layout, cfg)
     assert not _done(layout, cfg)  # nothing recorded as finished

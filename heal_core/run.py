@@ -1,0 +1,169 @@
+"""One run's storage, ``<storage.uri>/runs/<run_id>/``: every path, the config pin, the manifest and the markers
+that say a step finished. Flows, tasks, the CLI and tools all go through a ``Run``, so they agree on where
+everything is and on what counts as done; a child flow gets the run's URI and opens the same ``Run`` from it.
+
+What marks what finished (each written last, after the outputs it vouches for):
+
+* a shard: ``samples/shard-<k>.json``, its lineage record, under the run's config hash, with the samples
+  Parquet intact (``finished_shard``);
+* a (variant, seed): ``models/<variant>/seed-<seed>/variant.json`` (``variant``); a training stage: the
+  ``heal_stage.json`` in its model directory (``heal_core/train.py``);
+* the run: ``summary.json``, written by the report after everything else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import yaml
+
+from heal_core import storage
+from heal_core.config import HealConfig, parse_config
+from heal_core.schema import TRAJECTORY_SCHEMA
+from heal_core.storage import StorageError
+from heal_core.train import VariantResult
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RunConfigMismatch(ValueError):
+    """A run id already used with another config: resuming it would mix two experiments."""
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids become storage keys: no separators, no ``..``, nothing absolute."""
+    if not _RUN_ID.match(run_id) or ".." in run_id:
+        raise ValueError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-' (no '/', no '..')")
+    return run_id
+
+
+class _File:
+    """A file at a fixed place in every run: ``run.config`` is the URI of the run's ``config.yaml``."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, run: Run, owner: type) -> str:
+        return run.path(*self.parts)
+
+
+@dataclass(frozen=True)
+class Run:
+    root: str  # <storage.uri>/runs/<run_id>
+    options: dict[str, Any] = field(default_factory=dict, compare=False)  # storage.storage_options
+
+    @classmethod
+    def of(cls, cfg: HealConfig, run_id: str) -> Run:
+        return cls(storage.join(cfg.storage.uri, "runs", check_run_id(run_id)), cfg.storage.storage_options)
+
+    @classmethod
+    def at(cls, root: str, cfg: HealConfig) -> Run:
+        """The run a parent flow handed over by its URI."""
+        return cls(root, cfg.storage.storage_options)
+
+    @property
+    def run_id(self) -> str:
+        return self.root.rstrip("/").rsplit("/", 1)[-1]
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    # ---- paths ---------------------------------------------------------------------------------------
+
+    config = _File("config.yaml")  # the pinned config (``pin``)
+    manifest = _File("manifest.json")  # each shard's and step's status
+    quarantine = _File("quarantine.json")  # malformed problem records: record number, field and reason
+    contamination = _File("decontamination.json")  # training problems dropped as copies of evaluation items
+    evaluation = _File("eval", "results.parquet")  # pass@1 and pass@k per model, benchmark and problem
+    evaluation_summary = _File("eval", "summary.parquet")  # the same per model, benchmark and metadata group
+    summary = _File("summary.json")  # the headline figures; written last
+    report = _File("report.md")
+
+    def shard_problems(self, shard: int) -> str:
+        return self.path("problems", f"shard-{shard:05d}.parquet")
+
+    def shard_samples(self, shard: int) -> str:
+        return self.path("samples", f"shard-{shard:05d}.parquet")
+
+    def shard_lineage(self, shard: int) -> str:
+        """Per-problem stats and GEAR skips of a shard; written last, so it marks the shard complete."""
+        return self.path("samples", f"shard-{shard:05d}.json")
+
+    def curriculum(self, name: str) -> str:
+        return self.path("curriculum", f"{name}.parquet")
+
+    def model(self, variant: str, seed: int, stage: str) -> str:
+        """One stage's model of one (variant, seed): ``models/<variant>/seed-<seed>/<stage dataset>``."""
+        return self.path("models", variant, f"seed-{seed}", stage)
+
+    def variant_record(self, variant: str, seed: int) -> str:
+        """The (variant, seed)'s result (stages, steps, final model, or why it was skipped); written after its
+        last stage is stored, so it marks the (variant, seed) finished."""
+        return self.path("models", variant, f"seed-{seed}", "variant.json")
+
+    def plot(self, name: str) -> str:
+        return self.path("plots", f"{name}.png")
+
+    # ---- the config pin ------------------------------------------------------------------------------
+
+    def pin(self, cfg: HealConfig) -> None:
+        """Store the run's config, or check that the stored one is ``cfg`` (same hash)."""
+        if storage.exists(self.config, self.options):
+            stored = self.stored_config()
+            if stored.config_hash() != cfg.config_hash():
+                raise RunConfigMismatch(f"{self.config} holds config {stored.config_hash()}, not {cfg.config_hash()}: "
+                                        "use a new run id, or resume with the stored config")
+            return
+        storage.write_bytes(cfg.to_yaml().encode(), self.config, self.options)
+
+    def stored_config(self) -> HealConfig:
+        return parse_config(yaml.safe_load(storage.read_bytes(self.config, self.options)), source=self.config)
+
+    # ---- markers -------------------------------------------------------------------------------------
+
+    def write_manifest(self, config_hash: str, shards: dict[int, str], steps: dict[str, str]) -> None:
+        """Each shard's and step's status, for people and tools (the markers, not this, decide what is redone)."""
+        record = {"run_id": self.run_id, "config_hash": config_hash,
+                  "shards": {str(k): v for k, v in shards.items()}, "steps": steps}
+        storage.write_json(record, self.manifest, self.options)
+
+    def finished_shard(self, shard: int, config_hash: str) -> tuple[dict[str, Any] | None, str | None]:
+        """(the shard's lineage record, None) if it finished under ``config_hash`` with its samples intact, else
+        (None, why it must be generated again, or None when it simply has not finished).
+
+        Intact means the samples Parquet reads completely, in schema, with as many rows as the lineage record
+        says. A truncated or corrupt object (a failing disk, a copy that was not atomic, a hand edit) therefore
+        sends the shard back to generation instead of being merged, silently short, into the curriculum.
+        """
+        uri = self.shard_lineage(shard)
+        if not storage.exists(uri, self.options):
+            return None, None
+        try:
+            record = storage.read_json(uri, self.options)
+            if record.get("config_hash") != config_hash:
+                return None, None
+            rows = storage.read_parquet(self.shard_samples(shard), TRAJECTORY_SCHEMA, self.options).num_rows
+        except StorageError as err:
+            return None, f"shard {shard} is corrupt and will be generated again: {err}"
+        if rows != record["samples"]:
+            return None, f"shard {shard} holds {rows} samples, its lineage says {record['samples']}: generated again"
+        return record, None
+
+    def shard_records(self, shards: int) -> list[dict[str, Any]]:
+        """Every shard's lineage record, in shard order (read once per run step that needs them)."""
+        return [storage.read_json(self.shard_lineage(s), self.options) for s in range(shards)]
+
+    def variant(self, variant: str, seed: int) -> VariantResult | None:
+        """The (variant, seed)'s stored result, every stage marked resumed; None until it is finished."""
+        record = self.variant_record(variant, seed)
+        if not storage.exists(record, self.options):
+            return None
+        result = VariantResult.from_json(storage.read_json(record, self.options))
+        return replace(result, stages=tuple(replace(s, resumed=True) for s in result.stages))
+
+    def variants(self, cfg: HealConfig) -> list[VariantResult]:
+        """The finished (variant, seed) results of the config's variants and seeds, skipped ones included."""
+        found = (self.variant(v, s) for v in cfg.pace.variants for s in cfg.pace.seeds)
+        return [result for result in found if result is not None]

@@ -110,14 +110,14 @@ def main() -> None:
         if args.quick:
             overrides += ["teacher.sampling.n=4", "hints.n=2", "pace.epochs=1", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]", "evaluation.samples=1",
                           "evaluation.max_problems=4", "orchestration.shard_size=4"]
-        cfg = parse_config(demo_defaults(), overrides)
         if args.quick:
             from heal_core.demo import demo_problems
 
             problems = Path(tmp) / "problems.jsonl"
             problems.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer})
                                         + "\n" for p in demo_problems("generation")[:8]))
-            cfg.problems.uri = str(problems)
+            overrides.append(f"problems.uri={problems}")
+        cfg = parse_config(demo_defaults(), overrides)
         start = time.perf_counter()
         heal_pipeline(cfg, "overhead")
         wall = time.perf_counter() - start

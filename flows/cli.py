@@ -2,6 +2,10 @@
 
 It sits at the top of the import chain (cli -> flows -> tasks -> heal_core), which is why it lives in
 ``flows/`` and not in ``heal_core/``: the method package must not depend on its orchestration.
+
+Every command imports what it needs itself. A spawned worker process (the verifier's pool) first re-imports
+the ``heal`` script it was started from, and a terminal's Ctrl-C reaches it while it does: the less this
+module imports, the shorter that window, and the faster ``heal --help`` answers.
 """
 
 from __future__ import annotations
@@ -18,10 +22,9 @@ from rich.markup import escape
 from rich.table import Table
 
 import heal_core
-from heal_core.config import ConfigError, HealConfig, load_config, parse_config
-from heal_core.demo import demo_defaults
 
 if TYPE_CHECKING:
+    from heal_core.config import HealConfig
     from heal_core.run import Run
 
 # Embedded mode is offline: never phone home. Prefect's temporary server gets 20 s to start by default, which a
@@ -48,6 +51,9 @@ def _fail(message: object) -> typer.Exit:
 
 
 def _load(config: Path | None, overrides: list[str] | None) -> HealConfig:
+    from heal_core.config import ConfigError, load_config, parse_config
+    from heal_core.demo import demo_defaults
+
     try:
         if config is None:
             return parse_config(demo_defaults(), overrides or [], source="(embedded default)")
@@ -120,15 +126,20 @@ def config_check(config: Path, set_: SetOpt = None) -> None:
     console.print(f"{config}: valid (config hash {cfg.config_hash()})")
 
 
-def _summary_table(title: str, summary: dict) -> Table:
-    from heal_core.report import flat_summary
-
+def _table(title: str, rows: list[tuple[str, object]]) -> Table:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in flat_summary(summary):
-        table.add_row(key, value)
+    for key, value in rows:
+        table.add_row(key, str(value))
     return table
+
+
+def _summary_table(title: str, summary: dict) -> Table:
+    """A run's ``summary.json`` as the report labels it."""
+    from heal_core.report import flat_summary
+
+    return _table(title, flat_summary(summary))
 
 
 def _run_pipeline(cfg: HealConfig, run_id: str) -> None:
@@ -170,6 +181,7 @@ StorageOpt = Annotated[str, typer.Option("--storage", help="storage.uri the run 
 
 def _stored_run(run_id: str, storage_uri: str) -> tuple[Run, HealConfig]:
     """The run under ``storage_uri`` and the config it stored (whose storage options it is read with)."""
+    from heal_core.config import parse_config
     from heal_core.run import Run
 
     try:
@@ -186,12 +198,14 @@ ModeOpt = Annotated[str | None, typer.Option("--mode", help="orchestration.mode 
 @app.command()
 def resume(run_id: str, storage_uri: StorageOpt = "./heal-data", mode: ModeOpt = None) -> None:
     """Continue a run with its stored config: finished shards and training stages are not redone."""
+    from heal_core.config import ConfigError, parse_config
+
     _, cfg = _stored_run(run_id, storage_uri)
-    if mode is not None:
+    if mode is not None:  # execution-only: the run's config hash does not change
         try:
-            cfg.orchestration.mode = mode  # execution-only: the run's config hash does not change
-        except ValueError as err:
-            raise _fail(f"--mode: {err.errors()[0]['msg']}") from None
+            cfg = parse_config(cfg.model_dump(mode="json"), [f"orchestration.mode={mode}"], source="--mode")
+        except ConfigError as err:
+            raise _fail(err) from None
     _run_pipeline(cfg, run_id)
 
 
@@ -275,6 +289,7 @@ def audit_verifier(
     import json
 
     from heal_core.audit import audit_verifier as run_audit
+    from heal_core.config import parse_config
 
     try:
         cfg = parse_config({}, [*(set_ or []), f"problems.format={format_}", f"problems.split={split}"])
@@ -284,13 +299,13 @@ def audit_verifier(
     if not audit.audited:
         hint = "; name it with --set problems.solution_field=FIELD" if format_ == "fields" else ""
         raise _fail(f"{file}: none of its {audit.problems} problems has a reference solution (format {format_!r}){hint}")
-    console.print(_summary_table(f"verifier audit of {audit.name}", {
-        "problems": audit.problems,
-        "with a reference solution": audit.audited,
-        "agree with their answer": f"{audit.agreed}/{audit.audited} ({audit.agreement:.1%})",
-        "verified against another problem's answer": len(audit.false_positives),
-        "unreadable records": len(audit.rejects),
-    }))
+    console.print(_table(f"verifier audit of {audit.name}", [
+        ("problems", audit.problems),
+        ("with a reference solution", audit.audited),
+        ("agree with their answer", f"{audit.agreed}/{audit.audited} ({audit.agreement:.1%})"),
+        ("verified against another problem's answer", len(audit.false_positives)),
+        ("unreadable records", len(audit.rejects)),
+    ]))
     if audit.false_positives:
         console.print(f"verified against another problem's answer: {escape(str(audit.false_positives))}", soft_wrap=True)
     if audit.disagreements:

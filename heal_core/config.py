@@ -15,6 +15,8 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,7 +29,10 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Frozen: a config is read, never changed in place (``model_copy(update=...)`` or ``parse_config`` with
+    overrides makes a new one), so a hash taken of it stays true."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SamplingConfig(_Section):
@@ -256,6 +261,8 @@ class PaceConfig(_Section):
 
 
 class StudentConfig(_Section):
+    """The small model PACE fine-tunes (the bundled demo student when ``model`` is empty)."""
+
     model: str = Field("", description="HF model path or hub name of the student's starting checkpoint")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="training dtype; auto = the checkpoint's")
@@ -503,9 +510,20 @@ class HealConfig(_Section):
 
         Where the data lives and how the run is executed are left out, so a run started embedded on a laptop
         can be resumed on a cluster (other pools, other credentials in ``storage_options``) and keep its shards.
+        Computed once per config (it is frozen); a copy with changes computes its own.
         """
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> str:
         blob = json.dumps(self.model_dump(mode="json", exclude=_EXECUTION_ONLY), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> HealConfig:
+        """pydantic's copy, less the cached hash it would carry over from the original."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("_hash", None)
+        return copied
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

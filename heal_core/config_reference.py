@@ -46,8 +46,8 @@ def keys(model: type[BaseModel] = HealConfig, prefix: str = "") -> list[KeyDoc]:
 
 
 def sections() -> list[tuple[str, str]]:
-    """(top-level section, the first paragraph of its docstring)."""
-    return [(name, (inspect.getdoc(field.annotation) or "").split("\n\n")[0].replace("\n", " "))
+    """(top-level section, the first paragraph of its own docstring: not one it inherits)."""
+    return [(name, inspect.cleandoc(vars(field.annotation).get("__doc__") or "").split("\n\n")[0].replace("\n", " "))
             for name, field in HealConfig.model_fields.items() if _is_section(field.annotation)]
 
 

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from heal_core import truth
 from heal_core.config import HealConfig
 from heal_core.evaluate import HELD_OUT
 from heal_core.schema import SAMPLING_COLUMNS
+from heal_core.stages import Dataset, Stage
 from heal_core.stats import Interval, bootstrap, pass_at_1_matrix
 from heal_core.train import VariantResult
 from heal_core.variants import BASELINE, step_budget
@@ -31,38 +33,65 @@ def summarize(
     dataset_sizes: dict[str, int],
     evaluation: Sequence[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The headline figures; ``stats`` are per-problem dicts with ``correct`` and ``bucket``."""
+    """The headline figures of ``summary.json``, as numbers under snake_case keys (``headline`` shows them);
+    ``stats`` are per-problem dicts with ``correct`` and ``bucket``.
+
+    ``teacher_ceiling``: problems the unaided teacher never solved; ``problems_rescued``: those of them that
+    Stage II or III kept a sample of; ``*_samples``: generated and kept; ``judge`` (only with judge.enabled):
+    the verifier's rejections it judged and accepted."""
     by_stage: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in samples:
         by_stage[row["stage"]].append(row)
     zero = {s["problem_id"] for s in stats if s["correct"] == 0}
-    rescued = {r["problem_id"] for r in samples if r["stage"] > 1 and r["kept"] and r["problem_id"] in zero}
+    rescued = {r["problem_id"] for r in samples if r["stage"] > Stage.BASE and r["kept"] and r["problem_id"] in zero}
     summary: dict[str, Any] = {
         "problems": len(stats),
         "samples": len(samples),
-        "teacher ceiling (0 correct)": f"{len(zero)} ({len(zero) / max(1, len(stats)):.0%})",
-        "hard problems": sum(s["bucket"] == "hard" for s in stats),
-        "extremely hard problems": sum(s["bucket"] == "extremely_hard" for s in stats),
-        "stage II samples generated / kept": _generated_kept(by_stage[2]),
-        "GEAR samples generated / kept": _generated_kept(by_stage[3]),
-        "hint leaks rejected": sum(bool(r["leaked_hint"]) and r["verified"] for r in samples),
-        "PURE rejections": sum((r["pure_verdict"] or "keep") != "keep" for r in samples),
-        "problems rescued (0 correct -> kept)": len(rescued),
+        "teacher_ceiling": len(zero),
+        "hard_problems": sum(s["bucket"] == "hard" for s in stats),
+        "extremely_hard_problems": sum(s["bucket"] == "extremely_hard" for s in stats),
+        "stage2_samples": _generated_kept(by_stage[Stage.HINT]),
+        "gear_samples": _generated_kept(by_stage[Stage.REPAIR]),
+        "hint_leaks_rejected": sum(bool(r["leaked_hint"]) and r["verified"] for r in samples),
+        "pure_rejections": sum((r["pure_verdict"] or "keep") != "keep" for r in samples),
+        "problems_rescued": len(rescued),
     }
     judged = [r for r in samples if r["judge_verdict"] is not None]
-    if judged:  # only with judge.enabled: the default summary keeps its shape
-        summary["verifier rejections judged / accepted"] = \
-            f"{len(judged)} / {sum(r['judge_verdict'] == 'equivalent' for r in judged)}"
-    for name in ("stage1", "stage2", "stage3", "rs_sft"):
-        if name in dataset_sizes:
-            summary[f"PACE {name} examples"] = dataset_sizes[name]
-    for model, acc in accuracy(evaluation).items():
-        summary[f"held-out pass@1 {model}"] = round(acc, 4)
+    if judged:
+        summary["judge"] = {"judged": len(judged), "accepted": sum(r["judge_verdict"] == "equivalent" for r in judged)}
+    summary["pace_examples"] = {name: dataset_sizes[name] for name in _PACE_SIZES if name in dataset_sizes}
+    summary["held_out_pass_at_1"] = {model: round(acc, 4) for model, acc in accuracy(evaluation).items()}
     return summary
 
 
-def _generated_kept(rows: Sequence[dict[str, Any]]) -> str:
-    return f"{len(rows)} / {sum(bool(r['kept']) for r in rows)}"
+_PACE_SIZES = (Dataset.STAGE1, Dataset.STAGE2, Dataset.STAGE3, Dataset.RS_SFT)  # the headline's dataset sizes
+
+
+def _generated_kept(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    return {"generated": len(rows), "kept": sum(bool(r["kept"]) for r in rows)}
+
+
+def headline(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) rows of ``summarize``'s figures, as the report, the CLI and the run's artifact show them."""
+    problems, ceiling = summary["problems"], summary["teacher_ceiling"]
+    rows = [
+        ("problems", str(problems)), ("samples", str(summary["samples"])),
+        ("teacher ceiling (0 correct)", f"{ceiling} ({ceiling / max(1, problems):.0%})"),
+        ("hard problems", str(summary["hard_problems"])),
+        ("extremely hard problems", str(summary["extremely_hard_problems"])),
+        *((f"{name} samples generated / kept", f"{summary[key]['generated']} / {summary[key]['kept']}")
+          for name, key in (("stage II", "stage2_samples"), ("GEAR", "gear_samples"))),
+        ("hint leaks rejected", str(summary["hint_leaks_rejected"])),
+        ("PURE rejections", str(summary["pure_rejections"])),
+        ("problems rescued (0 correct -> kept)", str(summary["problems_rescued"])),
+    ]
+    if "judge" in summary:
+        rows.append(("verifier rejections judged / accepted", f"{summary['judge']['judged']} / {summary['judge']['accepted']}"))
+    rows += [(f"PACE {name} examples", str(size)) for name, size in summary["pace_examples"].items()]
+    rows += [(f"held-out pass@1 {model}", str(acc)) for model, acc in summary["held_out_pass_at_1"].items()]
+    if "contaminated_dropped" in summary:
+        rows.append(("contaminated problems dropped", str(summary["contaminated_dropped"])))
+    return rows
 
 
 def accuracy(evaluation: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -124,24 +153,24 @@ def variant_summary(
             "seeds": [r.seed for r in mine if r.skip_reason is None],
             "stages": stages,
             "steps": sum(s["steps"] for s in stages),
-            "pass@1 held-out": _figures(whole[0].get(variant)),
-            "pass@1 hard held-out": _figures(harder[0].get(variant)),
-            f"delta vs {BASELINE} held-out": _figures(whole[1].get(variant)),
-            f"delta vs {BASELINE} hard held-out": _figures(harder[1].get(variant)),
-            "delta vs heal hard held-out": _figures(against_heal.get(variant)),
-            "skip reason": skip,
+            "pass_at_1_held_out": _figures(whole[0].get(variant)),
+            "pass_at_1_hard": _figures(harder[0].get(variant)),
+            "delta_vs_baseline_held_out": _figures(whole[1].get(variant)),
+            "delta_vs_baseline_hard": _figures(harder[1].get(variant)),
+            "delta_vs_heal_hard": _figures(against_heal.get(variant)),
+            "skip_reason": skip,
             "notes": [] if skip else _stage_notes(stages),
         }
     return {
-        "step budget": step_budget(dataset_sizes, cfg.pace),
+        "step_budget": step_budget(dataset_sizes, cfg.pace),
         "epochs": cfg.pace.epochs,
         "confidence": cfg.evaluation.confidence,
-        "bootstrap resamples": cfg.evaluation.bootstrap_resamples,
+        "bootstrap_resamples": cfg.evaluation.bootstrap_resamples,
         "baseline": BASELINE,
-        "held-out problems": len(problems),
-        "hard held-out problems": len(hard),
-        "hard below teacher pass@1": threshold,
-        "by variant": by_variant,
+        "held_out_problems": len(problems),
+        "hard_problems": len(hard),
+        "hard_threshold": threshold,  # hard: the teacher's held-out pass@1 below this (hints.pass_rate_below)
+        "by_variant": by_variant,
     }
 
 
@@ -152,50 +181,49 @@ def _interval_text(figures: dict[str, float] | None) -> str:
 def variants_section(variants: dict[str, Any]) -> list[str]:
     """Markdown lines of ``variant_summary``'s figures: the step budget, how the intervals are drawn, the table."""
     ci, base = f"[{variants['confidence']:.0%} CI]", variants["baseline"]
-    budget = (f"Every variant: {variants['step budget']} optimizer steps, the steps HEAL's stages take at "
+    budget = (f"Every variant: {variants['step_budget']} optimizer steps, the steps HEAL's stages take at "
               f"pace.epochs = {variants['epochs']:g}; a multi-stage variant splits them over its non-empty stages in "
               "proportion to their epoch-based steps.")
     method = (f"pass@1: mean over training seeds and problems; {ci}: percentile bootstrap over problems and seeds "
-              f"({variants['bootstrap resamples']} resamples); Δ vs {base}: paired over problems, seeds drawn per "
-              f"variant. Hard held-out: the {variants['hard held-out problems']} of {variants['held-out problems']} "
-              f"held-out problems where the teacher's pass@1 is below {variants['hard below teacher pass@1']:g} "
+              f"({variants['bootstrap_resamples']} resamples); Δ vs {base}: paired over problems, seeds drawn per "
+              f"variant. Hard held-out: the {variants['hard_problems']} of {variants['held_out_problems']} "
+              f"held-out problems where the teacher's pass@1 is below {variants['hard_threshold']:g} "
               "(hints.pass_rate_below).")
     header = (f"| variant | seeds | examples per stage | steps | pass@1 held-out {ci} | pass@1 hard held-out {ci} "
               f"| Δ vs {base} held-out {ci} | Δ vs {base} hard {ci} | Δ vs heal hard {ci} | skipped / notes |")
     lines = ["## Variants", "", budget, "", method, "", header, "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, v in variants["by variant"].items():
+    for name, v in variants["by_variant"].items():
         stages = " → ".join(f"{s['dataset']} {s['examples']}" for s in v["stages"])
         steps = " + ".join(str(s["steps"]) for s in v["stages"] if s["steps"]) or "0"
-        notes = "; ".join(([f"skipped: {v['skip reason']}"] if v["skip reason"] else []) + v["notes"])
+        notes = "; ".join(([f"skipped: {v['skip_reason']}"] if v["skip_reason"] else []) + v["notes"])
         lines.append(f"| {name} | {', '.join(map(str, v['seeds'])) or '—'} | {stages} | {steps} "
-                     f"| {_interval_text(v['pass@1 held-out'])} | {_interval_text(v['pass@1 hard held-out'])} "
-                     f"| {_interval_text(v[f'delta vs {base} held-out'])} "
-                     f"| {_interval_text(v[f'delta vs {base} hard held-out'])} "
-                     f"| {_interval_text(v['delta vs heal hard held-out'])} | {notes} |")
+                     f"| {_interval_text(v['pass_at_1_held_out'])} | {_interval_text(v['pass_at_1_hard'])} "
+                     f"| {_interval_text(v['delta_vs_baseline_held_out'])} | {_interval_text(v['delta_vs_baseline_hard'])} "
+                     f"| {_interval_text(v['delta_vs_heal_hard'])} | {notes} |")
     return lines
 
 
-_SECTIONS = ("variants", "ground truth")  # summary keys holding a section of their own, not one figure
-
-
 def flat_summary(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """(metric, value) pairs of a summary, the variants' figures one per line: the artifact's and the CLI's table."""
-    pairs = [(key, str(value)) for key, value in summary.items() if key not in _SECTIONS]
-    pairs += [(f"ground truth: {key}", str(value)) for key, value in summary.get("ground truth", {}).items()]
+    """(metric, value) rows of a whole summary, the variants' figures one per line: the artifact's and the CLI's
+    table."""
+    pairs = headline(summary)
+    if "ground_truth" in summary:
+        pairs += [(f"ground truth: {label}", value) for label, value in truth.figures(summary["ground_truth"])]
     variants = summary.get("variants")
     if variants:
         ci, base = f"[{variants['confidence']:.0%} CI]", variants["baseline"]
-        pairs.append(("variant step budget (optimizer steps, every variant)", str(variants["step budget"])))
-        pairs.append(("hard held-out problems", f"{variants['hard held-out problems']} of {variants['held-out problems']}"))
-        for name, v in variants["by variant"].items():
-            if v["skip reason"]:
-                pairs.append((f"{name}: skipped", v["skip reason"]))
+        pairs.append(("variant step budget (optimizer steps, every variant)", str(variants["step_budget"])))
+        pairs.append(("hard held-out problems", f"{variants['hard_problems']} of {variants['held_out_problems']}"))
+        for name, v in variants["by_variant"].items():
+            if v["skip_reason"]:
+                pairs.append((f"{name}: skipped", v["skip_reason"]))
                 continue
             pairs += [(f"{name}: seeds", ", ".join(map(str, v["seeds"]))), (f"{name}: steps", str(v["steps"])),
-                      (f"{name}: pass@1 held-out {ci}", _interval_text(v["pass@1 held-out"])),
-                      (f"{name}: pass@1 hard held-out {ci}", _interval_text(v["pass@1 hard held-out"]))]
-            pairs += [(f"{name}: Δ vs {against} hard held-out {ci}", _interval_text(v[f"delta vs {against} hard held-out"]))
-                      for against in dict.fromkeys((base, "heal")) if v[f"delta vs {against} hard held-out"] is not None]
+                      (f"{name}: pass@1 held-out {ci}", _interval_text(v["pass_at_1_held_out"])),
+                      (f"{name}: pass@1 hard held-out {ci}", _interval_text(v["pass_at_1_hard"]))]
+            against = {base: v["delta_vs_baseline_hard"], "heal": v["delta_vs_heal_hard"]}
+            pairs += [(f"{name}: Δ vs {other} hard held-out {ci}", _interval_text(delta))
+                      for other, delta in against.items() if delta is not None]
             pairs += [(f"{name}: note", note) for note in v["notes"]]
     return pairs
 
@@ -227,17 +255,17 @@ def benchmark_comparison(benchmarks: Sequence[dict[str, Any]]) -> list[str]:
 def markdown(
     run_id: str, storage_uri: str, summary: dict[str, Any], plots: Sequence[str] = (),
     contaminated: Sequence[dict[str, Any]] = (), benchmarks: Sequence[dict[str, Any]] = (),
-    truth: Sequence[str] = (),
+    audit: Sequence[str] = (),
 ) -> str:
     """``benchmarks``: rows of EVALUATION_SUMMARY_SCHEMA (``heal_core.evaluate.summarize``); ``summary["variants"]``,
-    when there, is ``variant_summary``'s; ``truth``: the ground-truth audit's lines (``heal_core.truth``)."""
+    when there, is ``variant_summary``'s; ``audit``: the ground-truth audit's lines (``heal_core.truth``)."""
     lines = [f"# HEAL run {run_id}", "", f"Outputs: `{storage_uri}`", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in summary.items() if k not in _SECTIONS]
+    lines += [f"| {k} | {v} |" for k, v in headline(summary)]
     lines += ["", *(f"![{p}](plots/{p}.png)" for p in plots)]
     if summary.get("variants"):
         lines += ["", *variants_section(summary["variants"])]
-    if truth:
-        lines += ["", *truth]
+    if audit:
+        lines += ["", *audit]
     if benchmarks:
         lines += ["", *benchmark_comparison(benchmarks)]
     if contaminated:

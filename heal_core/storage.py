@@ -18,7 +18,7 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -166,11 +166,17 @@ def write_parquet(
     write_bytes(buf.getvalue().to_pybytes(), uri, storage_options)
 
 
-def read_parquet(uri: str, schema: pa.Schema | None = None, storage_options: dict[str, Any] | None = None) -> pa.Table:
-    """Read a whole Parquet file; with ``schema``, check it (a missing column is an error naming the URI)."""
+def read_parquet(
+    uri: str, schema: pa.Schema | None = None, storage_options: dict[str, Any] | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """Read a Parquet file, or only its ``columns``; with ``schema``, check it (a missing column is an error
+    naming the URI)."""
     data = read_bytes(uri, storage_options)
+    if schema is not None and columns is not None:
+        schema = pa.schema([schema.field(name) for name in columns])
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = pq.read_table(pa.BufferReader(data), columns=None if columns is None else list(columns))
     except pa.ArrowException as exc:  # truncated or corrupt: never return a partial table
         raise StorageError(f"{uri} is not a readable Parquet file: {exc}") from None
     return table if schema is None else conform(table, schema, source=uri)

@@ -17,7 +17,6 @@ Another checkable task joins ``TASKS``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,15 +26,15 @@ import numpy as np
 from heal_core import pure
 from heal_core.config import HealConfig
 from heal_core.demo.arithmetic import first_wrong_step, parse_problem
-from heal_core.entropy import step_start
+from heal_core.entropy import Decode, span_steps, token_steps
 from heal_core.gear import failed_paths
 from heal_core.problems import Problem
 from heal_core.sampling import problem_stats
+from heal_core.stages import Stage
 
 # (problem text, trajectory text) -> index of its first wrong step as heal_core.entropy.split_steps counts
 # segments, or None when every step is right.
 StepChecker = Callable[[str, str], int | None]
-Decode = Callable[[Sequence[int]], str]
 
 
 @dataclass(frozen=True)
@@ -84,20 +83,6 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
     return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
 
 
-def token_steps(row: Mapping[str, Any], decode: Decode, limit: int | None = None) -> list[int]:
-    """The step each generated token of ``row`` starts in (tokens 0 .. ``limit`` - 1), mapped to steps exactly as
-    ``gear.plan_repair`` maps a breakpoint."""
-    ids = list(row["token_ids"] or [])
-    return [step_start(row["text"], len(decode(ids[:t])))[1] for t in range(min(len(ids), limit or len(ids)))]
-
-
-def span_steps(row: Mapping[str, Any], decode: Decode, fraction: float) -> list[int]:
-    """The step of each position the breakpoint search looks at (tokens 1 .. ceil(fraction * T) - 1, see
-    ``entropy.find_breakpoint``)."""
-    size = len(row["token_ids"] or [])
-    return token_steps(row, decode, min(size, math.ceil(fraction * size)))[1:]
-
-
 def _ratio(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
@@ -113,10 +98,6 @@ class BreakpointAudit:
     @property
     def hit_rate(self) -> float | None:
         return _ratio(self.hits, self.paths)
-
-    @property
-    def located_share(self) -> float | None:
-        return _ratio(self.failed_located, self.failed)
 
 
 def breakpoint_audit(rows: Sequence[Mapping[str, Any]], truth: Truth, cfg: HealConfig) -> BreakpointAudit:
@@ -167,10 +148,6 @@ class PureAudit:
     def recall(self) -> float | None:
         return _ratio(self.true_rejections, self.wrong)
 
-    @property
-    def shortcut_share(self) -> float | None:
-        return _ratio(self.wrong, self.scored)
-
 
 def pure_audit(rows: Sequence[Mapping[str, Any]], truth: Truth, cfg: HealConfig) -> PureAudit:
     """Only samples PURE scored count: the leaking ones and those past a problem's cap never reached it."""
@@ -199,18 +176,21 @@ def wrong_step_share(examples: Sequence[Mapping[str, Any]], truth: Truth) -> flo
 class TruthAudit:
     breakpoints: BreakpointAudit
     pure: PureAudit
-    wrong_steps: dict[str, float | None]  # training set (curriculum dataset or variant) -> share with a wrong step
+    # training set -> share of its examples with a wrong step; a set is stage<k> (the examples stage k added),
+    # stage<k>_no_pure (the same selected without PURE) or a variant's name (all it trains on)
+    wrong_steps: dict[str, float | None]
 
     def summary(self) -> dict[str, Any]:
-        """The figures for summary.json and the run's artifact."""
+        """The figures for summary.json, as numbers (rates rounded to 4 places; None where nothing was graded):
+        ``figures`` says how each is shown."""
         b, p = self.breakpoints, self.pure
         return {
-            "failed trajectories located in the search span": _share(b.failed_located, b.failed),
-            "breakpoint hit rate": _rate(b.hit_rate), "breakpoint hit rate, random position": _rate(b.random_rate),
-            "breakpoint paths audited": b.paths,
-            "hinted samples scored by PURE": p.scored, "shortcuts among them (wrong step)": _share(p.wrong, p.scored),
-            "PURE precision": _rate(p.precision), "PURE recall": _rate(p.recall), "PURE AUROC": _rate(p.auroc),
-            **{f"wrong-step share {name}": _rate(share) for name, share in self.wrong_steps.items()},
+            "failed_trajectories": b.failed, "failed_located": b.failed_located,
+            "breakpoint_paths": b.paths, "breakpoint_hits": b.hits,
+            "breakpoint_hit_rate": _round(b.hit_rate), "breakpoint_hit_rate_random": _round(b.random_rate),
+            "pure_scored": p.scored, "pure_shortcuts": p.wrong,
+            "pure_precision": _round(p.precision), "pure_recall": _round(p.recall), "pure_auroc": _round(p.auroc),
+            "wrong_step_share": {name: _round(share) for name, share in self.wrong_steps.items()},
         }
 
     def markdown(self) -> list[str]:
@@ -229,8 +209,37 @@ class TruthAudit:
                  f"| PURE AUROC (shortcut score vs wrong step) | {_rate(p.auroc)} |"]
         if self.wrong_steps:
             lines += ["", "Share of training examples with a wrong step:", "", "| training set | share |", "|---|---|"]
-            lines += [f"| {name} | {_rate(share)} |" for name, share in self.wrong_steps.items()]
+            lines += [f"| {set_label(name)} | {_rate(share)} |" for name, share in self.wrong_steps.items()]
         return lines
+
+
+def figures(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) rows of ``TruthAudit.summary``'s figures: the CLI's and the artifact's table."""
+    s = summary
+    return [
+        ("failed trajectories located in the search span", _share(s["failed_located"], s["failed_trajectories"])),
+        ("breakpoint hit rate", _rate(s["breakpoint_hit_rate"])),
+        ("breakpoint hit rate, random position", _rate(s["breakpoint_hit_rate_random"])),
+        ("breakpoint paths audited", str(s["breakpoint_paths"])),
+        ("hinted samples scored by PURE", str(s["pure_scored"])),
+        ("shortcuts among them (wrong step)", _share(s["pure_shortcuts"], s["pure_scored"])),
+        ("PURE precision", _rate(s["pure_precision"])), ("PURE recall", _rate(s["pure_recall"])),
+        ("PURE AUROC", _rate(s["pure_auroc"])),
+        *((f"wrong-step share {set_label(name)}", _rate(share)) for name, share in s["wrong_step_share"].items()),
+    ]
+
+
+def set_label(name: str) -> str:
+    """A training set's name as people read it: ``stage2_no_pure`` is "stage II examples (no PURE)" (the
+    examples Stage II added, selected without PURE), ``heal`` is "variant heal" (all a variant trains on)."""
+    stage, _, rest = name.partition("_")
+    if stage in {s.key for s in Stage}:
+        return f"stage {Stage(int(stage[-1])).roman} examples{' (no PURE)' if rest == 'no_pure' else ''}"
+    return f"variant {name}"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _rate(value: float | None) -> str:

@@ -28,7 +28,6 @@ from concurrent.futures import wait
 from dataclasses import dataclass
 from typing import Literal
 
-from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from pebble import ProcessFuture, ProcessPool
 
 logger = logging.getLogger(__name__)
@@ -59,7 +58,6 @@ _WRAPPED_NUMBER = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf)\s*\{\s*(\(
 # An ellipsis ("1, 2, \ldots" or "...") is left alone.
 _FULL_STOP = re.compile(r"(?<![.\\])\.\s*$")
 _MATH_DELIMITER = re.compile(r"(?<!\\)\$")  # "$", not the escaped dollar sign of "\$36"
-_PRED_CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
 
 
 @dataclass(frozen=True)
@@ -191,9 +189,10 @@ def _grade(gold: str, answer: str | None) -> Status:
         return "bad_gold"
     if answer is None:
         return "no_answer"
-    predicted = parse(
-        "\\boxed{" + _normalise(answer) + "}", extraction_config=_PRED_CONFIG, parsing_timeout=None
-    )
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    predicted = parse("\\boxed{" + _normalise(answer) + "}", parsing_timeout=None,
+                      extraction_config=(LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()))
     if not _has_value(predicted):
         return "unparseable"
     # Argument order matters: Math-Verify is deliberately asymmetric (gold inequality vs predicted interval).
@@ -204,6 +203,8 @@ def _grade(gold: str, answer: str | None) -> Status:
 def _parse_gold(gold: str) -> tuple[object, ...]:
     """Cached because a batch holds many samples of one problem. Bare gold LaTeX is wrapped in ``$``:
     Math-Verify only reads LaTeX inside a math environment."""
+    from math_verify import parse
+
     text = _normalise(gold.strip())
     if "\\boxed" not in text and not _MATH_DELIMITER.search(text):
         text = "$" + text + "$"
@@ -222,10 +223,16 @@ def _has_value(parsed: Sequence[object]) -> bool:
 
 
 def _init_worker() -> None:
+    """In this order: a terminal's Ctrl-C reaches the whole process group, and the caller decides what stops and
+    how, so the worker ignores SIGINT before it does anything else. Math-Verify (sympy: seconds of imports) is
+    imported here, not where this module is imported, because unpickling this initializer imports the module in
+    a fresh worker: a Ctrl-C then would print a KeyboardInterrupt traceback from the middle of sympy. Imported
+    once here, it also keeps its import time out of the first check's timeout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import math_verify  # noqa: F401
+
     # Math-Verify warns once per process that its timeouts are off; that is deliberate here.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    # A terminal's Ctrl-C reaches the whole process group: the caller decides what stops, and how.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --- the pool --------------------------------------------------------------------------------------------

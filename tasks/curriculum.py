@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -16,9 +17,12 @@ from heal_core.schema import CURRICULUM_SCHEMA, TRAJECTORY_SCHEMA, to_table
 from heal_core.stages import Dataset
 
 
-def read_samples(run: Run, shards: int) -> pa.Table:
-    tables = [storage.read_parquet(run.shard_samples(s), TRAJECTORY_SCHEMA, run.options) for s in range(shards)]
-    return pa.concat_tables(tables) if tables else TRAJECTORY_SCHEMA.empty_table()
+def read_samples(run: Run, shards: int, columns: Sequence[str] | None = None) -> pa.Table:
+    """The run's trajectories, all columns or only ``columns`` (the texts, token ids and entropy traces are most
+    of a shard's bytes: a step that does not need them should not read them)."""
+    tables = [storage.read_parquet(run.shard_samples(s), TRAJECTORY_SCHEMA, run.options, columns) for s in range(shards)]
+    schema = TRAJECTORY_SCHEMA if columns is None else pa.schema([TRAJECTORY_SCHEMA.field(c) for c in columns])
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 @task(cache_policy=NO_CACHE)

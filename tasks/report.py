@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from heal_core import report, storage, truth
 from heal_core.config import HealConfig
-from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA
+from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, TRAJECTORY_SCHEMA
 from heal_core.run import Run
 from heal_core.stages import Dataset, Stage
 from heal_core.variants import VARIANTS
@@ -34,27 +34,42 @@ def ground_truth(run: Run, shards: int, cfg: HealConfig) -> truth.Truth | None:
 
 
 def training_sets(run: Run, cfg: HealConfig) -> dict[str, list[dict[str, Any]]]:
-    """The training examples the audit grades: each stage's own new ones (I, II, III, and II, III without PURE),
-    and each configured variant's over all its stages."""
+    """The training examples the audit grades (named as ``heal_core.truth.TruthAudit`` says): each stage's own new
+    ones (I, II, III, and II, III without PURE), and each configured variant's over all its stages."""
     datasets = {name: read_dataset(run, name) for name in Dataset}
-    graded = [(Dataset.STAGE3, stage, "") for stage in Stage] + [(Dataset.STAGE3_NO_PURE, stage, " (no PURE)")
+    graded = [(Dataset.STAGE3, stage, "") for stage in Stage] + [(Dataset.STAGE3_NO_PURE, stage, "_no_pure")
                                                                  for stage in (Stage.HINT, Stage.REPAIR)]
-    out = {f"stage {stage.roman} examples{suffix}": [e for e in datasets[name] if e["stage"] == stage]
-           for name, stage, suffix in graded}
+    out = {f"{stage.key}{suffix}": [e for e in datasets[name] if e["stage"] == stage] for name, stage, suffix in graded}
     for variant in cfg.pace.variants:
-        out[f"variant {variant}"] = list({e["sample_id"]: e for name in VARIANTS[variant] for e in datasets[name]}.values())
+        out[variant] = list({e["sample_id"]: e for name in VARIANTS[variant] for e in datasets[name]}.values())
     return out
 
 
-def plots(run: Run, samples: list[dict[str, Any]], stats: list[dict[str, Any]], graded: truth.Truth | None,
-          cfg: HealConfig) -> list[str]:
+# What the headline figures and the plots read of every trajectory: not its text, token ids or entropy trace.
+REPORTED = ("sample_id", "problem_id", "stage", "kept", "verified", "leaked_hint", "pure_ratio", "pure_verdict",
+            "judge_verdict", "parent_sample_id", "breakpoint_token")
+
+
+def trajectory(run: Run, shards: int, sample_id: str) -> dict[str, Any]:
+    """One trajectory, whole: the shards are searched one at a time, on their ``sample_id`` column alone."""
+    for shard in range(shards):
+        ids = storage.read_parquet(run.shard_samples(shard), TRAJECTORY_SCHEMA, run.options, ["sample_id"])
+        found = ids.column("sample_id").index(sample_id).as_py()
+        if found >= 0:
+            table = storage.read_parquet(run.shard_samples(shard), TRAJECTORY_SCHEMA, run.options)
+            return table.slice(found, 1).to_pylist()[0]
+    raise KeyError(f"{run.root}: no trajectory {sample_id}")
+
+
+def plots(run: Run, shards: int, samples: list[dict[str, Any]], stats: list[dict[str, Any]],
+          graded: truth.Truth | None, cfg: HealConfig) -> list[str]:
     """Write the run's PNGs; return their names. The breakpoint plot shows the first kept GEAR repair's parent
     (or the first repair's, when none was kept), with the truth's wrong tokens where the task has a checker."""
     pngs = {"pass_rate_histogram": report.pass_rate_histogram(stats), "pure_ratio": report.pure_ratio_plot(samples, cfg.pure.lam)}
     repairs = [r for r in samples if r["stage"] == Stage.REPAIR]
     repaired = next((r for r in repairs if r["kept"]), repairs[0] if repairs else None)
     if repaired is not None:
-        parent = next(r for r in samples if r["sample_id"] == repaired["parent_sample_id"])
+        parent = trajectory(run, shards, repaired["parent_sample_id"])
         pngs["entropy_breakpoint"] = report.entropy_trace(
             parent["entropy"], repaired["breakpoint_token"], cfg.gear.search_fraction,
             graded.wrong_tokens(parent) if graded is not None else None)
@@ -67,22 +82,25 @@ def plots(run: Run, samples: list[dict[str, Any]], stats: list[dict[str, Any]], 
 def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) -> dict[str, Any]:
     """The run's summary from what its steps stored: samples and lineage, the (variant, seed) results (skipped
     ones included) and the evaluation, whose per-benchmark table is ``eval/summary.parquet`` as it stands."""
-    samples = read_samples(run, shards).to_pylist()
+    samples = read_samples(run, shards, REPORTED).to_pylist()
     stats = [s for record in run.shard_records(shards) for s in record["stats"]]
     evaluation = storage.read_parquet(run.evaluation, EVALUATION_SCHEMA, run.options).to_pylist()
     benchmarks = storage.read_parquet(run.evaluation_summary, EVALUATION_SUMMARY_SCHEMA, run.options).to_pylist()
     summary = report.summarize(samples, stats, sizes, evaluation)
     graded = ground_truth(run, shards, cfg)
-    names = plots(run, samples, stats, graded, cfg)
+    names = plots(run, shards, samples, stats, graded, cfg)
     contaminated = storage.read_json(run.contamination, run.options) if storage.exists(run.contamination, run.options) else []
     if contaminated:
-        summary["contaminated problems dropped"] = len(contaminated)
+        summary["contaminated_dropped"] = len(contaminated)
     summary["variants"] = report.variant_summary(run.variants(cfg), evaluation, sizes, cfg)
-    audit = truth.audit(samples, training_sets(run, cfg), graded, cfg) if graded is not None else None
+    audit = None
+    if graded is not None:  # a task with a step checker: the audit reads the texts and token ids as well
+        audited = read_samples(run, shards, [c for c in TRAJECTORY_SCHEMA.names if c != "entropy"]).to_pylist()
+        audit = truth.audit(audited, training_sets(run, cfg), graded, cfg)
     if audit is not None:
-        summary["ground truth"] = audit.summary()
+        summary["ground_truth"] = audit.summary()
         create_table_artifact(key="heal-ground-truth", description=f"HEAL run {run.run_id}: components against the truth",
-                              table=[{"check": k, "value": str(v)} for k, v in summary["ground truth"].items()])
+                              table=[{"check": k, "value": v} for k, v in truth.figures(summary["ground_truth"])])
     text = report.markdown(run.run_id, run.root, summary, names, contaminated, benchmarks,
                            audit.markdown() if audit is not None else ())
     storage.write_bytes(text.encode(), run.report, run.options)

@@ -44,3 +44,14 @@ def test_config_explain_describes_a_key_a_section_and_refuses_an_unknown_one():
     assert section.exit_code == 0 and "pure.lam" in section.output and "0.2" in section.output
     wrong = runner.invoke(app, ["config", "explain", "gear.max_per_problm"], env={"COLUMNS": "200"})
     assert wrong.exit_code == 2 and "did you mean gear.max_per_problem" in wrong.output
+
+
+def test_resume_refuses_an_unknown_mode_naming_the_option(tmp_path):
+    from heal_core.config import parse_config
+    from heal_core.run import Run
+
+    cfg = parse_config({"storage": {"uri": str(tmp_path)}})
+    Run.of(cfg, "r1").pin(cfg)
+    result = runner.invoke(app, ["resume", "r1", "--storage", str(tmp_path), "--mode", "bogus"])
+    assert result.exit_code == 2
+    assert "--mode" in result.output and "orchestration.mode" in result.output and "bogus" in result.output

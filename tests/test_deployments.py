@@ -192,7 +192,9 @@ def _trigger_and_wait_for_shards(cluster: Cluster, run_id: str, all_started: boo
 
 
 def _retry_as_the_ui_does(cluster: Cluster, flow_run: str) -> None:
-    """The exact request the UI's Retry button sends (see ../shared/notes/prefect.md, section 1.1)."""
+    """The exact request the UI's Retry button sends: ``POST /api/flow_runs/<id>/set_state`` with an
+    AwaitingRetry SCHEDULED state, "Retry from the UI" (the V1 UI sends ``force: false``, the stricter of the two;
+    ``test_the_ui_retry_button_reruns_a_failed_shard`` clicks the button itself)."""
     state = {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}
     with cluster.client() as client:
         answer = client.post(f"/flow_runs/{flow_run}/set_state", json={"state": state, "force": False})

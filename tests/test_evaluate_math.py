@@ -56,7 +56,8 @@ def test_headline_accuracy_is_the_held_out_set_and_the_report_compares_models_pe
     rows = [_row("rs_sft", "held_out", "h1", 0), _row("heal", "held_out", "h1", 2), _row("heal", "aime2024_test", "x", 0),
             _row("teacher", "aime2024_test", "x", 1), _row("teacher", "held_out", "h1", 1)]
     assert report.accuracy(rows) == {"rs_sft": 0.0, "heal": 1.0, "teacher": 0.5}
-    text = report.markdown("r1", "/store/runs/r1", {"problems": 1}, benchmarks=summarize(rows))
+    text = report.markdown("r1", "/store/runs/r1", report.summarize([], [], {}, rows), benchmarks=summarize(rows))
+    assert "| held-out pass@1 heal | 1.0 |" in text
     section = text.split("## Evaluation per benchmark", 1)[1]
     assert "| benchmark | group | problems | teacher | HEAL student | RS-SFT student |" in section
     assert "| held_out | all | 1 | 0.500 / 1.000 | 1.000 / 1.000 | 0.000 / 0.000 |" in section

@@ -91,7 +91,7 @@ def test_pure_audit_grades_rejections_and_ranks_by_the_shortcut_score():
     ]
     result = pure_audit(rows, TRUTH, cfg)
     assert (result.scored, result.wrong, result.rejected, result.true_rejections) == (4, 2, 2, 1)
-    assert (result.precision, result.recall, result.shortcut_share) == (0.5, 0.5, 0.5)
+    assert (result.precision, result.recall, result.wrong / result.scored) == (0.5, 0.5, 0.5)
     assert result.auroc == 0.5  # each shortcut ties one genuine sample and beats or loses to the other
     assert auroc([3.0, 2.0], [1.0, 0.0]) == 1.0 and auroc([1.0], [1.0]) == 0.5 and auroc([], [1.0]) is None
 

@@ -111,15 +111,15 @@ def test_variants_by_seeds_train_evaluate_and_resume(prefect_api, tiny_model_dir
     assert {(r["temperature"], r["seed"], r["samples"]) for r in rows} == {(0.6, 0, 1)}  # evaluation.temperature, all
 
     summary = report.variant_summary(results, rows, _sizes(layout), cfg)
-    assert summary["step budget"] == 5 and summary["held-out problems"] == 3
-    heal = summary["by variant"]["heal"]
-    assert heal["seeds"] == [0, 1] and heal["steps"] == 5 and heal["skip reason"] is None
-    figures = heal["pass@1 held-out"]
+    assert summary["step_budget"] == 5 and summary["held_out_problems"] == 3
+    heal = summary["by_variant"]["heal"]
+    assert heal["seeds"] == [0, 1] and heal["steps"] == 5 and heal["skip_reason"] is None
+    figures = heal["pass_at_1_held_out"]
     assert figures["low"] <= figures["estimate"] <= figures["high"]
-    assert heal["delta vs rs_sft held-out"] is not None and summary["by variant"]["rs_sft"]["delta vs rs_sft held-out"] is None
-    assert summary["hard held-out problems"] == 3  # a random tiny teacher solves none
-    assert heal["delta vs heal hard held-out"] is None  # each ablation is also compared with HEAL itself
-    assert summary["by variant"]["heal_mixed"]["delta vs heal hard held-out"] is not None
+    assert heal["delta_vs_baseline_held_out"] is not None and summary["by_variant"]["rs_sft"]["delta_vs_baseline_held_out"] is None
+    assert summary["hard_problems"] == 3  # a random tiny teacher solves none
+    assert heal["delta_vs_heal_hard"] is None  # each ablation is also compared with HEAL itself
+    assert summary["by_variant"]["heal_mixed"]["delta_vs_heal_hard"] is not None
     assert "| heal | 0, 1 | stage1 4 → stage2 6 → stage3 8 | 1 + 2 + 2 |" in "\n".join(report.variants_section(summary))
 
 
@@ -146,12 +146,13 @@ def test_a_variant_without_data_is_a_recorded_skip_shown_in_the_report(prefect_a
     assert [m.variant for m in trained] == ["heal_no_gear"]
     heal_eval(layout.root, cfg, trained)
     rows = pq.read_table(layout.evaluation).to_pylist()
-    summary = {"variants": report.variant_summary(stored, rows, _sizes(layout), cfg)}
-    by_variant = summary["variants"]["by variant"]
-    assert by_variant["rs_sft"]["skip reason"] == "no training examples: rs_sft is empty"
-    assert by_variant["rs_sft"]["seeds"] == [] and by_variant["rs_sft"]["pass@1 held-out"] is None
+    summary = {**report.summarize([], [], _sizes(layout), rows),
+               "variants": report.variant_summary(stored, rows, _sizes(layout), cfg)}
+    by_variant = summary["variants"]["by_variant"]
+    assert by_variant["rs_sft"]["skip_reason"] == "no training examples: rs_sft is empty"
+    assert by_variant["rs_sft"]["seeds"] == [] and by_variant["rs_sft"]["pass_at_1_held_out"] is None
     assert by_variant["heal_no_gear"]["notes"] == ["stage1 is empty: keeps the student base"]
-    assert by_variant["heal_no_gear"]["delta vs rs_sft held-out"] is None  # no baseline to compare with
+    assert by_variant["heal_no_gear"]["delta_vs_baseline_held_out"] is None  # no baseline to compare with
     text = report.markdown("skip", layout.root, summary)
     assert "skipped: no training examples: rs_sft is empty" in text
     assert "| heal_no_gear | 0 | stage1 0 → stage2 4 | 2 |" in text and "| rs_sft | — | rs_sft 0 | 0 |" in text

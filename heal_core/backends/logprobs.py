@@ -25,7 +25,7 @@ and its normaliser are all known only within bounds. ``topk_entropy_bounds`` der
 
 The backends store the lower bound as ``Generation.entropy``: it is exact when the tail is empty, never above
 the truth, and its error (at most upper - lower) shrinks with the tail mass, which is small wherever the teacher
-is confident (see ../shared/notes/llm-apis.md §2 for measured errors). ``teacher.entropy: exact`` recomputes
+is confident (``tests/test_backend_translation.py`` checks both bounds against the exact entropy). ``teacher.entropy: exact`` recomputes
 the traces GEAR cuts with a teacher-forced pass instead.
 """
 

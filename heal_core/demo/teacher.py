@@ -238,7 +238,7 @@ def calibrate(model_dir: str | Path, problems: Sequence[Worked]) -> list[Calibra
     from heal_core.backends.base import Request
     from heal_core.backends.hf import HFBackend
     from heal_core.seeds import request_seed
-    from heal_core.truth import span_steps
+    from heal_core.entropy import span_steps
     from heal_core.verify import check_many
 
     cfg = demo_config()

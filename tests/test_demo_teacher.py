@@ -15,6 +15,7 @@ def _texts(name: T.Split) -> list[str]:
     return [w.problem.problem for w in T.split(name)]
 
 
+@pytest.mark.slow
 def test_splits_are_deterministic_and_disjoint():
     splits = {name: _texts(name) for name in T.SPLIT_SEEDS}
     assert splits == {name: _texts(name) for name in T.SPLIT_SEEDS}
@@ -86,6 +87,7 @@ def test_committed_teacher_solves_easy_problems_and_hints_lift_its_ceiling(commi
     assert rows["hard"].pass_hinted >= 1.5 * rows["hard"].pass_unaided + 0.2
 
 
+@pytest.mark.slow
 def test_heal_demo_train_teacher_command(tmp_path):
     from typer.testing import CliRunner
 

@@ -25,6 +25,8 @@ from tasks.generate import write_shards
 from heal_core.run import Run
 from servers import PrefectServer, TcpProxy, postgres_url, prefect_server, stop
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the fast lane leaves it out
+
 BUCKET = "heal-deploy"
 HEAL = str(Path(sys.executable).parent / "heal")  # the console script, as a user runs it
 DATASETS = ("stage1", "stage2", "stage3", "rs_sft", "keep_all")
@@ -310,7 +312,6 @@ def test_failed_shards_retried_from_the_ui_and_resumed_parent_equal_a_clean_run(
     assert _datasets(cluster.cfg, "faulty") == clean_run.datasets
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_a_killed_worker_s_shards_turn_crashed_and_their_retry_equals_a_clean_run(clean_cluster, clean_run):
     """SIGKILL the GPU worker and every process under it (a lost node) while its shards run: the heartbeat
@@ -348,7 +349,6 @@ def test_a_killed_worker_s_shards_turn_crashed_and_their_retry_equals_a_clean_ru
     assert _datasets(cluster.cfg, "killed") == clean_run.datasets
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_ctrl_c_on_a_worker_ends_its_runs_and_their_retry_equals_a_clean_run(clean_cluster, clean_run):
     """Ctrl-C on ``heal worker`` as a terminal delivers it (SIGINT to the worker's whole process group) while its
@@ -379,7 +379,6 @@ def test_ctrl_c_on_a_worker_ends_its_runs_and_their_retry_equals_a_clean_run(cle
     assert _datasets(cluster.cfg, "interrupted") == clean_run.datasets
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_a_prefect_server_restart_mid_run_ends_in_the_same_datasets(clean_cluster, clean_run):
     """The API server stops for 10 s while shards run and comes back on its database: the workers reconnect

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pyarrow.parquet as pq
+import pytest
 from prefect import flow
 
 from heal_core.config import parse_config
 from heal_core.problems import Problem
-from tasks.generate import run_shard, shard_done, write_shards
 from heal_core.run import Run
+from tasks.generate import run_shard, shard_done, write_shards
+
+pytestmark = pytest.mark.slow  # see pyproject.toml: the fast lane leaves it out
 
 PROBLEMS = [Problem(f"p{i}", f"Start with {i}, then apply in order: + 3. What is the result?", str(i + 3)) for i in range(2)]
 

@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from heal_core.demo import demo_problems
+
+pytestmark = pytest.mark.slow  # see pyproject.toml: the fast lane leaves it out
 
 DATASETS = ("stage1", "stage2", "stage3", "rs_sft")
 

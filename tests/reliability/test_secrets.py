@@ -17,6 +17,8 @@ import pytest
 from heal_core.config import ConfigError, parse_config
 from heal_core.demo import demo_defaults, demo_problems
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the fast lane leaves it out
+
 
 def test_a_literal_credential_is_refused_without_echoing_it():
     with pytest.raises(ConfigError) as err:

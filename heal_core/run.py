@@ -8,7 +8,7 @@ What marks what finished (each written last, after the outputs it vouches for):
   Parquet intact (``finished_shard``);
 * a (variant, seed): ``models/<variant>/seed-<seed>/variant.json`` (``variant``); a training stage: the
   ``heal_stage.json`` in its model directory (``heal_core/train.py``);
-* the run: ``summary.json``, written by the report after everything else.
+* the run's report: ``summary.json``, written after everything else (``heal report`` reads it).
 """
 
 from __future__ import annotations

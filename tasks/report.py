@@ -10,8 +10,8 @@ from prefect.cache_policies import NO_CACHE
 
 from heal_core import report, storage, truth
 from heal_core.config import HealConfig
-from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, TRAJECTORY_SCHEMA
 from heal_core.run import Run
+from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, TRAJECTORY_SCHEMA
 from heal_core.stages import Dataset, Stage
 from heal_core.variants import VARIANTS
 from tasks.curriculum import read_dataset, read_samples

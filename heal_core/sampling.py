@@ -48,7 +48,6 @@ def generation_rows(drawn: Sequence[Drawn], stage: int, cfg: HealConfig, teacher
         truncated=[g.finish_reason == "length" for d in drawn for g in d.generations],
         max_error_share=cfg.orchestration.max_verify_error_share,
     ))
-    config_hash = cfg.config_hash()  # one per call: it serialises and hashes the whole config
     rows = []
     for d, ts in zip(drawn, texts, strict=True):
         parent = d.lineage.get("parent_sample_id")
@@ -72,7 +71,7 @@ def generation_rows(drawn: Sequence[Drawn], stage: int, cfg: HealConfig, teacher
                 kept=False,
                 teacher=teacher,
                 seed=g.seed,
-                config_hash=config_hash,
+                config_hash=cfg.config_hash(),
                 **d.lineage,
             ))
     return rows

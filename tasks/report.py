@@ -82,21 +82,20 @@ def plots(run: Run, shards: int, samples: list[dict[str, Any]], stats: list[dict
 def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) -> dict[str, Any]:
     """The run's summary from what its steps stored: samples and lineage, the (variant, seed) results (skipped
     ones included) and the evaluation, whose per-benchmark table is ``eval/summary.parquet`` as it stands."""
-    samples = read_samples(run, shards, REPORTED).to_pylist()
+    graded = ground_truth(run, shards, cfg)
+    # the audit (a task with a step checker) also grades texts and token ids: then they are read in the same pass
+    columns = REPORTED if graded is None else [c for c in TRAJECTORY_SCHEMA.names if c != "entropy"]
+    samples = read_samples(run, shards, columns).to_pylist()
     stats = [s for record in run.shard_records(shards) for s in record["stats"]]
     evaluation = storage.read_parquet(run.evaluation, EVALUATION_SCHEMA, run.options).to_pylist()
     benchmarks = storage.read_parquet(run.evaluation_summary, EVALUATION_SUMMARY_SCHEMA, run.options).to_pylist()
     summary = report.summarize(samples, stats, sizes, evaluation)
-    graded = ground_truth(run, shards, cfg)
     names = plots(run, shards, samples, stats, graded, cfg)
     contaminated = storage.read_json(run.contamination, run.options) if storage.exists(run.contamination, run.options) else []
     if contaminated:
         summary["contaminated_dropped"] = len(contaminated)
     summary["variants"] = report.variant_summary(run.variants(cfg), evaluation, sizes, cfg)
-    audit = None
-    if graded is not None:  # a task with a step checker: the audit reads the texts and token ids as well
-        audited = read_samples(run, shards, [c for c in TRAJECTORY_SCHEMA.names if c != "entropy"]).to_pylist()
-        audit = truth.audit(audited, training_sets(run, cfg), graded, cfg)
+    audit = truth.audit(samples, training_sets(run, cfg), graded, cfg) if graded is not None else None
     if audit is not None:
         summary["ground_truth"] = audit.summary()
         create_table_artifact(key="heal-ground-truth", description=f"HEAL run {run.run_id}: components against the truth",

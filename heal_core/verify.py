@@ -223,16 +223,33 @@ def _has_value(parsed: Sequence[object]) -> bool:
 
 
 def _init_worker() -> None:
-    """In this order: a terminal's Ctrl-C reaches the whole process group, and the caller decides what stops and
-    how, so the worker ignores SIGINT before it does anything else. Math-Verify (sympy: seconds of imports) is
-    imported here, not where this module is imported, because unpickling this initializer imports the module in
-    a fresh worker: a Ctrl-C then would print a KeyboardInterrupt traceback from the middle of sympy. Imported
-    once here, it also keeps its import time out of the first check's timeout."""
+    """Math-Verify (sympy: seconds of imports) is imported here, not where this module is imported, so its import
+    time stays out of the first check's timeout. SIGINT reaches a worker blocked (``_QuietSpawnProcess``) and is
+    ignored here for good: the caller decides what stops and how."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import math_verify  # noqa: F401
 
     # Math-Verify warns once per process that its timeouts are off; that is deliberate here.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+class _QuietSpawnProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process that starts with SIGINT blocked. A terminal's Ctrl-C reaches every process of its group,
+    and a fresh worker re-imports its caller's main module (a CLI: a second of imports) before any initializer
+    can ignore it: a Ctrl-C then killed the worker, broke the pool and printed a traceback. A blocked signal stays
+    blocked through fork and exec, so the whole start is covered; the caller's thread is blocked only while it
+    forks, and a Ctrl-C it gets meanwhile is delivered when it unblocks."""
+
+    def start(self) -> None:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _QuietSpawnContext(multiprocessing.context.SpawnContext):
+    Process = _QuietSpawnProcess
 
 
 # --- the pool --------------------------------------------------------------------------------------------
@@ -252,7 +269,7 @@ def _get_pool(workers: int | None) -> ProcessPool:
         wanted = workers or size or min(4, os.cpu_count() or 1)
         if old is not None and size == wanted and old.active:
             return old
-        pool = ProcessPool(max_workers=wanted, initializer=_init_worker, context=multiprocessing.get_context("spawn"))
+        pool = ProcessPool(max_workers=wanted, initializer=_init_worker, context=_QuietSpawnContext())
         _pools[os.getpid()] = (wanted, pool)
     if old is not None:
         if old.active:

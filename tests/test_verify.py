@@ -199,3 +199,28 @@ def test_killed_worker_gives_error_and_pool_recovers() -> None:
         verdict = future.result(timeout=30)[0]
     assert verdict == Verdict(False, "error", TOWER)
     assert check(r"\boxed{\frac{3}{4}}", "0.75") == Verdict(True, "correct", r"\frac{3}{4}")
+
+
+_SLOW_STARTING_CALLER = """
+import os, signal, sys, threading, time
+if __name__ == "__mp_main__":
+    time.sleep(3)  # a worker re-imports its caller's main module first: here, a slow one (a CLI's imports)
+if __name__ == "__main__":
+    from heal_core.verify import check_many
+    signal.signal(signal.SIGINT, lambda *_: print("caller interrupted", flush=True))
+    threading.Timer(1.0, os.killpg, (0, signal.SIGINT)).start()  # Ctrl-C while the worker is still starting
+    print([v.status for v in check_many([(r"\\boxed{2}", "2"), (r"\\boxed{3}", "2")], workers=1)], flush=True)
+"""
+
+
+def test_ctrl_c_while_a_worker_starts_leaves_it_running_and_prints_no_traceback(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches every process of its group, workers too, and it can land before a fresh
+    worker's initializer ignores it: while the worker re-imports its caller's main module. That printed a
+    KeyboardInterrupt traceback from the middle of a CLI's imports, and killed the worker (seen in CI)."""
+    script = tmp_path / "caller.py"
+    script.write_text(_SLOW_STARTING_CALLER)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          start_new_session=True, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == ["caller interrupted", "['correct', 'wrong']"], done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr

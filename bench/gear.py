@@ -131,7 +131,7 @@ def main() -> None:
     bare = HFBackend(args.model, "float32", "cpu", cfg.teacher.max_batch_sequences)
     measured = replay(bare, backend.calls, cfg.teacher.sampling)
     rows = out.trajectories
-    stage_tokens = {str(n): sum(r["num_tokens"] for r in rows if r["stage"] == i) for i, n in ((1, "I"), (2, "II"), (3, "III"))}
+    stage_tokens = {str(n): sum(r.num_tokens for r in rows if r.stage == i) for i, n in ((1, "I"), (2, "II"), (3, "III"))}
     for kind in ("I", "II", "III"):
         if kind in measured and measured[kind][0] != stage_tokens[kind]:
             raise SystemExit(f"stage {kind}: the full-batch replay generated {measured[kind][0]} tokens, the shard "
@@ -139,12 +139,12 @@ def main() -> None:
     buckets = defaultdict(int)
     for stats in out.stats.values():
         buckets[stats.bucket] += 1
-    stage3 = [r for r in rows if r["stage"] == 3]
-    kept3 = [r for r in stage3 if r["kept"]]
+    stage3 = [r for r in rows if r.stage == 3]
+    kept3 = [r for r in stage3 if r.kept]
     extreme = [p for p, s in out.stats.items() if s.bucket == "extremely_hard"]
-    rescued = {r["problem_id"] for r in kept3}
-    repaired_parents = {r["parent_sample_id"] for r in stage3}
-    tokens3 = sum(r["num_tokens"] for r in stage3)
+    rescued = {r.problem_id for r in kept3}
+    repaired_parents = {r.repair.parent_sample_id for r in stage3 if r.repair}
+    tokens3 = sum(r.num_tokens for r in stage3)
 
     print(f"{len(worked)} demo problems ({min(w.steps for w in worked)}-{max(w.steps for w in worked)} steps), "
           f"teacher {args.model}; N={cfg.teacher.sampling.n}, hints.n={cfg.hints.n}, GEAR "
@@ -168,34 +168,34 @@ def main() -> None:
     print("| stage | samples | tokens generated | verified | kept | tokens per kept sample |")
     print("|---|---|---|---|---|---|")
     for stage, name in ((1, "I (unaided)"), (2, "II (hint)"), (3, "III (GEAR)")):
-        these = [r for r in rows if r["stage"] == stage]
-        tokens = sum(r["num_tokens"] for r in these)
-        kept = sum(r["kept"] for r in these)
+        these = [r for r in rows if r.stage == stage]
+        tokens = sum(r.num_tokens for r in these)
+        kept = sum(r.kept for r in these)
         per_kept = f"{tokens / kept:,.0f}" if kept else "n/a"
-        print(f"| {name} | {len(these)} | {tokens:,} | {sum(r['verified'] for r in these)} | {kept} | {per_kept} |")
+        print(f"| {name} | {len(these)} | {tokens:,} | {sum(r.verified for r in these)} | {kept} | {per_kept} |")
     print()
     print("| GEAR | count |")
     print("|---|---|")
     print(f"| extremely hard problems | {len(extreme)} |")
     print(f"| failed trajectories repaired (breakpoint found) | {len(repaired_parents)} |")
-    print(f"| waves | {1 + max((r['wave'] for r in stage3), default=-1)} |")
+    print(f"| waves | {1 + max((r.hint.wave for r in stage3 if r.hint), default=-1)} |")
     print(f"| skipped (reason in lineage) | {len(out.skips)} |")
     print(f"| continuations | {len(stage3)} |")
-    print(f"| verified | {sum(r['verified'] for r in stage3)} |")
-    print(f"| verified but leaking the hint | {sum(r['verified'] and bool(r['leaked_hint']) for r in stage3)} |")
-    print(f"| rejected by PURE | {sum(r['pure_verdict'] not in (None, 'keep', 'skipped') for r in stage3)} |")
+    print(f"| verified | {sum(r.verified for r in stage3)} |")
+    print(f"| verified but leaking the hint | {sum(r.verified and bool(r.hint and r.hint.leaked_hint) for r in stage3)} |")
+    print(f"| rejected by PURE | {sum(r.pure is not None and not r.pure.kept for r in stage3)} |")
     print(f"| kept | {len(kept3)} |")
     print(f"| problems rescued (>= 1 kept repair) | {len(rescued)} of {len(extreme)} |")
     if rescued:
         print(f"| teacher tokens per rescued problem | {tokens3 / len(rescued):,.0f} |")
     if args.all_at_once:
         _, _, _, once, once_wall = run_shard(args, [*overrides, f"gear.wave_paths={cfg.gear.failed_paths}"])
-        once3 = [r for r in once.trajectories if r["stage"] == 3]
-        same = sorted(r["sample_id"] for r in once3 if r["kept"]) == sorted(r["sample_id"] for r in kept3)
-        once_tokens = sum(r["num_tokens"] for r in once3)
+        once3 = [r for r in once.trajectories if r.stage == 3]
+        same = sorted(r.sample_id for r in once3 if r.kept) == sorted(r.sample_id for r in kept3)
+        once_tokens = sum(r.num_tokens for r in once3)
         print(f"| all paths in one wave: continuations, tokens, s | {len(once3)}, {once_tokens:,}, {once_wall:.0f} |")
         print(f"| all paths in one wave: teacher tokens per kept repair | "
-              f"{once_tokens / max(1, sum(r['kept'] for r in once3)):,.0f} |")
+              f"{once_tokens / max(1, sum(r.kept for r in once3)):,.0f} |")
         print(f"| kept repairs the same rows as in one wave | {'yes' if same else 'NO'} |")
         if not same:
             raise SystemExit("waves changed the kept repairs")

@@ -80,7 +80,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     overall = None
     for name, stages in (("Stage II", (2,)), ("Stage III", (3,)), ("II + III", (2, 3))):
-        result = pure_audit([r for r in rows if r["stage"] in stages], truth, cfg)
+        result = pure_audit([r for r in rows if r.stage in stages], truth, cfg)
         print(f"| {name} | {result.scored} | {result.wrong} | {result.rejected} | {_rate(result.precision)} "
               f"| {_rate(result.recall)} | {_rate(result.auroc)} |")
         overall = result
@@ -89,8 +89,8 @@ def main() -> None:
     rng = random.Random(0)
     labelled: list[tuple[str, str, str, str]] = []  # (kind, prompt, text, answer)
     for problem, prompt in zip(problems, prompts, strict=True):
-        genuine = next((r["text"] for r in rows if r["problem_id"] == problem.problem_id and r["stage"] == 1
-                        and r["verified"] and len(split_steps(r["text"])) >= 4), None)
+        genuine = next((r.text for r in rows if r.problem_id == problem.problem_id and r.stage == 1
+                        and r.verified and len(split_steps(r.text)) >= 4), None)
         if genuine is None:
             continue
         labelled.append(("genuine", prompt, genuine, problem.answer))

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -79,15 +78,15 @@ def step_start(text: str, char_index: int) -> tuple[int, int]:
 Decode = Callable[[Sequence[int]], str]  # token ids -> the text they render as
 
 
-def token_steps(row: Mapping[str, Any], decode: Decode, limit: int | None = None) -> list[int]:
-    """The step each generated token of ``row`` starts in (tokens 0 .. ``limit`` - 1), mapped to steps exactly as
-    ``gear.plan_repair`` maps a breakpoint."""
-    ids = list(row["token_ids"] or [])
-    return [step_start(row["text"], len(decode(ids[:t])))[1] for t in range(min(len(ids), limit or len(ids)))]
+def token_steps(text: str, token_ids: Sequence[int], decode: Decode, limit: int | None = None) -> list[int]:
+    """The step of ``text`` each of its generated tokens starts in (tokens 0 .. ``limit`` - 1), mapped to steps
+    exactly as ``gear`` maps a breakpoint."""
+    ids = list(token_ids)
+    return [step_start(text, len(decode(ids[:t])))[1] for t in range(min(len(ids), limit or len(ids)))]
 
 
-def span_steps(row: Mapping[str, Any], decode: Decode, fraction: float) -> list[int]:
+def span_steps(text: str, token_ids: Sequence[int], decode: Decode, fraction: float) -> list[int]:
     """The step of each position the breakpoint search looks at (tokens 1 .. ceil(fraction * T) - 1, see
     ``entropy.find_breakpoint``)."""
-    size = len(row["token_ids"] or [])
-    return token_steps(row, decode, min(size, math.ceil(fraction * size)))[1:]
+    size = len(token_ids)
+    return token_steps(text, token_ids, decode, min(size, math.ceil(fraction * size)))[1:]

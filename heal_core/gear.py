@@ -13,26 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from heal_core.backends.base import Request, TeacherBackend, Trace, require_usable
 from heal_core.config import HealConfig
 from heal_core.entropy import find_breakpoint, step_start
-from heal_core.hints import hinted_prompt, leak
+from heal_core.hints import hinted_prompt
 from heal_core.problems import Problem
 from heal_core.sampling import Drawn, generation_rows
 from heal_core.seeds import request_seed
+from heal_core.stages import Stage
+from heal_core.trajectory import Repair, Trajectory
 
 
 @dataclass(frozen=True)
 class RepairPlan:
-    parent_sample_id: str
-    breakpoint_token: int
-    breakpoint_step: int
-    breakpoint_surge: float
-    prefix: str
+    repair: Repair  # the lineage every continuation's row records
+    prefix: str  # the parent's text before the breakpoint's step: what the teacher continues
 
 
 @dataclass(frozen=True)
@@ -44,40 +42,40 @@ class Skip:
     reason: str
 
 
-def plan_repairs(rows: Sequence[dict[str, Any]], backend: TeacherBackend, cfg: HealConfig) -> list[RepairPlan | Skip]:
+def plan_repairs(rows: Sequence[Trajectory], backend: TeacherBackend, cfg: HealConfig) -> list[RepairPlan | Skip]:
     """One plan (or skip) per failed trajectory. Breakpoints are found in the exact entropy traces: a backend that
     stored a top-k bound recomputes them, all in one call."""
-    traced = [r for r in rows if r.get("entropy")]
+    traced = [r for r in rows if r.entropy]
     exact = iter(backend.exact_entropy(
-        [Trace(r["prompt"], tuple(r["token_ids"]), np.asarray(r["entropy"], dtype=np.float64)) for r in traced],
+        [Trace(r.prompt, tuple(r.token_ids), np.asarray(r.entropy, dtype=np.float64)) for r in traced],
         cfg.teacher.sampling.temperature,
     ) if traced else [])
-    return [_plan(r, next(exact), backend, cfg) if r.get("entropy")
-            else Skip(r["sample_id"], r["problem_id"], "empty entropy trace") for r in rows]
+    return [_plan(r, next(exact), backend, cfg) if r.entropy
+            else Skip(r.sample_id, r.problem_id, "empty entropy trace") for r in rows]
 
 
-def _plan(row: dict[str, Any], entropy: np.ndarray, backend: TeacherBackend, cfg: HealConfig) -> RepairPlan | Skip:
+def _plan(row: Trajectory, entropy: np.ndarray, backend: TeacherBackend, cfg: HealConfig) -> RepairPlan | Skip:
     bp = find_breakpoint(entropy, cfg.gear.surge_window, cfg.gear.search_fraction)
     if bp is None:
-        return Skip(row["sample_id"], row["problem_id"],
+        return Skip(row.sample_id, row.problem_id,
                     f"no entropy surge in the first {cfg.gear.search_fraction:.0%} of {entropy.size} tokens")
-    char = len(backend.decode(row["token_ids"][: bp.token]))
-    start, step = step_start(row["text"], char)
-    return RepairPlan(row["sample_id"], bp.token, step, bp.surge, row["text"][:start])
+    char = len(backend.decode(row.token_ids[: bp.token]))
+    start, step = step_start(row.text, char)
+    return RepairPlan(Repair(row.sample_id, bp.token, step, bp.surge, start), row.text[:start])
 
 
-def failed_paths(rows: Sequence[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+def failed_paths(rows: Sequence[Trajectory], limit: int) -> list[Trajectory]:
     """Up to ``limit`` unverified Stage I trajectories of one problem, lowest sample index first."""
-    failed = sorted((r for r in rows if not r["verified"]), key=lambda r: r["sample_index"])
+    failed = sorted((r for r in rows if not r.verified), key=lambda r: r.sample_index)
     return failed[:limit]
 
 
 def repair(
     backend: TeacherBackend,
-    paths: Sequence[tuple[Problem, Sequence[dict[str, Any]]]],
+    paths: Sequence[tuple[Problem, Sequence[Trajectory]]],
     cfg: HealConfig,
     wave: int = 0,
-) -> tuple[list[dict[str, Any]], list[Skip]]:
+) -> tuple[list[Trajectory], list[Skip]]:
     """Stage III rows of one wave: the given failed trajectories of each problem, planned, then every
     continuation of every plan in one batched call, verified and leakage-flagged (PURE is applied by the
     caller). A repair's continuations are seeded by its parent's sample id, so they do not depend on the wave."""
@@ -89,17 +87,12 @@ def repair(
         return [], skips
     base = cfg.teacher.sampling.seed
     requests = [Request(hinted_prompt(cfg.gear.hint_template, problem), cfg.gear.continuations,
-                        request_seed(base, "stage3", plan.parent_sample_id), plan.prefix) for problem, plan in repairs]
+                        request_seed(base, "stage3", plan.repair.parent_sample_id), plan.prefix) for problem, plan in repairs]
     batches = require_usable(backend.generate(requests, cfg.teacher.sampling), "GEAR continuations")
     drawn = [
         Drawn(problem, cfg.teacher.prompt_template.format(problem=problem.problem), gens,
               texts=[plan.prefix + g.text for g in gens],
-              lineage={"hint": request.prompt, "wave": wave, "parent_sample_id": plan.parent_sample_id,
-                       "breakpoint_token": plan.breakpoint_token, "breakpoint_step": plan.breakpoint_step,
-                       "breakpoint_surge": plan.breakpoint_surge, "prefix_chars": len(plan.prefix)})
+              hint=request.prompt, wave=wave, repair=plan.repair)
         for (problem, plan), request, gens in zip(repairs, requests, batches, strict=True)
     ]
-    rows = generation_rows(drawn, stage=3, cfg=cfg, teacher=backend.model_path)
-    for row in rows:
-        row["leaked_hint"] = leak(row["text"][row["prefix_chars"]:], cfg.hints.leakage_patterns) is not None
-    return rows, skips
+    return generation_rows(drawn, stage=Stage.REPAIR, cfg=cfg, teacher=backend.model_path), skips

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Literal
 
 from heal_core.backends.base import BackendUnavailable, Request, TeacherBackend, require_usable
 from heal_core.config import JudgeConfig, SamplingConfig
 from heal_core.seeds import request_seed
+from heal_core.trajectory import Trajectory
 
 JudgeVerdict = Literal["equivalent", "different", "unclear"]
 
@@ -49,25 +51,24 @@ def parse_reply(text: str) -> JudgeVerdict:
     return "equivalent" if match[1].lower() == "yes" else "different"
 
 
-def judge_rows(rows: Sequence[dict[str, Any]], backend: TeacherBackend, cfg: JudgeConfig) -> int:
-    """Judge the rows worth judging (in place): ``judge_verdict`` set, ``verified`` on ``equivalent``.
+def judge_rows(rows: Sequence[Trajectory], backend: TeacherBackend, cfg: JudgeConfig) -> list[Trajectory]:
+    """The rows, with the ones worth judging judged: ``judge_verdict`` set, ``verified`` on ``equivalent``.
 
-    One batched call for all of them. Returns how many were judged. A judge that answers none of more than one
-    question with yes or no is a broken judge, not data: ``BackendUnavailable``.
+    One batched call for all of them. A judge that answers none of more than one question with yes or no is a
+    broken judge, not data: ``BackendUnavailable``.
     """
-    todo = [r for r in rows if worth_judging(r["verify_status"], r["extracted_answer"], r["gold_answer"])]
+    todo = [i for i, r in enumerate(rows) if worth_judging(r.verify_status, r.extracted_answer, r.gold_answer)]
     if not todo:
-        return 0
-    requests = [Request(cfg.template.format(prediction=r["extracted_answer"], gold=r["gold_answer"]), 1,
-                        request_seed(0, "judge", r["sample_id"])) for r in todo]
+        return list(rows)
+    requests = [Request(cfg.template.format(prediction=rows[i].extracted_answer, gold=rows[i].gold_answer), 1,
+                        request_seed(0, "judge", rows[i].sample_id)) for i in todo]
     sampling = SamplingConfig(n=1, temperature=cfg.temperature, top_p=1.0, top_k=0, max_new_tokens=cfg.max_new_tokens)
     replies = require_usable(backend.generate(requests, sampling), "the judge")
     verdicts = [parse_reply(reply[0].text) for reply in replies]
     if len(verdicts) > 1 and set(verdicts) == {"unclear"}:
         raise BackendUnavailable(f"the judge answered none of {len(verdicts)} questions with yes or no (first reply: "
                                  f"{replies[0][0].text[:80]!r}): check judge.model and judge.template")
-    for row, verdict in zip(todo, verdicts, strict=True):
-        row["judge_verdict"] = verdict
-        if verdict == "equivalent":
-            row["verified"] = True
-    return len(todo)
+    judged = list(rows)
+    for i, verdict in zip(todo, verdicts, strict=True):
+        judged[i] = replace(rows[i], judge_verdict=verdict, verified=rows[i].verified or verdict == "equivalent")
+    return judged

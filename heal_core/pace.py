@@ -22,22 +22,25 @@ from heal_core.config import HealConfig
 from heal_core.schema import CURRICULUM_SCHEMA
 from heal_core.selection import select_without_pure
 from heal_core.stages import Dataset, Stage
+from heal_core.trajectory import Trajectory
+
 _LINEAGE = [name for name in CURRICULUM_SCHEMA.names if name not in ("prompt", "completion")]
 
 
-def to_example(row: dict[str, Any]) -> dict[str, Any]:
+def to_example(row: Trajectory) -> dict[str, Any]:
     """A trajectory row in TRL's conversational prompt-completion format, lineage kept."""
-    example = {name: row.get(name) for name in _LINEAGE}
-    example["prompt"] = [{"role": "user", "content": row["prompt"]}]
-    example["completion"] = [{"role": "assistant", "content": row["text"]}]
+    record = row.record()
+    example = {name: record[name] for name in _LINEAGE}
+    example["prompt"] = [{"role": "user", "content": row.prompt}]
+    example["completion"] = [{"role": "assistant", "content": row.text}]
     return example
 
 
-def _key(row: dict[str, Any]) -> str:
-    return hashlib.sha256(f"{row['prompt']}\x00{row['text']}".encode()).hexdigest()
+def _key(row: Trajectory) -> str:
+    return hashlib.sha256(f"{row.prompt}\x00{row.text}".encode()).hexdigest()
 
 
-def dedupe(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def dedupe(rows: Iterable[Trajectory]) -> list[Trajectory]:
     """First occurrence of each (prompt, text) wins; order is kept."""
     seen: set[str] = set()
     out = []
@@ -50,30 +53,30 @@ def dedupe(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def curriculum(
-    kept: Sequence[dict[str, Any]], mode: Literal["cumulative", "incremental"] = "cumulative"
+    kept: Sequence[Trajectory], mode: Literal["cumulative", "incremental"] = "cumulative"
 ) -> dict[int, list[dict[str, Any]]]:
     """Stage number -> examples. ``kept`` holds the kept trajectory rows of all stages."""
-    ordered = sorted(kept, key=lambda r: (r["stage"], r["problem_id"], r["sample_id"]))
+    ordered = sorted(kept, key=lambda r: (r.stage, r.problem_id, r.sample_id))
     new = {stage: [] for stage in Stage}
     for row in dedupe(ordered):
-        new[row["stage"]].append(to_example(row))
+        new[row.stage].append(to_example(row))
     if mode == "incremental":
         return new
     return {stage: [ex for s in Stage if s <= stage for ex in new[s]] for stage in Stage}
 
 
-def baselines(stage1_all: Sequence[dict[str, Any]], stage1_kept: Sequence[dict[str, Any]]) -> dict[str, list[dict]]:
-    def examples(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [to_example(r) for r in dedupe(sorted(rows, key=lambda r: (r["problem_id"], r["sample_id"])))]
+def baselines(stage1_all: Sequence[Trajectory], stage1_kept: Sequence[Trajectory]) -> dict[str, list[dict]]:
+    def examples(rows: Sequence[Trajectory]) -> list[dict[str, Any]]:
+        return [to_example(r) for r in dedupe(sorted(rows, key=lambda r: (r.problem_id, r.sample_id)))]
 
     return {Dataset.RS_SFT: examples(stage1_kept), Dataset.KEEP_ALL: examples(stage1_all)}
 
 
-def datasets(rows: Sequence[dict[str, Any]], cfg: HealConfig) -> dict[str, list[dict[str, Any]]]:
+def datasets(rows: Sequence[Trajectory], cfg: HealConfig) -> dict[str, list[dict[str, Any]]]:
     """Every ``Dataset`` from a run's trajectory rows of all stages (``kept`` as the shards set it)."""
-    kept = [r for r in rows if r["kept"]]
-    stage1 = [r for r in rows if r["stage"] == Stage.BASE]
-    stage1_kept = [r for r in stage1 if r["kept"]]
+    kept = [r for r in rows if r.kept]
+    stage1 = [r for r in rows if r.stage == Stage.BASE]
+    stage1_kept = [r for r in stage1 if r.kept]
     heal = curriculum(kept, cfg.pace.mode)
     no_pure = curriculum(stage1_kept + select_without_pure(rows, cfg), cfg.pace.mode)
     return {

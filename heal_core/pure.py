@@ -36,6 +36,8 @@ Verdict = Literal["keep", "reject_ratio", "reject_leap", "reject_unscorable"]
 
 @dataclass(frozen=True)
 class PureResult:
+    """PURE's judgement of one trajectory; stored on its row as the ``pure_*`` columns (``heal_core.trajectory``)."""
+
     verdict: Verdict
     reason: str
     answer_nll: list[float]  # U_0..U_{K-1}
@@ -45,16 +47,6 @@ class PureResult:
     @property
     def kept(self) -> bool:
         return self.verdict == "keep"
-
-    def lineage(self) -> dict:
-        """The trajectory-schema columns this result fills."""
-        return {
-            "pure_answer_nll": self.answer_nll,
-            "pure_step_ppl": self.step_ppl,
-            "pure_ratio": self.ratio,
-            "pure_verdict": self.verdict,
-            "pure_reason": self.reason,
-        }
 
 
 def forced_answer_ratio(answer_nll: list[float], eps: float) -> float:

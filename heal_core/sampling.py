@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from heal_core.backends.base import Generation, Request, TeacherBackend, require_usable
 from heal_core.config import HealConfig
 from heal_core.problems import Problem
-from heal_core.schema import new_trajectory
 from heal_core.seeds import request_seed
+from heal_core.stages import Stage
+from heal_core.trajectory import Hint, Repair, Trajectory, mentions_hint
 from heal_core.verify import check_many
 
 
@@ -28,20 +29,24 @@ def sample_id(problem_id: str, stage: int, index: int, parent: str | None = None
 
 @dataclass
 class Drawn:
-    """One request's generations, to become trajectory records: ``texts`` overrides the verified text (GEAR
-    prepends the kept prefix), ``first_index`` is the sample index of the first generation (a later wave's
-    samples go on from the earlier waves'), and ``lineage`` holds the stage's extra columns."""
+    """One request's generations, to become trajectory rows: ``texts`` overrides the verified text (GEAR prepends
+    the kept prefix), ``first_index`` is the sample index of the first generation (a later wave's samples go on
+    from the earlier waves'). ``hint`` (the hinted message the teacher saw) and ``wave`` make Stage II and III
+    rows' ``Hint``; ``repair`` is a GEAR row's ``Repair``."""
 
     problem: Problem
     prompt: str
     generations: Sequence[Generation]
     texts: Sequence[str] | None = None
     first_index: int = 0
-    lineage: dict[str, Any] = field(default_factory=dict)
+    hint: str | None = None
+    wave: int = 0
+    repair: Repair | None = None
 
 
-def generation_rows(drawn: Sequence[Drawn], stage: int, cfg: HealConfig, teacher: str) -> list[dict[str, Any]]:
-    """Verified trajectory records of every request's generations, verified in one call."""
+def generation_rows(drawn: Sequence[Drawn], stage: Stage, cfg: HealConfig, teacher: str) -> list[Trajectory]:
+    """Verified trajectory rows of every request's generations, verified in one call. A hinted row's leakage is
+    judged on the teacher's own text (a GEAR row's continuation, not the parent's prefix)."""
     texts = [list(d.texts) if d.texts is not None else [g.text for g in d.generations] for d in drawn]
     verdicts = iter(check_many(
         [(text, d.problem.answer) for d, ts in zip(drawn, texts) for text in ts],
@@ -50,10 +55,13 @@ def generation_rows(drawn: Sequence[Drawn], stage: int, cfg: HealConfig, teacher
     ))
     rows = []
     for d, ts in zip(drawn, texts, strict=True):
-        parent = d.lineage.get("parent_sample_id")
+        parent = d.repair.parent_sample_id if d.repair else None
         for i, (g, text) in enumerate(zip(d.generations, ts, strict=True), start=d.first_index):
             v = next(verdicts)
-            rows.append(new_trajectory(
+            hint = None
+            if d.hint is not None:
+                hint = Hint(d.hint, mentions_hint(g.text, cfg.hints.leakage_patterns) is not None, d.wave)
+            rows.append(Trajectory(
                 sample_id=sample_id(d.problem.problem_id, stage, i, parent),
                 problem_id=d.problem.problem_id,
                 prompt=d.prompt,
@@ -62,22 +70,21 @@ def generation_rows(drawn: Sequence[Drawn], stage: int, cfg: HealConfig, teacher
                 sample_index=i,
                 text=text,
                 token_ids=list(g.token_ids),
-                num_tokens=len(g.token_ids),
                 entropy=[float(e) for e in g.entropy],
                 finish_reason=g.finish_reason,
                 verified=v.correct,
                 verify_status=v.status,
                 extracted_answer=v.extracted,
-                kept=False,
                 teacher=teacher,
                 seed=g.seed,
                 config_hash=cfg.config_hash(),
-                **d.lineage,
+                hint=hint,
+                repair=d.repair,
             ))
     return rows
 
 
-def sample_stage1(backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig) -> list[dict[str, Any]]:
+def sample_stage1(backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig) -> list[Trajectory]:
     """N unaided samples per problem in one batched call, verified; the prompt recorded is the one the student
     will see."""
     prompts = [cfg.teacher.prompt_template.format(problem=p.problem) for p in problems]
@@ -85,7 +92,7 @@ def sample_stage1(backend: TeacherBackend, problems: Sequence[Problem], cfg: Hea
                 for p, prompt in zip(problems, prompts, strict=True)]
     batches = require_usable(backend.generate(requests, cfg.teacher.sampling), "Stage I sampling")
     return generation_rows([Drawn(p, prompt, gens) for p, prompt, gens in zip(problems, prompts, batches, strict=True)],
-                           stage=1, cfg=cfg, teacher=backend.model_path)
+                           stage=Stage.BASE, cfg=cfg, teacher=backend.model_path)
 
 
 Bucket = Literal["solved", "hard", "extremely_hard"]
@@ -116,13 +123,13 @@ def needs_hint(stats: ProblemStats, cfg: HealConfig) -> bool:
     return stats.pass_rate < cfg.hints.pass_rate_below
 
 
-def problem_stats(rows: Iterable[dict[str, Any]], cfg: HealConfig) -> dict[str, ProblemStats]:
+def problem_stats(rows: Iterable[Trajectory], cfg: HealConfig) -> dict[str, ProblemStats]:
     """Per-problem pass statistics of Stage I rows, in first-seen order."""
     samples: Counter[str] = Counter()
     correct: Counter[str] = Counter()
     for row in rows:
-        samples[row["problem_id"]] += 1
-        correct[row["problem_id"]] += bool(row["verified"])
+        samples[row.problem_id] += 1
+        correct[row.problem_id] += row.verified
     return {
         pid: ProblemStats(pid, samples[pid], correct[pid], bucket_of(correct[pid], samples[pid], cfg))
         for pid in samples
@@ -134,12 +141,13 @@ def teacher_ceiling(stats: dict[str, ProblemStats]) -> float:
     return sum(s.correct == 0 for s in stats.values()) / len(stats) if stats else 0.0
 
 
-def select_stage1(rows: Sequence[dict[str, Any]], cap_per_problem: int) -> list[dict[str, Any]]:
-    """Verified samples, at most ``cap_per_problem`` per problem (lowest sample index first: deterministic)."""
+def select_stage1(rows: Sequence[Trajectory], cap_per_problem: int) -> list[Trajectory]:
+    """The rows, in order, with ``kept`` set on the verified samples, at most ``cap_per_problem`` per problem
+    (lowest sample index first: deterministic)."""
     taken: Counter[str] = Counter()
-    kept = []
-    for row in sorted(rows, key=lambda r: (r["problem_id"], r["sample_index"])):
-        if row["verified"] and taken[row["problem_id"]] < cap_per_problem:
-            taken[row["problem_id"]] += 1
-            kept.append({**row, "kept": True})
-    return kept
+    kept = set()
+    for row in sorted(rows, key=lambda r: (r.problem_id, r.sample_index)):
+        if row.verified and taken[row.problem_id] < cap_per_problem:
+            taken[row.problem_id] += 1
+            kept.add(row.sample_id)
+    return [replace(row, kept=row.sample_id in kept) for row in rows]

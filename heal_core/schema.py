@@ -7,12 +7,11 @@ silent nulls three stages later.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
 
-from heal_core.stages import Stage
 
 PROBLEM_SCHEMA = pa.schema(
     [
@@ -24,8 +23,9 @@ PROBLEM_SCHEMA = pa.schema(
     ]
 )
 
-# One row per teacher trajectory, from any stage. Lineage columns say where a row came from and why it was
-# kept or rejected; columns that do not apply to a stage are null (never a sentinel value).
+# One row per teacher trajectory, from any stage: the flat record of ``heal_core.trajectory.Trajectory``, whose
+# lineage groups say which stage fills which column. Columns that do not apply to a stage are null (never a
+# sentinel value).
 TRAJECTORY_SCHEMA = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),  # deterministic: stable across retries
@@ -62,32 +62,6 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("config_hash", pa.string(), nullable=False),
     ]
 )
-
-# Which stage fills which lineage column: a row's other lineage columns stay null. Every hinted row records its
-# hint, leakage verdict and wave; every GEAR row its parent and breakpoint; PURE fills its columns on the hinted
-# rows it judged (a kept hinted row always has them, when PURE is enabled); the judge, on any stage's rows.
-HINTED = ("hint", "leaked_hint", "wave")
-REPAIRED = ("parent_sample_id", "breakpoint_token", "breakpoint_step", "breakpoint_surge", "prefix_chars")
-PURE_LINEAGE = ("pure_answer_nll", "pure_step_ppl", "pure_ratio", "pure_verdict", "pure_reason")
-STAGE_LINEAGE: dict[Stage, tuple[str, ...]] = {Stage.BASE: (), Stage.HINT: HINTED, Stage.REPAIR: HINTED + REPAIRED}
-
-
-def check_lineage(rows: Sequence[Mapping[str, Any]], pure_enabled: bool = True) -> None:
-    """Raise ``SchemaError`` naming the record and field where a row breaks ``STAGE_LINEAGE``: a column its stage
-    does not fill holds a value, or one it must fill is null. Run on every shard before it is stored."""
-    owned = {c for columns in STAGE_LINEAGE.values() for c in columns} | set(PURE_LINEAGE)
-    for i, row in enumerate(rows):
-        stage = Stage(row["stage"])
-        mine = set(STAGE_LINEAGE[stage]) | (set(PURE_LINEAGE) if stage > Stage.BASE else set())
-        stray = sorted(c for c in owned - mine if row.get(c) is not None)
-        if stray:
-            raise SchemaError(f"record {i} ({row['sample_id']}): stage {stage.roman} does not fill '{stray[0]}'")
-        judged = row["kept"] and stage > Stage.BASE and pure_enabled
-        required = STAGE_LINEAGE[stage] + (("pure_verdict",) if judged else ())
-        missing = [c for c in required if row.get(c) is None]
-        if missing:
-            raise SchemaError(f"record {i} ({row['sample_id']}): stage {stage.roman} row without '{missing[0]}'")
-
 
 _MESSAGES = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
 
@@ -154,14 +128,6 @@ EVALUATION_SUMMARY_SCHEMA = pa.schema(
         *_SAMPLING_FIELDS,
     ]
 )
-
-
-def new_trajectory(**values: Any) -> dict[str, Any]:
-    """A trajectory record with every lineage column present (null unless given); unknown names fail here."""
-    unknown = set(values) - set(TRAJECTORY_SCHEMA.names)
-    if unknown:
-        raise SchemaError(f"unknown trajectory field(s) {sorted(unknown)}")
-    return {name: values.get(name) for name in TRAJECTORY_SCHEMA.names}
 
 
 class SchemaError(ValueError):

@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from heal_core import gear, hints, pure
 from heal_core.backends.base import TeacherBackend
@@ -27,58 +26,53 @@ from heal_core.judge import judge_rows
 from heal_core.problems import Problem
 from heal_core.sampling import ProblemStats, needs_hint, problem_stats, sample_stage1, select_stage1
 from heal_core.selection import select_capped
+from heal_core.trajectory import Trajectory
 
 
 @dataclass
 class ShardOutput:
-    trajectories: list[dict[str, Any]]  # every sample of every stage, `kept` marking curriculum members
+    trajectories: list[Trajectory]  # every sample of every stage, `kept` marking curriculum members
     stats: dict[str, ProblemStats]
     skips: list[gear.Skip] = field(default_factory=list)
 
 
 def apply_filters(
-    rows: list[dict[str, Any]], backend: TeacherBackend | None, cfg: HealConfig, cap: int, kept: Counter[str] | None = None
-) -> None:
-    """Mark hinted/repaired rows kept by HEAL's rule (``heal_core/selection.py``), PURE as its last check (in place).
+    rows: list[Trajectory], backend: TeacherBackend | None, cfg: HealConfig, cap: int, kept: Counter[str] | None = None
+) -> list[Trajectory]:
+    """Hinted/repaired rows with ``kept`` set by HEAL's rule (``heal_core/selection.py``), PURE as its last check.
 
     PURE is the expensive check, so it runs only on rows that already passed the cheap ones, and only while their
     problem is under ``cap`` (``kept`` counts earlier waves' kept rows, and is updated).
     """
 
-    def passes_pure(batch: list[dict[str, Any]]) -> list[bool]:
-        if not cfg.pure.enabled:
-            return [True] * len(batch)
-        results = pure.score(backend, [(r["prompt"], r["text"], r["gold_answer"]) for r in batch], cfg.pure)
-        for row, result in zip(batch, results, strict=True):
-            row.update(result.lineage())
-        return [result.kept for result in results]
+    def judged_by_pure(batch: list[Trajectory]) -> list[Trajectory]:
+        results = pure.score(backend, [(r.prompt, r.text, r.gold_answer) for r in batch], cfg.pure)
+        return [replace(row, pure=result) for row, result in zip(batch, results, strict=True)]
 
-    for row in select_capped(rows, cap, passes_pure, kept):
-        row["kept"] = True
+    return select_capped(rows, cap, judged_by_pure if cfg.pure.enabled else None, kept)
 
 
 def in_waves(
-    draw: Callable[[list[Problem], int, Counter[str]], list[dict[str, Any]]],
+    draw: Callable[[list[Problem], int, Counter[str]], list[Trajectory]],
     problems: Sequence[Problem],
     waves: int,
     cap: int,
     backend: TeacherBackend,
     cfg: HealConfig,
     judge: TeacherBackend | None,
-) -> list[dict[str, Any]]:
+) -> list[Trajectory]:
     """Rows of up to ``waves`` waves; wave w draws ``draw(problems still under cap, w, kept so far)``, then filters
     them."""
     kept: Counter[str] = Counter()
-    rows: list[dict[str, Any]] = []
+    rows: list[Trajectory] = []
     for wave in range(waves):
         active = [p for p in problems if kept[p.problem_id] < cap]
         if not active:
             break
         drawn = draw(active, wave, kept)
         if judge is not None:
-            judge_rows(drawn, judge, cfg.judge)
-        apply_filters(drawn, backend, cfg, cap, kept)
-        rows.extend(drawn)
+            drawn = judge_rows(drawn, judge, cfg.judge)
+        rows.extend(apply_filters(drawn, backend, cfg, cap, kept))
     return rows
 
 
@@ -97,13 +91,11 @@ def generate_shard(
     # 1. Stage I: N unaided samples of every problem, one batched call
     stage1 = sample_stage1(backend, problems, cfg)
     if judge is not None:
-        judge_rows(stage1, judge, cfg.judge)
+        stage1 = judge_rows(stage1, judge, cfg.judge)
 
     # 2. Buckets by pass rate; Stage I's verified samples are kept up to their cap
     stats = problem_stats(stage1, cfg)
-    kept_ids = {r["sample_id"] for r in select_stage1(stage1, cfg.pace.stage1_cap_per_problem)}
-    for row in stage1:
-        row["kept"] = row["sample_id"] in kept_ids
+    stage1 = select_stage1(stage1, cfg.pace.stage1_cap_per_problem)
 
     # 3. Stage II: hinted samples of hard problems, hints.wave_samples per problem per wave
     hard = [p for p in problems if needs_hint(stats[p.problem_id], cfg)]
@@ -111,15 +103,15 @@ def generate_shard(
                       math.ceil(cfg.hints.n / cfg.hints.wave_samples), cfg.hints.max_per_problem, backend, cfg, judge)
 
     # 4. Stage III: GEAR repairs of extremely hard problems' failed paths, in waves
-    by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_problem: dict[str, list[Trajectory]] = defaultdict(list)
     for row in stage1:
-        by_problem[row["problem_id"]].append(row)
+        by_problem[row.problem_id].append(row)
     extreme = [p for p in problems if stats[p.problem_id].bucket == "extremely_hard"]
     failed = {p.problem_id: gear.failed_paths(by_problem[p.problem_id], cfg.gear.failed_paths) for p in extreme}
     repaired: Counter[str] = Counter()  # paths of each problem taken by earlier waves
     skips: list[gear.Skip] = []
 
-    def repair_wave(active: list[Problem], wave: int, kept: Counter[str]) -> list[dict[str, Any]]:
+    def repair_wave(active: list[Problem], wave: int, kept: Counter[str]) -> list[Trajectory]:
         paths = []
         for p in active:
             take = repair_paths(cfg.gear.max_per_problem - kept[p.problem_id], cfg)

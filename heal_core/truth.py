@@ -31,6 +31,7 @@ from heal_core.gear import failed_paths
 from heal_core.problems import Problem
 from heal_core.sampling import problem_stats
 from heal_core.stages import Stage
+from heal_core.trajectory import Trajectory
 
 # (problem text, trajectory text) -> index of its first wrong step as heal_core.entropy.split_steps counts
 # segments, or None when every step is right.
@@ -65,13 +66,13 @@ class Truth:
     check: StepChecker
     decode: Decode
 
-    def first_wrong(self, row: Mapping[str, Any], text: str | None = None) -> int | None:
-        return self.check(self.problems[row["problem_id"]].problem, row["text"] if text is None else text)
+    def first_wrong(self, problem_id: str, text: str) -> int | None:
+        return self.check(self.problems[problem_id].problem, text)
 
-    def wrong_tokens(self, row: Mapping[str, Any]) -> tuple[int, int] | None:
+    def wrong_tokens(self, row: Trajectory) -> tuple[int, int] | None:
         """The generated tokens [start, end) of ``row``'s first wrong step; None when it has none."""
-        wrong = self.first_wrong(row)
-        positions = [t for t, step in enumerate(token_steps(row, self.decode)) if step == wrong]
+        wrong = self.first_wrong(row.problem_id, row.text)
+        positions = [t for t, step in enumerate(token_steps(row.text, row.token_ids, self.decode)) if step == wrong]
         return (positions[0], positions[-1] + 1) if wrong is not None and positions else None
 
 
@@ -100,33 +101,33 @@ class BreakpointAudit:
         return _ratio(self.hits, self.paths)
 
 
-def breakpoint_audit(rows: Sequence[Mapping[str, Any]], truth: Truth, cfg: HealConfig) -> BreakpointAudit:
+def breakpoint_audit(rows: Sequence[Trajectory], truth: Truth, cfg: HealConfig) -> BreakpointAudit:
     """``rows``: every trajectory of the run."""
     fraction = cfg.gear.search_fraction
-    stage1 = [r for r in rows if r["stage"] == 1]
-    failed = [r for r in stage1 if not r["verified"]]
+    stage1 = [r for r in rows if r.stage == Stage.BASE]
+    failed = [r for r in stage1 if not r.verified]
     located: dict[str, tuple[int, list[int]]] = {}  # sample id -> (first wrong step, span steps)
     for row in failed:
-        wrong = truth.first_wrong(row)
-        steps = span_steps(row, truth.decode, fraction)
+        wrong = truth.first_wrong(row.problem_id, row.text)
+        steps = span_steps(row.text, row.token_ids, truth.decode, fraction)
         if wrong is not None and wrong in steps:
-            located[row["sample_id"]] = (wrong, steps)
-    breakpoints = {r["parent_sample_id"]: r["breakpoint_step"] for r in rows if r["stage"] == 3}
+            located[row.sample_id] = (wrong, steps)
+    breakpoints = {r.repair.parent_sample_id: r.repair.breakpoint_step for r in rows if r.repair is not None}
     extreme = {pid for pid, s in problem_stats(stage1, cfg).items() if s.bucket == "extremely_hard"}
-    by_problem: dict[str, list[Mapping[str, Any]]] = {}
+    by_problem: dict[str, list[Trajectory]] = {}
     for row in stage1:
-        by_problem.setdefault(row["problem_id"], []).append(row)
+        by_problem.setdefault(row.problem_id, []).append(row)
     # A path of a problem that filled its cap before GEAR's wave reached it was never cut: not GEAR's to grade.
     # A path GEAR reached and skipped for want of a surge counts as a miss where a later path of its problem was cut.
     paths = []
     for pid in extreme:
         candidates = failed_paths(by_problem[pid], cfg.gear.failed_paths)
-        reached = max((i for i, p in enumerate(candidates) if p["sample_id"] in breakpoints), default=-1)
-        paths += [p for p in candidates[: reached + 1] if p["sample_id"] in located]
+        reached = max((i for i, p in enumerate(candidates) if p.sample_id in breakpoints), default=-1)
+        paths += [p for p in candidates[: reached + 1] if p.sample_id in located]
     hits, chances = 0, []
     for path in paths:
-        wrong, steps = located[path["sample_id"]]
-        hits += breakpoints.get(path["sample_id"]) in (wrong - 1, wrong)
+        wrong, steps = located[path.sample_id]
+        hits += breakpoints.get(path.sample_id) in (wrong - 1, wrong)
         chances.append(sum(s in (wrong - 1, wrong) for s in steps) / len(steps))
     return BreakpointAudit(len(failed), len(located), len(paths), hits,
                            float(np.mean(chances)) if chances else None)
@@ -149,13 +150,12 @@ class PureAudit:
         return _ratio(self.true_rejections, self.wrong)
 
 
-def pure_audit(rows: Sequence[Mapping[str, Any]], truth: Truth, cfg: HealConfig) -> PureAudit:
+def pure_audit(rows: Sequence[Trajectory], truth: Truth, cfg: HealConfig) -> PureAudit:
     """Only samples PURE scored count: the leaking ones and those past a problem's cap never reached it."""
-    scored = [r for r in rows if r["stage"] in (2, 3) and r["verified"] and r["pure_verdict"] is not None]
-    wrong = [truth.first_wrong(r) is not None for r in scored]
-    rejected = [r["pure_verdict"] != "keep" for r in scored]
-    scores = [pure.shortcut_score(list(r["pure_answer_nll"] or []), list(r["pure_step_ppl"] or []), cfg.pure)
-              for r in scored]
+    scored = [(r, r.pure) for r in rows if r.verified and r.pure is not None]
+    wrong = [truth.first_wrong(r.problem_id, r.text) is not None for r, _ in scored]
+    rejected = [not judged.kept for _, judged in scored]
+    scores = [pure.shortcut_score(judged.answer_nll, judged.step_ppl, cfg.pure) for _, judged in scored]
     return PureAudit(
         scored=len(scored), wrong=sum(wrong), rejected=sum(rejected),
         true_rejections=sum(w and x for w, x in zip(wrong, rejected, strict=True)),
@@ -168,7 +168,7 @@ def wrong_step_share(examples: Sequence[Mapping[str, Any]], truth: Truth) -> flo
     """Share of curriculum examples (TRL prompt-completion rows) whose completion has a wrong step."""
     if not examples:
         return None
-    wrong = [truth.first_wrong(e, e["completion"][0]["content"]) is not None for e in examples]
+    wrong = [truth.first_wrong(e["problem_id"], e["completion"][0]["content"]) is not None for e in examples]
     return sum(wrong) / len(wrong)
 
 
@@ -255,7 +255,7 @@ def _fraction(part: int, whole: int) -> str:
 
 
 def audit(
-    rows: Sequence[Mapping[str, Any]], training_sets: Mapping[str, Sequence[Mapping[str, Any]]], truth: Truth,
+    rows: Sequence[Trajectory], training_sets: Mapping[str, Sequence[Mapping[str, Any]]], truth: Truth,
     cfg: HealConfig,
 ) -> TruthAudit:
     return TruthAudit(breakpoint_audit(rows, truth, cfg), pure_audit(rows, truth, cfg),

@@ -9,7 +9,7 @@ import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import storage
+from heal_core import storage, trajectory
 from heal_core.config import HealConfig
 from heal_core.pace import datasets
 from heal_core.run import Run
@@ -28,7 +28,7 @@ def read_samples(run: Run, shards: int, columns: Sequence[str] | None = None) ->
 @task(cache_policy=NO_CACHE)
 def build_datasets(run: Run, shards: int, cfg: HealConfig) -> dict[str, int]:
     """Write ``curriculum/<name>.parquet`` for every dataset a variant trains on; return their sizes."""
-    built = datasets(read_samples(run, shards).to_pylist(), cfg)
+    built = datasets(trajectory.from_table(read_samples(run, shards)), cfg)
     for name in Dataset:
         storage.write_parquet(to_table(built[name], CURRICULUM_SCHEMA), run.curriculum(name), run.options)
     return {name: len(built[name]) for name in Dataset}

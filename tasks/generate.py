@@ -9,14 +9,15 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import storage
+from heal_core import storage, trajectory
 from heal_core.backends.base import TeacherBackend
 from heal_core.backends.factory import build_backend
 from heal_core.config import HealConfig, TeacherConfig
 from heal_core.problems import Problem, problems_to_records
-from heal_core.schema import PROBLEM_SCHEMA, TRAJECTORY_SCHEMA, check_lineage, to_table
+from heal_core.schema import PROBLEM_SCHEMA, to_table
 from heal_core.shard import generate_shard
 from heal_core.run import Run
+from heal_core.trajectory import check_kept_judged
 from tasks.models import resolve_model
 
 
@@ -78,8 +79,8 @@ def run_shard(run: Run, shard: int, cfg: HealConfig, model_path: str) -> dict[st
         judge = teacher_backend(cfg.teacher, resolve_model(cfg.judge.model, "judge") if cfg.judge.model else model_path)
     logger.info("shard %d: %d problems, N=%d", shard, len(problems), cfg.teacher.sampling.n)
     out = generate_shard(backend, problems, cfg, judge=judge)
-    check_lineage(out.trajectories, cfg.pure.enabled)
-    storage.write_parquet(to_table(out.trajectories, TRAJECTORY_SCHEMA), run.shard_samples(shard), run.options)
+    check_kept_judged(out.trajectories, cfg.pure.enabled)
+    storage.write_parquet(trajectory.to_table(out.trajectories), run.shard_samples(shard), run.options)
     record = {
         "shard": shard,
         "config_hash": cfg.config_hash(),

@@ -13,6 +13,7 @@ from heal_core.config import HealConfig
 from heal_core.run import Run
 from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, TRAJECTORY_SCHEMA
 from heal_core.stages import Dataset, Stage
+from heal_core.trajectory import Trajectory, from_table
 from heal_core.variants import VARIANTS
 from tasks.curriculum import read_dataset, read_samples
 from tasks.generate import read_shard_problems
@@ -50,14 +51,14 @@ REPORTED = ("sample_id", "problem_id", "stage", "kept", "verified", "leaked_hint
             "judge_verdict", "parent_sample_id", "breakpoint_token")
 
 
-def trajectory(run: Run, shards: int, sample_id: str) -> dict[str, Any]:
+def trajectory(run: Run, shards: int, sample_id: str) -> Trajectory:
     """One trajectory, whole: the shards are searched one at a time, on their ``sample_id`` column alone."""
     for shard in range(shards):
         ids = storage.read_parquet(run.shard_samples(shard), TRAJECTORY_SCHEMA, run.options, ["sample_id"])
         found = ids.column("sample_id").index(sample_id).as_py()
         if found >= 0:
             table = storage.read_parquet(run.shard_samples(shard), TRAJECTORY_SCHEMA, run.options)
-            return table.slice(found, 1).to_pylist()[0]
+            return Trajectory.from_record(table.slice(found, 1).to_pylist()[0], found)
     raise KeyError(f"{run.root}: no trajectory {sample_id}")
 
 
@@ -71,7 +72,7 @@ def plots(run: Run, shards: int, samples: list[dict[str, Any]], stats: list[dict
     if repaired is not None:
         parent = trajectory(run, shards, repaired["parent_sample_id"])
         pngs["entropy_breakpoint"] = report.entropy_trace(
-            parent["entropy"], repaired["breakpoint_token"], cfg.gear.search_fraction,
+            parent.entropy, repaired["breakpoint_token"], cfg.gear.search_fraction,
             graded.wrong_tokens(parent) if graded is not None else None)
     for name, png in pngs.items():
         storage.write_bytes(png, run.plot(name), run.options)
@@ -83,9 +84,9 @@ def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) 
     """The run's summary from what its steps stored: samples and lineage, the (variant, seed) results (skipped
     ones included) and the evaluation, whose per-benchmark table is ``eval/summary.parquet`` as it stands."""
     graded = ground_truth(run, shards, cfg)
-    # the audit (a task with a step checker) also grades texts and token ids: then they are read in the same pass
-    columns = REPORTED if graded is None else [c for c in TRAJECTORY_SCHEMA.names if c != "entropy"]
-    samples = read_samples(run, shards, columns).to_pylist()
+    # the audit (a task with a step checker) grades whole rows: then they are read in the same pass
+    table = read_samples(run, shards, REPORTED if graded is None else None)
+    samples = table.select(REPORTED).to_pylist()
     stats = [s for record in run.shard_records(shards) for s in record["stats"]]
     evaluation = storage.read_parquet(run.evaluation, EVALUATION_SCHEMA, run.options).to_pylist()
     benchmarks = storage.read_parquet(run.evaluation_summary, EVALUATION_SUMMARY_SCHEMA, run.options).to_pylist()
@@ -95,7 +96,7 @@ def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) 
     if contaminated:
         summary["contaminated_dropped"] = len(contaminated)
     summary["variants"] = report.variant_summary(run.variants(cfg), evaluation, sizes, cfg)
-    audit = truth.audit(samples, training_sets(run, cfg), graded, cfg) if graded is not None else None
+    audit = truth.audit(from_table(table), training_sets(run, cfg), graded, cfg) if graded is not None else None
     if audit is not None:
         summary["ground_truth"] = audit.summary()
         create_table_artifact(key="heal-ground-truth", description=f"HEAL run {run.run_id}: components against the truth",

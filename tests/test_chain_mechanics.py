@@ -1,7 +1,10 @@
 """GEAR and PURE on a real (tiny, random) teacher: the mechanics, independent of whether answers verify."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from rows import trajectory
 
 from heal_core import gear, pure
 from heal_core.backends.base import PrefixQuery
@@ -9,6 +12,7 @@ from heal_core.backends.hf import HFBackend
 from heal_core.config import parse_config
 from heal_core.entropy import split_steps
 from heal_core.problems import Problem
+from heal_core.trajectory import mentions_hint
 
 CFG = parse_config({}, ["teacher.sampling.n=4", "teacher.sampling.max_new_tokens=40", "teacher.sampling.temperature=1.0",
                         "teacher.sampling.top_p=1.0", "gear.continuations=3", "gear.surge_window=4"])
@@ -20,14 +24,14 @@ def backend(tiny_model_dirs):
     return HFBackend(str(tiny_model_dirs["llama"]), dtype="float32", device="cpu")
 
 
-def _failed_row(backend, text: str) -> dict:
+def _failed_row(backend, text: str):
     """A Stage I-like row for ``text`` with a planted entropy surge inside its second step."""
     ids = backend.tokenizer.encode(text, add_special_tokens=False)
     entropy = [0.5] * len(ids)
     second = len(backend.tokenizer.encode(text[: text.index("5 + 3") + 2], add_special_tokens=False))
     entropy[second] = 4.0
-    return {"sample_id": "p1|s1|0", "problem_id": "p1", "sample_index": 0, "text": text, "token_ids": ids,
-            "entropy": entropy, "verified": False, "prompt": CFG.teacher.prompt_template.format(problem=PROBLEM.problem)}
+    return trajectory("p1|s1|0", 1, "p1", text=text, token_ids=ids, entropy=entropy, verified=False,
+                      prompt=CFG.teacher.prompt_template.format(problem=PROBLEM.problem))
 
 
 def test_gear_backs_up_to_the_step_start_and_continues_from_there(backend):
@@ -35,22 +39,23 @@ def test_gear_backs_up_to_the_step_start_and_continues_from_there(backend):
     row = _failed_row(backend, text)
     [plan] = gear.plan_repairs([row], backend, CFG)
     assert isinstance(plan, gear.RepairPlan)
-    assert plan.prefix == "Start with 5.\n\n" and plan.breakpoint_step == 1
+    assert plan.prefix == "Start with 5.\n\n" and plan.repair.breakpoint_step == 1
     rows, skips = gear.repair(backend, [(PROBLEM, [row])], CFG, wave=2)
     assert not skips and len(rows) == 3
     for r in rows:
-        assert r["wave"] == 2 and r["teacher"] == backend.model_path  # the backend names the model it serves
-        assert r["text"].startswith(plan.prefix) and r["prefix_chars"] == len(plan.prefix)
-        assert r["stage"] == 3 and r["parent_sample_id"] == "p1|s1|0" and r["breakpoint_token"] == plan.breakpoint_token
-        assert r["hint"] and "16" in r["hint"] and r["prompt"] == CFG.teacher.prompt_template.format(problem=PROBLEM.problem)
-        assert len(r["entropy"]) == r["num_tokens"] > 0
-        assert r["leaked_hint"] in (True, False)
+        assert r.hint.wave == 2 and r.teacher == backend.model_path  # the backend names the model it serves
+        assert r.text.startswith(plan.prefix) and r.repair == plan.repair and plan.repair.prefix_chars == len(plan.prefix)
+        assert r.stage == 3 and r.repair.parent_sample_id == "p1|s1|0"
+        assert "16" in r.hint.hint and r.prompt == CFG.teacher.prompt_template.format(problem=PROBLEM.problem)
+        assert len(r.entropy) == r.num_tokens > 0
+        # leakage is judged on the teacher's continuation, not on the parent's prefix
+        assert r.hint.leaked_hint == (mentions_hint(r.text[len(plan.prefix):], CFG.hints.leakage_patterns) is not None)
 
 
 def test_gear_records_why_it_cannot_repair(backend):
     row = _failed_row(backend, "Start with 5.\n\n5 + 3 = 8.\n\nSo \\boxed{8}.")
-    empty = {**row, "entropy": [], "sample_id": "e"}
-    flat = {**row, "entropy": [0.5] * len(row["token_ids"]), "sample_id": "f"}
+    empty = replace(row, entropy=[], sample_id="e")
+    flat = replace(row, entropy=[0.5] * len(row.token_ids), sample_id="f")
     rows, skips = gear.repair(backend, [(PROBLEM, [empty, flat])], CFG)
     assert rows == []
     assert [(s.sample_id, s.reason.split(" ")[0]) for s in skips] == [("e", "empty"), ("f", "no")]
@@ -88,10 +93,10 @@ def test_gear_cuts_at_the_exact_entropy_a_backend_recomputes(backend):
 
         def exact_entropy(self, traces, temperature):
             recomputed.extend((t.prompt, list(t.token_ids), temperature) for t in traces)
-            return [np.asarray(planted["entropy"]) for _ in traces]
+            return [np.asarray(planted.entropy) for _ in traces]
 
-    flat = {**planted, "entropy": [0.5] * len(planted["token_ids"])}
+    flat = replace(planted, entropy=[0.5] * len(planted.token_ids))
     assert isinstance(gear.plan_repairs([flat], backend, CFG)[0], gear.Skip)
     [plan] = gear.plan_repairs([flat], Recomputing(), CFG)
     assert isinstance(plan, gear.RepairPlan) and plan.prefix == "Start with 5.\n\n"
-    assert recomputed == [(planted["prompt"], planted["token_ids"], CFG.teacher.sampling.temperature)]
+    assert recomputed == [(planted.prompt, planted.token_ids, CFG.teacher.sampling.temperature)]

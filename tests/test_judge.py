@@ -5,12 +5,12 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 from prefect import flow
+from rows import trajectory
 
 from heal_core.backends.hf import HFBackend
 from heal_core.config import JudgeConfig, PaceConfig, parse_config
 from heal_core.demo import demo_defaults, demo_problems
 from heal_core.judge import judge_rows, parse_reply, worth_judging
-from heal_core.schema import new_trajectory
 from heal_core.train import train_stage
 
 
@@ -38,9 +38,9 @@ def test_the_first_word_of_the_reply_decides(reply, verdict):
     assert parse_reply(reply) == verdict
 
 
-def _row(i: int, status: str, extracted: str | None, gold: str) -> dict:
-    return new_trajectory(sample_id=f"s{i}", problem_id="p", gold_answer=gold, verified=status == "correct",
-                          verify_status=status, extracted_answer=extracted)
+def _row(i: int, status: str, extracted: str | None, gold: str):
+    return trajectory(f"s{i}", 1, gold_answer=gold, verified=status == "correct", verify_status=status,
+                      extracted_answer=extracted)
 
 
 def test_a_real_judge_model_accepts_a_rejection_and_the_rules_verdict_is_kept(tiny_model_dirs, tmp_path):
@@ -56,10 +56,10 @@ def test_a_real_judge_model_accepts_a_rejection_and_the_rules_verdict_is_kept(ti
 
     judged = judge_rows(rows, HFBackend(judge.model_dir, "float32", "cpu"), cfg)
 
-    assert judged == 1
-    assert [r["judge_verdict"] for r in rows] == ["equivalent", None, None, None]
-    assert [r["verified"] for r in rows] == [True, False, False, True]
-    assert rows[0]["verify_status"] == "wrong"  # the rules' verdict stays: judge-accepted samples can be audited
+    assert [r.judge_verdict for r in judged] == ["equivalent", None, None, None]
+    assert [r.verified for r in judged] == [True, False, False, True]
+    assert judged[0].verify_status == "wrong"  # the rules' verdict stays: judge-accepted samples can be audited
+    assert judged[1:] == rows[1:]
 
 
 def test_a_shard_with_the_judge_enabled_records_the_column(prefect_api, tmp_path):

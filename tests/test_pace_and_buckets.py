@@ -1,9 +1,12 @@
+from dataclasses import replace
+
 import pytest
+from rows import trajectory
 
 from heal_core.config import HealConfig, parse_config
-from heal_core.hints import leak
 from heal_core.pace import baselines, curriculum
 from heal_core.sampling import bucket_of, needs_hint, problem_stats, select_stage1, teacher_ceiling
+from heal_core.trajectory import mentions_hint
 
 CFG = HealConfig()
 
@@ -17,9 +20,9 @@ def test_bucket_edges_at_n_30(correct, bucket):
 
 
 def test_stats_ceiling_and_hint_selection():
-    rows = [{"problem_id": "a", "verified": i < 1} for i in range(30)]
-    rows += [{"problem_id": "b", "verified": i < 15} for i in range(30)]
-    rows += [{"problem_id": "c", "verified": False} for _ in range(30)]
+    rows = [trajectory(f"a{i}", 1, "a", verified=i < 1) for i in range(30)]
+    rows += [trajectory(f"b{i}", 1, "b", verified=i < 15) for i in range(30)]
+    rows += [trajectory(f"c{i}", 1, "c", verified=False) for i in range(30)]
     stats = problem_stats(rows, CFG)
     assert [s.bucket for s in stats.values()] == ["extremely_hard", "solved", "extremely_hard"]
     assert stats["b"].pass_rate == 0.5
@@ -30,23 +33,22 @@ def test_stats_ceiling_and_hint_selection():
 
 
 def test_stage1_selection_caps_and_keeps_only_verified():
-    rows = [{"problem_id": "a", "sample_index": i, "verified": i % 2 == 0} for i in range(10)]
-    kept = select_stage1(rows, cap_per_problem=3)
-    assert [r["sample_index"] for r in kept] == [0, 2, 4]
-    assert all(r["kept"] for r in kept)
+    rows = [trajectory(f"a{i}", 1, "a", sample_index=i, verified=i % 2 == 0) for i in reversed(range(10))]
+    selected = select_stage1(rows, cap_per_problem=3)
+    assert [r.sample_id for r in selected] == [r.sample_id for r in rows]  # every row, in its order
+    assert sorted(r.sample_index for r in selected if r.kept) == [0, 2, 4]
 
 
 def test_hint_leakage_patterns():
     patterns = CFG.hints.leakage_patterns
-    assert leak("Using the hint, the answer is 5.", patterns)
-    assert leak("The GIVEN ANSWER says 5.", patterns)
-    assert leak("7 * 3 = 21.\n\nSo \\boxed{21}.", patterns) is None
-    assert leak("Think about it.", patterns) is None  # "think" is not "hint"
+    assert mentions_hint("Using the hint, the answer is 5.", patterns)
+    assert mentions_hint("The GIVEN ANSWER says 5.", patterns)
+    assert mentions_hint("7 * 3 = 21.\n\nSo \\boxed{21}.", patterns) is None
+    assert mentions_hint("Think about it.", patterns) is None  # "think" is not "hint"
 
 
 def _row(sid, stage, pid, text):
-    return {"sample_id": sid, "stage": stage, "problem_id": pid, "prompt": f"P{pid}", "text": text,
-            "verify_status": "correct", "teacher": "t", "config_hash": "h"}
+    return trajectory(sid, stage, pid, text=text)
 
 
 def test_curriculum_membership_cumulative_and_incremental():
@@ -76,11 +78,10 @@ def test_baselines():
     assert [e["sample_id"] for e in base["keep_all"]] == ["a1", "a2"]
 
 
-def _hinted(pid, stage, index, verified=True, leaked=False, pure="keep", parent=None, text=None):
-    return {"sample_id": f"{pid}|s{stage}|{parent + '|' if parent else ''}{index}", "problem_id": pid, "stage": stage,
-            "sample_index": index, "prompt": f"P{pid}", "text": text or f"{pid}-{stage}-{parent}-{index}",
-            "verified": verified, "leaked_hint": leaked, "pure_verdict": pure, "parent_sample_id": parent,
-            "kept": False, "verify_status": "correct" if verified else "wrong", "teacher": "t", "config_hash": "h"}
+def _hinted(pid, stage, index, verified=True, leaked=False, pure="keep", parent=None):
+    return trajectory(f"{pid}|s{stage}|{parent + '|' if parent else ''}{index}", stage, pid, sample_index=index,
+                      text=f"{pid}-{stage}-{parent}-{index}", verified=verified, leaked=leaked,
+                      pure=pure if stage > 1 else None, **({"parent": parent} if parent else {}))
 
 
 def _no_pure_rows():
@@ -101,9 +102,9 @@ def test_no_pure_selection_is_heals_rule_without_pure():
     picked = select_without_pure(_no_pure_rows(), cfg)
     # Stage II: the first two verified, non-leaking samples by index, PURE's verdict ignored (index 0 was rejected,
     # index 4 never scored); Stage III: parent b|s1|0's repairs before b|s1|1's, the PURE-rejected one included.
-    assert [r["sample_id"] for r in picked] == ["a|s2|0", "a|s2|3", "b|s3|b|s1|0|0", "b|s3|b|s1|0|1"]
+    assert [r.sample_id for r in picked] == ["a|s2|0", "a|s2|3", "b|s3|b|s1|0|0", "b|s3|b|s1|0|1"]
     cfg = parse_config({}, ["hints.max_per_problem=9", "gear.max_per_problem=1"])
-    assert [r["sample_id"] for r in select_without_pure(_no_pure_rows(), cfg)] == [
+    assert [r.sample_id for r in select_without_pure(_no_pure_rows(), cfg)] == [
         "a|s2|0", "a|s2|3", "a|s2|4", "b|s3|b|s1|0|0"]
 
 
@@ -114,9 +115,9 @@ def test_the_shard_and_the_no_pure_datasets_share_one_rule():
     rows = _no_pure_rows()
     cfg = parse_config({}, ["pure.enabled=false", "hints.max_per_problem=2", "gear.max_per_problem=1"])
     ordered = generation_order(rows)  # the order the shard generated them in
-    for stage, cap in ((2, cfg.hints.max_per_problem), (3, cfg.gear.max_per_problem)):
-        apply_filters([r for r in ordered if r["stage"] == stage], None, cfg, cap)  # no backend: PURE is off
-    assert sorted(r["sample_id"] for r in rows if r["kept"]) == sorted(r["sample_id"] for r in select_without_pure(rows, cfg))
+    filtered = [r for stage, cap in ((2, cfg.hints.max_per_problem), (3, cfg.gear.max_per_problem))  # no backend:
+                for r in apply_filters([r for r in ordered if r.stage == stage], None, cfg, cap)]  # PURE is off
+    assert sorted(r.sample_id for r in filtered if r.kept) == sorted(r.sample_id for r in select_without_pure(rows, cfg))
 
 
 def test_datasets_hold_heal_its_ablations_and_the_baselines():
@@ -124,10 +125,9 @@ def test_datasets_hold_heal_its_ablations_and_the_baselines():
     from heal_core.stages import Dataset
 
     rows = _no_pure_rows()
-    rows[0]["kept"] = True  # Stage I's verified sample
-    for row in rows:  # HEAL's own selection: PURE-kept only
-        row["kept"] = row["kept"] or (row["stage"] > 1 and row["verified"] and not row["leaked_hint"]
-                                      and row["pure_verdict"] == "keep")
+    rows[0] = replace(rows[0], kept=True)  # Stage I's verified sample
+    rows = [replace(r, kept=r.kept or (r.stage > 1 and r.verified and not r.hint.leaked_hint  # HEAL's own
+                                       and r.pure is not None and r.pure.kept)) for r in rows]  # selection: PURE-kept
     cfg = parse_config({}, ["hints.max_per_problem=2", "gear.max_per_problem=2"])
     built = {name: [e["sample_id"] for e in examples] for name, examples in datasets(rows, cfg).items()}
     assert list(built) == list(Dataset)

@@ -6,14 +6,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
 from heal_core.config import parse_config
 from heal_core.demo import demo_defaults, demo_problems
-from heal_core.schema import (CURRICULUM_SCHEMA, EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, PURE_LINEAGE,
-                              STAGE_LINEAGE, TRAJECTORY_SCHEMA)
+from heal_core.schema import CURRICULUM_SCHEMA, EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, TRAJECTORY_SCHEMA
+from heal_core.stages import Stage
+from heal_core.trajectory import from_table
 
 
 
@@ -61,10 +63,20 @@ GOLDEN = Path(__file__).parent / "golden" / "reduced_run.json"
 def _fingerprint(run: Path) -> dict[str, str]:
     """sha256 of every dataset's and evaluation table's rows as canonical JSON, without the columns that name
     this machine's places (the model paths, and the config hash, which covers the storage path). Parquet's
-    own bytes also carry the version of pyarrow that wrote them."""
+    own bytes also carry the version of pyarrow that wrote them. Floats are rounded to 3 decimals: the teacher's
+    scores differ in their last bits between CPUs (a PURE ratio of 5e-05 is a ratio of two float32 NLLs), seen
+    as a different hash of every PURE-judged dataset on a second box, where the datasets without PURE ratios matched."""
+    def rounded(value: Any) -> Any:
+        if isinstance(value, float):
+            return round(value, 3)
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        return [rounded(v) for v in value] if isinstance(value, list) else value
+
     def canonical(table) -> bytes:
         rows = table.drop_columns([c for c in ("config_hash", "model_path") if c in table.column_names]).to_pylist()
-        return json.dumps(rows, sort_keys=True, default=str).replace(str(Path(__file__).parents[1]), "<repo>").encode()
+        text = json.dumps(rounded(rows), sort_keys=True, default=str)
+        return text.replace(str(Path(__file__).parents[1]), "<repo>").encode()
 
     files = sorted((run / "curriculum").glob("*.parquet")) + [run / "eval" / "results.parquet", run / "eval" / "summary.parquet"]
     return {str(f.relative_to(run)): hashlib.sha256(canonical(pq.read_table(f))).hexdigest() for f in files}
@@ -90,13 +102,10 @@ def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypa
 
     samples = pq.read_table(run / "samples" / "shard-00000.parquet")
     assert samples.schema.equals(TRAJECTORY_SCHEMA, check_metadata=False)
-    rows = [r for s in (0, 1) for r in pq.read_table(run / "samples" / f"shard-{s:05d}.parquet").to_pylist()]
-    assert {r["stage"] for r in rows} >= {1}
-    assert len({r["sample_id"] for r in rows}) == len(rows)
-    for row in rows:
-        if row["stage"] > 1 and row["kept"]:
-            missing = [c for c in STAGE_LINEAGE[row["stage"]] + PURE_LINEAGE if row[c] is None]
-            assert not missing, f"{row['sample_id']}: lineage columns not filled: {missing}"
+    rows = [r for s in (0, 1) for r in from_table(pq.read_table(run / "samples" / f"shard-{s:05d}.parquet"))]
+    assert {r.stage for r in rows} >= {Stage.BASE}
+    assert len({r.sample_id for r in rows}) == len(rows)
+    assert all(r.pure is not None for r in rows if r.stage > Stage.BASE and r.kept)  # the hint, repair: by type
 
     for name in ("stage1", "stage2", "stage3", "stage2_no_pure", "stage3_no_pure", "mixed", "rs_sft", "keep_all"):
         table = pq.read_table(run / "curriculum" / f"{name}.parquet")

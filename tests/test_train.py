@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rows import trajectory
 from safetensors.torch import load_file
 
 from heal_core.config import PaceConfig
@@ -16,13 +17,9 @@ def _weights(model_dir: str) -> dict[str, torch.Tensor]:
     return load_file(str(Path(model_dir) / "model.safetensors"))
 
 
-def _rows(count: int, stage: int) -> list[dict]:
-    return [
-        {"sample_id": f"{w.problem.problem_id}|{stage}", "problem_id": w.problem.problem_id, "stage": stage,
-         "prompt": w.problem.problem, "text": w.solution, "verify_status": "correct", "teacher": "t",
-         "config_hash": "h"}
-        for w in make_problems(count, seed=stage)
-    ]
+def _rows(count: int, stage: int):
+    return [trajectory(f"{w.problem.problem_id}|{stage}", stage, w.problem.problem_id, prompt=w.problem.problem,
+                       text=w.solution) for w in make_problems(count, seed=stage)]
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
+from rows import trajectory
 
 from heal_core.config import HealConfig, PureConfig
 from heal_core.demo.arithmetic import HARD_SYMBOL, Chain, Op, first_wrong_step, make_problems, solution
 from heal_core.problems import Problem
-from heal_core.pure import judge, shortcut_score
+from heal_core.pure import PureResult, judge, shortcut_score
 from heal_core.truth import Truth, auroc, breakpoint_audit, checker_for, pure_audit, wrong_step_share
 
 CHAIN = Chain(46, (Op(HARD_SYMBOL, 1), Op("+", 3), Op("-", 5), Op("+", 8), Op("-", 10), Op("-", 2), Op("+", 1),
@@ -53,10 +55,13 @@ def _char_decode(ids):  # one token per character: a position is a character off
 TRUTH = Truth({"p": PROBLEM}, first_wrong_step, _char_decode)
 
 
-def _row(sample_id: str, stage: int, text: str, verified: bool, index: int = 0, **lineage) -> dict:
-    return {"sample_id": sample_id, "problem_id": "p", "stage": stage, "sample_index": index, "text": text,
-            "token_ids": [ord(c) for c in text], "verified": verified, "parent_sample_id": None,
-            "breakpoint_step": None, "pure_verdict": None, "pure_answer_nll": None, "pure_step_ppl": None, **lineage}
+def _row(sample_id: str, stage: int, text: str, verified: bool, index: int = 0, breakpoint_step: int = 0,
+         parent: str = "", pure: tuple[str, list[float], list[float]] | None = None):
+    row = trajectory(sample_id, stage, "p", sample_index=index, text=text, token_ids=[ord(c) for c in text],
+                     verified=verified, parent=parent)
+    if row.repair is not None:
+        row = replace(row, repair=replace(row.repair, breakpoint_step=breakpoint_step))
+    return row if pure is None else replace(row, pure=PureResult(pure[0], "", pure[1], pure[2], None))
 
 
 def test_breakpoint_audit_counts_hits_against_the_first_wrong_step_and_the_random_rate():
@@ -65,8 +70,8 @@ def test_breakpoint_audit_counts_hits_against_the_first_wrong_step_and_the_rando
     late = solution(CHAIN).replace("50-15=35.", "50-15=36.").replace("\\boxed{22}", "\\boxed{21}")
     rows = [_row("a", 1, slipped, False, 0), _row("b", 1, slipped, False, 1), _row("c", 1, late, False, 2),
             _row("d", 1, slipped, False, 3),
-            _row("a-r", 3, "x", True, parent_sample_id="a", breakpoint_step=1),  # in the wrong step: a hit
-            _row("b-r", 3, "x", True, parent_sample_id="b", breakpoint_step=4)]  # three steps late: a miss
+            _row("a-r", 3, "x", True, parent="a", breakpoint_step=1),  # in the wrong step: a hit
+            _row("b-r", 3, "x", True, parent="b", breakpoint_step=4)]  # three steps late: a miss
     result = breakpoint_audit(rows, TRUTH, cfg)
     assert (result.failed, result.failed_located) == (4, 3)  # "late" goes wrong at step 9, past the first third
     assert (result.paths, result.hits, result.hit_rate) == (2, 1, 0.5)
@@ -82,10 +87,10 @@ def test_pure_audit_grades_rejections_and_ranks_by_the_shortcut_score():
     right, slipped = solution(CHAIN), solution(CHAIN, CHAIN.values(first=47), boxed=22)
     low, high = ([2.0, 1.9, 0.01], [1.0, 1.1, 1.0]), ([2.0, 1.9, 1.5], [1.0, 1.1, 1.0])
     rows = [
-        _row("g1", 2, right, True, pure_verdict="keep", pure_answer_nll=low[0], pure_step_ppl=low[1]),
-        _row("g2", 3, right, True, pure_verdict="reject_ratio", pure_answer_nll=high[0], pure_step_ppl=high[1]),
-        _row("s1", 2, slipped, True, pure_verdict="reject_ratio", pure_answer_nll=high[0], pure_step_ppl=high[1]),
-        _row("s2", 2, slipped, True, pure_verdict="keep", pure_answer_nll=low[0], pure_step_ppl=low[1]),
+        _row("g1", 2, right, True, pure=("keep", *low)),
+        _row("g2", 3, right, True, pure=("reject_ratio", *high)),
+        _row("s1", 2, slipped, True, pure=("reject_ratio", *high)),
+        _row("s2", 2, slipped, True, pure=("keep", *low)),
         _row("u", 2, slipped, False),  # unverified: never scored
         _row("n", 2, right, True),  # past the cap: never scored
     ]

@@ -7,38 +7,41 @@ than the cap needs), once in waves and once with everything in one wave; the kep
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
+from rows import trajectory
 
 from heal_core.backends.hf import HFBackend
 from heal_core.config import parse_config
 from heal_core.demo import bundled_model, demo_defaults
 from heal_core.demo.teacher import split
-from heal_core.schema import TRAJECTORY_SCHEMA, to_table
+from heal_core.pure import PureResult
 from heal_core.selection import select_capped
 from heal_core.shard import generate_shard
 from heal_core.storage import write_parquet
+from heal_core.trajectory import to_table
 
 SETTINGS = ["teacher.sampling.n=4", "hints.n=4", "hints.wave_samples=2", "hints.max_per_problem=1",
             "gear.failed_paths=3", "gear.continuations=3", "gear.max_per_problem=2", "gear.wave_paths=1"]
 
 
-def _row(problem: str, index: int, rng: random.Random) -> dict:
-    return {"problem_id": problem, "sample_index": index, "verified": rng.random() < 0.7,
-            "leaked_hint": rng.random() < 0.1}
+def _row(problem: str, index: int, rng: random.Random):
+    return trajectory(f"{problem}|{index}", 2, problem, sample_index=index, verified=rng.random() < 0.7,
+                      leaked=rng.random() < 0.1)
 
 
 def _one_by_one(rows, cap, accept):
     """The row-by-row rule the batched selection must equal."""
     kept, out, judged = {}, [], []
     for row in rows:
-        if not row["verified"] or row["leaked_hint"] or kept.get(row["problem_id"], 0) >= cap:
+        if not row.verified or row.hint.leaked_hint or kept.get(row.problem_id, 0) >= cap:
             continue
-        judged.append(id(row))
+        judged.append(row.sample_id)
         if accept(row):
-            kept[row["problem_id"]] = kept.get(row["problem_id"], 0) + 1
-            out.append(row)
+            kept[row.problem_id] = kept.get(row.problem_id, 0) + 1
+            out.append(row.sample_id)
     return out, judged
 
 
@@ -46,16 +49,19 @@ def _one_by_one(rows, cap, accept):
 def test_batched_selection_judges_and_keeps_exactly_what_one_by_one_does(seed):
     rng = random.Random(seed)
     rows = [_row(f"p{rng.randrange(4)}", i, rng) for i in range(rng.randrange(5, 40))]
-    verdict = {id(r): rng.random() < 0.5 for r in rows}
+    verdict = {r.sample_id: rng.random() < 0.5 for r in rows}
     cap = rng.randrange(1, 4)
-    want, want_judged = _one_by_one(rows, cap, lambda r: verdict[id(r)])
+    want, want_judged = _one_by_one(rows, cap, lambda r: verdict[r.sample_id])
     judged = []
 
-    def accept(batch):
-        judged.extend(id(r) for r in batch)
-        return [verdict[id(r)] for r in batch]
+    def pure(batch):
+        judged.extend(r.sample_id for r in batch)
+        return [replace(r, pure=PureResult("keep" if verdict[r.sample_id] else "reject_ratio", "", [], [], None))
+                for r in batch]
 
-    assert select_capped(rows, cap, accept) == want
+    selected = select_capped(rows, cap, pure)
+    assert [r.sample_id for r in selected] == [r.sample_id for r in rows]
+    assert [r.sample_id for r in selected if r.kept] == want
     assert sorted(judged) == sorted(want_judged)  # no row past a cap is judged, and none is judged twice
 
 
@@ -72,7 +78,7 @@ def shards():
 
 
 def _kept(out, stage):
-    return sorted(r["sample_id"] for r in out.trajectories if r["stage"] == stage and r["kept"])
+    return sorted(r.sample_id for r in out.trajectories if r.stage == stage and r.kept)
 
 
 def test_waves_keep_the_rows_one_wave_keeps_and_draw_fewer(shards):
@@ -80,25 +86,24 @@ def test_waves_keep_the_rows_one_wave_keeps_and_draw_fewer(shards):
     for stage in (1, 2, 3):
         assert _kept(waves, stage) == _kept(once, stage)
     assert _kept(waves, 3), "no repair was kept: the test settings no longer reach GEAR"
-    drawn = {name: {s: sum(r["stage"] == s for r in out.trajectories) for s in (2, 3)} for name, out in shards.items()}
+    drawn = {name: {s: sum(r.stage == s for r in out.trajectories) for s in (2, 3)} for name, out in shards.items()}
     assert drawn["waves"][2] < drawn["one wave"][2] and drawn["waves"][3] < drawn["one wave"][3], drawn
     # a row drawn in both runs is the same row: same seed, same tokens
-    same = {r["sample_id"]: r for r in once.trajectories}
+    same = {r.sample_id: r for r in once.trajectories}
     for row in waves.trajectories:
-        assert row["token_ids"] == same[row["sample_id"]]["token_ids"] and row["seed"] == same[row["sample_id"]]["seed"]
+        assert row.token_ids == same[row.sample_id].token_ids and row.seed == same[row.sample_id].seed
 
 
 def test_a_problem_at_its_cap_gets_no_further_wave_and_rows_record_their_wave(shards):
     rows = shards["waves"].trajectories
     for stage, cap in ((2, 1), (3, 2)):
-        these = [r for r in rows if r["stage"] == stage]
-        assert all(r["wave"] is not None for r in these)
-        for problem in {r["problem_id"] for r in these}:
-            mine = [r for r in these if r["problem_id"] == problem]
-            for wave in sorted({r["wave"] for r in mine})[1:]:
-                before = sum(r["kept"] for r in mine if r["wave"] < wave)
+        these = [r for r in rows if r.stage == stage]
+        for problem in {r.problem_id for r in these}:
+            mine = [r for r in these if r.problem_id == problem]
+            for wave in sorted({r.hint.wave for r in mine})[1:]:
+                before = sum(r.kept for r in mine if r.hint.wave < wave)
                 assert before < cap, f"{problem} had its cap before stage {stage} wave {wave}"
-    assert max(r["wave"] for r in rows if r["stage"] == 3) >= 1  # some problem needed a second wave
+    assert max(r.hint.wave for r in rows if r.stage == 3) >= 1  # some problem needed a second wave
 
 
 def test_the_same_shard_again_writes_byte_identical_parquet(shards, tmp_path):
@@ -109,6 +114,6 @@ def test_the_same_shard_again_writes_byte_identical_parquet(shards, tmp_path):
     paths = []
     for name, out in (("first", shards["waves"]), ("again", again)):
         path = tmp_path / f"{name}.parquet"
-        write_parquet(to_table(out.trajectories, TRAJECTORY_SCHEMA), str(path))
+        write_parquet(to_table(out.trajectories), str(path))
         paths.append(path)
     assert paths[0].read_bytes() == paths[1].read_bytes()

@@ -246,8 +246,8 @@ def calibrate(model_dir: str | Path, problems: Sequence[Worked]) -> list[Calibra
 
     def grade(w: Worked, g, correct: bool) -> tuple[bool, int | None, bool]:
         wrong = first_wrong_step(w.problem.problem, g.text)
-        row = {"text": g.text, "token_ids": g.token_ids}
-        return correct, wrong, wrong is not None and wrong in span_steps(row, backend.decode, cfg.gear.search_fraction)
+        return correct, wrong, wrong is not None and wrong in span_steps(g.text, g.token_ids, backend.decode,
+                                                                         cfg.gear.search_fraction)
 
     graded: dict[bool, list[list[tuple[bool, int | None, bool]]]] = {}
     for hinted in (False, True):

@@ -1,0 +1,27 @@
+"""Trajectory rows for tests: every column a plain default, the lineage groups from a few keywords."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from heal_core.pure import PureResult
+from heal_core.stages import Stage
+from heal_core.trajectory import Hint, Repair, Trajectory
+
+
+def trajectory(sample_id: str = "s", stage: int = 1, problem_id: str = "p", *, leaked: bool = False, wave: int = 0,
+               parent: str = "p|s1|0", pure: str | None = None, **columns: Any) -> Trajectory:
+    """A row of ``stage``: a hinted one gets a ``Hint`` (``leaked``, ``wave``), a GEAR one a ``Repair`` of
+    ``parent``, and ``pure`` (a verdict) a ``PureResult``; ``columns`` override the common columns."""
+    stage = Stage(stage)
+    values: dict[str, Any] = {
+        "prompt": f"P{problem_id}", "gold_answer": "4", "sample_index": 0, "text": "t", "token_ids": [], "entropy": [],
+        "finish_reason": "stop", "verified": True, "extracted_answer": None, "teacher": "t", "seed": 0,
+        "config_hash": "h",
+        "hint": Hint("h", leaked, wave) if stage > Stage.BASE else None,
+        "repair": Repair(parent, 3, 1, 1.5, 10) if stage == Stage.REPAIR else None,
+        "pure": PureResult(pure, "", [], [], None) if pure is not None else None,
+    }
+    values.update(columns)
+    values.setdefault("verify_status", "correct" if values["verified"] else "wrong")
+    return Trajectory(sample_id=sample_id, problem_id=problem_id, stage=stage, **values)

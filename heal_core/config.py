@@ -435,7 +435,14 @@ class EvaluationConfig(_Section):
     (``heal_core/stats.py``) use ``bootstrap_resamples`` and ``confidence``.
     """
 
+    # what is evaluated
     uri: str = Field("", description="JSONL or Parquet problems (same field mapping as problems)")
+    benchmarks: list[ProblemsConfig] = Field(
+        default_factory=list, description="benchmark sets (uri, format, ...) evaluated besides the held-out set"
+    )
+    max_problems: int = Field(0, ge=0, description="problems per set (held-out and each benchmark); 0 = all")
+
+    # how every model is sampled
     samples: int = Field(4, ge=1, description="samples per problem")
     temperature: float = Field(
         0.6, gt=0.0, le=2.0,
@@ -444,10 +451,8 @@ class EvaluationConfig(_Section):
         "pass@1 at 0.6",
     )
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling of evaluation (DeepSeek-R1: 0.95)")
-    max_problems: int = Field(0, ge=0, description="problems per set (held-out and each benchmark); 0 = all")
-    benchmarks: list[ProblemsConfig] = Field(
-        default_factory=list, description="benchmark sets (uri, format, ...) evaluated besides the held-out set"
-    )
+
+    # how the report states its uncertainty
     bootstrap_resamples: int = Field(
         2000, ge=100,
         description="bootstrap draws behind the report's intervals; percentile bounds need 1000 or more to be "

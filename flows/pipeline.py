@@ -22,7 +22,7 @@ from heal_core.config import HealConfig
 from heal_core.run import Run
 from tasks.curriculum import build_datasets
 from tasks.generate import shard_done
-from tasks.models import resolve_model
+from tasks.models import check_chat_templates, resolve_model
 from tasks.problems import shard_problems
 from tasks.report import write_report
 from tasks.secrets import export_secrets
@@ -36,12 +36,13 @@ def _default_run_id() -> str:
     return f"{start:%Y%m%d-%H%M%S}-{runtime.flow_run.id[:8]}"
 
 
-def _resolve_models(cfg: HealConfig) -> None:
-    """Fail fast, before any work; workers resolve their own copies."""
-    resolve_model(cfg.teacher.model, "teacher")
-    resolve_model(cfg.student.model, "student")
+def _check_models(cfg: HealConfig) -> None:
+    """Fail fast, before any work: the models exist and their chat templates fit the reasoning formats; workers
+    resolve their own copies."""
+    teacher, student = resolve_model(cfg.teacher.model, "teacher"), resolve_model(cfg.student.model, "student")
     if cfg.judge.enabled and cfg.judge.model:
         resolve_model(cfg.judge.model, "judge")
+    check_chat_templates(cfg, teacher, student)
 
 
 class _Progress:
@@ -82,7 +83,7 @@ def heal_pipeline(config: HealConfig, run_id: str | None = None) -> dict[str, An
     export_secrets(cfg)
     run = Run.of(cfg, run_id or _default_run_id())
     executor = executor_for(run, cfg)
-    _resolve_models(cfg)
+    _check_models(cfg)
     run.pin(cfg)
     get_run_logger().info("run %s at %s (config %s, %s)", run.run_id, run.root, cfg.config_hash(), executor.label)
 

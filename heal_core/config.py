@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from heal_core.reasoning import ReasoningFormat
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the offending key."""
@@ -106,6 +108,12 @@ class TeacherConfig(_Section):
         "{problem}\n\nPlease reason step by step, separate steps with a blank line, "
         "and put your final answer within \\boxed{{}}.",
         description="user message built from a problem; {problem} is replaced",
+    )
+    reasoning_format: ReasoningFormat = Field(
+        "none",
+        description="none, or think_tags: the teacher thinks in a <think>...</think> block (Qwen3, DeepSeek-R1), "
+        "its final answer is read only after the block, and a block that never closes means no answer "
+        "(heal_core/reasoning.py); checked against the teacher's chat template at startup",
     )
     sampling: SamplingConfig = SamplingConfig()
     entropy: Literal["exact", "topk"] = Field("exact", description="exact (hf, vllm) or topk (vllm, openai)")
@@ -228,6 +236,13 @@ class PaceConfig(_Section):
     gradient_accumulation_steps: int = Field(
         1, ge=1, description="batch_size is split into this many micro-batches (less memory, same effective batch)")
     max_length: int = Field(8192, ge=16, description="long: TRL truncates the tail, answer included")
+    chat_template: str = Field(
+        "",
+        description="a Jinja file (.jinja) that renders the SFT examples in place of the student tokenizer's own "
+        "chat template, and is saved with every trained student (TRL's SFTConfig.chat_template_path): for a "
+        "template that drops text from assistant messages (DeepSeek-R1-Distill's keeps only what follows "
+        "</think>), which heal refuses to train on; empty = the student's own",
+    )
     lr_scheduler_type: Literal["cosine", "linear", "constant_with_warmup"] = Field(
         "cosine", description="per stage, each with a fresh optimizer; cosine with warmup is open-r1's distillation "
         "recipe (the paper does not say)",
@@ -259,6 +274,13 @@ class PaceConfig(_Section):
     def _listed_once(cls, values: list[Any]) -> list[Any]:
         return _no_duplicates(values)
 
+    @field_validator("chat_template")
+    @classmethod
+    def _jinja_file(cls, value: str) -> str:
+        if value and not value.endswith((".jinja", ".j2")):
+            raise ValueError(f"{value!r}: a chat template override is a Jinja file (.jinja or .j2)")
+        return value
+
 
 class StudentConfig(_Section):
     """The small model PACE fine-tunes (the bundled demo student when ``model`` is empty)."""
@@ -266,6 +288,11 @@ class StudentConfig(_Section):
     model: str = Field("", description="HF model path or hub name of the student's starting checkpoint")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="training dtype; auto = the checkpoint's")
+    reasoning_format: ReasoningFormat = Field(
+        "none",
+        description="how the untrained student writes, for its evaluation (as teacher.reasoning_format); the "
+        "students trained on the curriculum write the teacher's format and are evaluated in it",
+    )
 
 
 _CREDENTIAL = re.compile(r"(^|_)(key|secret|token|password|credentials?|connection_string)($|_)", re.IGNORECASE)

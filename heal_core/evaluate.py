@@ -16,6 +16,7 @@ from typing import Any
 from heal_core.backends.base import Request, TeacherBackend, require_usable
 from heal_core.config import HealConfig, SamplingConfig
 from heal_core.problems import Problem
+from heal_core.reasoning import ReasoningFormat
 from heal_core.schema import SAMPLING_COLUMNS
 from heal_core.seeds import request_seed
 from heal_core.verify import DEFAULT_MAX_ERROR_SHARE, check_many
@@ -48,14 +49,16 @@ def evaluate(
     sampling: SamplingConfig,
     k: int,
     max_error_share: float = DEFAULT_MAX_ERROR_SHARE,
+    reasoning_format: ReasoningFormat = "none",
 ) -> list[ProblemResult]:
-    """Draw ``sampling.n`` samples per problem and score them; ``k`` <= ``sampling.n``."""
+    """Draw ``sampling.n`` samples per problem and score them; ``k`` <= ``sampling.n``. ``reasoning_format`` is
+    the evaluated model's (``heal_core/reasoning.py``)."""
     requests = [Request(prompt_template.format(problem=p.problem), sampling.n,
                         request_seed(sampling.seed, "eval", p.problem_id)) for p in problems]
     batches = require_usable(backend.generate(requests, sampling), "evaluation sampling")
     pairs = [(g.text, p.answer) for p, gens in zip(problems, batches, strict=True) for g in gens]
     cut = [g.finish_reason == "length" for gens in batches for g in gens]  # cut off: wrong, as in Stage I
-    verdicts = iter(check_many(pairs, truncated=cut, max_error_share=max_error_share))
+    verdicts = iter(check_many(pairs, truncated=cut, max_error_share=max_error_share, reasoning_format=reasoning_format))
     results = []
     for p, gens in zip(problems, batches, strict=True):
         correct = sum(next(verdicts).correct for _ in gens)

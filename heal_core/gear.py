@@ -7,6 +7,14 @@ the original prompt + prefix + continuation; hint leakage and PURE are judged on
 
 Stage III rows store the *continuation's* tokens and entropy; ``prefix_chars`` says where the continuation
 starts in ``text`` and ``parent_sample_id`` names the repaired trajectory.
+
+A thinking trace (``teacher.reasoning_format: think_tags``) is cut inside its thinking: the breakpoint is the
+largest surge in the first ``search_fraction`` of the thinking block's tokens, not of the whole trace's, because
+the reasoning the paper's breakpoint locates is the thinking, and the text after ``</think>`` restates it. The
+hint goes where it always goes, into the user message; the kept prefix is thinking, so the continuation goes on
+thinking, now with the answer in view, and it counts only if it closes the block and answers after it (the
+verifier reads nothing else). Leakage is judged on the continuation, thinking included: a trace that thinks
+"the hint says 17" teaches the student to expect one.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from heal_core.config import HealConfig
 from heal_core.entropy import find_breakpoint, step_start
 from heal_core.hints import hinted_prompt
 from heal_core.problems import Problem
+from heal_core.reasoning import ReasoningFormat, thinking_end
 from heal_core.sampling import Drawn, generation_rows
 from heal_core.seeds import request_seed
 from heal_core.stages import Stage
@@ -55,13 +64,30 @@ def plan_repairs(rows: Sequence[Trajectory], backend: TeacherBackend, cfg: HealC
 
 
 def _plan(row: Trajectory, entropy: np.ndarray, backend: TeacherBackend, cfg: HealConfig) -> RepairPlan | Skip:
-    bp = find_breakpoint(entropy, cfg.gear.surge_window, cfg.gear.search_fraction)
+    searched = entropy[: _reasoning_tokens(row, backend, cfg.teacher.reasoning_format)]
+    bp = find_breakpoint(searched, cfg.gear.surge_window, cfg.gear.search_fraction)
     if bp is None:
         return Skip(row.sample_id, row.problem_id,
-                    f"no entropy surge in the first {cfg.gear.search_fraction:.0%} of {entropy.size} tokens")
+                    f"no entropy surge in the first {cfg.gear.search_fraction:.0%} of {searched.size} tokens")
     char = len(backend.decode(row.token_ids[: bp.token]))
     start, step = step_start(row.text, char)
     return RepairPlan(Repair(row.sample_id, bp.token, step, bp.surge, start), row.text[:start])
+
+
+def _reasoning_tokens(row: Trajectory, backend: TeacherBackend, fmt: ReasoningFormat) -> int:
+    """How many of the row's generated tokens lie before its ``</think>`` (all of them without a closed block): the
+    largest prefix of tokens whose text ends inside the thinking, found by bisection over ``decode``."""
+    end = thinking_end(row.text, fmt)
+    if end is None:
+        return len(row.token_ids)
+    low, high = 0, len(row.token_ids)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(backend.decode(row.token_ids[:middle])) <= end:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def failed_paths(rows: Sequence[Trajectory], limit: int) -> list[Trajectory]:

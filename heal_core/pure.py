@@ -16,6 +16,12 @@ s_K states the boxed answer.
 
 A trajectory with a single step cannot show support and is rejected with that reason: it is only ever
 scored for hint-conditioned stages, where an unsupported answer is exactly the risk.
+
+A thinking trace (``teacher.reasoning_format: think_tags``): its steps are the thinking block's blank-line steps,
+and the text from ``</think>`` on is its last step, s_K, the one that states the answer. The answer probe after
+s_1..s_k closes the thinking first (``\n</think>`` + ``answer_lead``), so U_k asks what the teacher would answer
+if it stopped thinking there; the same probe inside the block would be read as more thinking, a different
+question.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 from heal_core.backends.base import PrefixQuery, TeacherBackend
 from heal_core.config import PureConfig
 from heal_core.entropy import split_steps
+from heal_core.reasoning import THINK_END, ReasoningFormat, thinking_end
 
 Verdict = Literal["keep", "reject_ratio", "reject_leap", "reject_unscorable"]
 
@@ -113,17 +120,26 @@ def judge(answer_nll: list[float], step_ppl: list[float], cfg: PureConfig) -> Pu
     return PureResult("keep", f"R={ratio:.3f} <= lambda={cfg.lam}", answer_nll, step_ppl, ratio)
 
 
+def steps(text: str, cfg: PureConfig, fmt: ReasoningFormat = "none") -> tuple[list[str], str]:
+    """(s_1..s_K, the answer probe's lead) of a trajectory; see the module docstring for thinking traces."""
+    end = thinking_end(text, fmt)
+    if end is None:
+        return split_steps(text), cfg.answer_lead
+    return [*split_steps(text[:end]), text[end:]], "\n" + THINK_END + cfg.answer_lead
+
+
 def score(
-    backend: TeacherBackend, trajectories: Sequence[tuple[str, str, str]], cfg: PureConfig
+    backend: TeacherBackend, trajectories: Sequence[tuple[str, str, str]], cfg: PureConfig,
+    reasoning_format: ReasoningFormat = "none",
 ) -> list[PureResult]:
     """Score (prompt, text, gold answer) trajectories under the unaided teacher, in one batched call, and judge
     each."""
-    split = [split_steps(text) for _, text, _ in trajectories]
-    scorable = [i for i, segments in enumerate(split) if len(segments) >= 2]
-    queries = [PrefixQuery(trajectories[i][0], tuple(split[i]), cfg.answer_lead, trajectories[i][2]) for i in scorable]
+    split = [steps(text, cfg, reasoning_format) for _, text, _ in trajectories]
+    scorable = [i for i, (segments, _) in enumerate(split) if len(segments) >= 2]
+    queries = [PrefixQuery(trajectories[i][0], tuple(split[i][0]), split[i][1], trajectories[i][2]) for i in scorable]
     scored = dict(zip(scorable, backend.score_prefixes(queries) if queries else [], strict=True))
     results = []
-    for i, segments in enumerate(split):
+    for i, (segments, _) in enumerate(split):
         if i not in scored:
             results.append(judge([], [], cfg))
             continue

@@ -52,6 +52,7 @@ def generation_rows(drawn: Sequence[Drawn], stage: Stage, cfg: HealConfig, teach
         [(text, d.problem.answer) for d, ts in zip(drawn, texts) for text in ts],
         truncated=[g.finish_reason == "length" for d in drawn for g in d.generations],
         max_error_share=cfg.orchestration.max_verify_error_share,
+        reasoning_format=cfg.teacher.reasoning_format,
     ))
     rows = []
     for d, ts in zip(drawn, texts, strict=True):

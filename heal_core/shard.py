@@ -46,7 +46,8 @@ def apply_filters(
     """
 
     def judged_by_pure(batch: list[Trajectory]) -> list[Trajectory]:
-        results = pure.score(backend, [(r.prompt, r.text, r.gold_answer) for r in batch], cfg.pure)
+        results = pure.score(backend, [(r.prompt, r.text, r.gold_answer) for r in batch], cfg.pure,
+                             cfg.teacher.reasoning_format)
         return [replace(row, pure=result) for row, result in zip(batch, results, strict=True)]
 
     return select_capped(rows, cap, judged_by_pure if cfg.pure.enabled else None, kept)

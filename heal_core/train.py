@@ -8,6 +8,12 @@ its ``heal_stage.json`` marker exists, written only after the model is saved.
 
 Loss is on the completion only (TRL's default for prompt-completion data). On CPU, ``bf16=False``: TRL's
 default ``bf16=True`` raises there.
+
+TRL renders every example through the student tokenizer's chat template, and some templates rewrite assistant
+messages: DeepSeek-R1-Distill's keeps only the text after ``</think>``, so a student trained through it would
+learn the answers without the reasoning, the most valuable part of every trace, and nothing would say so.
+``check_targets`` renders examples the way TRL does before any step and refuses a template that drops text;
+``pace.chat_template`` puts a template that keeps it in its place.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from heal_core.config import PaceConfig
+from heal_core.reasoning import THINK_END
 from heal_core.variants import VariantPlan, stage_steps
 
 MARKER = "heal_stage.json"
@@ -88,23 +95,70 @@ def train_stage(
     if done is not None:
         return done
     from datasets import Dataset
-    from transformers import AutoTokenizer
     from trl import SFTTrainer
 
     if not examples:
         raise ValueError(f"stage {name}: no training examples")
+    tokenizer = training_tokenizer(init_model, cfg)
+    check_targets(tokenizer, examples, f"stage {name}")
     steps = max_steps or stage_steps(len(examples), cfg)
     args = sft_args(cfg, steps, Path(model_dir) / "checkpoints", seed)
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
-    trainer = SFTTrainer(
-        model=init_model, args=args, train_dataset=dataset,
-        processing_class=AutoTokenizer.from_pretrained(init_model),
-    )
+    trainer = SFTTrainer(model=init_model, args=args, train_dataset=dataset, processing_class=tokenizer)
     output = trainer.train()
     trainer.save_model(str(model_dir))
     result = StageResult(name, str(model_dir), len(examples), steps, float(output.training_loss), False)
     (Path(model_dir) / MARKER).write_text(json.dumps({k: v for k, v in asdict(result).items() if k != "resumed"}))
     return result
+
+
+class TemplateDropsText(ValueError):
+    """The student's chat template would train on shorter targets than the curriculum's trajectories."""
+
+
+def training_tokenizer(model: str, cfg: PaceConfig) -> Any:
+    """``model``'s tokenizer with the chat template training renders with: ``pace.chat_template`` when set (saved
+    with the trained model, so every later stage and the student's users get it too)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if cfg.chat_template:
+        if not Path(cfg.chat_template).is_file():
+            raise FileNotFoundError(f"pace.chat_template: {cfg.chat_template} does not exist")
+        tokenizer.chat_template = Path(cfg.chat_template).read_text(encoding="utf-8")
+    return tokenizer
+
+
+def trained_text(tokenizer: Any, example: Mapping[str, Any]) -> str:
+    """The text of the tokens TRL trains on for a prompt-completion example: the prompt+completion rendering past
+    its common prefix with the rendering of the prompt alone (``SFTTrainer``'s completion mask)."""
+    prompt = tokenizer.apply_chat_template(example["prompt"], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=False)
+    prompt_ids, full_ids = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in (prompt, full))
+    shared = 0
+    while shared < min(len(prompt_ids), len(full_ids)) and prompt_ids[shared] == full_ids[shared]:
+        shared += 1
+    return tokenizer.decode(full_ids[shared:])
+
+
+def check_targets(tokenizer: Any, examples: Sequence[Mapping[str, Any]], what: str, sample: int = 16) -> None:
+    """Raise ``TemplateDropsText`` unless each of ``sample`` examples spread over ``examples`` keeps its whole
+    completion in ``trained_text``. Whitespace is compared loosely: a template that re-spaces ``<think>`` tags
+    (Qwen3's) trains on the same words; one that removes words does not."""
+    def words(text: str) -> str:
+        return " ".join(text.split())
+
+    for i in range(0, len(examples), max(1, len(examples) // sample))[:sample]:
+        target, trained = examples[i]["completion"][-1]["content"], trained_text(tokenizer, examples[i])
+        if words(target) in words(trained):
+            continue
+        rule = "rewrites assistant messages"
+        if THINK_END in target and THINK_END not in trained:
+            rule = "removes the thinking from assistant messages (a rule such as content.split('</think>')[-1])"
+        raise TemplateDropsText(
+            f"{what}: the student's chat template {rule}: example {i} ({examples[i].get('sample_id')}), "
+            f"{len(target)} characters, would be trained on {trained[:80]!r}... Set pace.chat_template to a Jinja "
+            "file that renders assistant content as it is (README: Reasoning traces)")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from typing import Literal
 
 from pebble import ProcessFuture, ProcessPool
 
+from heal_core.reasoning import ReasoningFormat, answer_part
+
 logger = logging.getLogger(__name__)
 
 Status = Literal["correct", "wrong", "no_answer", "unparseable", "bad_gold", "timeout", "error", "truncated"]
@@ -71,13 +73,17 @@ class Verdict:
             raise ValueError(f"inconsistent verdict: correct={self.correct} with status {self.status!r}")
 
 
-def extract_answer(text: str) -> str | None:
+def extract_answer(text: str, reasoning_format: ReasoningFormat = "none") -> str | None:
     """The content of the last top-level ``\\boxed{...}`` (or ``\\fbox{...}``, ``\\framebox{...}``), stripped.
 
     Braces are matched by hand rather than left to Math-Verify, whose extraction falls back to the last
     number of unboxed text. A last box that is never closed (a truncated trace) gives None, not an
-    earlier box: the sample did not finish its final answer.
+    earlier box: the sample did not finish its final answer. With ``think_tags`` only the text after the
+    thinking block counts, and a block that never closes gives None (``heal_core/reasoning.py``).
     """
+    text = answer_part(text, reasoning_format)
+    if text is None:
+        return None
     answer = None
     pos = 0
     while match := _BOX_OPEN.search(text, pos):
@@ -115,6 +121,7 @@ def check_many(
     timeout: float = DEFAULT_TIMEOUT_S,
     workers: int | None = None,
     max_error_share: float = DEFAULT_MAX_ERROR_SHARE,
+    reasoning_format: ReasoningFormat = "none",
 ) -> list[Verdict]:
     """Verify ``(prediction_text, gold_answer)`` pairs in parallel, in order.
 
@@ -122,7 +129,8 @@ def check_many(
     and not checked: a trace cut off mid-thought can hold an early box it went on to doubt, and training on
     it would teach the student not to stop. ``timeout`` bounds each check (from when a worker starts it); a
     check past it is ``timeout``. ``workers`` sizes the process pool (default ``min(4, cpu_count)``); a size
-    different from the running pool's replaces it. Safe to call from any thread.
+    different from the running pool's replaces it. ``reasoning_format`` says where a prediction's final answer
+    is (``extract_answer``). Safe to call from any thread.
 
     One check that raises, or whose worker dies (a pathological answer that runs a worker out of memory), is
     that sample's ``error``: data. A pool that breaks, or more than one ``error`` making up more than
@@ -135,7 +143,7 @@ def check_many(
         raise ValueError(f"truncated has {len(cut)} flags for {len(pairs)} pairs")
     if not pairs:
         return []
-    extracted = [extract_answer(prediction) for prediction, _ in pairs]
+    extracted = [extract_answer(prediction, reasoning_format) for prediction, _ in pairs]
     checked = [i for i, c in enumerate(cut) if not c]
     statuses: list[Status] = ["truncated"] * len(pairs)
     if checked:

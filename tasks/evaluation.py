@@ -25,11 +25,14 @@ def evaluate_model(
 ) -> list[dict[str, Any]]:
     """Rows of per-problem results on every set (name -> problems), tagged with the model's label (teacher,
     student_base, or a variant: heal, rs_sft, ...), its training seed (None for teacher and student base), the
-    set's name and the sampling settings; the model is loaded once for all sets."""
+    set's name and the sampling settings; the model is loaded once for all sets. Answers are read in the teacher's
+    reasoning format, except the untrained student's (``student.reasoning_format``): a trained student writes as
+    the teacher it learned from."""
     # The teacher on its configured backend (the shards' cached one); students on HF: a server serves only the
     # teacher, and one process cannot free a vLLM engine reliably to load the next model.
     backend = (teacher_backend(cfg.teacher, model_path) if label == "teacher"
                else build_backend(cfg.teacher, model_path, dtype=cfg.student.dtype, kind="hf"))
+    writes = cfg.student.reasoning_format if label == "student_base" else cfg.teacher.reasoning_format
     sampling = evaluation_sampling(cfg)
     settings = sampling_settings(sampling)
     return [
@@ -37,7 +40,7 @@ def evaluate_model(
          **settings}
         for name, problems in sets.items()
         for result in evaluate(backend, problems, cfg.teacher.prompt_template, sampling, k=cfg.evaluation.samples,
-                               max_error_share=cfg.orchestration.max_verify_error_share)
+                               max_error_share=cfg.orchestration.max_verify_error_share, reasoning_format=writes)
     ]
 
 

@@ -155,3 +155,12 @@ def test_startup_refuses_a_format_its_templates_contradict(tiny_model_dirs, tmp_
                                                         "student.reasoning_format=think_tags",
                                                         f"pace.chat_template={override}"]), teacher, student)
 
+
+
+def test_a_run_whose_teacher_format_contradicts_its_template_stops_before_any_work(prefect_api, tmp_path):
+    from flows.pipeline import heal_pipeline
+
+    cfg = parse_config(demo_defaults(), [f"storage.uri={tmp_path}", "teacher.reasoning_format=think_tags"])
+    with pytest.raises(ValueError, match="teacher.reasoning_format is 'think_tags', but .* never mentions <think>"):
+        heal_pipeline(cfg, "contradicted")
+    assert not (tmp_path / "runs" / "contradicted").exists()  # no pin, no problems, no shard

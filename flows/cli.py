@@ -270,6 +270,66 @@ def report(run_id: str, storage_uri: StorageOpt = "./heal-data") -> None:
     console.print(f"report: {run.report}")
 
 
+def _run_reference(reference: str, storage_uri: str) -> tuple[Run, HealConfig]:
+    """A run id under ``storage_uri``, or a run's own root (``<storage.uri>/runs/<run_id>``, as ``heal run``
+    prints it), so that runs kept in different places can be compared."""
+    root, found, run_id = reference.rstrip("/").rpartition("/runs/")
+    return _stored_run(run_id, root) if found else _stored_run(reference, storage_uri)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="run ids under --storage, or run roots (<storage.uri>/runs/<id>)")],
+    storage_uri: StorageOpt = "./heal-data",
+    out: Annotated[Path, typer.Option("--out", help="the plot of pass@1 per variant, one colour per run")] = Path(
+        "heal-compare.png"),
+) -> None:
+    """Finished runs side by side: the settings that differ, every summary figure, pass@1 per variant."""
+    from heal_core import storage
+    from heal_core.compare import config_differences, pass_at_1_plot, summary_rows
+
+    if len(runs) < 2:
+        raise _fail("compare needs two runs or more")
+    opened = [_run_reference(reference, storage_uri) for reference in runs]
+    missing = [run.root for run, _ in opened if not storage.exists(run.summary, run.options)]
+    if missing:
+        raise _fail(f"not finished (no summary.json): {', '.join(missing)}")
+    summaries = [storage.read_json(run.summary, run.options) for run, _ in opened]
+    names = [run.run_id for run, _ in opened]
+    if len(set(names)) < len(names):
+        names = [run.root for run, _ in opened]
+    for title, rows in (("settings that differ", config_differences([cfg for _, cfg in opened])),
+                        ("summary", summary_rows(summaries))):
+        table = Table(title=title)
+        for column in ("", *names):
+            table.add_column(column, overflow="fold")
+        for label, values in rows:
+            table.add_row(label, *values)
+        console.print(table)
+    out.write_bytes(pass_at_1_plot(names, summaries))
+    console.print(f"plot: {out}")
+
+
+@app.command()
+def export(
+    run_id: str,
+    dest: Annotated[Path, typer.Argument(help="a new folder: dataset/ and model/, each with its card")],
+    storage_uri: StorageOpt = "./heal-data",
+    variant: Annotated[str, typer.Option(help="whose trained student goes into model/")] = "heal",
+    seed: Annotated[int | None, typer.Option(help="its training seed; default the run's first")] = None,
+) -> None:
+    """A finished run's curriculum and one student, as datasets.load_dataset("parquet", data_dir=DEST/dataset)
+    and AutoModelForCausalLM.from_pretrained(DEST/model) load them."""
+    from tasks.report import export_run
+
+    run, cfg = _stored_run(run_id, storage_uri)
+    try:
+        export_run(run, dest, variant, cfg.pace.seeds[0] if seed is None else seed, cfg)
+    except (ValueError, OSError) as err:  # no such model, no card yet, DEST taken, storage unreadable
+        raise _fail(err) from None
+    console.print(f"dataset: {dest / 'dataset'}\nmodel: {dest / 'model'}")
+
+
 def main() -> None:  # pragma: no cover - console-script shim
     app()
 

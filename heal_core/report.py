@@ -5,9 +5,10 @@ Plots come back as PNG bytes so the caller decides where they go (the run's stor
 
 from __future__ import annotations
 
+import base64
 import io
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -253,15 +254,17 @@ def benchmark_comparison(benchmarks: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def markdown(
-    run_id: str, storage_uri: str, summary: dict[str, Any], plots: Sequence[str] = (),
+    run_id: str, storage_uri: str, summary: dict[str, Any], plots: Mapping[str, str] | None = None,
     contaminated: Sequence[dict[str, Any]] = (), benchmarks: Sequence[dict[str, Any]] = (),
     audit: Sequence[str] = (),
 ) -> str:
-    """``benchmarks``: rows of EVALUATION_SUMMARY_SCHEMA (``heal_core.evaluate.summarize``); ``summary["variants"]``,
-    when there, is ``variant_summary``'s; ``audit``: the ground-truth audit's lines (``heal_core.truth``)."""
+    """``plots``: each plot's name and where its image is (``plot_files`` for report.md, ``inline_plots`` for
+    a page that cannot resolve the run's files); ``benchmarks``: rows of EVALUATION_SUMMARY_SCHEMA
+    (``heal_core.evaluate.summarize``); ``summary["variants"]``, when there, is ``variant_summary``'s; ``audit``:
+    the ground-truth audit's lines (``heal_core.truth``)."""
     lines = [f"# HEAL run {run_id}", "", f"Outputs: `{storage_uri}`", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in headline(summary)]
-    lines += ["", *(f"![{p}](plots/{p}.png)" for p in plots)]
+    lines += ["", *(f"![{name}]({link})" for name, link in (plots or {}).items())]
     if summary.get("variants"):
         lines += ["", *variants_section(summary["variants"])]
     if audit:
@@ -276,7 +279,19 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def _png(fig: Any) -> bytes:
+def plot_files(names: Sequence[str]) -> dict[str, str]:
+    """Links to the run's PNGs, relative to report.md."""
+    return {name: f"plots/{name}.png" for name in names}
+
+
+def inline_plots(pngs: Mapping[str, bytes]) -> dict[str, str]:
+    """The PNGs as data URIs: the Prefect UI renders an artifact's markdown on its own page, where the run's
+    relative ``plots/`` paths lead nowhere (the images showed as broken). Three plots are about 90 KB of base64;
+    Prefect 3.9 limits an artifact's metadata, not its markdown."""
+    return {name: "data:image/png;base64," + base64.b64encode(png).decode() for name, png in pngs.items()}
+
+
+def to_png(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -286,7 +301,7 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _figure(title: str) -> tuple[Any, Any]:
+def figure(title: str) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")  # headless: workers and CI have no display
@@ -298,18 +313,18 @@ def _figure(title: str) -> tuple[Any, Any]:
 
 
 def pass_rate_histogram(stats: Sequence[dict[str, Any]]) -> bytes:
-    fig, ax = _figure("Teacher pass rate per problem (Stage I)")
+    fig, ax = figure("Teacher pass rate per problem (Stage I)")
     rates = [s["correct"] / s["samples"] for s in stats if s["samples"]]
     ax.hist(rates, bins=np.linspace(0, 1, 11), edgecolor="black")
     ax.set_xlabel("pass rate")
     ax.set_ylabel("problems")
-    return _png(fig)
+    return to_png(fig)
 
 
 def entropy_trace(entropy: Sequence[float], breakpoint: int, fraction: float,
                   wrong_step: tuple[int, int] | None = None) -> bytes:
     """``wrong_step``: the tokens [start, end) of the trajectory's first wrong step, where a step checker knows it."""
-    fig, ax = _figure("Entropy of a repaired trajectory")
+    fig, ax = figure("Entropy of a repaired trajectory")
     ax.plot(np.arange(len(entropy)), entropy, lw=1)
     ax.axvline(breakpoint, color="red", ls="--", label=f"breakpoint (token {breakpoint})")
     ax.axvspan(0, len(entropy) * fraction, color="grey", alpha=0.15, label=f"search span (first {fraction:.0%})")
@@ -318,14 +333,14 @@ def entropy_trace(entropy: Sequence[float], breakpoint: int, fraction: float,
     ax.set_xlabel("generated token")
     ax.set_ylabel("entropy (nats)")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return to_png(fig)
 
 
 def pure_ratio_plot(samples: Sequence[dict[str, Any]], lam: float) -> bytes:
     """Log-scaled: R spans orders of magnitude (a genuine trajectory sits near 0.001, a forced answer near 1 and
     beyond), and a linear axis squeezes every genuine one into its first bin. Rejections left of lambda are the
     leap rule's."""
-    fig, ax = _figure("PURE forced-answer ratio R")
+    fig, ax = figure("PURE forced-answer ratio R")
     floor = 1e-8  # R is an NLL ratio, so >= 0: a zero (no uncertainty left at all) goes in the first bin
     kept = [max(r["pure_ratio"], floor) for r in samples if r["pure_ratio"] is not None and r["pure_verdict"] == "keep"]
     rejected = [max(r["pure_ratio"], floor) for r in samples
@@ -338,4 +353,4 @@ def pure_ratio_plot(samples: Sequence[dict[str, Any]], lam: float) -> bytes:
     ax.set_xlabel("R = U_{K-1} / (U_0 + eps)")
     ax.set_ylabel("trajectories")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return to_png(fig)

@@ -80,6 +80,7 @@ class Run:
     evaluation_summary = _File("eval", "summary.parquet")  # the same per model, benchmark and metadata group
     summary = _File("summary.json")  # the headline figures; written last
     report = _File("report.md")
+    dataset_card = _File("curriculum", "README.md")  # heal_core/cards.py; written by the report step
 
     def shard_problems(self, shard: int) -> str:
         return self.path("problems", f"shard-{shard:05d}.parquet")
@@ -102,6 +103,10 @@ class Run:
         """The (variant, seed)'s result (stages, steps, final model, or why it was skipped); written after its
         last stage is stored, so it marks the (variant, seed) finished."""
         return self.path("models", variant, f"seed-{seed}", "variant.json")
+
+    def model_card(self, variant: str, seed: int) -> str:
+        """The (variant, seed)'s model card (``heal_core/cards.py``), beside its record."""
+        return self.path("models", variant, f"seed-{seed}", "README.md")
 
     def plot(self, name: str) -> str:
         return self.path("plots", f"{name}.png")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import report, storage, truth
+from heal_core import cards, report, storage, truth
 from heal_core.config import HealConfig
 from heal_core.run import Run
 from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, TRAJECTORY_SCHEMA
@@ -63,8 +65,8 @@ def trajectory(run: Run, shards: int, sample_id: str) -> Trajectory:
 
 
 def plots(run: Run, shards: int, samples: list[dict[str, Any]], stats: list[dict[str, Any]],
-          graded: truth.Truth | None, cfg: HealConfig) -> list[str]:
-    """Write the run's PNGs; return their names. The breakpoint plot shows the first kept GEAR repair's parent
+          graded: truth.Truth | None, cfg: HealConfig) -> dict[str, bytes]:
+    """Write the run's PNGs; return them by name. The breakpoint plot shows the first kept GEAR repair's parent
     (or the first repair's, when none was kept), with the truth's wrong tokens where the task has a checker."""
     pngs = {"pass_rate_histogram": report.pass_rate_histogram(stats), "pure_ratio": report.pure_ratio_plot(samples, cfg.pure.lam)}
     repairs = [r for r in samples if r["stage"] == Stage.REPAIR]
@@ -76,7 +78,39 @@ def plots(run: Run, shards: int, samples: list[dict[str, Any]], stats: list[dict
             graded.wrong_tokens(parent) if graded is not None else None)
     for name, png in pngs.items():
         storage.write_bytes(png, run.plot(name), run.options)
-    return list(pngs)
+    return pngs
+
+
+def write_cards(run: Run, summary: dict[str, Any], sizes: dict[str, int], benchmarks: list[dict[str, Any]],
+                cfg: HealConfig) -> None:
+    """The curriculum's dataset card and every trained student's model card (``heal_core/cards.py``)."""
+    storage.write_bytes(cards.dataset_card(run.run_id, summary, sizes, cfg).encode(), run.dataset_card, run.options)
+    for result in run.variants(cfg):
+        if result.model_dir is not None:
+            card = cards.model_card(run.run_id, result, summary, benchmarks, cfg)
+            storage.write_bytes(card.encode(), run.model_card(result.variant, result.seed), run.options)
+
+
+def export_run(run: Run, dest: Path, variant: str, seed: int, cfg: HealConfig) -> None:
+    """``dest/dataset``: the curriculum, one split per dataset, and its card; ``dest/model``: the (variant, seed)'s
+    final model, without training checkpoints, and its card. ``dest`` must not exist yet: nothing is overwritten."""
+    result = run.variant(variant, seed)
+    if result is None or result.model_dir is None:
+        raise ValueError(f"{run.root}: no trained model of variant {variant}, seed {seed}"
+                         + (f" ({result.skip_reason})" if result is not None else ""))
+    if not storage.exists(run.dataset_card, run.options):
+        raise ValueError(f"{run.root}: no dataset card; the run's report step has not finished (heal resume)")
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists: export writes a new folder")
+    staging = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    for name in Dataset:
+        (staging / "dataset" / cards.split_file(name)).parent.mkdir(parents=True, exist_ok=True)
+        (staging / "dataset" / cards.split_file(name)).write_bytes(storage.read_bytes(run.curriculum(name), run.options))
+    (staging / "dataset" / "README.md").write_bytes(storage.read_bytes(run.dataset_card, run.options))
+    shutil.copytree(local_model(result.model_dir, cfg), staging / "model", ignore=shutil.ignore_patterns("checkpoints"))
+    (staging / "model" / "README.md").write_bytes(storage.read_bytes(run.model_card(variant, seed), run.options))
+    staging.rename(dest)
 
 
 @task(cache_policy=NO_CACHE)
@@ -91,7 +125,7 @@ def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) 
     evaluation = storage.read_parquet(run.evaluation, EVALUATION_SCHEMA, run.options).to_pylist()
     benchmarks = storage.read_parquet(run.evaluation_summary, EVALUATION_SUMMARY_SCHEMA, run.options).to_pylist()
     summary = report.summarize(samples, stats, sizes, evaluation)
-    names = plots(run, shards, samples, stats, graded, cfg)
+    pngs = plots(run, shards, samples, stats, graded, cfg)
     contaminated = storage.read_json(run.contamination, run.options) if storage.exists(run.contamination, run.options) else []
     if contaminated:
         summary["contaminated_dropped"] = len(contaminated)
@@ -101,11 +135,15 @@ def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) 
         summary["ground_truth"] = audit.summary()
         create_table_artifact(key="heal-ground-truth", description=f"HEAL run {run.run_id}: components against the truth",
                               table=[{"check": k, "value": v} for k, v in truth.figures(summary["ground_truth"])])
-    text = report.markdown(run.run_id, run.root, summary, names, contaminated, benchmarks,
-                           audit.markdown() if audit is not None else ())
-    storage.write_bytes(text.encode(), run.report, run.options)
+    def page(images: dict[str, str]) -> str:
+        return report.markdown(run.run_id, run.root, summary, images, contaminated, benchmarks,
+                               audit.markdown() if audit is not None else ())
+
+    storage.write_bytes(page(report.plot_files(list(pngs))).encode(), run.report, run.options)
+    write_cards(run, summary, sizes, benchmarks, cfg)
     storage.write_json(summary, run.summary, run.options)
     create_table_artifact(key="heal-run-summary", table=[{"metric": k, "value": v} for k, v in report.flat_summary(summary)],
                           description=f"HEAL run {run.run_id}")
-    create_markdown_artifact(key="heal-run-report", markdown=text, description=f"HEAL run {run.run_id}")
+    create_markdown_artifact(key="heal-run-report", markdown=page(report.inline_plots(pngs)),
+                             description=f"HEAL run {run.run_id}")
     return summary

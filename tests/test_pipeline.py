@@ -83,7 +83,9 @@ def _fingerprint(run: Path) -> dict[str, str]:
 
 
 def _mtimes(directory: Path) -> dict[str, int]:
-    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in sorted(directory.rglob("*")) if p.is_file()}
+    """Modification times of what a step made, less the model cards: the report step rewrites them, as report.md."""
+    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != "README.md"}
 
 
 def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypatch):
@@ -152,6 +154,7 @@ def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypa
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
     assert fingerprint == json.loads(GOLDEN.read_text())
+    _export_loads_as_it_is(run, tmp_path / "export", summary)
 
     # Resume after an interrupted stage III: nothing finished is redone.
     heal = run / "models" / "heal" / "seed-0"
@@ -165,6 +168,34 @@ def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypa
     after = _mtimes(run / "samples") | {f"m/{k}": v for d in finished for k, v in _mtimes(d).items()}
     assert before == after
     assert (heal / "stage3" / "heal_stage.json").exists() and (heal / "variant.json").exists()
+
+
+def _export_loads_as_it_is(run: Path, dest: Path, summary: dict) -> None:
+    """``heal export``: datasets and transformers load the folder as it is, and the cards hold the run's counts."""
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["export", "e2e", str(dest), "--storage", str(run.parent.parent)])
+    assert result.exit_code == 0, result.output
+    loaded = datasets.load_dataset("parquet", data_dir=str(dest / "dataset"))
+    sizes = {name: pq.read_metadata(run / "curriculum" / f"{name}.parquet").num_rows
+             for name in ("stage1", "stage2", "stage3", "stage2_no_pure", "stage3_no_pure", "mixed", "rs_sft", "keep_all")}
+    assert {name: split.num_rows for name, split in loaded.items()} == sizes
+    assert loaded["stage3"][0]["completion"][0]["role"] == "assistant"
+    card = (dest / "dataset" / "README.md").read_text()
+    assert card.startswith("---\n") and all(f"| {name} | {n} |" in card for name, n in sizes.items())
+    assert f"rejected by PURE: {summary['pure_rejections']}" in card
+    model = AutoModelForCausalLM.from_pretrained(dest / "model")
+    assert model.num_parameters() > 0 and AutoTokenizer.from_pretrained(dest / "model").chat_template
+    assert not (dest / "model" / "checkpoints").exists()
+    heal = json.loads((run / "models" / "heal" / "seed-0" / "variant.json").read_text())
+    model_card = (dest / "model" / "README.md").read_text()
+    assert all(f"| {s['name']} | {s['examples']} | {s['steps']} |" in model_card for s in heal["stages"])
+    again = CliRunner().invoke(app, ["export", "e2e", str(dest), "--storage", str(run.parent.parent)])
+    assert again.exit_code == 2 and "exists: export writes a new folder" in again.output
 
 
 def test_missing_model_path_fails_before_any_work(prefect_api, reduced, tmp_path):

@@ -10,9 +10,11 @@ module imports, the shorter that window, and the faster ``heal --help`` answers.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -142,6 +144,24 @@ def _summary_table(title: str, summary: dict) -> Table:
     return _table(title, flat_summary(summary))
 
 
+@contextlib.contextmanager
+def _progress_display() -> Iterator[None]:
+    """The running stage as one live line at the foot of a terminal (rich), or as a plain line every 5 s where
+    the output is a pipe or a file, without terminal codes (``heal_core/progress.py``)."""
+    from rich.live import Live
+    from rich.text import Text
+
+    from heal_core import progress
+
+    if not console.is_terminal:
+        with progress.listen(progress.Every(5.0, lambda snapshot: print(snapshot.line(), flush=True))):
+            yield
+        return
+    with Live(Text(""), console=console, refresh_per_second=4, transient=True) as live, \
+            progress.listen(progress.Every(0.25, lambda snapshot: live.update(Text(snapshot.line())))):
+        yield
+
+
 def _run_pipeline(cfg: HealConfig, run_id: str) -> None:
     from flows.interrupt import stop_on_signal
     from flows.local_api import local_api
@@ -153,7 +173,7 @@ def _run_pipeline(cfg: HealConfig, run_id: str) -> None:
         console.print(f"run id: [bold]{run_id}[/bold]   storage: {run.root}", soft_wrap=True)
         started = time.perf_counter()
         summary = None
-        with local_api(), stop_on_signal():
+        with local_api(), stop_on_signal(), _progress_display():
             summary = heal_pipeline(cfg, run_id)
     except (ValueError, FileNotFoundError) as err:  # bad input: say what, no traceback
         raise _fail(err) from None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from math import comb
 from typing import Any
 
+from heal_core import progress
 from heal_core.backends.base import Request, TeacherBackend, require_usable
 from heal_core.config import HealConfig, SamplingConfig
 from heal_core.problems import Problem
@@ -55,6 +56,7 @@ def evaluate(
     the evaluated model's (``heal_core/reasoning.py``)."""
     requests = [Request(prompt_template.format(problem=p.problem), sampling.n,
                         request_seed(sampling.seed, "eval", p.problem_id)) for p in problems]
+    progress.stage("eval", sum(r.n for r in requests))
     batches = require_usable(backend.generate(requests, sampling), "evaluation sampling")
     pairs = [(g.text, p.answer) for p, gens in zip(problems, batches, strict=True) for g in gens]
     cut = [g.finish_reason == "length" for gens in batches for g in gens]  # cut off: wrong, as in Stage I

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from heal_core import progress
 from heal_core.backends.base import Request, TeacherBackend, Trace, require_usable
 from heal_core.config import HealConfig
 from heal_core.entropy import find_breakpoint, step_start
@@ -114,6 +115,7 @@ def repair(
     base = cfg.teacher.sampling.seed
     requests = [Request(hinted_prompt(cfg.gear.hint_template, problem), cfg.gear.continuations,
                         request_seed(base, "stage3", plan.repair.parent_sample_id), plan.prefix) for problem, plan in repairs]
+    progress.stage(f"{Stage.REPAIR.roman} wave {wave}", sum(r.n for r in requests))
     batches = require_usable(backend.generate(requests, cfg.teacher.sampling), "GEAR continuations")
     drawn = [
         Drawn(problem, cfg.teacher.prompt_template.format(problem=problem.problem), gens,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from heal_core import progress
 from heal_core.backends.base import Request, TeacherBackend, require_usable
 from heal_core.config import HealConfig
 from heal_core.problems import Problem
@@ -37,6 +38,7 @@ def sample_hinted(
     hinted = [hinted_prompt(cfg.hints.template, p) for p in problems]
     requests = [Request(hint, count, request_seed(cfg.teacher.sampling.seed, "stage2", p.problem_id) + first)
                 for p, hint in zip(problems, hinted, strict=True)]
+    progress.stage(f"{Stage.HINT.roman} wave {wave}", sum(r.n for r in requests))
     batches = require_usable(backend.generate(requests, cfg.teacher.sampling), "Stage II hinted sampling")
     drawn = [Drawn(p, cfg.teacher.prompt_template.format(problem=p.problem), gens, first_index=first,
                    hint=hint, wave=wave)

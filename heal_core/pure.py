@@ -33,6 +33,7 @@ from typing import Literal
 
 import numpy as np
 
+from heal_core import progress
 from heal_core.backends.base import PrefixQuery, TeacherBackend
 from heal_core.config import PureConfig
 from heal_core.entropy import split_steps
@@ -137,7 +138,9 @@ def score(
     split = [steps(text, cfg, reasoning_format) for _, text, _ in trajectories]
     scorable = [i for i, (segments, _) in enumerate(split) if len(segments) >= 2]
     queries = [PrefixQuery(trajectories[i][0], tuple(split[i][0]), split[i][1], trajectories[i][2]) for i in scorable]
+    progress.stage("PURE", len(queries))
     scored = dict(zip(scorable, backend.score_prefixes(queries) if queries else [], strict=True))
+    progress.advance(len(queries))
     results = []
     for i, (segments, _) in enumerate(split):
         if i not in scored:

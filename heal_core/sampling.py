@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from heal_core import progress
 from heal_core.backends.base import Generation, Request, TeacherBackend, require_usable
 from heal_core.config import HealConfig
 from heal_core.problems import Problem
@@ -91,6 +92,7 @@ def sample_stage1(backend: TeacherBackend, problems: Sequence[Problem], cfg: Hea
     prompts = [cfg.teacher.prompt_template.format(problem=p.problem) for p in problems]
     requests = [Request(prompt, cfg.teacher.sampling.n, request_seed(cfg.teacher.sampling.seed, "stage1", p.problem_id))
                 for p, prompt in zip(problems, prompts, strict=True)]
+    progress.stage(Stage.BASE.roman, sum(r.n for r in requests))
     batches = require_usable(backend.generate(requests, cfg.teacher.sampling), "Stage I sampling")
     return generation_rows([Drawn(p, prompt, gens) for p, prompt, gens in zip(problems, prompts, batches, strict=True)],
                            stage=Stage.BASE, cfg=cfg, teacher=backend.model_path)

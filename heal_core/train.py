@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from heal_core import progress
 from heal_core.config import PaceConfig
 from heal_core.reasoning import THINK_END
 from heal_core.variants import VariantPlan, stage_steps
@@ -104,12 +105,29 @@ def train_stage(
     steps = max_steps or stage_steps(len(examples), cfg)
     args = sft_args(cfg, steps, Path(model_dir) / "checkpoints", seed)
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
-    trainer = SFTTrainer(model=init_model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = SFTTrainer(model=init_model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[_progress_callback()])
+    progress.stage(name, steps)
     output = trainer.train()
     trainer.save_model(str(model_dir))
     result = StageResult(name, str(model_dir), len(examples), steps, float(output.training_loss), False)
     (Path(model_dir) / MARKER).write_text(json.dumps({k: v for k, v in asdict(result).items() if k != "resumed"}))
     return result
+
+
+def _progress_callback() -> Any:
+    """Optimizer steps and the logged loss, as ``heal_core.progress`` events of the running training stage."""
+    from transformers import TrainerCallback
+
+    class Steps(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            progress.advance(1)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                progress.advance(0, loss=float(logs["loss"]))
+
+    return Steps()
 
 
 class TemplateDropsText(ValueError):

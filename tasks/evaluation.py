@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import storage
+from heal_core import progress, storage
 from heal_core.backends.factory import build_backend
 from heal_core.config import HealConfig
 from heal_core.evaluate import evaluate, evaluation_sampling, sampling_settings, summarize
@@ -35,13 +35,14 @@ def evaluate_model(
     writes = cfg.student.reasoning_format if label == "student_base" else cfg.teacher.reasoning_format
     sampling = evaluation_sampling(cfg)
     settings = sampling_settings(sampling)
-    return [
-        {"model": label, "train_seed": train_seed, "model_path": model_path, "benchmark": name, **asdict(result),
-         **settings}
-        for name, problems in sets.items()
-        for result in evaluate(backend, problems, cfg.teacher.prompt_template, sampling, k=cfg.evaluation.samples,
-                               max_error_share=cfg.orchestration.max_verify_error_share, reasoning_format=writes)
-    ]
+    with progress.unit(f"eval {label}" + ("" if train_seed is None else f" seed {train_seed}")):
+        return [
+            {"model": label, "train_seed": train_seed, "model_path": model_path, "benchmark": name, **asdict(result),
+             **settings}
+            for name, problems in sets.items()
+            for result in evaluate(backend, problems, cfg.teacher.prompt_template, sampling, k=cfg.evaluation.samples,
+                                   max_error_share=cfg.orchestration.max_verify_error_share, reasoning_format=writes)
+        ]
 
 
 @task(cache_policy=NO_CACHE)

@@ -7,9 +7,10 @@ from dataclasses import asdict
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import storage, trajectory
+from heal_core import progress, storage, trajectory
 from heal_core.backends.base import TeacherBackend
 from heal_core.backends.factory import build_backend
 from heal_core.config import HealConfig, TeacherConfig
@@ -60,6 +61,33 @@ def shard_done(run: Run, shard: int, cfg: HealConfig) -> dict[str, Any] | None:
     return record
 
 
+class ShardProgress:
+    """A progress listener for one shard: its ``heal-shard-<k>-progress`` artifact (the running stage's share done,
+    its progress line as the description), updated at most every 2 s, and a log line as each stage begins and
+    as it ends."""
+
+    def __init__(self, shard: int) -> None:
+        self.unit, self.logger = f"shard {shard}", get_run_logger()
+        self.artifact = create_progress_artifact(0.0, key=f"heal-shard-{shard}-progress", description=self.unit)
+        self.last: progress.Snapshot | None = None
+        self.publish = progress.Every(2.0, lambda s: update_progress_artifact(
+            self.artifact, 100.0 * s.done / max(1, s.planned), s.line()))
+
+    def __call__(self, snapshot: progress.Snapshot) -> None:
+        if snapshot.unit != self.unit:
+            return
+        if self.last is None or self.last.stage != snapshot.stage:
+            self.finish_stage()
+            self.logger.info("%s: stage %s: %d rows", self.unit, snapshot.stage, snapshot.planned)
+        self.last = snapshot
+        self.publish(snapshot)
+
+    def finish_stage(self) -> None:
+        if self.last is not None:
+            self.logger.info("%s: done", self.last.line())
+            update_progress_artifact(self.artifact, 100.0 * self.last.done / max(1, self.last.planned), self.last.line())
+
+
 @task(cache_policy=NO_CACHE)
 def run_shard(run: Run, shard: int, cfg: HealConfig, model_path: str) -> dict[str, Any]:
     """Generate one shard unless it already finished; outputs first, the lineage record (the marker) last.
@@ -78,7 +106,10 @@ def run_shard(run: Run, shard: int, cfg: HealConfig, model_path: str) -> dict[st
     if cfg.judge.enabled:
         judge = teacher_backend(cfg.teacher, resolve_model(cfg.judge.model, "judge") if cfg.judge.model else model_path)
     logger.info("shard %d: %d problems, N=%d", shard, len(problems), cfg.teacher.sampling.n)
-    out = generate_shard(backend, problems, cfg, judge=judge)
+    shown = ShardProgress(shard)
+    with progress.unit(shown.unit), progress.listen(shown):
+        out = generate_shard(backend, problems, cfg, judge=judge)
+    shown.finish_stage()
     check_kept_judged(out.trajectories, cfg.pure.enabled)
     storage.write_parquet(trajectory.to_table(out.trajectories), run.shard_samples(shard), run.options)
     record = {

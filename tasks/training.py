@@ -12,7 +12,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import storage
+from heal_core import progress, storage
 from heal_core.config import HealConfig
 from heal_core.run import Run
 from heal_core.train import MARKER, StageResult, VariantResult, finished, train_variant
@@ -85,7 +85,8 @@ def train_model(
         logger.info("%s seed %d %s: %d examples, %d steps, loss %s%s", plan.variant, seed, result.name,
                     result.examples, result.steps, result.train_loss, " (resumed)" if result.resumed else "")
 
-    result = train_variant(student, plan, datasets, local, seed, cfg.pace, store)
+    with progress.unit(f"train {plan.variant} seed {seed}"):
+        result = train_variant(student, plan, datasets, local, seed, cfg.pace, store)
     if result.skip_reason is not None:
         logger.info("%s seed %d skipped: %s", plan.variant, seed, result.skip_reason)
     stored = {str(local[dataset]): uri for dataset, uri in remote.items()}

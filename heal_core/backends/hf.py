@@ -29,6 +29,7 @@ from transformers import (
     LogitsProcessorList,
 )
 
+from heal_core import progress
 from heal_core.backends import tokens
 from heal_core.backends.base import Generation, PrefixQuery, PrefixScores, Request, TeacherBackend
 from heal_core.config import SamplingConfig, TeacherConfig
@@ -198,6 +199,7 @@ class HFBackend(TeacherBackend):
             for i, generation in zip(take, generations, strict=True):
                 out[i] = generation
             done += len(take)
+            progress.advance(len(take), sum(len(g.token_ids) for g in generations))
         return out  # type: ignore[return-value]
 
     def _shrink(self, tried: int, exc: torch.OutOfMemoryError, row: str, limit: str = "batch_rows") -> None:

@@ -30,6 +30,7 @@ import anyio
 import httpx
 from anyio.from_thread import start_blocking_portal
 
+from heal_core import progress
 from heal_core.backends import logprobs, tokens
 from heal_core.backends.base import Generation, Request
 from heal_core.config import SamplingConfig, ServerConfig, TeacherConfig
@@ -271,6 +272,7 @@ class OpenAIBackend(logprobs.RowScoringBackend):
             if len(choices) != r.n:
                 raise ServerError(f"asked for {r.n} samples, the server returned {len(choices)}")
             results.append([self._generation(c, r.seed + c["index"], sampling.temperature) for c in choices])
+        progress.advance(sum(map(len, results)), sum(len(g.token_ids) for gens in results for g in gens))
         return results
 
     def _generation(self, choice: dict[str, Any], seed: int, temperature: float) -> Generation:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from heal_core import progress
 from heal_core.backends import logprobs, tokens
 from heal_core.backends.base import Generation, Request, Trace
 from heal_core.backends.hf import HFBackend
@@ -186,12 +187,14 @@ class VLLMBackend(logprobs.RowScoringBackend):
         k = self.config.top_logprobs
         params = [self._params(**sampling_kwargs(sampling, r.n, r.seed, self.stop_ids, k)) for r in requests]
         outputs = self.llm.generate([self._prompt(prompt_token_ids=row) for row in rows], params, use_tqdm=False)
-        return [
+        generated = [
             [completion_generation(c, r.seed + c.index, sampling.temperature, stop_ids=self.stop_ids, k=k,
                                    vocab_size=self.vocab_size, decode=self.decode)
              for c in sorted(out.outputs, key=lambda c: c.index)]
             for out, r in zip(outputs, requests, strict=True)
         ]
+        progress.advance(sum(map(len, generated)), sum(len(g.token_ids) for gens in generated for g in gens))
+        return generated
 
     def exact_entropy(self, traces: Sequence[Trace], temperature: float) -> list[np.ndarray]:
         """With ``entropy: exact``, one teacher-forced pass of the HF model per trace; with ``topk``, the recorded

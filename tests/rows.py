@@ -1,8 +1,13 @@
-"""Trajectory rows for tests: every column a plain default, the lineage groups from a few keywords."""
+"""Test data: trajectory rows (every column a plain default, the lineage groups from a few keywords) and problem
+files of the demo's problems."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+from heal_core.demo import demo_problems
 
 from heal_core.pure import PureResult
 from heal_core.stages import Stage
@@ -25,3 +30,10 @@ def trajectory(sample_id: str = "s", stage: int = 1, problem_id: str = "p", *, l
     values.update(columns)
     values.setdefault("verify_status", "correct" if values["verified"] else "wrong")
     return Trajectory(sample_id=sample_id, problem_id=problem_id, stage=stage, **values)
+
+
+def problems_file(path: Path, split: str, count: int) -> Path:
+    """The first ``count`` demo problems of ``split`` as a JSONL problems file (the default field names)."""
+    path.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
+                            for p in demo_problems(split)[:count]))
+    return path

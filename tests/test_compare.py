@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
+from rows import problems_file
 from typer.testing import CliRunner
 
 from flows.cli import app
 from heal_core.config import parse_config
-from heal_core.demo import demo_defaults, demo_problems
+from heal_core.demo import demo_defaults
 
 pytestmark = pytest.mark.slow  # two small runs end to end
-
-
-def _problems(path: Path, split: str, count: int) -> Path:
-    path.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
-                            for p in demo_problems(split)[:count]))
-    return path
 
 
 def test_compare_shows_the_differing_key_both_runs_figures_and_writes_a_plot(prefect_api, tmp_path, monkeypatch):
     from flows.pipeline import heal_pipeline
 
     monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
-    common = [f"problems.uri={_problems(tmp_path / 'p.jsonl', 'generation', 6)}", "evaluation.samples=2",
-              f"evaluation.uri={_problems(tmp_path / 'e.jsonl', 'eval', 3)}", "orchestration.shard_size=3",
+    common = [f"problems.uri={problems_file(tmp_path / 'p.jsonl', 'generation', 6)}", "evaluation.samples=2",
+              f"evaluation.uri={problems_file(tmp_path / 'e.jsonl', 'eval', 3)}", "orchestration.shard_size=3",
               "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]"]
     summaries = {}
     for run_id, lam in (("strict", 0.05), ("loose", 0.9)):

@@ -3,7 +3,6 @@ pipe, and a shard's Prefect progress artifact moving on a real server."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -14,12 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from rows import problems_file
 
 from heal_core import progress
 from heal_core.backends.base import Request
 from heal_core.backends.hf import HFBackend
 from heal_core.config import SamplingConfig
-from heal_core.demo import demo_problems
 
 LINE = re.compile(r"shard \d · (I|II wave \d|III wave \d|PURE) · \d+/\d+ · [\d,]+ tokens · [\d,]+ tok/s · ETA")
 
@@ -38,16 +37,10 @@ def test_a_backend_reports_rows_and_tokens_as_it_finishes_them(tiny_model_dirs):
     assert len(seen) == 4
 
 
-def _problems(path: Path, split: str, count: int) -> Path:
-    path.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
-                            for p in demo_problems(split)[:count]))
-    return path
-
-
 def _heal_run(tmp_path: Path, run_id: str) -> list[str]:
     return ["heal", "run", "--run-id", run_id,
-            "--set", f"problems.uri={_problems(tmp_path / 'p.jsonl', 'generation', 6)}",
-            "--set", f"evaluation.uri={_problems(tmp_path / 'e.jsonl', 'eval', 3)}",
+            "--set", f"problems.uri={problems_file(tmp_path / 'p.jsonl', 'generation', 6)}",
+            "--set", f"evaluation.uri={problems_file(tmp_path / 'e.jsonl', 'eval', 3)}",
             "--set", f"storage.uri={tmp_path / 'store'}", "--set", "pace.seeds=[0]", "--set", "pace.epochs=1",
             "--set", "pace.variants=[heal,rs_sft]", "--set", "orchestration.shard_size=3",
             "--set", "teacher.max_batch_sequences=4"]  # several calls per stage: progress between them

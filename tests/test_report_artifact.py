@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
+from rows import problems_file
 from servers import prefect_server
 
-from heal_core.demo import demo_problems
-
 pytestmark = pytest.mark.slow  # a UI-enabled Prefect server, a small run and Chromium
-
-
-def _problems(path: Path, split: str, count: int) -> Path:
-    path.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
-                            for p in demo_problems(split)[:count]))
-    return path
 
 
 def test_the_report_artifact_page_shows_every_plot(tmp_path):
@@ -34,8 +26,8 @@ def test_the_report_artifact_page_shows_every_plot(tmp_path):
         env = {**os.environ, "PREFECT_API_URL": server.api, "PREFECT_HOME": str(tmp_path / "client-home"),
                "HEAL_CACHE_DIR": str(tmp_path / "cache")}
         run = subprocess.run(
-            ["heal", "run", "--run-id", "shown", "--set", f"problems.uri={_problems(tmp_path / 'p.jsonl', 'generation', 6)}",
-             "--set", f"evaluation.uri={_problems(tmp_path / 'e.jsonl', 'eval', 3)}", "--set", f"storage.uri={tmp_path / 'store'}",
+            ["heal", "run", "--run-id", "shown", "--set", f"problems.uri={problems_file(tmp_path / 'p.jsonl', 'generation', 6)}",
+             "--set", f"evaluation.uri={problems_file(tmp_path / 'e.jsonl', 'eval', 3)}", "--set", f"storage.uri={tmp_path / 'store'}",
              "--set", "pace.seeds=[0]", "--set", "pace.epochs=1", "--set", "orchestration.shard_size=3"],
             env=env, capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

@@ -5,7 +5,6 @@ The signal is delivered as a terminal delivers it: to the whole foreground proce
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,23 +13,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-from heal_core.demo import demo_problems
+from rows import problems_file
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: the fast lane leaves it out
 
 DATASETS = ("stage1", "stage2", "stage3", "rs_sft")
 
 
-def _problems(path: Path, split: str, count: int) -> Path:
-    path.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
-                            for p in demo_problems(split)[:count]))
-    return path
-
-
 def _heal(tmp_path: Path, *args: str) -> list[str]:
-    return ["heal", *args, "--set", f"problems.uri={_problems(tmp_path / 'problems.jsonl', 'generation', 8)}",
-            "--set", f"evaluation.uri={_problems(tmp_path / 'eval.jsonl', 'eval', 3)}",
+    return ["heal", *args, "--set", f"problems.uri={problems_file(tmp_path / 'problems.jsonl', 'generation', 8)}",
+            "--set", f"evaluation.uri={problems_file(tmp_path / 'eval.jsonl', 'eval', 3)}",
             "--set", f"storage.uri={tmp_path / 'store'}", "--set", "pace.seeds=[0]",
             "--set", "pace.variants=[heal,rs_sft]", "--set", "pace.epochs=1", "--set", "orchestration.shard_size=4"]
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from heal_core.config import HealConfig
+from heal_core.report import interval_text
 from heal_core.schema import CURRICULUM_SCHEMA
 from heal_core.stages import Dataset
 from heal_core.train import VariantResult
@@ -68,10 +69,6 @@ def dataset_card(run_id: str, summary: Mapping[str, Any], sizes: Mapping[str, in
     return "\n".join(lines) + "\n"
 
 
-def _interval(figures: Mapping[str, float] | None) -> str:
-    return "—" if figures is None else f"{figures['estimate']:.3f} [{figures['low']:.3f}, {figures['high']:.3f}]"
-
-
 def model_card(run_id: str, result: VariantResult, summary: Mapping[str, Any],
                benchmarks: Sequence[Mapping[str, Any]], cfg: HealConfig) -> str:
     """One trained student: ``benchmarks`` are rows of EVALUATION_SUMMARY_SCHEMA (the variant's mean over its
@@ -93,7 +90,7 @@ def model_card(run_id: str, result: VariantResult, summary: Mapping[str, Any],
     if held_out is not None:
         confidence = summary["variants"]["confidence"]
         lines += [f"Held-out pass@1, all seeds of the variant ({confidence:.0%} CI over problems and seeds): "
-                  f"{_interval(held_out['pass_at_1_held_out'])}; hard problems: {_interval(held_out['pass_at_1_hard'])}.",
+                  f"{interval_text(held_out['pass_at_1_held_out'])}; hard problems: {interval_text(held_out['pass_at_1_hard'])}.",
                   ""]
     rows = [r for r in benchmarks if r["model"] == result.variant and r["group_field"] is None]
     if rows:

@@ -175,7 +175,7 @@ def variant_summary(
     }
 
 
-def _interval_text(figures: dict[str, float] | None) -> str:
+def interval_text(figures: dict[str, float] | None) -> str:
     return "—" if figures is None else f"{figures['estimate']:.3f} [{figures['low']:.3f}, {figures['high']:.3f}]"
 
 
@@ -198,9 +198,9 @@ def variants_section(variants: dict[str, Any]) -> list[str]:
         steps = " + ".join(str(s["steps"]) for s in v["stages"] if s["steps"]) or "0"
         notes = "; ".join(([f"skipped: {v['skip_reason']}"] if v["skip_reason"] else []) + v["notes"])
         lines.append(f"| {name} | {', '.join(map(str, v['seeds'])) or '—'} | {stages} | {steps} "
-                     f"| {_interval_text(v['pass_at_1_held_out'])} | {_interval_text(v['pass_at_1_hard'])} "
-                     f"| {_interval_text(v['delta_vs_baseline_held_out'])} | {_interval_text(v['delta_vs_baseline_hard'])} "
-                     f"| {_interval_text(v['delta_vs_heal_hard'])} | {notes} |")
+                     f"| {interval_text(v['pass_at_1_held_out'])} | {interval_text(v['pass_at_1_hard'])} "
+                     f"| {interval_text(v['delta_vs_baseline_held_out'])} | {interval_text(v['delta_vs_baseline_hard'])} "
+                     f"| {interval_text(v['delta_vs_heal_hard'])} | {notes} |")
     return lines
 
 
@@ -220,10 +220,10 @@ def flat_summary(summary: dict[str, Any]) -> list[tuple[str, str]]:
                 pairs.append((f"{name}: skipped", v["skip_reason"]))
                 continue
             pairs += [(f"{name}: seeds", ", ".join(map(str, v["seeds"]))), (f"{name}: steps", str(v["steps"])),
-                      (f"{name}: pass@1 held-out {ci}", _interval_text(v["pass_at_1_held_out"])),
-                      (f"{name}: pass@1 hard held-out {ci}", _interval_text(v["pass_at_1_hard"]))]
+                      (f"{name}: pass@1 held-out {ci}", interval_text(v["pass_at_1_held_out"])),
+                      (f"{name}: pass@1 hard held-out {ci}", interval_text(v["pass_at_1_hard"]))]
             against = {base: v["delta_vs_baseline_hard"], "heal": v["delta_vs_heal_hard"]}
-            pairs += [(f"{name}: Δ vs {other} hard held-out {ci}", _interval_text(delta))
+            pairs += [(f"{name}: Δ vs {other} hard held-out {ci}", interval_text(delta))
                       for other, delta in against.items() if delta is not None]
             pairs += [(f"{name}: note", note) for note in v["notes"]]
     return pairs

@@ -14,7 +14,7 @@ import contextlib
 import difflib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -162,7 +162,9 @@ def _progress_display() -> Iterator[None]:
         yield
 
 
-def _run_pipeline(cfg: HealConfig, run_id: str) -> None:
+def _run_pipeline(cfg: HealConfig, run_id: str, start: Callable[[], dict] | None = None) -> None:
+    """Run ``start`` (default: heal-pipeline on ``cfg``) for run ``run_id`` in this process, with live progress;
+    Ctrl-C stops it with the command that continues it."""
     from flows.interrupt import stop_on_signal
     from flows.local_api import local_api
     from flows.pipeline import heal_pipeline
@@ -174,12 +176,12 @@ def _run_pipeline(cfg: HealConfig, run_id: str) -> None:
         started = time.perf_counter()
         summary = None
         with local_api(), stop_on_signal(), _progress_display():
-            summary = heal_pipeline(cfg, run_id)
+            summary = start() if start is not None else heal_pipeline(cfg, run_id)
     except (ValueError, FileNotFoundError) as err:  # bad input: say what, no traceback
         raise _fail(err) from None
     if summary is None:  # Ctrl-C or SIGTERM stopped it
-        console.print(f"[yellow]interrupted.[/yellow] Continue the run with: heal resume {run_id} --storage "
-                      f"{cfg.storage.uri}", soft_wrap=True, highlight=False)
+        again = "the same command" if start is not None else f"heal resume {run_id} --storage {cfg.storage.uri}"
+        console.print(f"[yellow]interrupted.[/yellow] Continue the run with: {again}", soft_wrap=True, highlight=False)
         raise typer.Exit(130)
     console.print(_summary_table(f"HEAL run {run_id} ({time.perf_counter() - started:.0f} s)", summary))
     console.print(f"report: {run.report}")
@@ -201,15 +203,12 @@ StorageOpt = Annotated[str, typer.Option("--storage", help="storage.uri the run 
 
 def _stored_run(run_id: str, storage_uri: str) -> tuple[Run, HealConfig]:
     """The run under ``storage_uri`` and the config it stored (whose storage options it is read with)."""
-    from heal_core.config import parse_config
     from heal_core.run import Run
 
     try:
-        run = Run.of(parse_config({"storage": {"uri": storage_uri}}), run_id)
-        cfg = run.stored_config()
+        return Run.stored(run_id, storage_uri)
     except ValueError as err:  # ConfigError and StorageError are ValueErrors
         raise _fail(err) from None
-    return Run(run.root, cfg.storage.storage_options), cfg
 
 
 ModeOpt = Annotated[str | None, typer.Option("--mode", help="orchestration.mode for this attempt: embedded or deployments")]
@@ -281,13 +280,53 @@ def worker(
 
 @app.command()
 def report(run_id: str, storage_uri: StorageOpt = "./heal-data") -> None:
-    """Print a finished run's summary again."""
+    """Print a finished run's summary again, and every model trained on its data: its own and those of the runs
+    derived from it (heal train, heal eval)."""
     from heal_core import storage
+    from heal_core.derived import trained_models
 
-    run, _ = _stored_run(run_id, storage_uri)
+    run, cfg = _stored_run(run_id, storage_uri)
     summary = storage.read_json(run.summary, run.options)
     console.print(_summary_table(f"HEAL run {run_id}", summary))
+    table = Table(title=f"models trained on run {run_id}'s data")
+    table.add_column("run", no_wrap=True)
+    for column in ("changed", "variant", "seed", "held-out pass@1", "trained by"):
+        table.add_column(column, overflow="fold")
+    for row in trained_models(run, cfg):
+        table.add_row(*map(str, row))
+    console.print(table)
     console.print(f"report: {run.report}")
+
+
+def _derive(kind: str, run_id: str, storage_uri: str, overrides: list[str], variants: list[str]) -> None:
+    from flows.derive import heal_derive
+    from heal_core.config import ConfigError
+    from heal_core.derived import derived_config, derived_id
+
+    _, parent_cfg = _stored_run(run_id, storage_uri)
+    try:
+        cfg = derived_config(parent_cfg, kind, overrides, variants)  # refused here, before a server starts
+    except ConfigError as err:
+        raise _fail(err) from None
+    _run_pipeline(cfg, derived_id(run_id, kind, cfg),
+                  lambda: heal_derive(run_id, storage_uri, kind, overrides, variants))
+
+
+VariantOpt = Annotated[list[str] | None, typer.Option("--variant", help="a variant to train besides the run's")]
+
+
+@app.command()
+def train(run_id: str, storage_uri: StorageOpt = "./heal-data", set_: SetOpt = None, variant: VariantOpt = None) -> None:
+    """Train students again on a finished run's curriculum (--set pace.* or student.*, --variant), without the
+    teacher; the models land in run RUN_ID.train-<hash> beside it, and models trained as before are adopted."""
+    _derive("train", run_id, storage_uri, set_ or [], variant or [])
+
+
+@app.command("eval")
+def eval_(run_id: str, storage_uri: StorageOpt = "./heal-data", set_: SetOpt = None) -> None:
+    """Evaluate a finished run's models again (--set evaluation.*), without retraining them; what was evaluated
+    the same way before is read from the evaluation store. Results land in run RUN_ID.eval-<hash>."""
+    _derive("eval", run_id, storage_uri, set_ or [], [])
 
 
 def _run_reference(reference: str, storage_uri: str) -> tuple[Run, HealConfig]:

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows.executor import executor_for
+from flows.executor import Executor, executor_for
 from heal_core.config import HealConfig
 from heal_core.run import Run
 from tasks.curriculum import build_datasets
@@ -36,7 +36,7 @@ def _default_run_id() -> str:
     return f"{start:%Y%m%d-%H%M%S}-{runtime.flow_run.id[:8]}"
 
 
-def _check_models(cfg: HealConfig) -> None:
+def check_models(cfg: HealConfig) -> None:
     """Fail fast, before any work: the models exist and their chat templates fit the reasoning formats; workers
     resolve their own copies."""
     teacher, student = resolve_model(cfg.teacher.model, "teacher"), resolve_model(cfg.student.model, "student")
@@ -45,7 +45,7 @@ def _check_models(cfg: HealConfig) -> None:
     check_chat_templates(cfg, teacher, student)
 
 
-class _Progress:
+class Progress:
     """The run's manifest and its per-shard progress artifact, updated as shards and steps finish."""
 
     def __init__(self, run: Run, cfg: HealConfig, shards: int) -> None:
@@ -83,18 +83,23 @@ def heal_pipeline(config: HealConfig, run_id: str | None = None) -> dict[str, An
     export_secrets(cfg)
     run = Run.of(cfg, run_id or _default_run_id())
     executor = executor_for(run, cfg)
-    _check_models(cfg)
+    check_models(cfg)
     run.pin(cfg)
     get_run_logger().info("run %s at %s (config %s, %s)", run.run_id, run.root, cfg.config_hash(), executor.label)
 
     # 1. problems -> shards: malformed records quarantined, copies of evaluation items dropped
     shards = shard_problems(run, cfg)
-    progress = _Progress(run, cfg, shards)
+    progress = Progress(run, cfg, shards)
 
     # 2. every unfinished shard: Stage I sampling, buckets, Stage II hints, GEAR, PURE
     executor.shards(progress.pending, progress.shard_done)
     progress.step_done("generate")
 
+    return after_generation(run, shards, cfg, executor, progress)
+
+
+def after_generation(run: Run, shards: int, cfg: HealConfig, executor: Executor, progress: Progress) -> dict[str, Any]:
+    """Steps 3 to 6, from the run's samples on: what a run derived from another (``flows/derive.py``) runs too."""
     # 3. the PACE stage datasets, the baselines' and the ablations'
     sizes = build_datasets(run, shards, cfg)
     progress.step_done("curriculum")

@@ -92,7 +92,20 @@ def headline(summary: dict[str, Any]) -> list[tuple[str, str]]:
     rows += [(f"held-out pass@1 {model}", str(acc)) for model, acc in summary["held_out_pass_at_1"].items()]
     if "contaminated_dropped" in summary:
         rows.append(("contaminated problems dropped", str(summary["contaminated_dropped"])))
+    if "generation" in summary:
+        sources = summary["generation"]
+        rows += [("problems re-used / re-selected / sampled",
+                  f"{sources['reused']} / {sources['reselected']} / {sources['sampled']}"),
+                 ("teacher tokens drawn", str(sources["teacher_tokens"]))]
     return rows
+
+
+def generation_sources(records: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Where the run's problems came from, over its shards' lineage records: the generation store as stored
+    (re-used), the store replayed under a new selection (re-selected), or the teacher (sampled); and the tokens
+    the teacher drew for the run (``heal_core/generation_store.py``)."""
+    return {**{key: sum(r["generation"][key] for r in records) for key in ("reused", "reselected", "sampled")},
+            "teacher_tokens": sum(r["generation"]["teacher"]["tokens"] for r in records)}
 
 
 def accuracy(evaluation: Sequence[dict[str, Any]]) -> dict[str, float]:

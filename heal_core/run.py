@@ -59,6 +59,13 @@ class Run:
         return cls(storage.join(cfg.storage.uri, "runs", check_run_id(run_id)), cfg.storage.storage_options)
 
     @classmethod
+    def stored(cls, run_id: str, storage_uri: str) -> tuple[Run, HealConfig]:
+        """The run under ``storage_uri`` and the config it stored (whose storage options it is then read with)."""
+        run = cls.of(parse_config({"storage": {"uri": storage_uri}}), run_id)
+        cfg = run.stored_config()
+        return cls(run.root, cfg.storage.storage_options), cfg
+
+    @classmethod
     def at(cls, root: str, cfg: HealConfig) -> Run:
         """The run a parent flow handed over by its URI."""
         return cls(root, cfg.storage.storage_options)
@@ -69,6 +76,10 @@ class Run:
 
     def path(self, *parts: str) -> str:
         return storage.join(self.root, *parts)
+
+    def sibling(self, run_id: str) -> Run:
+        """Another run under the same ``storage.uri``."""
+        return Run(storage.join(self.root.rstrip("/").rsplit("/", 1)[0], check_run_id(run_id)), self.options)
 
     # ---- paths ---------------------------------------------------------------------------------------
 
@@ -81,6 +92,7 @@ class Run:
     summary = _File("summary.json")  # the headline figures; written last
     report = _File("report.md")
     dataset_card = _File("curriculum", "README.md")  # heal_core/cards.py; written by the report step
+    parent = _File("parent.json")  # a derived run's origin: the run, the kind, the overrides (heal_core/derived.py)
 
     def shard_problems(self, shard: int) -> str:
         return self.path("problems", f"shard-{shard:05d}.parquet")
@@ -91,6 +103,11 @@ class Run:
     def shard_lineage(self, shard: int) -> str:
         """Per-problem stats and GEAR skips of a shard; written last, so it marks the shard complete."""
         return self.path("samples", f"shard-{shard:05d}.json")
+
+    def derived_record(self, run_id: str) -> str:
+        """A run derived from this one (``heal train``, ``heal eval``): its id and what it changed, so this run's
+        report can list every model trained on its data."""
+        return self.path("derived", f"{run_id}.json")
 
     def curriculum(self, name: str) -> str:
         return self.path("curriculum", f"{name}.parquet")
@@ -155,6 +172,13 @@ class Run:
         if rows != record["samples"]:
             return None, f"shard {shard} holds {rows} samples, its lineage says {record['samples']}: generated again"
         return record, None
+
+    def shard_count(self) -> int:
+        """How many problem shards the run wrote (its problems step writes all of them before any is generated)."""
+        return len(storage.list_files(self.path("problems"), self.options))
+
+    def unfinished_shards(self, config_hash: str) -> list[int]:
+        return [s for s in range(self.shard_count()) if self.finished_shard(s, config_hash)[0] is None]
 
     def shard_records(self, shards: int) -> list[dict[str, Any]]:
         """Every shard's lineage record, in shard order (read once per run step that needs them)."""

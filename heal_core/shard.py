@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from heal_core import gear, hints, pure
@@ -24,6 +24,7 @@ from heal_core.backends.base import TeacherBackend
 from heal_core.config import HealConfig
 from heal_core.judge import judge_rows
 from heal_core.problems import Problem
+from heal_core.pure import PureResult
 from heal_core.sampling import ProblemStats, needs_hint, problem_stats, sample_stage1, select_stage1
 from heal_core.selection import select_capped
 from heal_core.trajectory import Trajectory
@@ -37,18 +38,23 @@ class ShardOutput:
 
 
 def apply_filters(
-    rows: list[Trajectory], backend: TeacherBackend | None, cfg: HealConfig, cap: int, kept: Counter[str] | None = None
+    rows: list[Trajectory], backend: TeacherBackend | None, cfg: HealConfig, cap: int, kept: Counter[str] | None = None,
+    scored: Mapping[str, PureResult] | None = None,
 ) -> list[Trajectory]:
     """Hinted/repaired rows with ``kept`` set by HEAL's rule (``heal_core/selection.py``), PURE as its last check.
 
     PURE is the expensive check, so it runs only on rows that already passed the cheap ones, and only while their
-    problem is under ``cap`` (``kept`` counts earlier waves' kept rows, and is updated).
+    problem is under ``cap`` (``kept`` counts earlier waves' kept rows, and is updated). A row in ``scored`` (stored
+    PURE results by sample id, ``heal_core/replay.py``) is judged again from its stored U and P, not scored.
     """
+    scored = scored or {}
 
     def judged_by_pure(batch: list[Trajectory]) -> list[Trajectory]:
-        results = pure.score(backend, [(r.prompt, r.text, r.gold_answer) for r in batch], cfg.pure,
-                             cfg.teacher.reasoning_format)
-        return [replace(row, pure=result) for row, result in zip(batch, results, strict=True)]
+        new = [r for r in batch if r.sample_id not in scored]
+        results = iter(pure.score(backend, [(r.prompt, r.text, r.gold_answer) for r in new], cfg.pure,
+                                  cfg.teacher.reasoning_format) if new else [])
+        return [replace(row, pure=pure.judge(scored[row.sample_id].answer_nll, scored[row.sample_id].step_ppl, cfg.pure)
+                        if row.sample_id in scored else next(results)) for row in batch]
 
     return select_capped(rows, cap, judged_by_pure if cfg.pure.enabled else None, kept)
 
@@ -61,6 +67,7 @@ def in_waves(
     backend: TeacherBackend,
     cfg: HealConfig,
     judge: TeacherBackend | None,
+    scored: Mapping[str, PureResult] | None = None,
 ) -> list[Trajectory]:
     """Rows of up to ``waves`` waves; wave w draws ``draw(problems still under cap, w, kept so far)``, then filters
     them."""
@@ -73,7 +80,7 @@ def in_waves(
         drawn = draw(active, wave, kept)
         if judge is not None:
             drawn = judge_rows(drawn, judge, cfg.judge)
-        rows.extend(apply_filters(drawn, backend, cfg, cap, kept))
+        rows.extend(apply_filters(drawn, backend, cfg, cap, kept, scored))
     return rows
 
 
@@ -85,10 +92,12 @@ def repair_paths(room: int, cfg: HealConfig) -> int:
 
 
 def generate_shard(
-    backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, judge: TeacherBackend | None = None
+    backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, judge: TeacherBackend | None = None,
+    scored: Mapping[str, PureResult] | None = None,
 ) -> ShardOutput:
     """``judge`` (``judge.enabled``) re-examines the verifier's rejections of every stage before they count:
-    Stage I's before the buckets are drawn, so a false negative does not send a solved problem to repair."""
+    Stage I's before the buckets are drawn, so a false negative does not send a solved problem to repair.
+    ``scored``: stored PURE results to judge again instead of scoring (``apply_filters``)."""
     # 1. Stage I: N unaided samples of every problem, one batched call
     stage1 = sample_stage1(backend, problems, cfg)
     if judge is not None:
@@ -101,7 +110,7 @@ def generate_shard(
     # 3. Stage II: hinted samples of hard problems, hints.wave_samples per problem per wave
     hard = [p for p in problems if needs_hint(stats[p.problem_id], cfg)]
     stage2 = in_waves(lambda active, wave, _: hints.sample_hinted(backend, active, cfg, wave), hard,
-                      math.ceil(cfg.hints.n / cfg.hints.wave_samples), cfg.hints.max_per_problem, backend, cfg, judge)
+                      math.ceil(cfg.hints.n / cfg.hints.wave_samples), cfg.hints.max_per_problem, backend, cfg, judge, scored)
 
     # 4. Stage III: GEAR repairs of extremely hard problems' failed paths, in waves
     by_problem: dict[str, list[Trajectory]] = defaultdict(list)
@@ -124,5 +133,5 @@ def generate_shard(
         skips.extend(wave_skips)
         return rows
 
-    stage3 = in_waves(repair_wave, extreme, cfg.gear.failed_paths, cfg.gear.max_per_problem, backend, cfg, judge)
+    stage3 = in_waves(repair_wave, extreme, cfg.gear.failed_paths, cfg.gear.max_per_problem, backend, cfg, judge, scored)
     return ShardOutput(trajectories=stage1 + stage2 + stage3, stats=stats, skips=skips)

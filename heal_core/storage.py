@@ -19,6 +19,7 @@ import posixpath
 import re
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -79,6 +80,11 @@ def _errors(uri: str) -> Iterator[None]:
         raise StorageError(f"{uri} does not exist") from None
     except OSError as exc:
         raise StorageError(f"{uri}: {exc}") from exc
+
+
+def cache_dir() -> Path:
+    """This machine's working space (fetched models, file digests): ``HEAL_CACHE_DIR`` or ``~/.cache/heal``."""
+    return Path(os.environ.get("HEAL_CACHE_DIR", Path.home() / ".cache" / "heal"))
 
 
 def check_shared(uri: str) -> None:

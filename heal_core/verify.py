@@ -14,10 +14,10 @@ Built on Math-Verify, with three HEAL rules on top:
 
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import re
 import signal
@@ -286,9 +286,14 @@ def _get_pool(workers: int | None) -> ProcessPool:
     return pool
 
 
-@atexit.register
 def _shutdown() -> None:
     _, pool = _pools.get(os.getpid(), (0, None))
     if pool is not None:
         pool.stop()
         pool.join()
+
+
+# A multiprocessing finalizer, not atexit: a process started by multiprocessing runs no atexit handlers, and it joins
+# its non-daemon children (this pool's workers) before it exits, so without this it would wait for them for ever.
+# Finalizers of priority >= 0 run before that join, in every process, the main one included.
+multiprocessing.util.Finalize(None, _shutdown, exitpriority=10)

@@ -10,13 +10,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import progress, storage, trajectory
+from heal_core import fingerprints, progress, storage, trajectory
 from heal_core.backends.base import TeacherBackend
 from heal_core.backends.factory import build_backend
 from heal_core.config import HealConfig, TeacherConfig
 from heal_core.problems import Problem, problems_to_records
 from heal_core.schema import PROBLEM_SCHEMA, to_table
-from heal_core.shard import generate_shard
+from heal_core.generation_store import GenerationStore, generate_stored
 from heal_core.run import Run
 from heal_core.trajectory import check_kept_judged
 from tasks.models import resolve_model
@@ -88,12 +88,20 @@ class ShardProgress:
             update_progress_artifact(self.artifact, 100.0 * self.last.done / max(1, self.last.planned), self.last.line())
 
 
+def generation_store(cfg: HealConfig, model_path: str) -> GenerationStore:
+    """The store of ``cfg``'s generation (``heal_core/generation_store.py``) for the teacher at ``model_path``."""
+    fingerprint = fingerprints.generation(cfg, fingerprints.model_identity(model_path))
+    return GenerationStore.under(cfg.storage.uri, cfg.storage.storage_options, fingerprint)
+
+
 @task(cache_policy=NO_CACHE)
 def run_shard(run: Run, shard: int, cfg: HealConfig, model_path: str) -> dict[str, Any]:
     """Generate one shard unless it already finished; outputs first, the lineage record (the marker) last.
 
-    Call it through ``retrying_shard``: a retry regenerates the shard, which is deterministic (seeded sampling,
-    ids from content), so a write that failed mid-outage is redone with the same rows, never duplicated.
+    Problems come from the generation store where it has them; only the others reach the teacher, whose weights
+    are loaded only then. Call it through ``retrying_shard``: a retry regenerates the shard, which is
+    deterministic (seeded sampling, ids from content), so a write that failed mid-outage is redone with the same
+    rows, never duplicated.
     """
     logger = get_run_logger()
     done = shard_done(run, shard, cfg)
@@ -101,15 +109,22 @@ def run_shard(run: Run, shard: int, cfg: HealConfig, model_path: str) -> dict[st
         logger.info("shard %d already finished under config %s: skipped", shard, cfg.config_hash())
         return done
     problems = read_shard_problems(run, shard)
-    backend = teacher_backend(cfg.teacher, model_path)
-    judge = None
-    if cfg.judge.enabled:
-        judge = teacher_backend(cfg.teacher, resolve_model(cfg.judge.model, "judge") if cfg.judge.model else model_path)
+
+    def judge() -> TeacherBackend | None:
+        if not cfg.judge.enabled:
+            return None
+        return teacher_backend(cfg.teacher, resolve_model(cfg.judge.model, "judge") if cfg.judge.model else model_path)
+
     logger.info("shard %d: %d problems, N=%d", shard, len(problems), cfg.teacher.sampling.n)
     shown = ShardProgress(shard)
     with progress.unit(shown.unit), progress.listen(shown):
-        out = generate_shard(backend, problems, cfg, judge=judge)
+        out = generate_stored(problems, cfg, generation_store(cfg, model_path), fingerprints.selection(cfg), model_path,
+                              lambda: teacher_backend(cfg.teacher, model_path), judge)
     shown.finish_stage()
+    for problem in out.corrupt:
+        logger.warning(problem)
+    logger.info("shard %d: %d problems re-used from the generation store, %d re-selected, %d sampled; the teacher "
+                "drew %d tokens", shard, out.reused, out.reselected, out.sampled, out.usage.tokens)
     check_kept_judged(out.trajectories, cfg.pure.enabled)
     storage.write_parquet(trajectory.to_table(out.trajectories), run.shard_samples(shard), run.options)
     record = {
@@ -119,6 +134,8 @@ def run_shard(run: Run, shard: int, cfg: HealConfig, model_path: str) -> dict[st
         "samples": len(out.trajectories),
         "stats": [asdict(s) for s in out.stats.values()],
         "gear_skips": [asdict(s) for s in out.skips],
+        "generation": {"reused": out.reused, "reselected": out.reselected, "sampled": out.sampled,
+                       "teacher": asdict(out.usage)},
     }
     storage.write_json(record, run.shard_lineage(shard), run.options)
     return record

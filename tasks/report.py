@@ -121,10 +121,12 @@ def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) 
     # the audit (a task with a step checker) grades whole rows: then they are read in the same pass
     table = read_samples(run, shards, REPORTED if graded is None else None)
     samples = table.select(REPORTED).to_pylist()
-    stats = [s for record in run.shard_records(shards) for s in record["stats"]]
+    records = run.shard_records(shards)
+    stats = [s for record in records for s in record["stats"]]
     evaluation = storage.read_parquet(run.evaluation, EVALUATION_SCHEMA, run.options).to_pylist()
     benchmarks = storage.read_parquet(run.evaluation_summary, EVALUATION_SUMMARY_SCHEMA, run.options).to_pylist()
     summary = report.summarize(samples, stats, sizes, evaluation)
+    summary["generation"] = report.generation_sources(records)
     pngs = plots(run, shards, samples, stats, graded, cfg)
     contaminated = storage.read_json(run.contamination, run.options) if storage.exists(run.contamination, run.options) else []
     if contaminated:

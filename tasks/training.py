@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,16 +11,12 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import progress, storage
+from heal_core import fingerprints, progress, storage
+from heal_core.storage import cache_dir
 from heal_core.config import HealConfig
 from heal_core.run import Run
 from heal_core.train import MARKER, StageResult, VariantResult, finished, train_variant
 from heal_core.variants import VariantPlan
-
-
-def cache_dir() -> Path:
-    """Local working space for models: ``HEAL_CACHE_DIR`` or ``~/.cache/heal``."""
-    return Path(os.environ.get("HEAL_CACHE_DIR", Path.home() / ".cache" / "heal"))
 
 
 def local_model_dir(remote: str) -> Path:
@@ -32,6 +27,15 @@ def local_model_dir(remote: str) -> Path:
 def is_stored_model(reference: str, options: dict[str, Any]) -> bool:
     """A model finished by ``train_model``: its storage directory holds the completion marker."""
     return storage.exists(storage.join(reference, MARKER), options)
+
+
+def trained_model_identity(reference: str, options: dict[str, Any]) -> str:
+    """What names a trained model in the evaluation store. A stored one: its URI and its completion marker (the
+    stage's result), so a stage trained again under the same URI, after its marker was removed, is another model;
+    any other reference: what ``fingerprints.model_identity`` says of it."""
+    if not is_stored_model(reference, options):
+        return fingerprints.model_identity(reference)
+    return fingerprints.digest([reference, storage.read_bytes(storage.join(reference, MARKER), options).decode()])
 
 
 def local_model(reference: str, cfg: HealConfig) -> str:

@@ -25,6 +25,7 @@ REDUCED = {
     "storage.py": ["--quick"],
     "verify.py": ["--quick"],
     "training.py": ["--quick"],
+    "reuse.py": ["--quick"],
     "pure.py": ["--problems", "4", "--n", "4"],  # problems 3 and 4 have 4+ steps: a genuine trajectory is likely
 }
 NUMBER = re.compile(r"\d+(?:\.\d+)?")

@@ -249,6 +249,8 @@ def test_parameters_are_validated_when_the_run_is_created(cluster):
         "heal-shard/heal-shard": {"run_root": "runs/x", "shard": 0, "config": config},
         "heal-train/heal-train": {"run_root": "runs/x", "config": config},
         "heal-eval/heal-eval": {"run_root": "runs/x", "config": config, "trained": []},
+        "heal-derive/heal-derive": {"run_id": "x", "storage_uri": "s3://b/p", "kind": "train", "overrides": [],
+                                    "variants": []},
     }
     with cluster.client() as client:
         unknown = {name: client.post(f"/deployments/{_deployment_id(client, name)}/create_flow_run",

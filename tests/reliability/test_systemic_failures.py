@@ -47,9 +47,9 @@ def _config(tmp_path):
 
 def test_a_verifier_pool_that_cannot_start_fails_the_shard_and_a_retry_equals_a_clean_run(
         prefect_api, tmp_path, monkeypatch):
-    cfg = _config(tmp_path)
-    clean_layout = Run.of(cfg, "clean")
-    _shard(clean_layout, cfg)
+    clean_cfg, cfg = _config(tmp_path / "clean"), _config(tmp_path / "broken")  # two stores: no row is re-used
+    clean_layout = Run.of(clean_cfg, "clean")
+    _shard(clean_layout, clean_cfg)
     clean = pq.read_table(clean_layout.shard_samples(0))
     assert set(clean.column("verify_status").to_pylist()) & {"correct", "wrong"}  # the verifier was used
 
@@ -63,7 +63,8 @@ def test_a_verifier_pool_that_cannot_start_fails_the_shard_and_a_retry_equals_a_
     with pytest.raises(VerifierUnavailable):
         _shard(layout, cfg)
     assert not _done(layout, cfg)  # nothing recorded as finished
-    assert not (tmp_path / "runs" / "broken" / "samples" / "shard-00000.parquet").exists()
+    assert not (tmp_path / "broken" / "runs" / "broken" / "samples" / "shard-00000.parquet").exists()
+    assert not (tmp_path / "broken" / "generations").exists()  # nor stored for another run to re-use
 
     monkeypatch.undo()  # the cause removed: the same shard, retried, is the clean run's
     _shard(layout, cfg)

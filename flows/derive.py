@@ -1,0 +1,92 @@
+"""``heal-derive``: new students or a new evaluation from a finished run's data, without the teacher
+(``heal_core/derived.py``). ``heal train`` and ``heal eval`` run it in-process; as a deployment it takes the same
+parameters from the UI or the REST API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.executor import executor_for
+from flows.pipeline import Progress, after_generation, check_models
+from heal_core import fingerprints, storage
+from heal_core.config import HealConfig
+from heal_core.derived import Kind, derived_config, derived_id
+from heal_core.run import Run
+from tasks.secrets import export_secrets
+
+
+class GenerationUnfinished(ValueError):
+    """The run to derive from has shards that did not finish: its data is not there to train or evaluate on."""
+
+
+def _copy_generation(parent: Run, run: Run, shards: int, cfg: HealConfig) -> None:
+    """The parent's problem shards and samples, each shard's lineage record last (its marker), under this run's
+    config hash, recording that this run's teacher drew nothing: every problem was re-used."""
+    for name in ("quarantine", "contamination"):
+        if storage.exists(getattr(parent, name), parent.options):
+            storage.write_bytes(storage.read_bytes(getattr(parent, name), parent.options), getattr(run, name), run.options)
+    for shard in range(shards):
+        for source, target in ((parent.shard_problems(shard), run.shard_problems(shard)),
+                               (parent.shard_samples(shard), run.shard_samples(shard))):
+            storage.write_bytes(storage.read_bytes(source, parent.options), target, run.options)
+        record = storage.read_json(parent.shard_lineage(shard), parent.options)
+        record.update(config_hash=cfg.config_hash(), generation={
+            "reused": record["problems"], "reselected": 0, "sampled": 0,
+            "teacher": {"requests": 0, "samples": 0, "tokens": 0, "scored": 0}})
+        storage.write_json(record, run.shard_lineage(shard), run.options)
+
+
+def _adopt_models(parent: Run, parent_cfg: HealConfig, run: Run, cfg: HealConfig) -> list[str]:
+    """The parent's finished (variant, seed) results, where this run would train them the same way: their records
+    point at the parent's stored models, which are not copied."""
+    if fingerprints.training(cfg) != fingerprints.training(parent_cfg):
+        return []
+    adopted = []
+    for result in parent.variants(parent_cfg):
+        if result.variant in cfg.pace.variants and result.seed in cfg.pace.seeds:
+            record = parent.variant_record(result.variant, result.seed)
+            storage.write_bytes(storage.read_bytes(record, parent.options),
+                                run.variant_record(result.variant, result.seed), run.options)
+            adopted.append(f"{result.variant} seed {result.seed}")
+    return adopted
+
+
+@flow(name="heal-derive")
+def heal_derive(run_id: str, storage_uri: str, kind: Kind, overrides: list[str] | None = None,
+                variants: list[str] | None = None) -> dict[str, Any]:
+    """Train (``kind: train``, ``overrides`` of pace.* and student.*, ``variants`` to add) or evaluate (``kind:
+    eval``, overrides of evaluation.*) from run ``run_id`` under ``storage_uri``; returns the derived run's
+    summary. Refused, before anything is written, when the run's generation has not finished."""
+    overrides, variants = overrides or [], variants or []
+    parent, parent_cfg = Run.stored(run_id, storage_uri)
+    cfg = derived_config(parent_cfg, kind, overrides, variants)
+    export_secrets(cfg)
+    missing = parent.unfinished_shards(parent_cfg.config_hash())
+    shards = parent.shard_count()
+    if missing or not shards:
+        raise GenerationUnfinished(
+            f"run {run_id} at {parent.root}: generation has not finished (shards without samples: "
+            f"{', '.join(map(str, missing)) or 'all'}); finish it with: heal resume {run_id} --storage {storage_uri}")
+    check_models(cfg)
+    run = Run.of(cfg, derived_id(run_id, kind, cfg))
+    run.pin(cfg)
+    logger = get_run_logger()
+    logger.info("run %s: %s from run %s (%s)", run.run_id, kind, run_id, ", ".join(overrides + variants) or "as it is")
+
+    # 1. the parent's data, its record of this run, and the models this run would train as the parent did
+    storage.write_json({"parent": run_id, "kind": kind, "overrides": overrides, "variants": variants},
+                       run.parent, run.options)
+    _copy_generation(parent, run, shards, cfg)
+    storage.write_json({"run_id": run.run_id, "kind": kind, "overrides": overrides, "variants": variants},
+                       parent.derived_record(run.run_id), parent.options)
+    adopted = _adopt_models(parent, parent_cfg, run, cfg)
+    if adopted:
+        logger.info("adopted from run %s, not retrained: %s", run_id, ", ".join(adopted))
+
+    # 2. curriculum, training, evaluation and report, as any run's
+    progress = Progress(run, cfg, shards)
+    progress.step_done("generate")
+    return after_generation(run, shards, cfg, executor_for(run, cfg), progress)

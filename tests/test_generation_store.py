@@ -103,6 +103,8 @@ def test_a_new_lambda_re_judges_the_stored_scores_and_draws_only_missing_waves(t
     assert bool(asked) == (lam < 1)  # a stricter λ needs waves the store lacks; a laxer one fills the caps sooner
     assert _rows(again) == _rows(generate_shard(teacher, problems, strict))  # as if drawn under the new λ
     before = {r.sample_id: r.pure for r in stored.trajectories if r.pure is not None}
+    judged = {r.sample_id for r in again.trajectories if r.pure is not None}
+    assert again.usage.scored == len(judged - set(before))  # PURE scores only rows it never scored
     flipped = 0
     for row in again.trajectories:
         if row.pure is not None and row.sample_id in before and before[row.sample_id].ratio is not None:

@@ -113,6 +113,30 @@ def test_a_learning_rate_change_trains_a_new_model_without_the_teacher(first, te
     assert rows[(derived[0].name, "heal")][5] == derived[0].name  # trained by the derived run
 
 
+def test_eval_adds_a_benchmark_asking_the_teacher_only_about_it_and_retraining_nothing(first, teacher_calls,
+                                                                                       monkeypatch):
+    from flows.cli import app
+
+    root, _, _ = first
+    monkeypatch.setenv("HEAL_CACHE_DIR", str(root / "cache"))
+    extra = [json.loads(line) for line in problems_file(root / "all-eval.jsonl", "eval", 5).read_text().splitlines()][3:]
+    (root / "extra.jsonl").write_text("".join(json.dumps(p) + "\n" for p in extra))
+    result = CliRunner().invoke(app, ["eval", "first", "--storage", str(root / "store"), "--set",
+                                      f"evaluation.benchmarks=[{{uri: {root / 'extra.jsonl'}}}]"])
+    assert result.exit_code == 0, result.output
+    asked = [r for call in teacher_calls for r in call]
+    assert asked and all(any(p["problem"] in r.prompt for p in extra) for r in asked)  # the held-out set: stored
+    derived = next(p for p in (root / "store" / "runs").iterdir() if p.name.startswith("first.eval-"))
+    assert not list(derived.glob("models/*/seed-*/*/heal_stage.json"))  # every model adopted, none trained
+    results = pq.read_table(derived / "eval" / "results.parquet").to_pylist()
+    assert {(r["model"], r["benchmark"]) for r in results} == {
+        (m, b) for m in ("teacher", "student_base", "heal", "rs_sft") for b in ("held_out", "extra")}
+    held_out = pq.read_table(root / "store" / "runs" / "first" / "eval" / "results.parquet").to_pylist()
+    key = ("model", "train_seed", "problem_id", "pass_at_1")
+    assert sorted(tuple(r[k] for k in key) for r in results if r["benchmark"] == "held_out") == sorted(
+        tuple(r[k] for k in key) for r in held_out)
+
+
 def test_a_new_lambda_makes_no_sampling_call_and_re_judges_where_r_crosses_it(first, teacher_calls, monkeypatch):
     from flows.pipeline import heal_pipeline
 

@@ -41,7 +41,9 @@ def _heal_run(tmp_path: Path, run_id: str) -> list[str]:
     return ["heal", "run", "--run-id", run_id,
             "--set", f"problems.uri={problems_file(tmp_path / 'p.jsonl', 'generation', 6)}",
             "--set", f"evaluation.uri={problems_file(tmp_path / 'e.jsonl', 'eval', 3)}",
-            "--set", f"storage.uri={tmp_path / 'store'}", "--set", "pace.seeds=[0]", "--set", "pace.epochs=1",
+            # a store of its own: the second run would find every problem in the first's generation store, and sample
+            # nothing to show
+            "--set", f"storage.uri={tmp_path / run_id}", "--set", "pace.seeds=[0]", "--set", "pace.epochs=1",
             "--set", "pace.variants=[heal,rs_sft]", "--set", "orchestration.shard_size=3",
             "--set", "teacher.max_batch_sequences=4"]  # several calls per stage: progress between them
 

@@ -14,6 +14,8 @@ from flows.pipeline import Progress, after_generation, check_models
 from heal_core import fingerprints, storage
 from heal_core.config import HealConfig
 from heal_core.derived import Kind, derived_config, derived_id
+from heal_core.generation_store import lineage_sources
+from heal_core.replay import Usage
 from heal_core.run import Run
 from tasks.secrets import export_secrets
 
@@ -33,9 +35,7 @@ def _copy_generation(parent: Run, run: Run, shards: int, cfg: HealConfig) -> Non
                                (parent.shard_samples(shard), run.shard_samples(shard))):
             storage.write_bytes(storage.read_bytes(source, parent.options), target, run.options)
         record = storage.read_json(parent.shard_lineage(shard), parent.options)
-        record.update(config_hash=cfg.config_hash(), generation={
-            "reused": record["problems"], "reselected": 0, "sampled": 0,
-            "teacher": {"requests": 0, "samples": 0, "tokens": 0, "scored": 0}})
+        record.update(config_hash=cfg.config_hash(), generation=lineage_sources(record["problems"], 0, 0, Usage()))
         storage.write_json(record, run.shard_lineage(shard), run.options)
 
 
@@ -64,8 +64,8 @@ def heal_derive(run_id: str, storage_uri: str, kind: Kind, overrides: list[str] 
     parent, parent_cfg = Run.stored(run_id, storage_uri)
     cfg = derived_config(parent_cfg, kind, overrides, variants)
     export_secrets(cfg)
-    missing = parent.unfinished_shards(parent_cfg.config_hash())
     shards = parent.shard_count()
+    missing = parent.unfinished_shards(parent_cfg.config_hash(), shards)
     if missing or not shards:
         raise GenerationUnfinished(
             f"run {run_id} at {parent.root}: generation has not finished (shards without samples: "

@@ -19,9 +19,9 @@ from tasks.training import TrainedModel, trained_model_identity
 def heal_eval(run_root: str, config: HealConfig, trained: list[TrainedModel]) -> int:
     """Teacher and student base (as configured, resolved on this worker) and every ``trained`` (variant, seed)
     model (fetched into the worker's cache), each on the held-out set and on every configured benchmark, all
-    with the same sampling settings; what the evaluation store holds is read, not evaluated again. A trained model's rows carry its variant as the model label and its seed
-    as ``train_seed``. Per-problem results and their per-benchmark summary land as Parquet; returns the number
-    of result rows."""
+    with the same sampling settings; what the evaluation store holds is read, not evaluated again. A trained
+    model's rows carry its variant as the model label and its seed as ``train_seed``. Per-problem results and
+    their per-benchmark summary land as Parquet; returns the number of result rows."""
     export_secrets(config)
     held_out, _ = problem_set(config.evaluation.uri, "eval", config, config.evaluation.max_problems)
     sets = {HELD_OUT: held_out, **benchmark_sets(config)}

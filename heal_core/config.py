@@ -490,7 +490,7 @@ class EvaluationConfig(_Section):
     )
 
 
-_EXECUTION_ONLY: dict[str, Any] = {
+EXECUTION_ONLY: dict[str, Any] = {
     "storage": True,
     "orchestration": {"mode", "cpu_pool", "gpu_pool", "poll_seconds", "secrets_block", "max_shard_tokens",
                       "shard_retries", "retry_backoff_seconds", "heartbeat_timeout_seconds",
@@ -548,7 +548,7 @@ class HealConfig(_Section):
 
     @cached_property
     def _hash(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json", exclude=_EXECUTION_ONLY), sort_keys=True).encode()
+        blob = json.dumps(self.model_dump(mode="json", exclude=EXECUTION_ONLY), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> HealConfig:

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from heal_core import storage
-from heal_core.config import HealConfig
+from heal_core.config import EXECUTION_ONLY, HealConfig
 
 SELECTION = {"pure": {"lam", "leap_drop_share", "leap_log_ppl_margin"}, "hints": {"max_per_problem", "wave_samples"},
              "gear": {"max_per_problem", "wave_paths"}, "pace": {"stage1_cap_per_problem"}}
-# The teacher's ``model`` is named by its identity instead: the same checkpoint at another path on another cluster
-# is the same teacher.
-_TEACHER_EXECUTION = {"model": True, "server": True, "max_batch_sequences": True, "device": True,
-                      "vllm": {"gpu_memory_utilization", "data_parallel_size"}}
+# The config hash's execution-only teacher settings, and what rows do not depend on: the batch size and device (rows
+# are seeded by what they are), and the ``model`` path, which the teacher's identity names instead (the same
+# checkpoint at another path on another cluster is the same teacher).
+_TEACHER_EXECUTION = {**EXECUTION_ONLY["teacher"], "model": True, "max_batch_sequences": True, "device": True}
 
 
 def digest(value: Any) -> str:

@@ -83,15 +83,20 @@ class GenerationStore:
         return Stored(from_table(conform(table, TRAJECTORY_SCHEMA, uri)), [Skip(**s) for s in footer["skips"]])
 
     def find(self, problem: Problem, selection: str) -> Found:
+        """The problem's object under ``selection`` when it reads; only without one, every row drawn under the
+        others (what a re-selection replays)."""
         found = Found()
-        for uri in storage.list_files(storage.join(self.root, problem_key(problem)), self.options):
+        exact = self.object(problem, selection)
+        listed = storage.list_files(storage.join(self.root, problem_key(problem)), self.options)
+        for uri in sorted(listed, key=lambda u: u != exact):  # the run's own selection first
             try:
                 stored = self.read(uri)
             except (storage.StorageError, SchemaError) as err:
                 found.corrupt.append(f"generation store: {err}; generated again")
                 continue
-            if uri == self.object(problem, selection):
+            if uri == exact:
                 found.exact = stored
+                break
             found.drawn.extend(stored.rows)
         return found
 
@@ -143,21 +148,26 @@ def generate_stored(
         out.usage = backend.usage
 
     # 3. write each generated problem back, whole
+    mine = {p.problem_id: Stored([], []) for p in todo}
+    for row in generated.trajectories:
+        mine[row.problem_id].rows.append(row)
+    for skip in generated.skips:
+        mine[skip.problem_id].skips.append(skip)
     for p in todo:
-        store.write(p, selection, Stored([r for r in generated.trajectories if r.problem_id == p.problem_id],
-                                         [s for s in generated.skips if s.problem_id == p.problem_id]))
+        store.write(p, selection, mine[p.problem_id])
 
     # 4. the shard in the chain's order, stats and skips in problem order
-    rows = list(generated.trajectories)
-    skips = {p.problem_id: [s for s in generated.skips if s.problem_id == p.problem_id] for p in todo}
-    for p in problems:
-        exact = found[p.problem_id].exact
-        if exact is not None:
-            rows.extend(exact.rows)
-            skips[p.problem_id] = exact.skips
+    per_problem = {p.problem_id: mine[p.problem_id] if found[p.problem_id].exact is None else found[p.problem_id].exact
+                   for p in problems}
+    rows = [row for stored in per_problem.values() for row in stored.rows]
     position = {p.problem_id: i for i, p in enumerate(problems)}
     out.trajectories = sorted(rows, key=_row_order(position))
     stats = problem_stats((r for r in out.trajectories if r.stage == Stage.BASE), cfg)
     out.stats = {p.problem_id: stats[p.problem_id] for p in problems}
-    out.skips = [s for p in problems for s in skips[p.problem_id]]
+    out.skips = [s for stored in per_problem.values() for s in stored.skips]
     return out
+
+
+def lineage_sources(reused: int, reselected: int, sampled: int, usage: Usage) -> dict:
+    """Where a shard's problems came from, as its lineage record holds it (``report.generation_sources`` sums it)."""
+    return {"reused": reused, "reselected": reselected, "sampled": sampled, "teacher": asdict(usage)}

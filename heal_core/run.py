@@ -177,8 +177,8 @@ class Run:
         """How many problem shards the run wrote (its problems step writes all of them before any is generated)."""
         return len(storage.list_files(self.path("problems"), self.options))
 
-    def unfinished_shards(self, config_hash: str) -> list[int]:
-        return [s for s in range(self.shard_count()) if self.finished_shard(s, config_hash)[0] is None]
+    def unfinished_shards(self, config_hash: str, shards: int) -> list[int]:
+        return [s for s in range(shards) if self.finished_shard(s, config_hash)[0] is None]
 
     def shard_records(self, shards: int) -> list[dict[str, Any]]:
         """Every shard's lineage record, in shard order (read once per run step that needs them)."""

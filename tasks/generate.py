@@ -16,7 +16,7 @@ from heal_core.backends.factory import build_backend
 from heal_core.config import HealConfig, TeacherConfig
 from heal_core.problems import Problem, problems_to_records
 from heal_core.schema import PROBLEM_SCHEMA, to_table
-from heal_core.generation_store import GenerationStore, generate_stored
+from heal_core.generation_store import GenerationStore, generate_stored, lineage_sources
 from heal_core.run import Run
 from heal_core.trajectory import check_kept_judged
 from tasks.models import resolve_model
@@ -134,8 +134,7 @@ def run_shard(run: Run, shard: int, cfg: HealConfig, model_path: str) -> dict[st
         "samples": len(out.trajectories),
         "stats": [asdict(s) for s in out.stats.values()],
         "gear_skips": [asdict(s) for s in out.skips],
-        "generation": {"reused": out.reused, "reselected": out.reselected, "sampled": out.sampled,
-                       "teacher": asdict(out.usage)},
+        "generation": lineage_sources(out.reused, out.reselected, out.sampled, out.usage),
     }
     storage.write_json(record, run.shard_lineage(shard), run.options)
     return record

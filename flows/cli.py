@@ -162,9 +162,9 @@ def _progress_display() -> Iterator[None]:
         yield
 
 
-def _run_pipeline(cfg: HealConfig, run_id: str, start: Callable[[], dict] | None = None) -> None:
+def _run_pipeline(cfg: HealConfig, run_id: str, start: Callable[[], dict] | None = None, again: str = "") -> None:
     """Run ``start`` (default: heal-pipeline on ``cfg``) for run ``run_id`` in this process, with live progress;
-    Ctrl-C stops it with the command that continues it."""
+    Ctrl-C stops it with ``again``, the command that continues it (default: ``heal resume``)."""
     from flows.interrupt import stop_on_signal
     from flows.local_api import local_api
     from flows.pipeline import heal_pipeline
@@ -180,7 +180,7 @@ def _run_pipeline(cfg: HealConfig, run_id: str, start: Callable[[], dict] | None
     except (ValueError, FileNotFoundError) as err:  # bad input: say what, no traceback
         raise _fail(err) from None
     if summary is None:  # Ctrl-C or SIGTERM stopped it
-        again = "the same command" if start is not None else f"heal resume {run_id} --storage {cfg.storage.uri}"
+        again = again or f"heal resume {run_id} --storage {cfg.storage.uri}"
         console.print(f"[yellow]interrupted.[/yellow] Continue the run with: {again}", soft_wrap=True, highlight=False)
         raise typer.Exit(130)
     console.print(_summary_table(f"HEAL run {run_id} ({time.perf_counter() - started:.0f} s)", summary))
@@ -299,6 +299,8 @@ def report(run_id: str, storage_uri: StorageOpt = "./heal-data") -> None:
 
 
 def _derive(kind: str, run_id: str, storage_uri: str, overrides: list[str], variants: list[str]) -> None:
+    import shlex
+
     from flows.derive import heal_derive
     from heal_core.config import ConfigError
     from heal_core.derived import derived_config, derived_id
@@ -308,8 +310,10 @@ def _derive(kind: str, run_id: str, storage_uri: str, overrides: list[str], vari
         cfg = derived_config(parent_cfg, kind, overrides, variants)  # refused here, before a server starts
     except ConfigError as err:
         raise _fail(err) from None
+    again = shlex.join(["heal", kind, run_id, "--storage", storage_uri, *(a for o in overrides for a in ("--set", o)),
+                        *(a for v in variants for a in ("--variant", v))])
     _run_pipeline(cfg, derived_id(run_id, kind, cfg),
-                  lambda: heal_derive(run_id, storage_uri, kind, overrides, variants))
+                  lambda: heal_derive(run_id, storage_uri, kind, overrides, variants), again)
 
 
 VariantOpt = Annotated[list[str] | None, typer.Option("--variant", help="a variant to train besides the run's")]

@@ -14,6 +14,7 @@ import contextlib
 import difflib
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -35,11 +36,27 @@ for _key, _value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK"
                      "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
     os.environ.setdefault(_key, _value)
 
+_show_warning = warnings.showwarning
+
+
+def _config_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """An old config read through a rename or a removal is the user's news, not a code location's."""
+    if category.__name__ == "ConfigWarning":
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True, highlight=False)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _config_warning
+
 app = typer.Typer(help="HEAL: distil a teacher LLM into a small reasoning model.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 demo_app = typer.Typer(help="The embedded demo's bundled models.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
+store_app = typer.Typer(help="The generation and evaluation stores that runs under one storage share.",
+                        no_args_is_help=True)
+app.add_typer(store_app, name="store")
 console = Console()
 
 ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config; the embedded default when omitted")]
@@ -101,7 +118,8 @@ def config_explain(
     key: Annotated[str | None, typer.Argument(help="a key (gear.max_per_problem) or a section (gear); default: all")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="the whole reference as docs/config.md holds it")] = False,
 ) -> None:
-    """Describe config keys: type, default, the paper's value and what each does (generated from the model)."""
+    """Describe config keys: type, default, role (the step it shapes, so the fingerprints it enters), the paper's
+    value and what each does (generated from the model)."""
     from heal_core.config_reference import keys
     from heal_core.config_reference import markdown as reference
 
@@ -114,11 +132,30 @@ def config_explain(
         console.print(f"unknown config key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""), markup=False)
         raise typer.Exit(2)
     table = Table(show_lines=True)
-    for column in ("key", "type", "default", "paper", "description"):
+    for column in ("key", "type", "default", "role", "paper", "description"):
         table.add_column(column, overflow="fold")
     for d in docs:
-        table.add_row(d.key, d.type, d.default, d.paper, d.description)
+        table.add_row(d.key, d.type, d.default, d.role, d.paper, d.description)
     console.print(table)
+
+
+@config_app.command("migrate")
+def config_migrate(
+    config: Annotated[Path, typer.Argument(help="a YAML config written for an older heal (a run's config.yaml too)")],
+) -> None:
+    """Rewrite a config file in place to today's setting names: renamed settings moved, removed ones dropped
+    (comments kept). A removed setting that shaped the data at a value heal no longer computes is refused."""
+    from heal_core.config import ConfigError, load_config, migrate_config_file
+
+    try:
+        changes = migrate_config_file(config)
+        cfg = load_config(config)
+    except ConfigError as err:
+        raise _fail(err) from None
+    for change in changes:
+        console.print(f"{config}: {change}", markup=False, soft_wrap=True)
+    console.print(f"{config}: {'migrated' if changes else 'already current'} (config hash {cfg.config_hash()})",
+                  markup=False, soft_wrap=True)
 
 
 @config_app.command("check")
@@ -393,8 +430,117 @@ def export(
     console.print(f"dataset: {dest / 'dataset'}\nmodel: {dest / 'model'}")
 
 
-def main() -> None:  # pragma: no cover - console-script shim
-    app()
+def _store_inventory(storage_uri: str):
+    """What the stores under ``storage_uri`` hold, and which runs use it (``heal_core/stores.py``)."""
+    from heal_core import fingerprints, stores
+    from tasks.models import resolve_model
+
+    def identity(cfg: HealConfig) -> str:
+        return fingerprints.model_identity(resolve_model(cfg.teacher.model, "teacher"))
+
+    try:
+        return stores.inventory(storage_uri, {}, stores.run_uses(storage_uri, {}, identity))
+    except ValueError as err:  # StorageError: an unreadable storage
+        raise _fail(err) from None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _print_store(title: str, entries: list, all_settings: bool) -> None:
+    """One store's fingerprints as a table, then each one's settings: those that tell it apart from the others
+    listed (all of them with ``all_settings``)."""
+    from heal_core.settings import flat
+
+    table = Table(title=title)
+    for column in ("fingerprint", "problems", "objects", "size", "runs"):
+        table.add_column(column, overflow="fold", no_wrap=column == "fingerprint")
+    for e in entries:
+        table.add_row(e.fingerprint, str(e.problems) if e.role == "generation" else "-", str(e.objects),
+                      _size(e.bytes), ", ".join(e.runs) or "none")
+    console.print(table)
+    flats = [flat(e.settings) if e.settings is not None else None for e in entries]
+    known = [f for f in flats if f is not None]
+    differ = {k for k in set().union(*known) if len({repr(f.get(k)) for f in known}) > 1} if known else set()
+    for entry, settings in zip(entries, flats, strict=True):
+        if settings is None:
+            shown = "settings unknown: written by heal 0.1 and used by no run here"
+        else:
+            chosen = [f"{k}={v!r}" for k, v in sorted(settings.items()) if all_settings or k in differ]
+            shown = (", ".join(chosen) or "the only one here; --all-settings lists its settings") + \
+                f" (from {entry.settings_from})"
+        console.print(f"  {entry.fingerprint}: {escape(shown)}", soft_wrap=True, highlight=False)
+
+
+@store_app.command("ls")
+def store_ls(
+    storage_uri: StorageOpt = "./heal-data",
+    all_settings: Annotated[bool, typer.Option("--all-settings", help="every setting of each fingerprint")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="the whole listing as one JSON object, for scripts")] = False,
+) -> None:
+    """List the stored generation and evaluation fingerprints: the settings each stands for, its problems, objects
+    and bytes, and the runs that used it."""
+    import dataclasses
+    import json
+
+    found = _store_inventory(storage_uri)
+    if json_:
+        print(json.dumps({"stored": [dataclasses.asdict(e) for e in found.stored],
+                          "unsorted_evaluations": dict(zip(("objects", "bytes"), found.unsorted_evaluations)),
+                          "unknown": {u.run_id: u.unknown for u in found.uses if u.generation is None}}, indent=1))
+        return
+    for role, title in (("generation", "generation store"), ("evaluation", "evaluation store")):
+        entries = [e for e in found.stored if e.role == role]
+        if entries:
+            _print_store(f"{title} ({storage_uri})", entries, all_settings)
+        else:
+            console.print(f"{title}: empty", soft_wrap=True)
+    objects, size = found.unsorted_evaluations
+    if objects:
+        console.print(f"evaluations written by heal 0.1, not yet in a fingerprint's folder: {objects} ({_size(size)}); "
+                      "a run that reads one moves it", soft_wrap=True)
+    for use in found.uses:
+        if use.generation is None:
+            console.print(f"run {use.run_id}: generation fingerprint unknown here: {escape(use.unknown)}", soft_wrap=True)
+
+
+@store_app.command("gc")
+def store_gc(
+    keep_runs: Annotated[list[str], typer.Option("--keep-runs", help="a run whose stores stay (repeat it, or "
+                                                 "separate ids with commas)")],
+    storage_uri: StorageOpt = "./heal-data",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be removed; remove nothing")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="remove without asking")] = False,
+) -> None:
+    """Remove every stored generation and evaluation fingerprint that no kept run uses (runs themselves stay)."""
+    from heal_core import stores
+
+    keep = [run_id.strip() for value in keep_runs for run_id in value.split(",") if run_id.strip()]
+    found = _store_inventory(storage_uri)
+    try:
+        doomed = stores.garbage(found, keep)
+    except ValueError as err:
+        raise _fail(err) from None
+    if not doomed:
+        console.print("nothing to remove: the kept runs use every stored fingerprint")
+        return
+    for entry in doomed:
+        used = f"used by {', '.join(entry.runs)}" if entry.runs else "used by no run"
+        console.print(f"{'would remove' if dry_run else 'remove'} {entry.role} {entry.fingerprint}: {entry.objects} "
+                      f"objects, {_size(entry.bytes)} ({used})", soft_wrap=True)
+    total = _size(sum(e.bytes for e in doomed))
+    if dry_run:
+        console.print(f"dry run: {len(doomed)} fingerprints, {total} would be removed")
+        return
+    if not yes and not typer.confirm(f"remove {len(doomed)} fingerprints ({total})?"):
+        raise typer.Exit(1)
+    stores.collect(storage_uri, {}, doomed)
+    console.print(f"removed {len(doomed)} fingerprints, {total}")
 
 
 @app.command("audit-verifier")

@@ -12,10 +12,9 @@ dotted path, because a silently ignored typo (``pure.lamda: 0.3``) would change 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from heal_core.reasoning import ReasoningFormat
+from heal_core.settings import (ConfigWarning, Declaration, Removed, Role, digest, hashed, renames, setting,
+                                upgrade)
 
 
 class ConfigError(ValueError):
@@ -45,13 +46,30 @@ class SamplingConfig(_Section):
     R1-distillation setting (0.7 / 0.95); the paper does not state them.
     """
 
-    n: int = Field(30, ge=1, description="samples per problem (paper: 30)")
-    temperature: float = Field(0.7, gt=0.0, le=2.0, description="sampling temperature of the training data (paper: silent)")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling; 1.0 disables it")
-    top_k: int = Field(0, ge=0, description="0 = disabled")
-    max_new_tokens: int = Field(4096, ge=1, description="a longer generation is cut and counted truncated, never correct")
-    seed: int = Field(0, description="base seed: each request's seed is derived from it and what the request is "
-                      "(stage, problem or repaired path; heal_core/seeds.py)")
+    n: int = setting(30, role=Role.GENERATION, ge=1, description="samples per problem (paper: 30)")
+    temperature: float = setting(
+        0.7,
+        role=Role.GENERATION,
+        gt=0.0,
+        le=2.0,
+        description="sampling temperature of the training data (paper: silent)",
+    )
+    top_p: float = setting(0.95, role=Role.GENERATION, gt=0.0, le=1.0, description="nucleus sampling; 1.0 disables it")
+    top_k: int = setting(0, role=Role.GENERATION, also=(Role.EVALUATION,), ge=0, description="0 = disabled")
+    max_new_tokens: int = setting(
+        4096,
+        role=Role.GENERATION,
+        also=(Role.EVALUATION,),
+        ge=1,
+        description="a longer generation is cut and counted truncated, never correct",
+    )
+    seed: int = setting(
+        0,
+        role=Role.GENERATION,
+        also=(Role.EVALUATION,),
+        description="base seed: each request's seed is derived from it and what the request is "
+        "(stage, problem or repaired path; heal_core/seeds.py)",
+    )
 
 
 class VLLMConfig(_Section):
@@ -62,13 +80,23 @@ class VLLMConfig(_Section):
     ``heal serve-teacher``, where ``vllm serve`` runs the ranks itself.
     """
 
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (a teacher too big for one GPU)")
-    data_parallel_size: int = Field(1, ge=1, description="engine replicas behind one served endpoint (serve-teacher)")
-    gpu_memory_utilization: float = Field(
-        0.9, gt=0.0, le=1.0, description="share of GPU memory vLLM takes; lower it for entropy: exact (HF shares the GPU)"
+    tensor_parallel_size: int = setting(
+        1, role=Role.GENERATION, ge=1, description="GPUs one engine spans (a teacher too big for one GPU)"
     )
-    max_model_len: int = Field(0, ge=0, description="context length; 0 = the model's")
-    enable_prefix_caching: bool = Field(True, description="re-use the KV of shared prefixes (N samples, GEAR prefixes)")
+    data_parallel_size: int = setting(
+        1, role=Role.EXECUTION, ge=1, description="engine replicas behind one served endpoint (serve-teacher)"
+    )
+    gpu_memory_utilization: float = setting(
+        0.9,
+        role=Role.EXECUTION,
+        gt=0.0,
+        le=1.0,
+        description="share of GPU memory vLLM takes; lower it for entropy: exact (HF shares the GPU)",
+    )
+    max_model_len: int = setting(0, role=Role.GENERATION, ge=0, description="context length; 0 = the model's")
+    enable_prefix_caching: bool = setting(
+        True, role=Role.GENERATION, description="re-use the KV of shared prefixes (N samples, GEAR prefixes)"
+    )
 
 
 class ServerConfig(_Section):
@@ -77,13 +105,21 @@ class ServerConfig(_Section):
     Everything here is how to reach the server, not what it computes, so none of it enters the config hash.
     """
 
-    url: str = Field("", description="base URL up to /v1, e.g. http://gpu-node:8000/v1")
-    model_name: str = Field("", description="the served model name; empty = teacher.model")
-    api_key_env: str = Field("", description="environment variable holding the bearer token; empty = none")
-    max_concurrency: int = Field(32, ge=1, description="requests in flight at once")
-    timeout_seconds: float = Field(600.0, gt=0, description="per request; long generations take minutes")
-    max_retries: int = Field(5, ge=0, description="retries after a 429/5xx/timeout/connection error")
-    backoff_seconds: float = Field(1.0, gt=0, description="first retry delay; doubles each retry (Retry-After wins)")
+    url: str = setting("", role=Role.EXECUTION, description="base URL up to /v1, e.g. http://gpu-node:8000/v1")
+    model_name: str = setting("", role=Role.EXECUTION, description="the served model name; empty = teacher.model")
+    api_key_env: str = setting(
+        "", role=Role.EXECUTION, description="environment variable holding the bearer token; empty = none"
+    )
+    max_concurrency: int = setting(32, role=Role.EXECUTION, ge=1, description="requests in flight at once")
+    timeout_seconds: float = setting(
+        600.0, role=Role.EXECUTION, gt=0, description="per request; long generations take minutes"
+    )
+    max_retries: int = setting(
+        5, role=Role.EXECUTION, ge=0, description="retries after a 429/5xx/timeout/connection error"
+    )
+    backoff_seconds: float = setting(
+        1.0, role=Role.EXECUTION, gt=0, description="first retry delay; doubles each retry (Retry-After wins)"
+    )
 
 
 class TeacherConfig(_Section):
@@ -96,30 +132,46 @@ class TeacherConfig(_Section):
     a remote server offers.
     """
 
-    backend: Literal["hf", "vllm", "openai"] = Field("hf", description="hf (transformers), vllm (engine), openai (server)")
-    model: str = Field("", description="HF model path or hub name")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights' dtype; auto = the checkpoint's")
-    device: str = Field("auto", description="'auto' picks cuda when available, else cpu")
-    max_batch_sequences: int = Field(
-        64, ge=1, description="sequences per generate() call; n is split across calls when larger"
+    backend: Literal["hf", "vllm", "openai"] = setting(
+        "hf", role=Role.GENERATION, description="hf (transformers), vllm (engine), openai (server)"
     )
-    prompt_template: str = Field(
+    model: str = setting("", role=Role.GENERATION, keyed=False, description="HF model path or hub name")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
+        "auto", role=Role.GENERATION, description="weights' dtype; auto = the checkpoint's"
+    )
+    device: str = setting(
+        "auto", role=Role.GENERATION, keyed=False, description="'auto' picks cuda when available, else cpu"
+    )
+    max_batch_sequences: int = setting(
+        64,
+        role=Role.GENERATION,
+        keyed=False,
+        ge=1,
+        description="sequences per generate() call; n is split across calls when larger",
+    )
+    prompt_template: str = setting(
         "{problem}\n\nPlease reason step by step, separate steps with a blank line, "
         "and put your final answer within \\boxed{{}}.",
+        role=Role.GENERATION,
+        also=(Role.EVALUATION,),
         description="user message built from a problem; {problem} is replaced",
     )
-    reasoning_format: ReasoningFormat = Field(
+    reasoning_format: ReasoningFormat = setting(
         "none",
+        role=Role.GENERATION,
         description="none, or think_tags: the teacher thinks in a <think>...</think> block (Qwen3, DeepSeek-R1), "
         "its final answer is read only after the block, and a block that never closes means no answer "
         "(heal_core/reasoning.py); checked against the teacher's chat template at startup",
     )
-    sampling: SamplingConfig = SamplingConfig()
-    entropy: Literal["exact", "topk"] = Field("exact", description="exact (hf, vllm) or topk (vllm, openai)")
-    top_logprobs: int = Field(20, ge=1, description="k of the top-k log-probs (vllm, openai; <= the server's max)")
-    vllm: VLLMConfig = VLLMConfig()
-    server: ServerConfig = ServerConfig()
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    entropy: Literal["exact", "topk"] = setting(
+        "exact", role=Role.GENERATION, description="exact (hf, vllm) or topk (vllm, openai)"
+    )
+    top_logprobs: int = setting(
+        20, role=Role.GENERATION, ge=1, description="k of the top-k log-probs (vllm, openai; <= the server's max)"
+    )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="after")
     def _backend_settings(self) -> TeacherConfig:
@@ -136,14 +188,20 @@ class TeacherConfig(_Section):
 class HintsConfig(_Section):
     """Stage II, global hindsight: regenerate hard problems with the gold answer in the prompt."""
 
-    pass_rate_below: float = Field(0.5, ge=0.0, le=1.0, description="problems below this pass rate get hints")
-    template: str = Field(
+    pass_rate_below: float = setting(
+        0.5, role=Role.GENERATION, ge=0.0, le=1.0, description="problems below this pass rate get hints"
+    )
+    template: str = setting(
         "{problem}\n\nHint: the final answer is {answer}. Derive it step by step without mentioning "
         "this hint, separate steps with a blank line, and put your final answer within \\boxed{{}}.",
+        role=Role.GENERATION,
         description="hinted user message; {problem} and {answer} are replaced",
     )
-    n: int = Field(30, ge=1, description="hinted samples per hard problem (paper: same N as Stage I)")
-    leakage_patterns: list[str] = Field(
+    n: int = setting(
+        30, role=Role.GENERATION, ge=1, description="hinted samples per hard problem (paper: same N as Stage I)"
+    )
+    leakage_patterns: list[str] = setting(
+        role=Role.GENERATION,
         default_factory=lambda: [
             r"\bhint\b",
             r"\bgiven (final )?answer\b",
@@ -152,9 +210,12 @@ class HintsConfig(_Section):
         ],
         description="case-insensitive regexes; a trajectory matching any is rejected as leaking the hint",
     )
-    max_per_problem: int = Field(4, ge=1, description="kept hinted samples per problem")
-    wave_samples: int = Field(
-        8, ge=1, description="hinted samples drawn per problem per wave; a problem with max_per_problem kept gets "
+    max_per_problem: int = setting(4, role=Role.SELECTION, ge=1, description="kept hinted samples per problem")
+    wave_samples: int = setting(
+        8,
+        role=Role.SELECTION,
+        ge=1,
+        description="hinted samples drawn per problem per wave; a problem with max_per_problem kept gets "
         "no further wave (paper: silent; all n at once when >= n)",
     )
 
@@ -172,24 +233,39 @@ class HintsConfig(_Section):
 class GearConfig(_Section):
     """Stage III, GEAR: entropy-guided repair of failed trajectories of extremely hard problems."""
 
-    extreme_max_correct: int = Field(1, ge=0, description="<= this many correct of N is 'extremely hard' (paper: 1)")
-    failed_paths: int = Field(10, ge=1, description="failed trajectories repaired per problem (paper: 10)")
-    continuations: int = Field(20, ge=1, description="continuations per breakpoint (paper: 20)")
-    search_fraction: float = Field(
-        1 / 3, gt=0.0, le=1.0, description="breakpoint searched in this leading share of tokens (paper: first third)"
+    extreme_max_correct: int = setting(
+        1, role=Role.GENERATION, ge=0, description="<= this many correct of N is 'extremely hard' (paper: 1)"
     )
-    surge_window: int = Field(
-        16, ge=1, description="trailing moving-average window (tokens) that a surge is measured against"
+    failed_paths: int = setting(
+        10, role=Role.GENERATION, ge=1, description="failed trajectories repaired per problem (paper: 10)"
     )
-    hint_template: str = Field(
+    continuations: int = setting(20, role=Role.GENERATION, ge=1, description="continuations per breakpoint (paper: 20)")
+    search_fraction: float = setting(
+        1 / 3,
+        role=Role.GENERATION,
+        gt=0.0,
+        le=1.0,
+        description="breakpoint searched in this leading share of tokens (paper: first third)",
+    )
+    surge_window: int = setting(
+        16,
+        role=Role.GENERATION,
+        ge=1,
+        description="trailing moving-average window (tokens) that a surge is measured against",
+    )
+    hint_template: str = setting(
         "{problem}\n\nHint: the final answer is {answer}. Continue the partial solution step by step "
         "without mentioning this hint, separate steps with a blank line, and put your final answer "
         "within \\boxed{{}}.",
+        role=Role.GENERATION,
         description="user message for repairs; the kept prefix is the partially written answer",
     )
-    max_per_problem: int = Field(4, ge=1, description="kept repairs per problem")
-    wave_paths: int = Field(
-        1, ge=1, description="failed paths repaired per problem per wave; a problem with max_per_problem kept "
+    max_per_problem: int = setting(4, role=Role.SELECTION, ge=1, description="kept repairs per problem")
+    wave_paths: int = setting(
+        1,
+        role=Role.SELECTION,
+        ge=1,
+        description="failed paths repaired per problem per wave; a problem with max_per_problem kept "
         "repairs gets no further wave (paper: silent)",
     )
 
@@ -197,18 +273,33 @@ class GearConfig(_Section):
 class PureConfig(_Section):
     """PURE shortcut filter; see heal_core/pure.py for the formulation."""
 
-    lam: float = Field(0.2, ge=0.0, description="lambda: reject when forced-answer ratio R > lam (paper: 0.2)")
-    eps: float = Field(0.01, gt=0.0, description="epsilon in R = U_{K-1} / (U_0 + eps) (paper: 0.01)")
-    answer_lead: str = Field(
-        "\n\nThe final answer is \\boxed{", description="text between a step prefix and the scored gold answer"
+    lam: float = setting(
+        0.2, role=Role.SELECTION, ge=0.0, description="lambda: reject when forced-answer ratio R > lam (paper: 0.2)"
     )
-    leap_drop_share: float = Field(
-        0.8, gt=0.0, le=1.0, description="a step that removes this share of the uncertainty drop is a leap candidate"
+    eps: float = setting(
+        0.01, role=Role.GENERATION, gt=0.0, description="epsilon in R = U_{K-1} / (U_0 + eps) (paper: 0.01)"
     )
-    leap_log_ppl_margin: float = Field(
-        1.0, ge=0.0, description="... and is rejected when its log-perplexity exceeds the median step's by this"
+    answer_lead: str = setting(
+        "\n\nThe final answer is \\boxed{",
+        role=Role.GENERATION,
+        description="text between a step prefix and the scored gold answer",
     )
-    enabled: bool = Field(True, description="off: Stage II and III rows are kept without PURE's check")
+    leap_drop_share: float = setting(
+        0.8,
+        role=Role.SELECTION,
+        gt=0.0,
+        le=1.0,
+        description="a step that removes this share of the uncertainty drop is a leap candidate",
+    )
+    leap_log_ppl_margin: float = setting(
+        1.0,
+        role=Role.SELECTION,
+        ge=0.0,
+        description="... and is rejected when its log-perplexity exceeds the median step's by this",
+    )
+    enabled: bool = setting(
+        True, role=Role.GENERATION, description="off: Stage II and III rows are kept without PURE's check"
+    )
 
 
 VariantName = Literal["heal", "rs_sft", "keep_all", "heal_no_pure", "heal_no_gear", "heal_mixed"]
@@ -230,41 +321,63 @@ class PaceConfig(_Section):
     seed noise: its intervals resample seeds as well as problems.
     """
 
-    epochs: float = Field(5.0, gt=0.0, description="per stage (paper: 5)")
-    learning_rate: float = Field(1e-5, gt=0.0, description="paper: 1e-5")
-    batch_size: int = Field(8, ge=1, description="effective batch size (paper: 8)")
-    gradient_accumulation_steps: int = Field(
-        1, ge=1, description="batch_size is split into this many micro-batches (less memory, same effective batch)")
-    max_length: int = Field(8192, ge=16, description="long: TRL truncates the tail, answer included")
-    chat_template: str = Field(
+    epochs: float = setting(5.0, role=Role.TRAINING, gt=0.0, description="per stage (paper: 5)")
+    learning_rate: float = setting(1e-5, role=Role.TRAINING, gt=0.0, description="paper: 1e-5")
+    batch_size: int = setting(8, role=Role.TRAINING, ge=1, description="effective batch size (paper: 8)")
+    gradient_accumulation_steps: int = setting(
+        1,
+        role=Role.TRAINING,
+        ge=1,
+        description="batch_size is split into this many micro-batches (less memory, same effective batch)",
+    )
+    max_length: int = setting(
+        8192, role=Role.TRAINING, ge=16, description="long: TRL truncates the tail, answer included"
+    )
+    chat_template: str = setting(
         "",
+        role=Role.TRAINING,
         description="a Jinja file (.jinja) that renders the SFT examples in place of the student tokenizer's own "
         "chat template, and is saved with every trained student (TRL's SFTConfig.chat_template_path): for a "
         "template that drops text from assistant messages (DeepSeek-R1-Distill's keeps only what follows "
         "</think>), which heal refuses to train on; empty = the student's own",
     )
-    lr_scheduler_type: Literal["cosine", "linear", "constant_with_warmup"] = Field(
-        "cosine", description="per stage, each with a fresh optimizer; cosine with warmup is open-r1's distillation "
+    lr_scheduler_type: Literal["cosine", "linear", "constant_with_warmup"] = setting(
+        "cosine",
+        role=Role.TRAINING,
+        description="per stage, each with a fresh optimizer; cosine with warmup is open-r1's distillation "
         "recipe (the paper does not say)",
     )
-    warmup_ratio: float = Field(
-        0.1, ge=0.0, lt=1.0, description="share of a stage's steps spent warming the learning rate up: a fresh Adam "
+    warmup_ratio: float = setting(
+        0.1,
+        role=Role.TRAINING,
+        ge=0.0,
+        lt=1.0,
+        description="share of a stage's steps spent warming the learning rate up: a fresh Adam "
         "at the full rate on an already trained model knocks it off (measured on the demo student: 16 steps at 1e-3 "
         "without warm-up took it from 0.62 to 0.01 pass@1 on problems it solved)",
     )
-    mode: Literal["cumulative", "incremental"] = Field(
-        "cumulative", description="stage k trains on stages <= k (cumulative) or on stage k's new data only"
+    mode: Literal["cumulative", "incremental"] = setting(
+        "cumulative",
+        role=Role.TRAINING,
+        description="stage k trains on stages <= k (cumulative) or on stage k's new data only",
     )
-    stage1_cap_per_problem: int = Field(4, ge=1, description="verified samples per problem kept for Stage I")
-    variants: list[VariantName] = Field(
+    stage1_cap_per_problem: int = setting(
+        4, role=Role.SELECTION, also=(Role.TRAINING,), ge=1, description="verified samples per problem kept for Stage I"
+    )
+    variants: list[VariantName] = setting(
+        role=Role.TRAINING,
+        keyed=False,
         default_factory=lambda: ["heal", "rs_sft"],
         description="what is trained and compared: heal (PACE I -> II -> III), rs_sft (Stage I data: the paper's "
         "baseline), keep_all (every Stage I sample, unverified), heal_no_pure (PACE without the PURE filter), "
         "heal_no_gear (PACE I -> II), heal_mixed (all of HEAL's data in one SFT run); each leaves one "
         "ingredient of HEAL out, and rs_sft is the baseline the report's differences are taken against",
     )
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=lambda: [0, 1, 2], min_length=1,
+    seeds: list[Annotated[int, Field(ge=0)]] = setting(
+        role=Role.TRAINING,
+        keyed=False,
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
         description="training seeds (SFTConfig.seed: data order, dropout); each variant is trained once per seed, "
         "so a difference between variants can be told apart from seed-to-seed variation",
     )
@@ -285,11 +398,15 @@ class PaceConfig(_Section):
 class StudentConfig(_Section):
     """The small model PACE fine-tunes (the bundled demo student when ``model`` is empty)."""
 
-    model: str = Field("", description="HF model path or hub name of the student's starting checkpoint")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="training dtype; auto = the checkpoint's")
-    reasoning_format: ReasoningFormat = Field(
+    model: str = setting(
+        "", role=Role.TRAINING, description="HF model path or hub name of the student's starting checkpoint"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
+        "auto", role=Role.TRAINING, description="training dtype; auto = the checkpoint's"
+    )
+    reasoning_format: ReasoningFormat = setting(
         "none",
+        role=Role.TRAINING,
         description="how the untrained student writes, for its evaluation (as teacher.reasoning_format); the "
         "students trained on the curriculum write the teacher's format and are evaluated in it",
     )
@@ -321,11 +438,14 @@ class StorageConfig(_Section):
     (``AWS_*``, or ``${NAME}`` references in ``storage_options``), which ``orchestration.secrets_block`` can fill
     from a Prefect Secret block on each worker."""
 
-    uri: str = Field("./heal-data", description="local path or s3://bucket/prefix; runs land under <uri>/runs/")
-    storage_options: dict[str, Any] = Field(
+    uri: str = setting(
+        "./heal-data", role=Role.EXECUTION, description="local path or s3://bucket/prefix; runs land under <uri>/runs/"
+    )
+    storage_options: dict[str, Any] = setting(
+        role=Role.EXECUTION,
         default_factory=dict,
         description="passed to fsspec (s3fs: endpoint_url, ...); credentials only as ${ENV_VAR} references; "
-                    "AWS_* env vars also apply",
+        "AWS_* env vars also apply",
     )
 
     @field_validator("storage_options")
@@ -344,37 +464,60 @@ class OrchestrationConfig(_Section):
     """How a run is executed. Only ``shard_size`` shapes the data; the rest can change between a run and its
     resume (see ``HealConfig.config_hash``)."""
 
-    shard_size: int = Field(64, ge=1, description="problems per shard (one deployment run each)")
-    mode: Literal["auto", "embedded", "deployments"] = Field(
+    shard_size: int = setting(64, role=Role.PROBLEMS, ge=1, description="problems per shard (one deployment run each)")
+    mode: Literal["auto", "embedded", "deployments"] = setting(
         "auto",
+        role=Role.EXECUTION,
         description="embedded: shards, training and evaluation run in the parent's process as subflows; "
         "deployments: each is a run of its deployment on a work pool (retryable alone from the UI); "
         "auto: deployments when the parent itself is a deployment run, else embedded",
     )
-    cpu_pool: str = Field("cpu", description="work pool of heal-pipeline (it waits on its children: keep it off the GPUs)")
-    gpu_pool: str = Field("gpu", description="work pool of heal-shard, heal-train and heal-eval")
-    poll_seconds: float = Field(5.0, gt=0, description="how often the parent checks its deployment runs")
-    heartbeat_timeout_seconds: int = Field(
-        90, ge=45, description="a deployment run silent this long (workers send a heartbeat every 30 s) is marked "
+    cpu_pool: str = setting(
+        "cpu",
+        role=Role.EXECUTION,
+        description="work pool of heal-pipeline (it waits on its children: keep it off the GPUs)",
+    )
+    gpu_pool: str = setting("gpu", role=Role.EXECUTION, description="work pool of heal-shard, heal-train and heal-eval")
+    poll_seconds: float = setting(
+        5.0, role=Role.EXECUTION, gt=0, description="how often the parent checks its deployment runs"
+    )
+    heartbeat_timeout_seconds: int = setting(
+        90,
+        role=Role.EXECUTION,
+        ge=45,
+        description="a deployment run silent this long (workers send a heartbeat every 30 s) is marked "
         "CRASHED by the automation heal deploy creates, so a killed worker's runs become retryable",
     )
-    shard_retries: int = Field(3, ge=0, description="retries of a failed shard inside its run, before it waits for Retry")
-    max_verify_error_share: float = Field(
-        0.1, ge=0.0, le=1.0, description="a verifier call with more than one failed check (status error) making up "
+    shard_retries: int = setting(
+        3, role=Role.EXECUTION, ge=0, description="retries of a failed shard inside its run, before it waits for Retry"
+    )
+    max_verify_error_share: float = setting(
+        0.1,
+        role=Role.EXECUTION,
+        ge=0.0,
+        le=1.0,
+        description="a verifier call with more than one failed check (status error) making up "
         "more than this share of its checks fails the work (heal_core.verify.VerifierUnavailable), as a broken "
         "verifier pool does: a broken tool must not turn every sample into an unsolved one",
     )
-    retry_backoff_seconds: float = Field(
-        5.0, ge=0, description="first retry delay, doubled each retry: the default 5, 10, 20 s outlasts a 30 s outage"
+    retry_backoff_seconds: float = setting(
+        5.0,
+        role=Role.EXECUTION,
+        ge=0,
+        description="first retry delay, doubled each retry: the default 5, 10, 20 s outlasts a 30 s outage",
     )
-    max_shard_tokens: int = Field(
-        512_000_000, ge=1,
+    max_shard_tokens: int = setting(
+        512_000_000,
+        role=Role.EXECUTION,
+        ge=1,
         description="refuse a config whose shard may generate more tokens than this (worst case: every problem "
         "hard and extremely hard); a shard holds its samples and entropy traces in memory, ~10 bytes a token: "
         "~5 GB at the default, which the paper's settings with 16k-token samples and 64-problem shards fit",
     )
-    secrets_block: str = Field(
-        "", description="name of a Prefect Secret block holding a JSON object of environment variables (S3 "
+    secrets_block: str = setting(
+        "",
+        role=Role.EXECUTION,
+        description="name of a Prefect Secret block holding a JSON object of environment variables (S3 "
         "credentials, API tokens) that every heal flow run sets in its process before it starts work",
     )
 
@@ -391,24 +534,36 @@ class ProblemsConfig(_Section):
     with a built-in format is an error rather than silently ignored.
     """
 
-    uri: str = Field("", description="JSONL or Parquet file, or a local HF datasets directory (save_to_disk)")
-    format: ProblemFormat = Field(
-        "fields", description="fields (the mapping below), or a built-in layout: gsm8k, math, aime, amc"
+    uri: str = setting(
+        "", role=Role.PROBLEMS, description="JSONL or Parquet file, or a local HF datasets directory (save_to_disk)"
     )
-    split: str = Field("", description="split of an HF DatasetDict directory; empty when it holds one split")
-    id_field: str = Field("id", description="records without it get positional ids")
-    problem_field: str = Field("problem", description="the problem statement's field")
-    answer_field: str = Field("answer", description="the gold answer's field")
-    solution_field: str = Field(
-        "", description="worked solution; its last \\boxed{} is the answer of a record without one (MATH layout)"
+    format: ProblemFormat = setting(
+        "fields",
+        role=Role.PROBLEMS,
+        description="fields (the mapping below), or a built-in layout: gsm8k, math, aime, amc",
     )
-    metadata_fields: list[str] = Field(
-        default_factory=list, description="fields kept with each problem (e.g. subject, level) for grouped evaluation"
+    split: str = setting(
+        "", role=Role.PROBLEMS, description="split of an HF DatasetDict directory; empty when it holds one split"
     )
-    max_chars: int = Field(
-        20000, gt=0,
+    id_field: str = setting("id", role=Role.PROBLEMS, description="records without it get positional ids")
+    problem_field: str = setting("problem", role=Role.PROBLEMS, description="the problem statement's field")
+    answer_field: str = setting("answer", role=Role.PROBLEMS, description="the gold answer's field")
+    solution_field: str = setting(
+        "",
+        role=Role.PROBLEMS,
+        description="worked solution; its last \\boxed{} is the answer of a record without one (MATH layout)",
+    )
+    metadata_fields: list[str] = setting(
+        role=Role.PROBLEMS,
+        default_factory=list,
+        description="fields kept with each problem (e.g. subject, level) for grouped evaluation",
+    )
+    max_chars: int = setting(
+        20000,
+        role=Role.PROBLEMS,
+        gt=0,
         description="a problem or answer longer than this is quarantined: a prompt that size fills a teacher's "
-                    "context and its memory (the longest MATH-500 problem is about 3 400 characters)",
+        "context and its memory (the longest MATH-500 problem is about 3 400 characters)",
     )
 
     @model_validator(mode="after")
@@ -417,8 +572,10 @@ class ProblemsConfig(_Section):
             defaults = ProblemsConfig.model_construct()
             changed = [key for key in _MAPPING_KEYS if getattr(self, key) != getattr(defaults, key)]
             if changed:
-                raise ValueError(f"{', '.join(changed)}: format {self.format!r} has its own field names; "
-                                 "use format 'fields' to map fields yourself")
+                raise ValueError(
+                    f"{', '.join(changed)}: format {self.format!r} has its own field names; "
+                    "use format 'fields' to map fields yourself"
+                )
         return self
 
 
@@ -429,12 +586,18 @@ class DecontaminationConfig(_Section):
     evidence (competition boilerplate shares them), so a copy must hold ``min_overlap`` of the eval item's n-grams.
     """
 
-    ngram: int = Field(8, ge=2, description="n of the word n-grams")
-    min_overlap: float = Field(
-        0.5, ge=0.0, le=1.0, description="share of an eval item's n-grams a training problem must hold; 0 = any one"
+    ngram: int = setting(8, role=Role.PROBLEMS, ge=2, description="n of the word n-grams")
+    min_overlap: float = setting(
+        0.5,
+        role=Role.PROBLEMS,
+        ge=0.0,
+        le=1.0,
+        description="share of an eval item's n-grams a training problem must hold; 0 = any one",
     )
-    against: list[ProblemsConfig] = Field(
-        default_factory=list, description="evaluation sets (uri, format, ...) to check against; empty = off"
+    against: list[ProblemsConfig] = setting(
+        role=Role.PROBLEMS,
+        default_factory=list,
+        description="evaluation sets (uri, format, ...) to check against; empty = off",
     )
 
 
@@ -442,15 +605,22 @@ class JudgeConfig(_Section):
     """An LLM judge for answers the rule-based verifier rejects but that are not trivially different (see
     ``heal_core/judge.py``). Off by default: a judge is slower than Math-Verify and can be wrong itself."""
 
-    enabled: bool = Field(False, description="re-examine the verifier's rejections with the judge")
-    model: str = Field("", description="judge model, on the teacher's backend settings; empty = the teacher")
-    template: str = Field(
+    enabled: bool = setting(
+        False, role=Role.GENERATION, description="re-examine the verifier's rejections with the judge"
+    )
+    model: str = setting(
+        "", role=Role.GENERATION, description="judge model, on the teacher's backend settings; empty = the teacher"
+    )
+    template: str = setting(
         "Do these two final answers to a math problem denote the same value?\nAnswer A: {prediction}\n"
         "Answer B: {gold}\nReply with yes or no.",
+        role=Role.GENERATION,
         description="the judge's user message; {prediction} and {gold} are replaced",
     )
-    temperature: float = Field(0.01, gt=0.0, le=2.0, description="near-greedy: a verdict, not a sample")
-    max_new_tokens: int = Field(8, ge=1, description="a verdict is a word")
+    temperature: float = setting(
+        0.01, role=Role.GENERATION, gt=0.0, le=2.0, description="near-greedy: a verdict, not a sample"
+    )
+    max_new_tokens: int = setting(8, role=Role.GENERATION, ge=1, description="a verdict is a word")
 
 
 class EvaluationConfig(_Section):
@@ -463,55 +633,75 @@ class EvaluationConfig(_Section):
     """
 
     # what is evaluated
-    uri: str = Field("", description="JSONL or Parquet problems (same field mapping as problems)")
-    benchmarks: list[ProblemsConfig] = Field(
-        default_factory=list, description="benchmark sets (uri, format, ...) evaluated besides the held-out set"
+    uri: str = setting(
+        "", role=Role.EVALUATION, keyed=False, description="JSONL or Parquet problems (same field mapping as problems)"
     )
-    max_problems: int = Field(0, ge=0, description="problems per set (held-out and each benchmark); 0 = all")
+    benchmarks: list[ProblemsConfig] = setting(
+        role=Role.EVALUATION,
+        keyed=False,
+        default_factory=list,
+        description="benchmark sets (uri, format, ...) evaluated besides the held-out set",
+    )
+    max_problems: int = setting(
+        0,
+        role=Role.EVALUATION,
+        keyed=False,
+        ge=0,
+        description="problems per set (held-out and each benchmark); 0 = all",
+    )
 
     # how every model is sampled
-    samples: int = Field(4, ge=1, description="samples per problem")
-    temperature: float = Field(
-        0.6, gt=0.0, le=2.0,
+    samples: int = setting(4, role=Role.EVALUATION, ge=1, description="samples per problem")
+    temperature: float = setting(
+        0.6,
+        role=Role.EVALUATION,
+        gt=0.0,
+        le=2.0,
         description="sampling temperature of every evaluated model (teacher too); the teacher's own "
         "(teacher.sampling) is set for diverse training data, not for measuring a model: DeepSeek-R1 reports "
         "pass@1 at 0.6",
     )
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling of evaluation (DeepSeek-R1: 0.95)")
+    top_p: float = setting(
+        0.95, role=Role.EVALUATION, gt=0.0, le=1.0, description="nucleus sampling of evaluation (DeepSeek-R1: 0.95)"
+    )
 
     # how the report states its uncertainty
-    bootstrap_resamples: int = Field(
-        2000, ge=100,
+    bootstrap_resamples: int = setting(
+        2000,
+        role=Role.EVALUATION,
+        keyed=False,
+        ge=100,
         description="bootstrap draws behind the report's intervals; percentile bounds need 1000 or more to be "
         "stable from one set of draws to the next (Efron & Tibshirani, An Introduction to the Bootstrap, ch. 13)",
     )
-    confidence: float = Field(
-        0.95, gt=0.0, lt=1.0, description="coverage of the report's percentile bootstrap intervals"
+    confidence: float = setting(
+        0.95,
+        role=Role.EVALUATION,
+        keyed=False,
+        gt=0.0,
+        lt=1.0,
+        description="coverage of the report's percentile bootstrap intervals",
     )
 
 
-EXECUTION_ONLY: dict[str, Any] = {
-    "storage": True,
-    "orchestration": {"mode", "cpu_pool", "gpu_pool", "poll_seconds", "secrets_block", "max_shard_tokens",
-                      "shard_retries", "retry_backoff_seconds", "heartbeat_timeout_seconds",
-                      "max_verify_error_share"},
-    "teacher": {"server": True, "vllm": {"gpu_memory_utilization", "data_parallel_size"}},
-}
+REMOVED: tuple[Removed, ...] = ()
+"""Settings heal no longer has, each with the value today's code behaves as (``heal_core/settings.py``, rule 3):
+an old run's ``config.yaml`` that holds one still loads, and hashes as it did."""
 
 
 class HealConfig(_Section):
-    problems: ProblemsConfig = ProblemsConfig()
-    decontamination: DecontaminationConfig = DecontaminationConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    teacher: TeacherConfig = TeacherConfig()
-    hints: HintsConfig = HintsConfig()
-    gear: GearConfig = GearConfig()
-    pure: PureConfig = PureConfig()
-    pace: PaceConfig = PaceConfig()
-    judge: JudgeConfig = JudgeConfig()
-    student: StudentConfig = StudentConfig()
-    storage: StorageConfig = StorageConfig()
-    orchestration: OrchestrationConfig = OrchestrationConfig()
+    problems: ProblemsConfig = Field(default_factory=ProblemsConfig)
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    hints: HintsConfig = Field(default_factory=HintsConfig)
+    gear: GearConfig = Field(default_factory=GearConfig)
+    pure: PureConfig = Field(default_factory=PureConfig)
+    pace: PaceConfig = Field(default_factory=PaceConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @model_validator(mode="after")
     def _extreme_within_n(self) -> HealConfig:
@@ -524,8 +714,9 @@ class HealConfig(_Section):
 
     @model_validator(mode="after")
     def _shard_fits_memory(self) -> HealConfig:
-        per_problem = (self.teacher.sampling.n + self.hints.n + self.gear.failed_paths * self.gear.continuations) \
-            * self.teacher.sampling.max_new_tokens
+        per_problem = (
+            self.teacher.sampling.n + self.hints.n + self.gear.failed_paths * self.gear.continuations
+        ) * self.teacher.sampling.max_new_tokens
         limit = self.orchestration.max_shard_tokens
         if self.orchestration.shard_size * per_problem > limit:
             raise ValueError(
@@ -540,16 +731,16 @@ class HealConfig(_Section):
     def config_hash(self) -> str:
         """Stable short hash of every setting that shapes a run's data: shard outputs are keyed by it.
 
-        Where the data lives and how the run is executed are left out, so a run started embedded on a laptop
-        can be resumed on a cluster (other pools, other credentials in ``storage_options``) and keep its shards.
-        Computed once per config (it is frozen); a copy with changes computes its own.
+        Where the data lives and how the run is executed (the ``execution`` role) are left out, so a run started
+        embedded on a laptop can be resumed on a cluster (other pools, other credentials in ``storage_options``) and
+        keep its shards; a setting added at its introduction default is left out too, so an upgrade keeps them
+        (``heal_core/settings.py``). Computed once per config (it is frozen); a copy with changes computes its own.
         """
         return self._hash
 
     @cached_property
     def _hash(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json", exclude=EXECUTION_ONLY), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return digest(hashed_settings(self, lambda d: d.role != Role.EXECUTION))
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> HealConfig:
         """pydantic's copy, less the cached hash it would carry over from the original."""
@@ -559,6 +750,12 @@ class HealConfig(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def hashed_settings(cfg: HealConfig, include: Callable[[Declaration], bool]) -> dict[str, Any]:
+    """The settings of ``cfg`` whose declaration ``include`` accepts, as hashes see them (``settings.hashed``, with
+    the settings heal has removed at the values it behaves as)."""
+    return hashed(cfg, include, REMOVED)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -579,7 +776,11 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override '{assignment}' is not of the form section.key=value")
-    parts = key.strip().split(".")
+    key = key.strip()
+    if key in (renamed := renames(HealConfig)):
+        warnings.warn(f"--set {key}: now {renamed[key]}; set as {renamed[key]}", ConfigWarning, stacklevel=3)
+        key = renamed[key]
+    parts = key.split(".")
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -592,15 +793,23 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"override '{assignment}': value is not valid YAML: {exc}") from exc
 
 
-def parse_config(data: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = (), source: str = "") -> HealConfig:
-    """Validate a config mapping after applying ``section.key=value`` overrides."""
-    data = copy.deepcopy(data or {})
+def parse_config(
+    data: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = (), source: str = ""
+) -> HealConfig:
+    """Validate a config mapping after applying ``section.key=value`` overrides. Settings renamed or removed since
+    the mapping was written are read as ``heal_core/settings.py`` says (``upgrade``), with a warning each."""
+    data = _upgrade(copy.deepcopy(data or {}), source)
     for assignment in overrides:
         _apply_override(data, assignment)
+    data = _upgrade(data, "--set")
     try:
         return HealConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
+
+
+def _upgrade(data: dict[str, Any], source: str) -> dict[str, Any]:
+    return upgrade(data, HealConfig, REMOVED, source, ConfigError)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> HealConfig:
@@ -621,3 +830,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level, not {type(data).__name__}")
     return parse_config(data, overrides, source=str(path))
+
+
+def migrate_config_file(path: str | Path) -> list[str]:
+    """Rewrite the YAML config at ``path`` to today's setting names (``heal config migrate``) and return what
+    changed, one line each; nothing is written when nothing changed, or when a removed setting refuses the file
+    (``ConfigError``). ruamel.yaml's round trip keeps the file's comments and order; a renamed setting moves to
+    the end of its section."""
+    from ruamel.yaml import YAML, YAMLError
+
+    path = Path(path)
+    round_trip = YAML()
+    try:
+        data = round_trip.load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, YAMLError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        upgrade(data, HealConfig, REMOVED, "", ConfigError)
+    changes = [str(w.message).split(" (heal config migrate")[0] for w in caught if w.category is ConfigWarning]
+    if changes:
+        with path.open("w", encoding="utf-8") as f:
+            round_trip.dump(data, f)
+    return changes

@@ -20,28 +20,34 @@ from typing import Literal
 from heal_core import storage
 from heal_core.config import ConfigError, HealConfig, parse_config
 from heal_core.evaluate import HELD_OUT
-from heal_core.fingerprints import SELECTION
 from heal_core.run import Run
 from heal_core.schema import EVALUATION_SCHEMA
+from heal_core.settings import Role, leaves, renames
 
 Kind = Literal["train", "eval"]
-SECTIONS: dict[str, tuple[str, ...]] = {"train": ("pace", "student"), "eval": ("evaluation",)}
-_SELECTING = {f"{section}.{key}" for section, keys in SELECTION.items() for key in keys}
+ROLE: dict[str, Role] = {"train": Role.TRAINING, "eval": Role.EVALUATION}
+"""A derived run may change the settings of its kind's role, and no other: every other one shapes the data."""
 
 
 def derived_config(parent: HealConfig, kind: Kind, overrides: list[str], variants: list[str]) -> HealConfig:
     """The parent's config with ``overrides`` (``section.key=value``) and, for ``train``, ``variants`` added to
-    ``pace.variants``; an override outside the kind's sections, or one that changes which rows are kept, is a
-    ``ConfigError`` naming it."""
+    ``pace.variants``; an override of a setting of another role (``heal config explain`` shows each one's), one
+    that changes which rows are kept among them, is a ``ConfigError`` naming it."""
+    roles = {leaf.path: leaf.declaration.role for leaf in leaves(HealConfig) if leaf.declaration}
+    mine = sorted({path.split(".")[0] for path, role in roles.items() if role == ROLE[kind]})
+    renamed = renames(HealConfig)
     for assignment in overrides:
         key = assignment.partition("=")[0].strip()
-        if key.split(".", 1)[0] not in SECTIONS[kind]:
-            raise ConfigError(f"--set {key}: heal {kind} changes only {', '.join(s + '.*' for s in SECTIONS[kind])}; "
-                              "other settings shape the data: start a new heal run (the generation store re-uses "
-                              "what the teacher already sampled)")
-        if key in _SELECTING:
+        path = renamed.get(key, key)
+        role = roles.get(path)
+        if role == Role.SELECTION and path.split(".", 1)[0] in mine:
             raise ConfigError(f"--set {key}: it changes which rows are kept; start a new heal run with it (the "
                               "generation store re-selects the stored rows without sampling again)")
+        if role is not None and role != ROLE[kind]:
+            raise ConfigError(f"--set {key}: heal {kind} changes only {', '.join(s + '.*' for s in mine)} ({ROLE[kind]} "
+                              f"settings; the role of {key} is {role}): heal train changes training settings, heal "
+                              "eval evaluation settings, and any other needs a new heal run (the generation store "
+                              "re-uses what the teacher already sampled)")
     if variants and kind != "train":
         raise ConfigError("--variant: only heal train trains variants")
     added = [v for v in variants if v not in parent.pace.variants]

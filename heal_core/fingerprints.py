@@ -18,31 +18,23 @@ later step re-uses every earlier step's output instead of paying for the teacher
 * ``evaluation``: how every model is sampled and scored on a set; with the model's identity and the set's content
   it keys the evaluation store (``tasks/evaluation.py``), so the teacher and the student base are evaluated once.
 
-Execution-only settings (storage, pools, retries, ``shard_size``, ``max_batch_sequences``: rows are seeded by
-what they are, ``heal_core/seeds.py``) are in no fingerprint.
+Which settings each fingerprint covers is not listed here: every setting declares its role where it is declared
+(``heal_core/config.py``), and each fingerprint hashes the settings of its role (``heal_core/settings.py``, which
+also says why an upgrade of heal changes none of them). Execution settings (storage, pools, retries) and those
+another key stands for (``shard_size``, ``max_batch_sequences``: rows are seeded by what they are,
+``heal_core/seeds.py``; ``teacher.model``: its files' identity) are in no fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
-from typing import Any
 
 from heal_core import storage
-from heal_core.config import EXECUTION_ONLY, HealConfig
+from heal_core.config import HealConfig, hashed_settings
+from heal_core.settings import Role, digest, flat
 
-SELECTION = {"pure": {"lam", "leap_drop_share", "leap_log_ppl_margin"}, "hints": {"max_per_problem", "wave_samples"},
-             "gear": {"max_per_problem", "wave_paths"}, "pace": {"stage1_cap_per_problem"}}
-# The config hash's execution-only teacher settings, and what rows do not depend on: the batch size and device (rows
-# are seeded by what they are), and the ``model`` path, which the teacher's identity names instead (the same
-# checkpoint at another path on another cluster is the same teacher).
-_TEACHER_EXECUTION = {**EXECUTION_ONLY["teacher"], "model": True, "max_batch_sequences": True, "device": True}
-
-
-def digest(value: Any) -> str:
-    """A short stable hash of a JSON-able value."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+__all__ = ["digest", "evaluation", "file_digest", "generation", "model_identity", "selection", "settings", "training"]
 
 
 def model_identity(path: str) -> str:
@@ -74,31 +66,37 @@ def file_digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def _section(cfg: HealConfig, name: str, exclude: Any = None) -> dict[str, Any]:
-    return getattr(cfg, name).model_dump(mode="json", exclude=exclude)
+def settings(cfg: HealConfig, role: Role) -> dict[str, object]:
+    """The settings ``role``'s fingerprint stands for, nested as the fingerprint hashes them.
+
+    The evaluation fingerprint keeps heal 0.1's layout, so the evaluation stores written before roles keep their
+    keys: the settings it borrows from other sections (the teacher's prompt template, and the sampling's seed, top-k
+    and token limit) sit under their leaf names beside the ``evaluation`` section.
+    """
+    tree = hashed_settings(cfg, lambda d: role in d.fingerprints)
+    if role != Role.EVALUATION:
+        return tree
+    borrowed = {path.rsplit(".", 1)[-1]: value for section, values in tree.items() if section != "evaluation"
+                for path, value in flat({section: values}).items()}
+    return {**({"evaluation": tree["evaluation"]} if "evaluation" in tree else {}), **borrowed}
 
 
 def generation(cfg: HealConfig, teacher_identity: str) -> str:
-    return digest({
-        "teacher": _section(cfg, "teacher", _TEACHER_EXECUTION), "teacher_identity": teacher_identity,
-        "hints": _section(cfg, "hints", SELECTION["hints"]), "gear": _section(cfg, "gear", SELECTION["gear"]),
-        "pure": _section(cfg, "pure", SELECTION["pure"]), "judge": _section(cfg, "judge"),
-    })
+    """The teacher's identity stands for ``teacher.model`` (``model_identity``: the same files at another path are
+    the same teacher)."""
+    return digest({**settings(cfg, Role.GENERATION), "teacher_identity": teacher_identity})
 
 
 def selection(cfg: HealConfig) -> str:
-    return digest({name: getattr(cfg, name).model_dump(mode="json", include=keys) for name, keys in SELECTION.items()})
+    return digest(settings(cfg, Role.SELECTION))
 
 
 def training(cfg: HealConfig) -> str:
     """How a (variant, seed) is trained from a run's data: the student and PACE's settings. The (variant, seed)
     list is not in it: adding a variant or a seed leaves the others' models as they are."""
-    return digest({"pace": _section(cfg, "pace", {"variants", "seeds"}), "student": _section(cfg, "student")})
+    return digest(settings(cfg, Role.TRAINING))
 
 
 def evaluation(cfg: HealConfig) -> str:
     """The evaluation settings that shape a model's results on a set (the sets themselves are keyed by content)."""
-    return digest({"evaluation": _section(cfg, "evaluation", {"uri", "benchmarks", "max_problems",
-                                                              "bootstrap_resamples", "confidence"}),
-                   "max_new_tokens": cfg.teacher.sampling.max_new_tokens, "top_k": cfg.teacher.sampling.top_k,
-                   "seed": cfg.teacher.sampling.seed, "prompt_template": cfg.teacher.prompt_template})
+    return digest(settings(cfg, Role.EVALUATION))

@@ -145,13 +145,11 @@ def exists(uri: str, storage_options: dict[str, Any] | None = None) -> bool:
         return fs.exists(path)
 
 
-def list_files(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Sorted URIs of the files directly under ``uri``, hidden names (in-flight temp files) left out.
-
-    A prefix with nothing under it is ``[]``: on S3 an empty "directory" does not exist at all.
-    """
+def _entries(uri: str, storage_options: dict[str, Any] | None, kind: str) -> list[str]:
+    """Sorted names of the entries of ``kind`` (file or directory) directly under ``uri``, hidden names (in-flight
+    temp files) left out; none when nothing is there (on S3 an empty "directory" does not exist at all)."""
     fs, path = _fs(uri, storage_options)
-    fs.invalidate_cache(path)
+    fs.invalidate_cache(path)  # another process (a shard worker) may have written there since s3fs last listed
     with _errors(uri):
         try:
             entries = fs.ls(path, detail=True)
@@ -159,8 +157,50 @@ def list_files(uri: str, storage_options: dict[str, Any] | None = None) -> list[
             if _missing_bucket(exc):
                 raise
             return []
-    names = (posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "file")
-    return sorted(join(uri, n) for n in names if not n.startswith("."))
+    names = (posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == kind)
+    return sorted(n for n in names if not n.startswith("."))
+
+
+def list_files(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Sorted URIs of the files directly under ``uri``; ``[]`` for a prefix with nothing under it."""
+    return [join(uri, n) for n in _entries(uri, storage_options, "file")]
+
+
+def list_dirs(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Sorted names (not URIs) of the "directories" directly under ``uri``: prefixes, on S3."""
+    return _entries(uri, storage_options, "directory")
+
+
+def sizes(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, int]:
+    """{path relative to ``uri``: bytes} of every file at any depth under ``uri`` (one listing, paginated on S3),
+    hidden names left out; ``{}`` when nothing is there."""
+    fs, path = _fs(uri, storage_options)
+    fs.invalidate_cache(path)
+    with _errors(uri):
+        try:
+            found = fs.find(path, detail=True)
+        except FileNotFoundError as exc:
+            if _missing_bucket(exc):
+                raise
+            return {}
+    root = path.rstrip("/")
+    out = {}
+    for name, info in found.items():
+        rel = posixpath.relpath(name, root)
+        if not any(part.startswith(".") for part in rel.split("/")):
+            out[rel] = int(info.get("size") or 0)
+    return out
+
+
+def remove(uri: str, storage_options: dict[str, Any] | None = None, recursive: bool = False) -> None:
+    """Delete an object, or with ``recursive`` everything under a prefix; a missing one is not an error."""
+    fs, path = _fs(uri, storage_options)
+    with _errors(uri):
+        try:
+            fs.rm(path, recursive=recursive)
+        except FileNotFoundError as exc:
+            if _missing_bucket(exc):
+                raise
 
 
 def write_parquet(

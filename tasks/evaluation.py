@@ -9,13 +9,14 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import fingerprints, progress, storage
+from heal_core import fingerprints, progress, storage, stores
 from heal_core.backends.factory import build_backend
 from heal_core.config import HealConfig
 from heal_core.evaluate import evaluate, evaluation_sampling, sampling_settings, summarize
 from heal_core.problems import Problem
 from heal_core.run import Run
 from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, SchemaError, to_table
+from heal_core.settings import Role
 from tasks.generate import teacher_backend
 from tasks.training import local_model
 
@@ -26,13 +27,14 @@ def stored_evaluation(cfg: HealConfig, identity: str, label: str, train_seed: in
     every run there: keyed by the evaluation settings, the model (``identity``: a stored model's URI, or what a
     local model's files are, ``fingerprints.model_identity``), how it is run, and the set's name and problems. A run
     that evaluates the same teacher the same way on the same set (every run derived from another, a nightly run)
-    reads its results instead of asking the teacher again."""
+    reads its results instead of asking the teacher again. Objects live in their evaluation fingerprint's folder
+    (``heal_core/stores.py``), which ``heal store ls`` lists and ``heal store gc`` removes whole."""
     key = fingerprints.digest({
         "evaluation": fingerprints.evaluation(cfg), "model": identity, "label": label, "train_seed": train_seed,
         "backend": (cfg.teacher.backend, cfg.teacher.dtype) if label == "teacher" else ("hf", cfg.student.dtype),
         "reasoning_format": _writes(label, cfg), "set": name,
         "problems": [(p.problem_id, p.problem, p.answer, sorted(p.metadata.items())) for p in problems]})
-    return storage.join(cfg.storage.uri, "evaluations", f"{key}.parquet")
+    return stores.evaluation_object(cfg, key)
 
 
 def _writes(label: str, cfg: HealConfig) -> str:
@@ -76,6 +78,7 @@ def evaluate_model(
                                             k=cfg.evaluation.samples, max_error_share=cfg.orchestration.max_verify_error_share,
                                             reasoning_format=_writes(label, cfg))]
             storage.write_parquet(to_table(found, EVALUATION_SCHEMA), stored, options)
+            stores.describe(cfg, Role.EVALUATION, fingerprints.evaluation(cfg))  # for heal store ls
             rows += found
     return rows
 

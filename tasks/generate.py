@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import fingerprints, progress, storage, trajectory
+from heal_core import fingerprints, progress, storage, stores, trajectory
 from heal_core.backends.base import TeacherBackend
 from heal_core.backends.factory import build_backend
 from heal_core.config import HealConfig, TeacherConfig
@@ -18,6 +18,7 @@ from heal_core.problems import Problem, problems_to_records
 from heal_core.schema import PROBLEM_SCHEMA, to_table
 from heal_core.generation_store import GenerationStore, generate_stored, lineage_sources
 from heal_core.run import Run
+from heal_core.settings import Role
 from heal_core.trajectory import check_kept_judged
 from tasks.models import resolve_model
 
@@ -88,10 +89,11 @@ class ShardProgress:
             update_progress_artifact(self.artifact, 100.0 * self.last.done / max(1, self.last.planned), self.last.line())
 
 
-def generation_store(cfg: HealConfig, model_path: str) -> GenerationStore:
-    """The store of ``cfg``'s generation (``heal_core/generation_store.py``) for the teacher at ``model_path``."""
+def generation_store(cfg: HealConfig, model_path: str) -> tuple[GenerationStore, str]:
+    """The store of ``cfg``'s generation (``heal_core/generation_store.py``) for the teacher at ``model_path``, and
+    its fingerprint."""
     fingerprint = fingerprints.generation(cfg, fingerprints.model_identity(model_path))
-    return GenerationStore.under(cfg.storage.uri, cfg.storage.storage_options, fingerprint)
+    return GenerationStore.under(cfg.storage.uri, cfg.storage.storage_options, fingerprint), fingerprint
 
 
 @task(cache_policy=NO_CACHE)
@@ -117,10 +119,12 @@ def run_shard(run: Run, shard: int, cfg: HealConfig, model_path: str) -> dict[st
 
     logger.info("shard %d: %d problems, N=%d", shard, len(problems), cfg.teacher.sampling.n)
     shown = ShardProgress(shard)
+    store, fingerprint = generation_store(cfg, model_path)
     with progress.unit(shown.unit), progress.listen(shown):
-        out = generate_stored(problems, cfg, generation_store(cfg, model_path), fingerprints.selection(cfg), model_path,
+        out = generate_stored(problems, cfg, store, fingerprints.selection(cfg), model_path,
                               lambda: teacher_backend(cfg.teacher, model_path), judge)
     shown.finish_stage()
+    stores.describe(cfg, Role.GENERATION, fingerprint, teacher=model_path)  # for heal store ls
     for problem in out.corrupt:
         logger.warning(problem)
     logger.info("shard %d: %d problems re-used from the generation store, %d re-selected, %d sampled; the teacher "
@@ -130,6 +134,7 @@ def run_shard(run: Run, shard: int, cfg: HealConfig, model_path: str) -> dict[st
     record = {
         "shard": shard,
         "config_hash": cfg.config_hash(),
+        "generation_fingerprint": fingerprint,
         "problems": len(problems),
         "samples": len(out.trajectories),
         "stats": [asdict(s) for s in out.stats.values()],

@@ -73,3 +73,20 @@ def prefect_api(tmp_path_factory):
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_HOME: home}):
         with prefect_test_harness(server_startup_timeout=60):
             yield
+
+
+@pytest.fixture
+def teacher_calls(monkeypatch):
+    """The requests of every ``generate`` call the bundled teacher gets, recorded on the real HF backend class."""
+    from heal_core.backends.hf import HFBackend
+    from heal_core.demo import bundled_model
+
+    calls, teacher, real = [], str(bundled_model("teacher")), HFBackend.generate
+
+    def recording(self, requests, sampling):
+        if self.model_path == teacher:
+            calls.append(list(requests))
+        return real(self, requests, sampling)
+
+    monkeypatch.setattr(HFBackend, "generate", recording)
+    return calls

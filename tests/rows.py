@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from heal_core.demo import demo_problems
-
+from heal_core.config import HealConfig, parse_config
+from heal_core.demo import demo_defaults, demo_problems
 from heal_core.pure import PureResult
 from heal_core.stages import Stage
 from heal_core.trajectory import Hint, Repair, Trajectory
@@ -37,3 +37,13 @@ def problems_file(path: Path, split: str, count: int) -> Path:
     path.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
                             for p in demo_problems(split)[:count]))
     return path
+
+
+def reduced_config(root: Path, problems: int, *extra: str) -> HealConfig:
+    """The embedded default on ``problems`` demo problems in shards of 4, 3 held-out problems, heal and rs_sft for
+    one seed and epoch, stored under ``root / "store"``: the whole pipeline in about a minute."""
+    return parse_config(demo_defaults(), [
+        f"problems.uri={problems_file(root / f'problems-{problems}.jsonl', 'generation', problems)}",
+        f"evaluation.uri={problems_file(root / 'eval.jsonl', 'eval', 3)}", "evaluation.samples=2",
+        f"storage.uri={root / 'store'}", "orchestration.shard_size=4",
+        "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]", *extra])

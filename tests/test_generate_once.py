@@ -12,41 +12,17 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from rows import problems_file
+from rows import problems_file, reduced_config
 from typer.testing import CliRunner
 
-from heal_core.backends.hf import HFBackend
-from heal_core.config import parse_config
-from heal_core.demo import bundled_model, demo_defaults
 from heal_core.derived import trained_models
 from heal_core.run import Run
 from heal_core.trajectory import from_table
 
 pytestmark = pytest.mark.slow
-TEACHER = str(bundled_model("teacher"))
 
 
-@pytest.fixture
-def teacher_calls(monkeypatch):
-    """The requests of every call the bundled teacher gets."""
-    calls = []
-    real = HFBackend.generate
-
-    def recording(self, requests, sampling):
-        if self.model_path == TEACHER:
-            calls.append(list(requests))
-        return real(self, requests, sampling)
-
-    monkeypatch.setattr(HFBackend, "generate", recording)
-    return calls
-
-
-def _config(root: Path, problems: int, *extra: str):
-    return parse_config(demo_defaults(), [
-        f"problems.uri={problems_file(root / f'problems-{problems}.jsonl', 'generation', problems)}",
-        f"evaluation.uri={problems_file(root / 'eval.jsonl', 'eval', 3)}", "evaluation.samples=2",
-        f"storage.uri={root / 'store'}", "orchestration.shard_size=4",
-        "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]", *extra])
+_config = reduced_config
 
 
 @pytest.fixture(scope="module")

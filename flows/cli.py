@@ -205,6 +205,7 @@ def _run_pipeline(cfg: HealConfig, run_id: str, start: Callable[[], dict] | None
     from flows.interrupt import stop_on_signal
     from flows.local_api import local_api
     from flows.pipeline import heal_pipeline
+    from heal_core.lease import LeaseLost, RunBusy
     from heal_core.run import Run
 
     try:
@@ -214,7 +215,7 @@ def _run_pipeline(cfg: HealConfig, run_id: str, start: Callable[[], dict] | None
         summary = None
         with local_api(), stop_on_signal(), _progress_display():
             summary = start() if start is not None else heal_pipeline(cfg, run_id)
-    except (ValueError, FileNotFoundError) as err:  # bad input: say what, no traceback
+    except (ValueError, FileNotFoundError, RunBusy, LeaseLost) as err:  # bad input, a run held: say what, no traceback
         raise _fail(err) from None
     if summary is None:  # Ctrl-C or SIGTERM stopped it
         again = again or f"heal resume {run_id} --storage {cfg.storage.uri}"
@@ -286,7 +287,7 @@ def deploy(config: ConfigArg = None, set_: SetOpt = None, prefect_file: PrefectF
     try:
         storage.check_shared(cfg.storage.uri)
         spec = render(yaml.safe_load(path.read_text()), cfg)
-        created = ensure_pools(spec)
+        created = ensure_pools(spec, cfg)
         register(spec)
         close_parameter_schemas(spec)
         automation = ensure_zombie_automation(cfg.orchestration.heartbeat_timeout_seconds)

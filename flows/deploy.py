@@ -9,6 +9,7 @@ public interface of Prefect's deployment machinery.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from typing import Any
 import yaml
 
 from heal_core.config import HealConfig
+from heal_core.environment import ALLOWED, ENV_REFERENCE
+from heal_core.run import STORAGE_OPTIONS, STORAGE_ROOT
 
 PREFECT_FILE = Path(__file__).resolve().parent.parent / "deployments" / "prefect.yaml"
 HEARTBEAT_SECONDS = 30  # the smallest flow run heartbeat frequency for which Prefect emits heartbeat events
@@ -41,20 +44,51 @@ def render(spec: dict[str, Any], cfg: HealConfig) -> dict[str, Any]:
     return out
 
 
-def ensure_pools(spec: dict[str, Any]) -> list[str]:
-    """Create the process work pools the spec names that do not exist yet; return the names created."""
+def base_job_template(cfg: HealConfig) -> dict[str, Any]:
+    """The job template of heal's process pools: Prefect's own, with the job variables a flow run may set cut down
+    to ``name``, ``labels`` and ``stream_output``, and nothing else (``additionalProperties: false``).
+
+    Why: Prefect lets whoever creates a flow run override its pool's job variables, and on a process pool
+    ``command``, ``env`` and ``working_dir`` are a shell on the worker (``command: "sh -c ..."``). Prefect's server
+    checks a flow run's job variables against this schema when the run is created (HTTP 422), as it checks
+    parameters against theirs. What every flow run gets instead is fixed here: the storage the operator's config
+    names (``HEAL_STORAGE_ROOT``, ``HEAL_STORAGE_OPTIONS``: ``heal_core/run.py::check_storage``) and the only
+    environment variables a run's config may name (``HEAL_ALLOWED_ENV``: those the operator's config names,
+    ``heal_core/environment.py``).
+    """
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    for name in ("command", "env", "working_dir"):
+        template["variables"]["properties"].pop(name)
+        template["job_configuration"].pop(name)
+    template["variables"]["additionalProperties"] = False
+    named = sorted({*ENV_REFERENCE.findall(json.dumps(cfg.storage.storage_options)),
+                    *filter(None, [cfg.teacher.server.api_key_env])})
+    template["job_configuration"]["env"] = {
+        STORAGE_ROOT: cfg.storage.uri, STORAGE_OPTIONS: json.dumps(cfg.storage.storage_options),
+        ALLOWED: ",".join(named),
+    }
+    return template
+
+
+def ensure_pools(spec: dict[str, Any], cfg: HealConfig) -> list[str]:
+    """Create the process work pools the spec names that do not exist yet, with heal's job template
+    (``base_job_template``), and give existing ones that template; return the names created."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
-    created = []
+    created, template = [], base_job_template(cfg)
     with get_client(sync_client=True) as client:
         for name in sorted({d["work_pool"]["name"] for d in spec["deployments"]}):
             try:
                 client.read_work_pool(name)
             except ObjectNotFound:
-                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+                client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template))
                 created.append(name)
+            else:
+                client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
     return created
 
 

@@ -10,8 +10,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.executor import executor_for
-from flows.pipeline import Progress, after_generation, check_models
-from heal_core import fingerprints, storage
+from flows.pipeline import Progress, after_generation, check_models, holder
+from heal_core import fingerprints, lease, storage
 from heal_core.config import HealConfig
 from heal_core.derived import Kind, derived_config, derived_id
 from heal_core.generation_store import lineage_sources
@@ -72,6 +72,13 @@ def heal_derive(run_id: str, storage_uri: str, kind: Kind, overrides: list[str] 
             f"{', '.join(map(str, missing)) or 'all'}); finish it with: heal resume {run_id} --storage {storage_uri}")
     check_models(cfg)
     run = Run.of(cfg, derived_id(run_id, kind, cfg))
+    with lease.held(run.root, run.options, cfg.orchestration.lease_seconds, holder()):
+        return _derive(parent, parent_cfg, run, cfg, shards, kind, overrides, variants)
+
+
+def _derive(parent: Run, parent_cfg: HealConfig, run: Run, cfg: HealConfig, shards: int, kind: Kind,
+            overrides: list[str], variants: list[str]) -> dict[str, Any]:
+    run_id = parent.run_id
     run.pin(cfg)
     logger = get_run_logger()
     logger.info("run %s: %s from run %s (%s)", run.run_id, kind, run_id, ", ".join(overrides + variants) or "as it is")

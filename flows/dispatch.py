@@ -51,7 +51,8 @@ def run_children(
     A child found in a failed, crashed or cancelled state is re-scheduled (AwaitingRetry, as the UI's Retry
     does); with ``rerun_completed`` a completed one is too, for callers that know its outputs are missing.
     Raises ``ChildRunsFailed`` naming every child that did not complete, after all of them are final, so
-    the ones that can finish do.
+    the ones that can finish do; a child that disappears (deleted, or lost with the server's database) counts as
+    failed, instead of being waited for forever. Each poll is one request, however many children.
     """
     logger = get_run_logger()
     runs: dict[UUID, Child] = {}
@@ -68,7 +69,11 @@ def run_children(
         pending, failed = set(runs), []
         while pending:
             time.sleep(poll_seconds)
-            for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending)))):
+            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending))))
+            for gone in pending - {run.id for run in found}:  # deleted, or lost with the server's database
+                pending.discard(gone)
+                failed.append(f"{runs[gone].name} (flow run {gone}): no longer exists on the Prefect server")
+            for run in found:
                 if run.state is None or not run.state.is_final():
                     continue
                 pending.discard(run.id)

@@ -23,6 +23,8 @@ def heal_eval(run_root: str, config: HealConfig, trained: list[TrainedModel]) ->
     model's rows carry its variant as the model label and its seed as ``train_seed``. Per-problem results and
     their per-benchmark summary land as Parquet; returns the number of result rows."""
     export_secrets(config)
+    run = Run.at(run_root, config)
+    run.check_models([m.model for m in trained])
     held_out, _ = problem_set(config.evaluation.uri, "eval", config, config.evaluation.max_problems)
     sets = {HELD_OUT: held_out, **benchmark_sets(config)}
     teacher, student = resolve_model(config.teacher.model, "teacher"), resolve_model(config.student.model, "student")
@@ -31,5 +33,5 @@ def heal_eval(run_root: str, config: HealConfig, trained: list[TrainedModel]) ->
                 for m in trained)]
     rows = [row for label, seed, ref, identity in models
             for row in evaluate_model(label, ref, identity, sets, config, train_seed=seed)]
-    write_evaluation(Run.at(run_root, config), rows, config)
+    write_evaluation(run, rows, config)
     return len(rows)

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.executor import Executor, executor_for
+from heal_core import lease
 from heal_core.config import HealConfig
 from heal_core.run import Run
 from tasks.curriculum import build_datasets
@@ -82,8 +83,18 @@ def heal_pipeline(config: HealConfig, run_id: str | None = None) -> dict[str, An
     cfg = config
     export_secrets(cfg)
     run = Run.of(cfg, run_id or _default_run_id())
+    check_models(cfg)  # before anything is written, the lease too
+    with lease.held(run.root, run.options, cfg.orchestration.lease_seconds, holder()):
+        return _pipeline(run, cfg)
+
+
+def holder() -> str:
+    """What holds a run's lease (``heal_core/lease.py``), as a second process names it: this flow run."""
+    return f"flow run {runtime.flow_run.name} {runtime.flow_run.id}"
+
+
+def _pipeline(run: Run, cfg: HealConfig) -> dict[str, Any]:
     executor = executor_for(run, cfg)
-    check_models(cfg)
     run.pin(cfg)
     get_run_logger().info("run %s at %s (config %s, %s)", run.run_id, run.root, cfg.config_hash(), executor.label)
 

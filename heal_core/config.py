@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,9 +22,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from heal_core.environment import CREDENTIAL_KEY, ENV_REFERENCE, PLATFORM_SECRET
 from heal_core.reasoning import ReasoningFormat
-from heal_core.settings import (ConfigWarning, Declaration, Removed, Role, digest, hashed, renames, setting,
-                                upgrade)
+from heal_core.settings import (ConfigWarning, Declaration, Introduced, Removed, Role, digest, hashed, renames,
+                                setting, upgrade)
 
 
 class ConfigError(ValueError):
@@ -114,12 +115,45 @@ class ServerConfig(_Section):
     timeout_seconds: float = setting(
         600.0, role=Role.EXECUTION, gt=0, description="per request; long generations take minutes"
     )
-    max_retries: int = setting(
-        5, role=Role.EXECUTION, ge=0, description="retries after a 429/5xx/timeout/connection error"
+    patience_seconds: float = setting(
+        600.0,
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", 600.0),
+        gt=0,
+        description="how long one request keeps retrying through 429/5xx answers, timeouts and connection errors "
+        "before its shard fails: a server restarting or overloaded for minutes is waited out",
     )
     backoff_seconds: float = setting(
-        1.0, role=Role.EXECUTION, gt=0, description="first retry delay; doubles each retry (Retry-After wins)"
+        1.0,
+        role=Role.EXECUTION,
+        gt=0,
+        description="first retry delay; doubles each retry up to 30 s, each drawn at 50-100 % of that (jitter, so "
+        "clients that failed together do not return together)",
     )
+    max_retry_after_seconds: float = setting(
+        60.0,
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", 60.0),
+        gt=0,
+        description="a server's Retry-After is honoured up to this; a larger one (or an HTTP date far off) is cut",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _no_reference_in_url(cls, url: str) -> str:
+        if "${" in url:
+            raise ValueError("${NAME} is not expanded in a URL: it could send the variable to wherever the URL points")
+        return url
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _not_a_platform_secret(cls, name: str) -> str:
+        if name and PLATFORM_SECRET.search(name):
+            raise ValueError(
+                f"{name} is a storage or platform credential, and teacher.server.api_key_env is sent as it is to "
+                "teacher.server.url: name the teacher server's own key instead (e.g. HEAL_TEACHER_API_KEY)"
+            )
+        return name
 
 
 class TeacherConfig(_Section):
@@ -412,24 +446,14 @@ class StudentConfig(_Section):
     )
 
 
-_CREDENTIAL = re.compile(r"(^|_)(key|secret|token|password|credentials?|connection_string)($|_)", re.IGNORECASE)
-_ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
-
-
-def _literal_credentials(options: Any, path: str = "storage.storage_options") -> list[str]:
-    """Keys of ``options`` (nested too) that hold a credential as a literal rather than a ``${NAME}`` reference."""
-    if isinstance(options, dict):
-        found = []
-        for name, value in options.items():
-            key = f"{path}.{name}"
-            if isinstance(value, (dict, list)):
-                found += _literal_credentials(value, key)
-            elif _CREDENTIAL.search(str(name)) and value not in (None, "") and not _ENV_REFERENCE.fullmatch(str(value)):
-                found.append(key)
-        return found
-    if isinstance(options, list):
-        return [key for i, item in enumerate(options) for key in _literal_credentials(item, f"{path}.{i}")]
-    return []
+def _option_leaves(options: Any, path: str = "storage.storage_options") -> Iterator[tuple[str, str, Any]]:
+    """(dotted key, the leaf's own name, value) of every value in ``options``, nested ones too."""
+    items = options.items() if isinstance(options, dict) else enumerate(options) if isinstance(options, list) else ()
+    for name, value in items:
+        if isinstance(value, (dict, list)):
+            yield from _option_leaves(value, f"{path}.{name}")
+        else:
+            yield f"{path}.{name}", str(name), value
 
 
 class StorageConfig(_Section):
@@ -450,12 +474,22 @@ class StorageConfig(_Section):
 
     @field_validator("storage_options")
     @classmethod
-    def _no_literal_credentials(cls, options: dict[str, Any]) -> dict[str, Any]:
-        literal = _literal_credentials(options)
+    def _credentials_by_reference_only(cls, options: dict[str, Any]) -> dict[str, Any]:
+        leaves = list(_option_leaves(options))
+        literal = [key for key, name, value in leaves if CREDENTIAL_KEY.search(name) and value not in (None, "")
+                   and not ENV_REFERENCE.fullmatch(str(value))]
         if literal:
             raise ValueError(
                 f"{', '.join(literal)}: a credential written into the config would be copied into config.yaml, "
                 "flow parameters and logs; write it as a ${ENV_VAR} reference, or use the AWS_* variables"
+            )
+        elsewhere = [key for key, name, value in leaves if not CREDENTIAL_KEY.search(name)
+                     and ENV_REFERENCE.search(str(value))]
+        if elsewhere:
+            raise ValueError(
+                f"{', '.join(elsewhere)}: ${{NAME}} expands only in credential fields (key, secret, token, password, "
+                "...); anywhere else, a URL say, it could send the variable to wherever the config points "
+                "(heal_core/environment.py)"
             )
         return options
 
@@ -519,6 +553,14 @@ class OrchestrationConfig(_Section):
         role=Role.EXECUTION,
         description="name of a Prefect Secret block holding a JSON object of environment variables (S3 "
         "credentials, API tokens) that every heal flow run sets in its process before it starts work",
+    )
+    lease_seconds: float = setting(
+        120.0,
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", 120.0),
+        ge=10.0,
+        description="a run is worked on by one process at a time (heal_core/lease.py): the holder renews its lease "
+        "every third of this; a holder silent this long (killed, or paused) loses the run to the next resume",
     )
 
 
@@ -684,7 +726,10 @@ class EvaluationConfig(_Section):
     )
 
 
-REMOVED: tuple[Removed, ...] = ()
+REMOVED: tuple[Removed, ...] = (
+    Removed("teacher.server.max_retries", "0.2.0", 5, "teacher.server.patience_seconds bounds a request's retries by "
+            "time instead", Declaration(Role.EXECUTION)),
+)
 """Settings heal no longer has, each with the value today's code behaves as (``heal_core/settings.py``, rule 3):
 an old run's ``config.yaml`` that holds one still loads, and hashes as it did."""
 
@@ -702,6 +747,13 @@ class HealConfig(_Section):
     student: StudentConfig = Field(default_factory=StudentConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_old_names(cls, data: Any) -> Any:
+        """A mapping written for an older heal (a deployment's stored parameters, an old run's config) is read
+        through the renames and removals since, however it arrives (``parse_config`` does it with the source)."""
+        return _upgrade(copy.deepcopy(data), "") if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _extreme_within_n(self) -> HealConfig:

@@ -5,8 +5,7 @@ Layout: ``<storage.uri>/generations/<generation fingerprint>/<problem key>/<sele
 object per problem and selection (``heal_core/fingerprints.py``), holding the problem's rows of every stage and, in
 the Parquet footer, its GEAR skips and row count.
 
-* **Key.** A problem's key hashes its id, text and gold answer. The id is in it because it seeds the problem's
-  requests and names its rows (``heal_core/seeds.py``): the same text under another id is another generation.
+* **Key.** A problem's key hashes its id, text and gold answer (``Problem.key``).
 * **Lookup.** A run looks up every problem of a shard. A problem stored under the run's selection is re-used as
   it is; one stored only under other selections is re-selected (``heal_core/replay.py``: stored completions and
   PURE scores replayed, only missing waves and unscored rows sent to the teacher); the rest are sampled. All
@@ -33,7 +32,7 @@ from heal_core.backends.base import TeacherBackend
 from heal_core.config import HealConfig
 from heal_core.gear import Skip
 from heal_core.problems import Problem
-from heal_core.replay import ReplayBackend, Usage
+from heal_core.replay import Journal, ReplayBackend, Usage
 from heal_core.sampling import problem_stats
 from heal_core.schema import TRAJECTORY_SCHEMA, SchemaError, conform
 from heal_core.shard import ShardOutput, generate_shard
@@ -41,10 +40,7 @@ from heal_core.stages import Stage
 from heal_core.trajectory import Trajectory, from_table, to_table
 
 _FOOTER = b"heal"
-
-
-def problem_key(problem: Problem) -> str:
-    return hashlib.sha256(json.dumps([problem.problem_id, problem.problem, problem.answer]).encode()).hexdigest()[:24]
+JOURNALS = "_journal"  # beside the problems' folders: a problem key is hex, never "_..."
 
 
 @dataclass(frozen=True)
@@ -72,7 +68,7 @@ class GenerationStore:
         return cls(storage.join(storage_uri, "generations", generation_fingerprint), options)
 
     def object(self, problem: Problem, selection: str) -> str:
-        return storage.join(self.root, problem_key(problem), f"{selection}.parquet")
+        return storage.join(self.root, problem.key, f"{selection}.parquet")
 
     def read(self, uri: str) -> Stored:
         """Raises ``StorageError`` or ``SchemaError`` for an object that is unreadable, out of schema or short."""
@@ -87,7 +83,7 @@ class GenerationStore:
         others (what a re-selection replays)."""
         found = Found()
         exact = self.object(problem, selection)
-        listed = storage.list_files(storage.join(self.root, problem_key(problem)), self.options)
+        listed = storage.list_files(storage.join(self.root, problem.key), self.options)
         for uri in sorted(listed, key=lambda u: u != exact):  # the run's own selection first
             try:
                 stored = self.read(uri)
@@ -99,6 +95,12 @@ class GenerationStore:
                 break
             found.drawn.extend(stored.rows)
         return found
+
+    def journal(self, problems: Sequence[Problem], selection: str) -> Journal:
+        """The journal of a shard of ``problems`` under ``selection`` (``heal_core/replay.py``): named for all the
+        shard's problems, not only those it samples, so a retry finds it whatever the first attempt stored."""
+        key = hashlib.sha256(json.dumps([selection, sorted(p.key for p in problems)]).encode()).hexdigest()[:24]
+        return Journal(storage.join(self.root, JOURNALS, key), self.options)
 
     def write(self, problem: Problem, selection: str, stored: Stored) -> None:
         table = to_table(stored.rows)
@@ -139,9 +141,10 @@ def generate_stored(
 
     # 2. the chain over the rest, the stored completions and PURE scores replayed
     generated = ShardOutput(trajectories=[], stats={})
+    journal = store.journal(problems, selection)
     if todo:
         drawn = [row for p in todo for row in found[p.problem_id].drawn]
-        backend = ReplayBackend(model_path, teacher, drawn,
+        backend = ReplayBackend(model_path, teacher, drawn, journal=journal,
                                 recompute_entropy=cfg.teacher.backend == "vllm" and cfg.teacher.entropy == "exact")
         scored = {row.sample_id: row.pure for row in drawn if row.pure is not None}
         generated = generate_shard(backend, todo, cfg, judge=judge(), scored=scored)
@@ -155,6 +158,8 @@ def generate_stored(
         mine[skip.problem_id].skips.append(skip)
     for p in todo:
         store.write(p, selection, mine[p.problem_id])
+    if todo:
+        journal.clear()  # its answers are in the store now
 
     # 4. the shard in the chain's order, stats and skips in problem order
     per_problem = {p.problem_id: mine[p.problem_id] if found[p.problem_id].exact is None else found[p.problem_id].exact

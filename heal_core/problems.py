@@ -7,10 +7,11 @@ every record is either a ``Problem`` or a ``Reject`` that names its line, the fi
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,6 +31,27 @@ class Problem:
     def __post_init__(self) -> None:
         # Arrow hands a map column back as (key, value) pairs, and a null map as None.
         object.__setattr__(self, "metadata", dict(self.metadata or {}))
+
+    @property
+    def key(self) -> str:
+        """What the problem is: a hash of its id, text and gold answer. The id is in it because it seeds the
+        problem's requests and names its rows (``heal_core/seeds.py``): the same text under another id is another
+        problem. It keys the generation store and pins a run's problems."""
+        return hashlib.sha256(json.dumps([self.problem_id, self.problem, self.answer]).encode()).hexdigest()[:24]
+
+
+def changes(before: Sequence[Problem], now: Sequence[Problem]) -> str:
+    """What differs between two lists of problems, by id, for a person ("" when nothing does): the problems
+    added, removed and changed (same id, other text or answer), a few of each named, and a reordering."""
+    old, new = {p.problem_id: p.key for p in before}, {p.problem_id: p.key for p in now}
+    parts = []
+    for label, ids in (("added", [i for i in new if i not in old]), ("removed", [i for i in old if i not in new]),
+                       ("changed", [i for i in new if i in old and new[i] != old[i]])):
+        if ids:
+            parts.append(f"{len(ids)} {label} ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
+    if not parts and [p.key for p in before] != [p.key for p in now]:
+        parts.append("the same problems in another order")
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)

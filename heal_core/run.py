@@ -13,6 +13,8 @@ What marks what finished (each written last, after the outputs it vouches for):
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,6 +28,32 @@ from heal_core.storage import StorageError
 from heal_core.train import VariantResult
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+STORAGE_ROOT, STORAGE_OPTIONS = "HEAL_STORAGE_ROOT", "HEAL_STORAGE_OPTIONS"
+
+
+class StorageNotAllowed(ValueError):
+    """A run's storage outside what the worker's operator pinned (``check_storage``)."""
+
+
+def check_storage(cfg: HealConfig) -> None:
+    """On a worker whose operator pinned the storage (``HEAL_STORAGE_ROOT``, which ``heal deploy`` sets in the
+    pools' job template), a run's ``storage.uri`` must lie under it and its ``storage_options`` must be the pinned
+    ones (``HEAL_STORAGE_OPTIONS``, JSON; none when unset). A flow run's config must not point a worker's writes,
+    or its reads of stored models, anywhere else. Unpinned (a laptop), anything goes."""
+    root = os.environ.get(STORAGE_ROOT)
+    if not root:
+        return
+    uri = cfg.storage.uri.rstrip("/")
+    inside = uri == root.rstrip("/") or uri.startswith(root.rstrip("/") + "/")
+    if not inside or ".." in uri.split("/"):
+        raise StorageNotAllowed(f"storage.uri {cfg.storage.uri} is outside this worker's storage {root} "
+                                f"({STORAGE_ROOT})")
+    pinned = json.loads(os.environ.get(STORAGE_OPTIONS) or "{}")
+    if cfg.storage.storage_options != pinned:
+        raise StorageNotAllowed(f"storage.storage_options differ from this worker's ({STORAGE_OPTIONS}): a run on "
+                                "this worker uses the operator's storage settings")
 
 
 class RunConfigMismatch(ValueError):
@@ -56,6 +84,7 @@ class Run:
 
     @classmethod
     def of(cls, cfg: HealConfig, run_id: str) -> Run:
+        check_storage(cfg)
         return cls(storage.join(cfg.storage.uri, "runs", check_run_id(run_id)), cfg.storage.storage_options)
 
     @classmethod
@@ -67,8 +96,21 @@ class Run:
 
     @classmethod
     def at(cls, root: str, cfg: HealConfig) -> Run:
-        """The run a parent flow handed over by its URI."""
-        return cls(root, cfg.storage.storage_options)
+        """The run a parent flow handed over by its URI, which must be a run of the config's storage: a flow
+        run's parameters must not make a worker write anywhere else."""
+        parent, _, run_id = root.rstrip("/").rpartition("/")
+        if parent != storage.join(cfg.storage.uri, "runs"):
+            raise StorageNotAllowed(f"run_root {root} is not a run under storage.uri {cfg.storage.uri}")
+        return cls.of(cfg, run_id)
+
+    def check_models(self, uris: list[str]) -> None:
+        """On a pinned worker (``check_storage``), the models a flow run hands over to evaluate must lie under this
+        storage's runs (trained or adopted by a run): a parameter must not make a worker load, or fetch, any
+        other. Unpinned, any model reference is taken (the tests evaluate tiny models as stand-ins)."""
+        runs = self.root.rstrip("/").rsplit("/", 1)[0] + "/"
+        outside = [u for u in uris if not u.startswith(runs) or ".." in u.split("/")]
+        if os.environ.get(STORAGE_ROOT) and outside:
+            raise StorageNotAllowed(f"models outside the storage's runs ({runs}): {', '.join(outside)}")
 
     @property
     def run_id(self) -> str:
@@ -85,6 +127,7 @@ class Run:
 
     config = _File("config.yaml")  # the pinned config (``pin``)
     manifest = _File("manifest.json")  # each shard's and step's status
+    problems_pin = _File("problems.json")  # what the run's problems are: their count and a hash of their keys
     quarantine = _File("quarantine.json")  # malformed problem records: record number, field and reason
     contamination = _File("decontamination.json")  # training problems dropped as copies of evaluation items
     evaluation = _File("eval", "results.parquet")  # pass@1 and pass@k per model, benchmark and problem

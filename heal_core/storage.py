@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from heal_core.environment import CREDENTIAL_KEY, ENV_REFERENCE, NotAllowed, check_allowed
 from heal_core.schema import conform
 
 
@@ -34,21 +35,28 @@ class StorageError(ValueError):
     """A storage operation that failed; the message names the URI (and the bucket when that is missing)."""
 
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+def resolve_options(options: Any, key: str = "") -> Any:
+    """``storage_options`` with every ``${NAME}`` in a credential field replaced by that environment variable.
 
-
-def resolve_options(options: Any) -> Any:
-    """``storage_options`` with every ``${NAME}`` in its strings replaced by that environment variable."""
+    Only credential fields expand, and only names the worker allows (``heal_core/environment.py``): a reference
+    anywhere else is an error, not a literal, because the config (which refuses one at the door) is not the only
+    way options arrive here."""
     if isinstance(options, dict):
-        return {k: resolve_options(v) for k, v in options.items()}
+        return {k: resolve_options(v, str(k)) for k, v in options.items()}
     if isinstance(options, list):
-        return [resolve_options(v) for v in options]
-    if isinstance(options, str):
-        return _ENV_REF.sub(_env_value, options)
+        return [resolve_options(v, key) for v in options]
+    if isinstance(options, str) and ENV_REFERENCE.search(options):
+        if not CREDENTIAL_KEY.search(key):
+            raise StorageError(f"storage.storage_options.{key}: ${{NAME}} expands only in credential fields")
+        return ENV_REFERENCE.sub(_env_value, options)
     return options
 
 
 def _env_value(match: re.Match[str]) -> str:
+    try:
+        check_allowed(match[1], "storage.storage_options")
+    except NotAllowed as err:
+        raise StorageError(str(err)) from None
     value = os.environ.get(match[1])
     if value is None:
         raise StorageError(f"storage.storage_options refers to ${{{match[1]}}}, which is not set in this process")
@@ -130,6 +138,38 @@ def write_bytes(data: bytes, uri: str, storage_options: dict[str, Any] | None = 
             _replace_local(path, data)
         else:
             fs.pipe_file(path, data)
+
+
+def create(data: bytes, uri: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Write ``data`` at ``uri`` only if nothing is there, atomically: True when this call created it, False when
+    something was already there (another process's lease, say).
+
+    Local: the complete bytes go to a hidden temp file that is hard-linked to the name, and a link never replaces
+    an existing name. S3: one PUT with ``If-None-Match: *`` (S3's conditional write, which MinIO has too).
+    """
+    fs, path = _fs(uri, storage_options)
+    with _errors(uri):
+        if not isinstance(fs, LocalFileSystem):
+            try:
+                fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        directory, name = os.path.split(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        return True
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
@@ -254,14 +294,35 @@ def put_dir(local_dir: str | os.PathLike[str], uri: str, storage_options: dict[s
             write_bytes(f.read(), join(uri, *rel.split(os.sep)), storage_options)
 
 
-def get_dir(uri: str, local_dir: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> None:
-    """Download every file under ``uri`` into ``local_dir``, keeping relative paths."""
+def get_dir(uri: str, local_dir: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
+            last: str | None = None) -> None:
+    """Download every file under ``uri`` into ``local_dir``, keeping relative paths, the file named ``last`` last
+    (a completion marker: ``put_dir``'s order, so a reader that finds it also finds the rest).
+
+    Every key is checked before anything is written: one that would land outside ``local_dir`` (``..``, an
+    absolute key, or through a symlink in the destination) is a ``StorageError`` naming it, because the keys are
+    what a storage endpoint lists, and an endpoint is not trusted with the worker's filesystem."""
     fs, path = _fs(uri, storage_options)
     with _errors(uri):
         found = fs.find(path)
+    root = Path(os.fspath(local_dir)).resolve()
+    planned = []
+    prefix = path.rstrip("/") + "/"
     for remote in found:
-        rel = posixpath.relpath(remote, path)
+        rel = remote[len(prefix):] if remote.startswith(prefix) else remote  # as listed: never normalised away
         if posixpath.basename(rel).startswith("."):
             continue
-        target = os.path.join(os.fspath(local_dir), *rel.split("/"))
-        _replace_local(target, read_bytes(join(uri, rel), storage_options))
+        planned.append((rel, _inside(root, rel, uri)))
+    for rel, target in sorted(planned, key=lambda p: p[0] == last):
+        _replace_local(str(target), read_bytes(join(uri, rel), storage_options))
+
+
+def _inside(root: Path, rel: str, uri: str) -> Path:
+    """``root / rel``, refused unless it stays inside ``root`` once resolved."""
+    parts = rel.split("/")
+    if rel.startswith("/") or ".." in parts or any(":" in p or "\\" in p for p in parts):
+        raise StorageError(f"{uri}: the key {rel!r} would be written outside {root}; nothing was written")
+    target = root.joinpath(*parts)
+    if not target.resolve().is_relative_to(root):
+        raise StorageError(f"{uri}: the key {rel!r} resolves outside {root} (a symlink); nothing was written")
+    return target

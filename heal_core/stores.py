@@ -154,7 +154,7 @@ def _stored(storage_uri: str, options: dict[str, Any], role: Role, fingerprint: 
             uses: Sequence[RunUse]) -> Stored:
     objects = {rel: size for rel, size in contents.items() if rel != DESCRIPTOR}
     entry = Stored(role, fingerprint, objects=len(objects), bytes=sum(contents.values()),
-                   problems=len({rel.split("/")[0] for rel in objects if "/" in rel}),
+                   problems=len({rel.split("/")[0] for rel in objects if "/" in rel and not rel.startswith("_")}),
                    runs=[u.run_id for u in uses if _uses(u, role) == fingerprint])
     if DESCRIPTOR in contents:
         entry.settings = storage.read_json(storage.join(folder(storage_uri, role, fingerprint), DESCRIPTOR),

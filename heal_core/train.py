@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from heal_core import progress
+from heal_core import progress, storage
 from heal_core.config import PaceConfig
 from heal_core.reasoning import THINK_END
 from heal_core.variants import VariantPlan, stage_steps
@@ -111,7 +111,8 @@ def train_stage(
     output = trainer.train()
     trainer.save_model(str(model_dir))
     result = StageResult(name, str(model_dir), len(examples), steps, float(output.training_loss), False)
-    (Path(model_dir) / MARKER).write_text(json.dumps({k: v for k, v in asdict(result).items() if k != "resumed"}))
+    marker = json.dumps({k: v for k, v in asdict(result).items() if k != "resumed"}).encode()
+    storage.write_bytes(marker, str(Path(model_dir) / MARKER))  # atomic: an empty marker would fail every retry
     return result
 
 

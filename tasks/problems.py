@@ -8,14 +8,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from heal_core import storage
+from heal_core.fingerprints import digest
 from heal_core.config import HealConfig, ProblemsConfig
 from heal_core.datasets import load_named_sets, load_problem_set
 from heal_core.decontaminate import decontaminate
 from heal_core.demo import demo_problems
 from heal_core.evaluate import HELD_OUT
-from heal_core.problems import Problem, ProblemError, Reject, require_problems
+from heal_core.problems import Problem, ProblemError, Reject, changes, require_problems
 from heal_core.run import Run
-from tasks.generate import write_shards
+from tasks.generate import read_shard_problems, write_shards
 
 
 @task(cache_policy=NO_CACHE)
@@ -75,4 +76,32 @@ def shard_problems(run: Run, cfg: HealConfig) -> int:
     problems, contaminated = drop_contaminated(problems, cfg)
     if cfg.decontamination.against:
         storage.write_json(contaminated, run.contamination, run.options)
-    return write_shards(run, problems, cfg)
+    check_pin(run, problems, cfg)
+    shards = write_shards(run, problems, cfg)
+    storage.write_json(_pin(problems), run.problems_pin, run.options)
+    return shards
+
+
+class ProblemsChanged(ValueError):
+    """The problem file gives other problems than the run was started on: resuming would drop or double some."""
+
+
+def _pin(problems: list[Problem]) -> dict[str, Any]:
+    return {"problems": len(problems), "digest": digest([p.key for p in problems])}
+
+
+def check_pin(run: Run, problems: list[Problem], cfg: HealConfig) -> None:
+    """Refuse to go on with problems other than the run's own: the pin written with its shards says what they were
+    (a run from before the pin is held against its stored shards). The config hash covers the file's URI, not what
+    the file holds, so a file that grew or changed between attempts is caught here."""
+    pinned = storage.read_json(run.problems_pin, run.options) if storage.exists(run.problems_pin, run.options) else None
+    if pinned == _pin(problems) or (pinned is None and run.shard_count() == 0):
+        return
+    stored = [p for shard in range(run.shard_count()) for p in read_shard_problems(run, shard)]
+    difference = changes(stored, problems)
+    if difference:
+        source = cfg.problems.uri or "the embedded demo"
+        raise ProblemsChanged(
+            f"run {run.run_id} was started on {len(stored)} problems of {source}, which now gives {len(problems)}: "
+            f"{difference}. Resuming would drop or double problems; start a new run on the file as it is now "
+            f"(heal run ... --run-id NEW: the generation store re-uses every unchanged problem), or restore the file")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,8 +49,24 @@ def local_model(reference: str, cfg: HealConfig) -> str:
         return reference
     local = local_model_dir(reference)
     if finished(local) is None:
-        storage.get_dir(reference, str(local), options)
+        _fetch(reference, local, options)
     return str(local)
+
+
+def _fetch(reference: str, local: Path, options: dict[str, Any]) -> None:
+    """Download a stored model into a temporary folder beside ``local``, its marker last, then rename it into
+    place: a download killed half way leaves no folder that looks finished, so the next attempt fetches it again."""
+    tmp = local.parent / f".{local.name}.tmp-{uuid.uuid4().hex}"
+    try:
+        storage.get_dir(reference, str(tmp), options, last=MARKER)
+        shutil.rmtree(local, ignore_errors=True)  # what an older, interrupted download left
+        try:
+            os.replace(tmp, local)
+        except OSError:  # another process put it in place meanwhile
+            if finished(local) is None:
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass(frozen=True)

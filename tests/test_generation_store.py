@@ -18,7 +18,7 @@ from heal_core.backends.hf import HFBackend
 from heal_core.config import parse_config
 from heal_core.demo import bundled_model, demo_defaults
 from heal_core.demo.teacher import split
-from heal_core.generation_store import GenerationStore, generate_stored, problem_key
+from heal_core.generation_store import GenerationStore, generate_stored
 from heal_core.shard import generate_shard
 from heal_core.trajectory import from_table, to_table
 
@@ -154,7 +154,7 @@ def test_two_runs_missing_the_same_problems_at_once_leave_whole_objects_and_no_d
     cfg, problems = _config(), _problems()[:3]
     store = _store(tmp_path, cfg)
     for problem in problems:
-        objects = list((Path(store.root) / problem_key(problem)).iterdir())
+        objects = list((Path(store.root) / problem.key).iterdir())
         assert [o.name for o in objects] == [f"{fingerprints.selection(cfg)}.parquet"]  # no temp file left behind
         rows = store.read(str(objects[0])).rows
         assert len({r.sample_id for r in rows}) == len(rows) > 0

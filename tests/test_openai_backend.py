@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 import threading
@@ -69,26 +70,34 @@ def serving(app) -> Iterator[str]:
 class FaultProxy:
     """A real HTTP proxy in front of the teacher server. Each POST takes the next scripted fault, if any:
     ``503``/``429`` answer instead of the server, ``slow`` delays past the client's timeout, ``strip`` forwards
-    and drops the log-probs from the answer. It counts requests and the most it saw in flight at once."""
+    and drops the log-probs from the answer. ``outage`` seconds: every POST is answered 503 until they have
+    passed; ``fail_after`` sampling requests forwarded: every later POST is answered 503. It counts requests,
+    sampling requests (``samples``: not the echo requests that score) and the most it saw in flight at once."""
 
     def __init__(self, upstream: str, slow_seconds: float = 4.0) -> None:
         self.upstream, self.slow_seconds, self.url = upstream, slow_seconds, ""
         self.faults: list[str] = []
-        self.posts = self.in_flight = self.max_in_flight = 0
+        self.posts = self.samples = self.in_flight = self.max_in_flight = 0
+        self.down_until, self.fail_after = 0.0, None
         self.app = Starlette(routes=[Route("/{path:path}", self.forward, methods=["GET", "POST"])])
 
-    def reset(self, *faults: str) -> None:
+    def reset(self, *faults: str, outage: float = 0.0, fail_after: int | None = None) -> None:
         """Script the next faults and zero the counters, once requests abandoned by an earlier test are done."""
         deadline = time.monotonic() + 2 * self.slow_seconds
         while self.in_flight and time.monotonic() < deadline:
             time.sleep(0.02)
-        self.faults, self.posts, self.max_in_flight = list(faults), 0, 0
+        self.faults, self.posts, self.samples, self.max_in_flight = list(faults), 0, 0, 0
+        self.down_until, self.fail_after = time.monotonic() + outage, fail_after
 
     async def forward(self, request: HTTPRequest) -> Response:
         fault, body = None, await request.body()
         if request.method == "POST":
             self.posts += 1
             fault = self.faults.pop(0) if self.faults else None
+            if time.monotonic() < self.down_until or (self.fail_after is not None and self.samples >= self.fail_after):
+                fault = "503"
+            elif fault is None and not json.loads(body).get("echo"):
+                self.samples += 1
         if fault == "503":
             return JSONResponse({"error": {"message": "overloaded", "code": 503}}, 503)
         if fault == "429":
@@ -130,7 +139,7 @@ def server(hf) -> Iterator[str]:
 def proxy(server) -> Iterator[FaultProxy]:
     proxy = FaultProxy(server)
     with serving(proxy.app) as url:
-        proxy.url = url
+        proxy.url, proxy.server_url = url, server
         yield proxy
 
 
@@ -194,17 +203,19 @@ def test_retries_503_and_429_then_succeeds_with_the_same_samples(proxy, model_di
     assert [g.token_ids for g in retried[0]] == [g.token_ids for g in draw(client, PROMPTS[:1], 3, SAMPLING)[0]]
 
 
-def test_retries_a_timeout_and_gives_up_after_max_retries(proxy, model_dir):
-    backend = OpenAIBackend(teacher(proxy.url, model_dir, timeout_seconds=2.0, max_retries=1))
+def test_retries_a_timeout_and_gives_up_after_its_patience(proxy, model_dir):
+    backend = OpenAIBackend(teacher(proxy.url, model_dir, timeout_seconds=2.0, patience_seconds=1.0))
     try:
         proxy.reset("slow")
         assert len(draw(backend, PROMPTS[:1], 2, SAMPLING)[0]) == 2 and proxy.posts == 2
         proxy.reset("slow", "slow")
-        with pytest.raises(ServerError, match="failed 2 times, last: ReadTimeout"):
+        with pytest.raises(ServerError, match=r"failed 2 times in 1 s \(teacher.server.patience_seconds\), last: "
+                                              "ReadTimeout"):
             draw(backend, PROMPTS[:1], 2, SAMPLING)
-        proxy.reset("503", "503")
-        with pytest.raises(ServerError, match="failed 2 times, last: HTTP 503: overloaded"):
+        proxy.reset(*["503"] * 100)
+        with pytest.raises(ServerError, match="in 1 s .*last: HTTP 503: overloaded"):
             backend.score(PROMPTS[0], "5")
+        assert 3 <= proxy.posts < 100  # retried, at 50 ms doubling, until the second was up
     finally:
         backend.close()
 
@@ -302,3 +313,63 @@ def test_factory_builds_the_configured_backend(server, model_dir):
         remote.close()
     local = build_backend(cfg, str(model_dir), dtype="float32", kind="hf")
     assert isinstance(local, HFBackend) and local.model.dtype == torch.float32
+
+
+# ---- a shard through a server that fails: waited out, or resumed from what it answered ---------------------------
+
+
+def _shard_config(url: str, model_dir: Path, store: Path, **server: object):
+    from heal_core.config import parse_config
+    from heal_core.demo import demo_defaults
+
+    return parse_config(demo_defaults(), [
+        "teacher.backend=openai", "teacher.entropy=topk", f"teacher.top_logprobs={MAX_LOGPROBS}",
+        f"teacher.model={model_dir}", f"teacher.server.url={url}/v1", f"teacher.server.model_name={NAME}",
+        "teacher.server.backoff_seconds=0.05", *(f"teacher.server.{k}={v}" for k, v in server.items()),
+        "teacher.sampling.n=4", "teacher.sampling.max_new_tokens=12", "hints.n=4", "hints.wave_samples=4",
+        "gear.failed_paths=1", "gear.continuations=2", f"storage.uri={store}"])
+
+
+def _shard(cfg, model_dir: Path):
+    """Three demo problems through the generation store and the chain, on the configured server."""
+    from heal_core.demo import demo_problems
+    from heal_core.generation_store import GenerationStore, generate_stored
+
+    store = GenerationStore.under(cfg.storage.uri, {}, "generation")
+    return generate_stored(demo_problems("generation")[:3], cfg, store, "selection", str(model_dir),
+                           lambda: OpenAIBackend(cfg.teacher, str(model_dir)), lambda: None)
+
+
+def _rows(shard):
+    from heal_core.trajectory import to_table
+
+    return to_table(shard.trajectories)
+
+
+@pytest.mark.slow
+def test_a_teacher_down_for_a_minute_is_waited_out_and_the_shard_is_the_clean_ones(proxy, model_dir, tmp_path):
+    clean = _shard(_shard_config(proxy.server_url, model_dir, tmp_path / "clean"), model_dir)
+    proxy.reset(outage=60.0)
+    started = time.monotonic()
+    waited = _shard(_shard_config(proxy.url, model_dir, tmp_path / "waited"), model_dir)
+    assert time.monotonic() - started >= 60 and proxy.posts > proxy.samples  # refused, retried, then served
+    assert _rows(waited).equals(_rows(clean))
+
+
+def test_a_shard_that_fails_half_way_asks_the_teacher_only_for_the_rest_on_retry(proxy, model_dir, tmp_path):
+    clean = _shard(_shard_config(proxy.server_url, model_dir, tmp_path / "clean"), model_dir)
+    proxy.reset()
+    _shard(_shard_config(proxy.url, model_dir, tmp_path / "counted"), model_dir)
+    everything = proxy.samples
+    assert everything >= 6, everything
+    cfg = _shard_config(proxy.url, model_dir, tmp_path / "failed", patience_seconds=1.0, max_concurrency=2)
+    proxy.reset(fail_after=everything // 2)
+    with pytest.raises(ServerError, match="HTTP 503"):
+        _shard(cfg, model_dir)
+    journal = list((tmp_path / "failed" / "generations" / "generation" / "_journal").rglob("*.parquet"))
+    assert journal, "nothing of the failed attempt was kept"
+    proxy.reset()
+    retried = _shard(cfg, model_dir)
+    assert proxy.samples <= everything - everything // 2, (proxy.samples, everything)
+    assert _rows(retried).equals(_rows(clean))
+    assert not list((tmp_path / "failed" / "generations" / "generation" / "_journal").rglob("*.parquet"))  # cleared

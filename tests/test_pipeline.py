@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,32 @@ def test_missing_model_path_fails_before_any_work(prefect_api, reduced, tmp_path
     with pytest.raises(FileNotFoundError, match="teacher model path .*no-such-model does not exist"):
         heal_pipeline(cfg.model_dump(mode="json"), "missing")
     assert not os.path.exists(tmp_path / "store")
+
+
+@pytest.mark.slow
+def test_two_resumes_at_once_one_works_and_the_other_names_the_holder(reduced, tmp_path):
+    """Two ``heal resume``s of one run, each with a Prefect server of its own (as on two laptops, or a resume
+    beside a UI retry): the second starts while the first holds the run's lease, exits 2 naming it, and the
+    first's result is the clean run's (the golden pin)."""
+    import subprocess
+    import sys
+    import time
+
+    from heal_core.run import Run
+
+    Run.of(reduced, "twice").pin(reduced)
+    env = {**os.environ, "HEAL_CACHE_DIR": str(tmp_path / "cache")}
+    resume = [sys.executable, "-c", "from flows.cli import app; app()", "resume", "twice", "--storage",
+              reduced.storage.uri]
+    first = subprocess.Popen(resume, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    leases = Path(reduced.storage.uri) / "runs" / "twice" / "leases"
+    deadline = time.monotonic() + 300
+    while not list(leases.glob("lease-*.json")):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0]
+        time.sleep(0.2)
+    second = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=300)
+    output = " ".join((second.stdout + second.stderr).split())
+    assert second.returncode == 2, output
+    assert re.search(r"is being worked on by \S+ pid \d+ \(flow run \S+ [0-9a-f-]{36}\)", output), output
+    assert first.communicate(timeout=900)[0] and first.returncode == 0
+    assert _fingerprint(Path(reduced.storage.uri) / "runs" / "twice") == json.loads(GOLDEN.read_text())

@@ -252,14 +252,23 @@ def test_config_migrate_rewrites_the_old_name_keeping_comments(tmp_path, renamed
 
 
 def test_a_removed_execution_setting_is_dropped_with_a_warning(monkeypatch):
-    monkeypatch.setattr(config, "REMOVED", (Removed("teacher.server.max_retries", "9.9.9", 5,
-                                                    "retries are teacher.server.retry_policy now",
+    monkeypatch.setattr(config, "REMOVED", (Removed("teacher.server.timeout_seconds", "9.9.9", 600.0,
+                                                    "timeouts are teacher.server.retry_policy now",
                                                     Declaration(Role.EXECUTION)),))
     before = _hashes(parse_config({}))
-    with later_version(removed=[(config.ServerConfig, "max_retries")]):
-        with pytest.warns(ConfigWarning, match="teacher.server.max_retries: removed in heal 9.9.9, dropped"):
-            cfg = parse_config({"teacher": {"server": {"max_retries": 17}}})
+    with later_version(removed=[(config.ServerConfig, "timeout_seconds")]):
+        with pytest.warns(ConfigWarning, match="teacher.server.timeout_seconds: removed in heal 9.9.9, dropped"):
+            cfg = parse_config({"teacher": {"server": {"timeout_seconds": 17}}})
         assert _hashes(cfg) == before
+
+
+def test_heal_0_1_s_retries_setting_is_dropped_with_a_warning_wherever_a_config_arrives():
+    """``teacher.server.max_retries`` gave way to ``patience_seconds`` in 0.2.0: an old run's config.yaml, and a
+    deployment's stored parameters (validated by pydantic, not parse_config), still read."""
+    with pytest.warns(ConfigWarning, match="teacher.server.max_retries: removed in heal 0.2.0, dropped"):
+        assert parse_config({"teacher": {"server": {"max_retries": 5}}}).teacher.server.patience_seconds == 600
+    with pytest.warns(ConfigWarning, match="max_retries"):
+        HealConfig.model_validate({"teacher": {"server": {"max_retries": 2}}})
 
 
 def test_a_removed_data_setting_loads_at_what_heal_now_does_and_is_refused_at_anything_else(monkeypatch):

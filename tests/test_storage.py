@@ -292,3 +292,50 @@ def test_directory_round_trip_uploads_marker_last(tmp_path, s3_endpoint):
         assert (dst / "weights.bin").read_bytes() == b"w" * 1000
         assert (dst / "sub" / "tok.json").read_text() == "{}"
         assert (dst / "DONE").read_text() == "ok"
+
+
+def test_get_dir_refuses_a_listed_key_that_leaves_the_destination_and_writes_nothing(tmp_path, s3_endpoint):
+    """A storage endpoint is not trusted with the worker's filesystem: S3 keys are plain strings, and one that
+    climbs out of the destination (``m/../../x``) must not be written there, nor anything else of the listing."""
+    import boto3
+
+    from heal_core.storage import StorageError, get_dir
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="hostile")
+    s3.put_object(Bucket="hostile", Key="m/a-weights.bin", Body=b"w")
+    s3.put_object(Bucket="hostile", Key="m/../../x", Body=b"owned")
+    dst = tmp_path / "cache" / "models" / "m"
+    with pytest.raises(StorageError, match=r"the key '\.\./\.\./x' would be written outside"):
+        get_dir("s3://hostile/m", dst)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written == [], written
+
+
+def test_get_dir_refuses_a_key_that_resolves_through_a_symlink_out(tmp_path):
+    from heal_core.storage import StorageError, get_dir
+
+    (tmp_path / "remote" / "link").mkdir(parents=True)
+    (tmp_path / "remote" / "link" / "x").write_bytes(b"owned")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(StorageError, match="resolves outside"):
+        get_dir(str(tmp_path / "remote"), dst)
+    assert not (tmp_path / "elsewhere" / "x").exists()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_create_writes_only_where_nothing_is(tmp_path, where, request):
+    from heal_core.storage import create, read_bytes
+
+    if where == "s3":
+        import boto3
+
+        boto3.client("s3", endpoint_url=request.getfixturevalue("s3_endpoint")).create_bucket(Bucket="leases")
+        uri = "s3://leases/run/lease"
+    else:
+        uri = str(tmp_path / "run" / "lease")
+    assert create(b"first", uri) and not create(b"second", uri)
+    assert read_bytes(uri) == b"first"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from heal_core import fingerprints, stores
 from heal_core.config import parse_config
 from heal_core.settings import Role
@@ -33,3 +35,37 @@ def test_a_fingerprint_is_described_once_with_the_settings_it_stands_for(tmp_pat
     path.write_text('{"kept": true}')
     stores.describe(cfg, Role.GENERATION, fingerprint)
     assert json.loads(path.read_text()) == {"kept": True}
+
+
+@pytest.mark.parametrize("killed_at", ["model.safetensors", "heal_stage.json"])
+def test_a_model_download_killed_half_way_is_fetched_again(tmp_path, monkeypatch, killed_at):
+    """The marker comes last and the folder is renamed into place only when whole, so a download that dies at
+    any file leaves nothing that looks finished (before, the marker came first, sorted, and a download killed at
+    the weights looked finished for good)."""
+    from heal_core import storage
+    from heal_core.train import MARKER, finished
+    from tasks.training import local_model, local_model_dir
+
+    remote = tmp_path / "store" / "model"
+    remote.mkdir(parents=True)
+    (remote / "model.safetensors").write_bytes(b"w" * 100)
+    (remote / MARKER).write_text(json.dumps({"name": "stage1", "model_dir": "x", "examples": 1, "steps": 1,
+                                             "train_loss": 0.1}))
+    monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = parse_config({"storage": {"uri": str(tmp_path / "store")}})
+    real = storage.read_bytes
+
+    def killed(uri, options=None):
+        if uri.endswith("/" + killed_at):
+            raise KeyboardInterrupt  # the worker dies here
+        return real(uri, options)
+
+    monkeypatch.setattr(storage, "read_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        local_model(str(remote), cfg)
+    local = local_model_dir(str(remote))
+    assert finished(local) is None and not local.exists()
+    monkeypatch.setattr(storage, "read_bytes", real)  # the retry
+    assert local_model(str(remote), cfg) == str(local)
+    assert (local / "model.safetensors").read_bytes() == b"w" * 100 and finished(local) is not None
+    assert [p.name for p in local.parent.iterdir()] == [local.name]  # no temporary folder left

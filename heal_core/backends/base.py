@@ -86,6 +86,19 @@ class Generation:
             raise ValueError(f"entropy has {len(self.entropy)} values for {len(self.token_ids)} tokens")
 
 
+def with_answered(error: BaseException, done: dict[int, list[Generation]]) -> BaseException:
+    """``error``, raised by ``generate`` after some of its requests were answered, carrying their completions
+    (request index -> completions), so a caller can keep them (``heal_core/replay.py``'s journal) and ask again only
+    for the rest; its type stays what the failure was."""
+    error.answered = done  # type: ignore[attr-defined]
+    return error
+
+
+def answered(error: BaseException) -> dict[int, list[Generation]]:
+    """The completions a failed ``generate`` call did receive (``with_answered``); none by default."""
+    return getattr(error, "answered", {})
+
+
 class BackendUnavailable(RuntimeError):
     """A backend returned nothing usable for a whole batch: a broken engine, server or model, not a property of
     the prompts. Raised, never recorded, so the work fails and can be retried (see ``heal_core.verify``'s

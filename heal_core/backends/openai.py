@@ -20,9 +20,12 @@ error saying what heal needs, never with entropies made up.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import os
 import random
+import time
 import weakref
+from datetime import UTC, datetime
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,15 +35,36 @@ from anyio.from_thread import start_blocking_portal
 
 from heal_core import progress
 from heal_core.backends import logprobs, tokens
-from heal_core.backends.base import Generation, Request
+from heal_core.backends.base import Generation, Request, with_answered
 from heal_core.config import SamplingConfig, ServerConfig, TeacherConfig
+from heal_core.environment import NotAllowed, check_allowed
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_BACKOFF_SECONDS = 30.0
+
+
+def _retry_after(header: str | None) -> float | None:
+    """A Retry-After header's wait in seconds: a number, or an HTTP date (RFC 9110); None when absent or unreadable."""
+    if not header:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(header))
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        return max(0.0, (email.utils.parsedate_to_datetime(header) - datetime.now(UTC)).total_seconds())
+    return None
 TOKEN_ID_PREFIX = "token_id:"
 
 
 class ServerError(RuntimeError):
     """The server refused a request, or kept failing past the retries."""
+
+
+class Unfinished(Exception):
+    """``post_all`` failed (its ``__cause__``) after ``done`` (index -> response) had arrived."""
+
+    def __init__(self, done: dict[int, Any]) -> None:
+        super().__init__(f"{len(done)} responses arrived before the failure")
+        self.done = done
 
 
 class LogprobsUnsupported(ServerError):
@@ -148,6 +172,10 @@ class CompletionsClient:
         self.settings = settings
         headers = {}
         if settings.api_key_env:
+            try:
+                check_allowed(settings.api_key_env, "teacher.server.api_key_env")
+            except NotAllowed as err:
+                raise ServerError(str(err)) from None
             key = os.environ.get(settings.api_key_env)
             if not key:
                 raise ServerError(f"teacher.server.api_key_env names {settings.api_key_env}, which is not set")
@@ -175,11 +203,12 @@ class CompletionsClient:
         return self._portal.call(self._request, "GET", path, None)
 
     def post_all(self, path: str, payloads: Sequence[dict[str, Any]]) -> list[Any]:
-        """Responses in the order of ``payloads``; the first failure cancels the rest and is raised."""
+        """Responses in the order of ``payloads``. The first failure cancels the requests still in flight and is
+        raised as ``Unfinished``, which holds the responses that did arrive."""
         return self._portal.call(self._post_all, path, list(payloads))
 
     async def _post_all(self, path: str, payloads: list[dict[str, Any]]) -> list[Any]:
-        results: list[Any] = [None] * len(payloads)
+        results: dict[int, Any] = {}
 
         async def one(i: int) -> None:
             results[i] = await self._request("POST", path, payloads[i])
@@ -189,12 +218,15 @@ class CompletionsClient:
                 for i in range(len(payloads)):
                     group.start_soon(one, i)
         except BaseExceptionGroup as failed:  # anyio groups every error: raise the first as itself
-            raise failed.exceptions[0] from None
-        return results
+            raise Unfinished(results) from failed.exceptions[0]
+        return [results[i] for i in range(len(payloads))]
 
     async def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
+        """One request, retried through 429/5xx answers, timeouts and connection errors with jittered exponential
+        backoff (a server's Retry-After wins, up to ``max_retry_after_seconds``) until ``patience_seconds`` have
+        passed since its first failure: a server restarting or shedding load for minutes is waited out."""
         url = f"{self.settings.url.rstrip('/')}/{path}"
-        attempt = 0
+        attempt, deadline = 0, None
         async with self._slots:
             while True:
                 retry_after: float | None = None
@@ -208,12 +240,16 @@ class CompletionsClient:
                     problem = f"HTTP {response.status_code}: {_error_message(response)}"
                     if response.status_code not in RETRY_STATUS:
                         raise self._refused(url, problem, payload)
-                    with contextlib.suppress(ValueError, TypeError):
-                        retry_after = float(response.headers.get("retry-after"))
-                if attempt == self.settings.max_retries:
-                    raise ServerError(f"{method} {url} failed {attempt + 1} times, last: {problem}")
-                delay = self.settings.backoff_seconds * 2**attempt * random.uniform(0.5, 1.0)
-                await anyio.sleep(retry_after if retry_after is not None else delay)
+                    retry_after = _retry_after(response.headers.get("retry-after"))
+                now = time.monotonic()
+                deadline = deadline or now + self.settings.patience_seconds
+                if now >= deadline:
+                    raise ServerError(f"{method} {url} failed {attempt + 1} times in {self.settings.patience_seconds:.0f}"
+                                      f" s (teacher.server.patience_seconds), last: {problem}")
+                delay = min(MAX_BACKOFF_SECONDS, self.settings.backoff_seconds * 2**attempt) * random.uniform(0.5, 1.0)
+                if retry_after is not None:
+                    delay = min(retry_after, self.settings.max_retry_after_seconds)
+                await anyio.sleep(min(delay, deadline - now))
                 attempt += 1
 
     @staticmethod
@@ -265,15 +301,20 @@ class OpenAIBackend(logprobs.RowScoringBackend):
                            sampling, r.seed, self.stop_ids, k)
             for r in requests
         ]
-        responses = self.client.post_all("completions", payloads)
-        results = []
-        for response, r in zip(responses, requests, strict=True):
-            choices = sorted(response["choices"], key=lambda c: c["index"])
-            if len(choices) != r.n:
-                raise ServerError(f"asked for {r.n} samples, the server returned {len(choices)}")
-            results.append([self._generation(c, r.seed + c["index"], sampling.temperature) for c in choices])
+        try:
+            responses = self.client.post_all("completions", payloads)
+        except Unfinished as unfinished:  # the answers that did arrive are the caller's to keep
+            done = {i: self._generations(response, requests[i], sampling) for i, response in unfinished.done.items()}
+            raise with_answered(unfinished.__cause__, done) from None
+        results = [self._generations(response, r, sampling) for response, r in zip(responses, requests, strict=True)]
         progress.advance(sum(map(len, results)), sum(len(g.token_ids) for gens in results for g in gens))
         return results
+
+    def _generations(self, response: dict[str, Any], request: Request, sampling: SamplingConfig) -> list[Generation]:
+        choices = sorted(response["choices"], key=lambda c: c["index"])
+        if len(choices) != request.n:
+            raise ServerError(f"asked for {request.n} samples, the server returned {len(choices)}")
+        return [self._generation(c, request.seed + c["index"], sampling.temperature) for c in choices]
 
     def _generation(self, choice: dict[str, Any], seed: int, temperature: float) -> Generation:
         ids, positions = choice_tokens(choice)
@@ -288,7 +329,10 @@ class OpenAIBackend(logprobs.RowScoringBackend):
     def _score_rows(self, rows: list[list[int]]) -> list[list[dict[int, float] | None]]:
         """Per-position log-prob maps of each row (echo requests, all in flight together), checked to be the
         row's own tokens."""
-        responses = self.client.post_all("completions", [score_payload(self.served, r) for r in rows])
+        try:
+            responses = self.client.post_all("completions", [score_payload(self.served, r) for r in rows])
+        except Unfinished as unfinished:  # scores are cheap to ask again: the failure is what matters
+            raise unfinished.__cause__ from None
         out = []
         for row, response in zip(rows, responses, strict=True):
             ids, positions = choice_tokens(response["choices"][0])

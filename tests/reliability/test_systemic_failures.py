@@ -64,7 +64,8 @@ def test_a_verifier_pool_that_cannot_start_fails_the_shard_and_a_retry_equals_a_
         _shard(layout, cfg)
     assert not _done(layout, cfg)  # nothing recorded as finished
     assert not (tmp_path / "broken" / "runs" / "broken" / "samples" / "shard-00000.parquet").exists()
-    assert not (tmp_path / "broken" / "generations").exists()  # nor stored for another run to re-use
+    stored = [p for p in (tmp_path / "broken" / "generations").rglob("*.parquet") if "_journal" not in p.parts]
+    assert stored == []  # nor stored for another run to re-use (the teacher's raw answers are journaled, no verdicts)
 
     monkeypatch.undo()  # the cause removed: the same shard, retried, is the clean run's
     _shard(layout, cfg)

@@ -1,0 +1,48 @@
+"""One run, one process at a time (heal_core/lease.py): the lease is taken atomically in the run's storage, named
+to whoever else tries, released at the end, taken over once expired, and a holder that lost it stops."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from heal_core import lease
+
+
+@pytest.fixture(params=["local", "s3"])
+def run_root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "runs" / "r")
+    import boto3
+
+    boto3.client("s3", endpoint_url=request.getfixturevalue("s3_endpoint")).create_bucket(Bucket="lease-runs")
+    return f"s3://lease-runs/{tmp_path.name}/runs/r"
+
+
+def test_a_second_holder_is_refused_naming_the_first_until_it_releases(run_root):
+    with lease.held(run_root, {}, 60, "flow run first"):
+        with pytest.raises(lease.RunBusy, match=r"being worked on by .* pid \d+ \(flow run first\), since"):
+            with lease.held(run_root, {}, 60, "flow run second"):
+                pytest.fail("two holders")
+    with lease.held(run_root, {}, 60, "flow run second"):  # released: taken at once
+        pass
+
+
+def test_an_expired_lease_is_taken_over(run_root):
+    number, _ = lease.acquire(run_root, {}, 0.5, "a holder that was killed")  # never renewed, never released
+    time.sleep(0.6)
+    taken, mine = lease.acquire(run_root, {}, 60, "the next resume")
+    assert taken == number + 1 and "the next resume" in mine.holder
+
+
+def test_a_holder_whose_lease_was_taken_over_stops(tmp_path):
+    root = str(tmp_path / "r")
+    with pytest.raises(lease.LeaseLost, match="took it over"):
+        with lease.held(root, {}, 0.6, "a paused holder"):
+            # another process took over (as after a pause longer than the expiry): lease 2 exists
+            (tmp_path / "r" / "leases" / "lease-00000002.json").write_text(json.dumps(
+                {"holder": "other", "acquired": time.time(), "expires": time.time() + 60}))
+            time.sleep(5)
+            pytest.fail("the lost holder went on")

@@ -270,7 +270,14 @@ PrefectFileOpt = Annotated[Path, typer.Option("--prefect-file", help="the deploy
 
 
 @app.command()
-def deploy(config: ConfigArg = None, set_: SetOpt = None, prefect_file: PrefectFileOpt = Path("deployments/prefect.yaml")) -> None:
+def deploy(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    prefect_file: PrefectFileOpt = Path("deployments/prefect.yaml"),
+    allow_env: Annotated[list[str] | None, typer.Option("--allow-env", help="an environment variable a run's config "
+                                                        "may name besides those CONFIG names (a teacher server's key)")]
+    = None,
+) -> None:
     """Register heal's deployments on the Prefect API (PREFECT_API_URL), creating missing work pools.
 
     CONFIG (or the embedded default) becomes the pipelines' default run config and names the pools; its
@@ -287,7 +294,7 @@ def deploy(config: ConfigArg = None, set_: SetOpt = None, prefect_file: PrefectF
     try:
         storage.check_shared(cfg.storage.uri)
         spec = render(yaml.safe_load(path.read_text()), cfg)
-        created = ensure_pools(spec, cfg)
+        created, alerts = ensure_pools(spec, cfg, allow_env or [])
         register(spec)
         close_parameter_schemas(spec)
         automation = ensure_zombie_automation(cfg.orchestration.heartbeat_timeout_seconds)
@@ -295,6 +302,8 @@ def deploy(config: ConfigArg = None, set_: SetOpt = None, prefect_file: PrefectF
         raise _fail(err) from None
     for name in created:
         console.print(f"created work pool [bold]{name}[/bold] (process)")
+    for alert in alerts:
+        console.print(f"[yellow]warning:[/yellow] {escape(alert)}", soft_wrap=True)
     if automation:
         console.print(f"automation: flow runs silent for {cfg.orchestration.heartbeat_timeout_seconds} s are marked CRASHED")
     for d in spec["deployments"]:
@@ -433,11 +442,11 @@ def export(
 
 def _store_inventory(storage_uri: str):
     """What the stores under ``storage_uri`` hold, and which runs use it (``heal_core/stores.py``)."""
-    from heal_core import fingerprints, stores
-    from tasks.models import resolve_model
+    from heal_core import stores
+    from tasks.models import resolve_model, teacher_identity
 
     def identity(cfg: HealConfig) -> str:
-        return fingerprints.model_identity(resolve_model(cfg.teacher.model, "teacher"))
+        return teacher_identity(cfg, resolve_model(cfg.teacher.model, "teacher"))
 
     try:
         return stores.inventory(storage_uri, {}, stores.run_uses(storage_uri, {}, identity))
@@ -600,16 +609,28 @@ def serve_teacher(
     port: int = 8000,
     vllm_bin: Annotated[str, typer.Option(help="the vllm executable, e.g. of a separate virtualenv")] = "vllm",
     print_only: Annotated[bool, typer.Option("--print-only", help="vllm: print the command instead of running it")] = False,
+    max_n: Annotated[int | None, typer.Option(help="hf: most completions per request (default: the most the config "
+                                                   "asks for)")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="listen beyond this machine without an API key")] = False,
 ) -> None:
     """Serve the configured teacher on an OpenAI-compatible /v1/completions endpoint, for teacher.backend: openai.
 
-    The served name is teacher.server.model_name (default teacher.model); log-probs up to teacher.top_logprobs.
+    The served name is teacher.server.model_name (default teacher.model); log-probs up to teacher.top_logprobs;
+    requests need the bearer token in the variable teacher.server.api_key_env names (the same config sets the
+    client's), which a server listening beyond this machine must have (or --insecure).
     """
     import shlex
 
     from tasks.models import resolve_model
 
     cfg = _load(config, set_)
+    key_env = cfg.teacher.server.api_key_env
+    api_key = os.environ.get(key_env) if key_env else None
+    if key_env and not api_key:
+        raise _fail(f"teacher.server.api_key_env names {key_env}, which is not set")
+    if not api_key and host not in ("127.0.0.1", "localhost", "::1") and not insecure:
+        raise _fail(f"a server on {host} without an API key answers anyone who reaches it: set "
+                    "teacher.server.api_key_env to a variable holding the key, or pass --insecure")
     try:
         model = resolve_model(cfg.teacher.model, "teacher")
     except FileNotFoundError as err:
@@ -618,15 +639,17 @@ def serve_teacher(
     if backend == "hf":
         from heal_core.backends.serve import serve
 
-        console.print(f"serving {escape(model)} as {escape(name)} on http://{host}:{port}/v1", highlight=False)
+        most = max_n or max(cfg.teacher.sampling.n, cfg.hints.n, cfg.gear.continuations, cfg.evaluation.samples)
+        console.print(f"serving {escape(model)} as {escape(name)} on http://{host}:{port}/v1"
+                      f"{' (API key required)' if api_key else ''}", highlight=False)
         serve(model, name, host, port, cfg.teacher.dtype, cfg.teacher.device, cfg.teacher.top_logprobs,
-              cfg.teacher.max_batch_sequences)
+              cfg.teacher.max_batch_sequences, api_key, most, cfg.teacher.sampling.max_new_tokens)
     elif backend == "vllm":
         from heal_core.backends.vllm import serve_command
 
         command, env = serve_command(cfg.teacher, model, name, host, port, vllm_bin)
-        print(shlex.join(command))  # plain print: a copyable command line
+        print(shlex.join(command))  # plain print: a copyable command line (the key travels in VLLM_API_KEY)
         if not print_only:
-            os.execvpe(command[0], command, {**env, **os.environ})
+            os.execvpe(command[0], command, {**env, **os.environ, **({"VLLM_API_KEY": api_key} if api_key else {})})
     else:
         raise _fail(f"--backend must be hf or vllm, not {backend!r}")

@@ -28,6 +28,8 @@ PREFECT_FILE = Path(__file__).resolve().parent.parent / "deployments" / "prefect
 HEARTBEAT_SECONDS = 30  # the smallest flow run heartbeat frequency for which Prefect emits heartbeat events
 ZOMBIE_AUTOMATION = "heal: crash flow runs whose heartbeat stopped"
 PIPELINES = ("heal-pipeline", "heal-pipeline-nightly")
+OPEN_VARIABLES = {"command", "env", "working_dir", "image", "namespace", "service_account_name"}
+"""Job variables that, left to whoever creates a flow run, run something else, somewhere else or as someone else."""
 OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
 
@@ -44,7 +46,7 @@ def render(spec: dict[str, Any], cfg: HealConfig) -> dict[str, Any]:
     return out
 
 
-def base_job_template(cfg: HealConfig) -> dict[str, Any]:
+def base_job_template(cfg: HealConfig, allow_env: list[str]) -> dict[str, Any]:
     """The job template of heal's process pools: Prefect's own, with the job variables a flow run may set cut down
     to ``name``, ``labels`` and ``stream_output``, and nothing else (``additionalProperties: false``).
 
@@ -53,8 +55,8 @@ def base_job_template(cfg: HealConfig) -> dict[str, Any]:
     checks a flow run's job variables against this schema when the run is created (HTTP 422), as it checks
     parameters against theirs. What every flow run gets instead is fixed here: the storage the operator's config
     names (``HEAL_STORAGE_ROOT``, ``HEAL_STORAGE_OPTIONS``: ``heal_core/run.py::check_storage``) and the only
-    environment variables a run's config may name (``HEAL_ALLOWED_ENV``: those the operator's config names,
-    ``heal_core/environment.py``).
+    environment variables a run's config may name (``HEAL_ALLOWED_ENV``: those the operator's config names and
+    ``allow_env``, ``heal_core/environment.py``).
     """
     from prefect.workers.process import ProcessWorker
 
@@ -64,7 +66,7 @@ def base_job_template(cfg: HealConfig) -> dict[str, Any]:
         template["job_configuration"].pop(name)
     template["variables"]["additionalProperties"] = False
     named = sorted({*ENV_REFERENCE.findall(json.dumps(cfg.storage.storage_options)),
-                    *filter(None, [cfg.teacher.server.api_key_env])})
+                    *filter(None, [cfg.teacher.server.api_key_env]), *allow_env})
     template["job_configuration"]["env"] = {
         STORAGE_ROOT: cfg.storage.uri, STORAGE_OPTIONS: json.dumps(cfg.storage.storage_options),
         ALLOWED: ",".join(named),
@@ -72,24 +74,33 @@ def base_job_template(cfg: HealConfig) -> dict[str, Any]:
     return template
 
 
-def ensure_pools(spec: dict[str, Any], cfg: HealConfig) -> list[str]:
+def ensure_pools(spec: dict[str, Any], cfg: HealConfig, allow_env: list[str]) -> tuple[list[str], list[str]]:
     """Create the process work pools the spec names that do not exist yet, with heal's job template
-    (``base_job_template``), and give existing ones that template; return the names created."""
+    (``base_job_template``), and give existing process pools that template; return the names created, and a
+    warning for each pool of another type (a Kubernetes pool from ``infra/k8s``) whose job variables are open."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
-    created, template = [], base_job_template(cfg)
+    created, alerts, template = [], [], base_job_template(cfg, allow_env)
     with get_client(sync_client=True) as client:
         for name in sorted({d["work_pool"]["name"] for d in spec["deployments"]}):
             try:
-                client.read_work_pool(name)
+                pool = client.read_work_pool(name)
             except ObjectNotFound:
                 client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template))
                 created.append(name)
-            else:
+                continue
+            if pool.type == "process":
                 client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
-    return created
+                continue
+            variables = pool.base_job_template.get("variables", {})
+            open_ = sorted(set(variables.get("properties", {})) & OPEN_VARIABLES)
+            if open_ or variables.get("additionalProperties", True) is not False:
+                settable = ", ".join(open_) or "any job variable"
+                alerts.append(f"work pool {name} ({pool.type}) lets a flow run set {settable}: give it a closed "
+                              "template (infra/k8s/gpu-work-pool.json)")
+    return created, alerts
 
 
 def ensure_zombie_automation(timeout_seconds: int) -> bool:

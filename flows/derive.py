@@ -72,7 +72,7 @@ def heal_derive(run_id: str, storage_uri: str, kind: Kind, overrides: list[str] 
             f"{', '.join(map(str, missing)) or 'all'}); finish it with: heal resume {run_id} --storage {storage_uri}")
     check_models(cfg)
     run = Run.of(cfg, derived_id(run_id, kind, cfg))
-    with lease.held(run.root, run.options, cfg.orchestration.lease_seconds, holder()):
+    with lease.held(run.root, run.options, cfg.orchestration.lease_seconds, *holder()):
         return _derive(parent, parent_cfg, run, cfg, shards, kind, overrides, variants)
 
 

@@ -9,7 +9,7 @@ from heal_core.evaluate import HELD_OUT
 from heal_core.fingerprints import model_identity
 from heal_core.run import Run
 from tasks.evaluation import evaluate_model, write_evaluation
-from tasks.models import resolve_model
+from tasks.models import resolve_model, teacher_identity
 from tasks.problems import benchmark_sets, problem_set
 from tasks.secrets import export_secrets
 from tasks.training import TrainedModel, trained_model_identity
@@ -28,7 +28,8 @@ def heal_eval(run_root: str, config: HealConfig, trained: list[TrainedModel]) ->
     held_out, _ = problem_set(config.evaluation.uri, "eval", config, config.evaluation.max_problems)
     sets = {HELD_OUT: held_out, **benchmark_sets(config)}
     teacher, student = resolve_model(config.teacher.model, "teacher"), resolve_model(config.student.model, "student")
-    models = [("teacher", None, teacher, model_identity(teacher)), ("student_base", None, student, model_identity(student)),
+    models = [("teacher", None, teacher, teacher_identity(config, teacher)),
+              ("student_base", None, student, model_identity(student)),
               *((m.variant, m.seed, m.model, trained_model_identity(m.model, config.storage.storage_options))
                 for m in trained)]
     rows = [row for label, seed, ref, identity in models

@@ -84,13 +84,14 @@ def heal_pipeline(config: HealConfig, run_id: str | None = None) -> dict[str, An
     export_secrets(cfg)
     run = Run.of(cfg, run_id or _default_run_id())
     check_models(cfg)  # before anything is written, the lease too
-    with lease.held(run.root, run.options, cfg.orchestration.lease_seconds, holder()):
+    with lease.held(run.root, run.options, cfg.orchestration.lease_seconds, *holder()):
         return _pipeline(run, cfg)
 
 
-def holder() -> str:
-    """What holds a run's lease (``heal_core/lease.py``), as a second process names it: this flow run."""
-    return f"flow run {runtime.flow_run.name} {runtime.flow_run.id}"
+def holder() -> tuple[str, str]:
+    """What holds a run's lease (``heal_core/lease.py``), as a second process names it, and its owner: this flow
+    run, whose retry takes the lease at once."""
+    return f"flow run {runtime.flow_run.name} {runtime.flow_run.id}", str(runtime.flow_run.id)
 
 
 def _pipeline(run: Run, cfg: HealConfig) -> dict[str, Any]:

@@ -40,13 +40,34 @@ __all__ = ["digest", "evaluation", "file_digest", "generation", "model_identity"
 def model_identity(path: str) -> str:
     """What a model reference names: for a local directory, every file's name and the sha256 of its bytes (a
     checkpoint replaced under the same path, even with the same shapes, is another model; the same checkpoint at
-    another path is the same model); for a hub name, the name."""
+    another path is the same model); for a hub name, the name and the commit it resolves to (``hub_revision``), so
+    a model updated on the hub under the same name is another model."""
     root = Path(path)
     if not root.is_dir():
-        return path
+        return f"{path}@{hub_revision(path)}"
     files = sorted(p for p in root.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     return digest([(str(p.relative_to(root)), file_digest(p)) for p in files])
+
+
+def hub_revision(name: str) -> str:
+    """The commit hash a hub name resolves to: the one in this machine's Hugging Face cache (what a worker that
+    downloaded it loads), else the hub's current one (online). ``ValueError`` when neither can be had."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name, local_files_only=True)).name
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass
+    try:
+        sha = HfApi().model_info(name).sha
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        raise ValueError(f"cannot tell which revision of the hub model {name} this is: not in the Hugging Face "
+                         f"cache and the hub did not answer ({err})") from None
+    if not sha:
+        raise ValueError(f"the hub gave no commit for {name}")
+    return sha
 
 
 def file_digest(path: Path) -> str:

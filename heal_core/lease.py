@@ -44,6 +44,7 @@ class LeaseLost(RuntimeError):
 @dataclass(frozen=True)
 class Lease:
     holder: str  # host, pid and what it runs, for the message a second process prints
+    owner: str  # what works on the run across its attempts: a flow run, whose retry may take its lease at once
     acquired: float
     expires: float
     released: bool = False
@@ -67,15 +68,17 @@ def _current(root: str, options: dict) -> tuple[int, Lease | None]:
     return numbers[-1], Lease(**storage.read_json(storage.join(root, _name(numbers[-1])), options))
 
 
-def acquire(run_root: str, options: dict, seconds: float, what: str) -> tuple[int, Lease]:
-    """Take the run's lease, or raise ``RunBusy`` naming its holder."""
+def acquire(run_root: str, options: dict, seconds: float, what: str, owner: str) -> tuple[int, Lease]:
+    """Take the run's lease, or raise ``RunBusy`` naming its holder. A lease of the same ``owner`` is taken at
+    once: an attempt of a flow run ends before its retry starts (Prefect runs one at a time), so it is the retry's,
+    even when the attempt could not release it (its storage was down as it failed)."""
     root = storage.join(run_root, "leases")
     number, current = _current(root, options)
     now = time.time()
-    if current is not None and not current.released and current.expires > now:
+    if current is not None and not current.released and current.expires > now and current.owner != owner:
         raise RunBusy(f"run {run_root} is being worked on by {current.describe()}; wait for it to finish, or stop "
                       f"it, before running it here (a stopped holder's lease expires within {seconds:.0f} s)")
-    mine = Lease(f"{socket.gethostname()} pid {os.getpid()} ({what})", now, now + seconds)
+    mine = Lease(f"{socket.gethostname()} pid {os.getpid()} ({what})", owner, now, now + seconds)
     if not storage.create(json.dumps(asdict(mine)).encode(), storage.join(root, _name(number + 1)), options):
         _, winner = _current(root, options)
         raise RunBusy(f"run {run_root} was just taken by {winner.describe() if winner else 'another process'}")
@@ -94,17 +97,17 @@ def _renew(root: str, options: dict, number: int, lease: Lease, seconds: float, 
                 lost.append(f"this process's lease on the run expired and lease {latest} took it over")
                 _thread.interrupt_main()
                 return
-            lease = Lease(lease.holder, lease.acquired, time.time() + seconds)
+            lease = Lease(lease.holder, lease.owner, lease.acquired, time.time() + seconds)
             storage.write_json(asdict(lease), storage.join(root, _name(number)), options)
         except storage.StorageError:
             continue  # an outage: try again; the lease lasts the expiry meanwhile
 
 
 @contextlib.contextmanager
-def held(run_root: str, options: dict, seconds: float, what: str) -> Iterator[None]:
+def held(run_root: str, options: dict, seconds: float, what: str, owner: str) -> Iterator[None]:
     """Hold the run's lease for the ``with`` block: renewed in a thread, released at the end (also on an error
     or Ctrl-C), so the next process may take the run at once."""
-    number, lease = acquire(run_root, options, seconds, what)
+    number, lease = acquire(run_root, options, seconds, what, owner)
     root = storage.join(run_root, "leases")
     stop, lost = threading.Event(), []
     renewer = threading.Thread(target=_renew, args=(root, options, number, lease, seconds, stop, lost), daemon=True,
@@ -120,6 +123,6 @@ def held(run_root: str, options: dict, seconds: float, what: str) -> Iterator[No
         stop.set()
         renewer.join()
         if not lost:
-            released = Lease(lease.holder, lease.acquired, time.time(), released=True)
+            released = Lease(lease.holder, lease.owner, lease.acquired, time.time(), released=True)
             with contextlib.suppress(storage.StorageError):
                 storage.write_json(asdict(released), storage.join(root, _name(number)), options)

@@ -107,7 +107,10 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def _replace_local(path: str, data: bytes) -> None:
+def _place_local(path: str, data: bytes, exclusive: bool = False) -> bool:
+    """Write ``data`` to a hidden temp file beside ``path`` (``.name.tmp-<uuid>``), fsync it, and put it in place
+    whole: ``os.replace``, or with ``exclusive`` a hard link, which never replaces an existing name (False then).
+    The temp file is removed whatever happens (a SIGKILL can leave one behind, hidden: ``list_files`` skips it)."""
     directory, name = os.path.split(path)
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
@@ -116,26 +119,31 @@ def _replace_local(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if not exclusive:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-        raise
 
 
 def write_bytes(data: bytes, uri: str, storage_options: dict[str, Any] | None = None) -> None:
     """Write ``data`` so that a reader sees the old object or the complete new one, never a part of it.
 
-    Local: the bytes go to a hidden temp file next to the target (``.name.tmp-<uuid>``), are fsync'd, then
-    ``os.replace`` swaps it in atomically; on any error the temp file is removed (a SIGKILL can leave one
-    behind, hidden, and ``list_files`` skips it). Parent directories are created.
+    Local: ``_place_local`` (a temp file, fsync'd, swapped in with ``os.replace``). Parent directories are
+    created.
     S3: one PUT of the complete bytes (s3fs switches to a multipart upload above 100 MB); S3 makes an object
     visible only when the PUT, or the multipart completion, finishes.
     """
     fs, path = _fs(uri, storage_options)
     with _errors(uri):
         if isinstance(fs, LocalFileSystem):
-            _replace_local(path, data)
+            _place_local(path, data)
         else:
             fs.pipe_file(path, data)
 
@@ -155,21 +163,7 @@ def create(data: bytes, uri: str, storage_options: dict[str, Any] | None = None)
             except FileExistsError:
                 return False
             return True
-        directory, name = os.path.split(path)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-        return True
+        return _place_local(path, data, exclusive=True)
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
@@ -314,7 +308,7 @@ def get_dir(uri: str, local_dir: str | os.PathLike[str], storage_options: dict[s
             continue
         planned.append((rel, _inside(root, rel, uri)))
     for rel, target in sorted(planned, key=lambda p: p[0] == last):
-        _replace_local(str(target), read_bytes(join(uri, rel), storage_options))
+        _place_local(str(target), read_bytes(join(uri, rel), storage_options))
 
 
 def _inside(root: Path, rel: str, uri: str) -> Path:

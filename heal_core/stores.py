@@ -78,7 +78,8 @@ class RunUse:
 
 def run_uses(storage_uri: str, options: dict[str, Any], teacher_identity: Callable[[HealConfig], str]) -> list[RunUse]:
     """Every run under ``storage_uri``, with the fingerprints it uses (``teacher_identity`` names an older run's
-    teacher; it raises ``FileNotFoundError`` or ``ValueError`` where the teacher is not on this machine)."""
+    teacher; it raises ``FileNotFoundError``, ``ValueError`` or a ``RuntimeError`` where the teacher, its revision
+    or its server cannot be reached from here)."""
     uses = []
     for run_id in storage.list_dirs(storage.join(storage_uri, "runs"), options):
         run = Run(storage.join(storage_uri, "runs", run_id), options)
@@ -93,7 +94,7 @@ def run_uses(storage_uri: str, options: dict[str, Any], teacher_identity: Callab
             continue
         try:
             generation = fingerprints.generation(cfg, teacher_identity(cfg))
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, ValueError, RuntimeError) as err:  # no such path, no revision, no server
             uses.append(RunUse(run_id, cfg, None, fingerprints.evaluation(cfg), f"its teacher is not here: {err}"))
             continue
         uses.append(RunUse(run_id, cfg, generation, fingerprints.evaluation(cfg)))

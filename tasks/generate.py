@@ -20,7 +20,7 @@ from heal_core.generation_store import GenerationStore, generate_stored, lineage
 from heal_core.run import Run
 from heal_core.settings import Role
 from heal_core.trajectory import check_kept_judged
-from tasks.models import resolve_model
+from tasks.models import resolve_model, teacher_identity
 
 
 @functools.lru_cache(maxsize=2)
@@ -92,7 +92,7 @@ class ShardProgress:
 def generation_store(cfg: HealConfig, model_path: str) -> tuple[GenerationStore, str]:
     """The store of ``cfg``'s generation (``heal_core/generation_store.py``) for the teacher at ``model_path``, and
     its fingerprint."""
-    fingerprint = fingerprints.generation(cfg, fingerprints.model_identity(model_path))
+    fingerprint = fingerprints.generation(cfg, teacher_identity(cfg, model_path))
     return GenerationStore.under(cfg.storage.uri, cfg.storage.storage_options, fingerprint), fingerprint
 
 

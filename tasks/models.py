@@ -7,6 +7,7 @@ from pathlib import Path
 
 from heal_core.config import HealConfig
 from heal_core.demo import bundled_model
+from heal_core.fingerprints import model_identity
 
 
 def resolve_model(reference: str, role: str) -> str:
@@ -24,6 +25,17 @@ def resolve_model(reference: str, role: str) -> str:
         where = "does not exist" if not path.exists() else "has no config.json"
         raise FileNotFoundError(f"{role} model path {reference} {where} (config key {role}.model)")
     return str(path) if looks_local else reference
+
+
+def teacher_identity(cfg: HealConfig, model: str) -> str:
+    """What names the teacher in the generation store's key and the evaluation store's: its files, or its hub name
+    and commit (``fingerprints.model_identity``); for ``teacher.backend: openai``, what the server says it serves
+    (``backends.openai.served_identity``), since ``model`` is then only where the tokenizer comes from."""
+    if cfg.teacher.backend == "openai":
+        from heal_core.backends.openai import server_identity
+
+        return server_identity(cfg.teacher, model)
+    return model_identity(model)
 
 
 # A thinking trace as R1's chat template has it sampled (the template opens the block in the generation prompt, so

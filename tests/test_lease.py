@@ -22,27 +22,37 @@ def run_root(request, tmp_path):
 
 
 def test_a_second_holder_is_refused_naming_the_first_until_it_releases(run_root):
-    with lease.held(run_root, {}, 60, "flow run first"):
+    with lease.held(run_root, {}, 60, "flow run first", "first"):
         with pytest.raises(lease.RunBusy, match=r"being worked on by .* pid \d+ \(flow run first\), since"):
-            with lease.held(run_root, {}, 60, "flow run second"):
+            with lease.held(run_root, {}, 60, "flow run second", "second"):
                 pytest.fail("two holders")
-    with lease.held(run_root, {}, 60, "flow run second"):  # released: taken at once
+    with lease.held(run_root, {}, 60, "flow run second", "second"):  # released: taken at once
         pass
 
 
+def test_a_retry_of_the_holding_flow_run_takes_its_lease_at_once(run_root):
+    """An attempt that failed while its storage was down could not release the lease: its retry (the same flow
+    run) takes it anyway, while anyone else is still refused."""
+    lease.acquire(run_root, {}, 60, "attempt 1", "flow-run-7")  # never released
+    with pytest.raises(lease.RunBusy):
+        lease.acquire(run_root, {}, 60, "a resume", "flow-run-8")
+    number, mine = lease.acquire(run_root, {}, 60, "attempt 2", "flow-run-7")
+    assert number == 2 and mine.owner == "flow-run-7"
+
+
 def test_an_expired_lease_is_taken_over(run_root):
-    number, _ = lease.acquire(run_root, {}, 0.5, "a holder that was killed")  # never renewed, never released
+    number, _ = lease.acquire(run_root, {}, 0.5, "a holder that was killed", "a")  # never renewed, never released
     time.sleep(0.6)
-    taken, mine = lease.acquire(run_root, {}, 60, "the next resume")
+    taken, mine = lease.acquire(run_root, {}, 60, "the next resume", "b")
     assert taken == number + 1 and "the next resume" in mine.holder
 
 
 def test_a_holder_whose_lease_was_taken_over_stops(tmp_path):
     root = str(tmp_path / "r")
     with pytest.raises(lease.LeaseLost, match="took it over"):
-        with lease.held(root, {}, 0.6, "a paused holder"):
+        with lease.held(root, {}, 0.6, "a paused holder", "a"):
             # another process took over (as after a pause longer than the expiry): lease 2 exists
             (tmp_path / "r" / "leases" / "lease-00000002.json").write_text(json.dumps(
-                {"holder": "other", "acquired": time.time(), "expires": time.time() + 60}))
+                {"holder": "other", "owner": "b", "acquired": time.time(), "expires": time.time() + 60}))
             time.sleep(5)
             pytest.fail("the lost holder went on")

@@ -264,19 +264,32 @@ def test_server_refuses_what_it_would_not_do_exactly(server, change, field):
     assert answer.status_code == 400 and answer.json()["error"]["param"] == field
 
 
-def test_serve_teacher_cli_serves_the_configured_teacher(model_dir, tmp_path):
-    """The real command line: ``heal serve-teacher --backend hf`` in its own process."""
+def test_serve_teacher_cli_serves_the_configured_teacher_to_those_with_its_key(model_dir, tmp_path, monkeypatch):
+    """The real command line: ``heal serve-teacher --backend hf`` in its own process, with the API key the config
+    names for both ends: a request without it is refused (401), heal's client with it is served, and a request for
+    more completions than the config ever asks is refused (400)."""
+    import os
+
     port = free_port()
     config = tmp_path / "teacher.yaml"
     config.write_text(yaml.safe_dump({"teacher": {"model": str(model_dir), "dtype": "float32", "device": "cpu",
-                                                  "server": {"model_name": NAME}}}))
+                                                  "server": {"model_name": NAME,
+                                                             "api_key_env": "HEAL_TEACHER_API_KEY"}}}))
+    monkeypatch.setenv("HEAL_TEACHER_API_KEY", "k-123")
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", "from flows.cli import app; app()", "serve-teacher", str(config),
-                                 "--backend", "hf", "--port", str(port)], stdout=out, stderr=out)
+                                 "--backend", "hf", "--port", str(port)], stdout=out, stderr=out, env=os.environ)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, log, seconds=120)
-        backend = OpenAIBackend(teacher(f"http://127.0.0.1:{port}", model_dir, top_logprobs=20))
+        url = f"http://127.0.0.1:{port}/v1/completions"
+        payload = {"model": NAME, "prompt": [1, 2, 3], "max_tokens": 2}
+        assert httpx.post(url, json=payload, timeout=30).status_code == 401
+        assert httpx.post(url, json=payload, headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+        greedy = httpx.post(url, json={**payload, "n": 31}, headers={"Authorization": "Bearer k-123"}, timeout=30)
+        assert greedy.status_code == 400 and greedy.json()["error"]["param"] == "n"  # the config asks for 30 at most
+        backend = OpenAIBackend(teacher(f"http://127.0.0.1:{port}", model_dir, top_logprobs=20,
+                                        api_key_env="HEAL_TEACHER_API_KEY"))
         try:
             [[generation]] = draw(backend, PROMPTS[:1], 1, SAMPLING)
         finally:
@@ -284,6 +297,15 @@ def test_serve_teacher_cli_serves_the_configured_teacher(model_dir, tmp_path):
         assert generation.token_ids and len(generation.entropy) == len(generation.token_ids)
     finally:
         stop(proc)
+
+
+def test_serve_teacher_will_not_listen_beyond_this_machine_without_a_key(model_dir, tmp_path):
+    from flows.cli import app
+
+    config = tmp_path / "teacher.yaml"
+    config.write_text(yaml.safe_dump({"teacher": {"model": str(model_dir)}}))
+    result = CliRunner().invoke(app, ["serve-teacher", str(config), "--backend", "hf", "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "without an API key answers anyone" in " ".join(result.output.split())
 
 
 def test_serve_teacher_vllm_prints_the_vllm_serve_command(model_dir, tmp_path):
@@ -300,6 +322,18 @@ def test_serve_teacher_vllm_prints_the_vllm_serve_command(model_dir, tmp_path):
     assert {"--max-logprobs": "16", "--tensor-parallel-size": "2", "--port": "8123"}.items() <= dict(
         zip(command[3::2], command[4::2])).items()
     assert "--enable-prefix-caching" in command
+
+
+def test_the_server_names_the_files_it_serves_and_the_store_keys_by_them(server, model_dir, client):
+    """A teacher behind a server is keyed by what the server says it serves (heal serve-teacher: its files'
+    identity), not by the tokenizer path the client was given."""
+    from heal_core.config import parse_config
+    from heal_core.fingerprints import model_identity
+    from tasks.models import teacher_identity
+
+    assert client.identity == model_identity(str(model_dir))
+    cfg = parse_config({"teacher": teacher(server, model_dir).model_dump(mode="json")})
+    assert teacher_identity(cfg, "/somewhere/only/a/tokenizer") == model_identity(str(model_dir))
 
 
 def test_factory_builds_the_configured_backend(server, model_dir):

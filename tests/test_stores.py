@@ -69,3 +69,25 @@ def test_a_model_download_killed_half_way_is_fetched_again(tmp_path, monkeypatch
     assert local_model(str(remote), cfg) == str(local)
     assert (local / "model.safetensors").read_bytes() == b"w" * 100 and finished(local) is not None
     assert [p.name for p in local.parent.iterdir()] == [local.name]  # no temporary folder left
+
+
+def test_a_hub_model_is_named_by_its_commit(tmp_path, monkeypatch):
+    """The same hub name at another commit is another teacher: its generations are not another's."""
+    import huggingface_hub.constants
+
+    from heal_core.fingerprints import model_identity
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = cache / "models--org--teacher"
+    for sha in ("a" * 40, "b" * 40):
+        (repo / "snapshots" / sha).mkdir(parents=True)
+        (repo / "snapshots" / sha / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    first = model_identity("org/teacher")
+    (repo / "refs" / "main").write_text("b" * 40)
+    assert (first, model_identity("org/teacher")) == ("org/teacher@" + "a" * 40, "org/teacher@" + "b" * 40)
+    with pytest.raises(ValueError, match="cannot tell which revision of the hub model org/absent"):
+        model_identity("org/absent")

@@ -283,9 +283,7 @@ class OpenAIBackend(logprobs.RowScoringBackend):
 
     def _check_served(self) -> None:
         """Fail before any work when the server does not serve the model (a wrong URL or name)."""
-        served = [m.get("id") for m in self.client.get("models").get("data", [])]
-        if self.served not in served:
-            raise ServerError(f"{self.config.server.url} serves {served}, not {self.served!r} (teacher.server.model_name)")
+        self.identity = served_identity(self.client, self.served, self.config.server.url)
 
     def close(self) -> None:
         self.client.close()
@@ -340,3 +338,25 @@ class OpenAIBackend(logprobs.RowScoringBackend):
                 raise ServerError("the server's echoed prompt differs from the token ids sent")
             out.append(positions[: len(row)])
         return out
+
+
+def served_identity(client: CompletionsClient, served: str, url: str) -> str:
+    """What the server says the served model is, for the generation store's key: ``heal serve-teacher`` reports the
+    identity of its files (``fingerprints.model_identity``); vLLM reports the path or hub name it loaded (``root``),
+    which names the weights only as well as that path does: serve a pinned revision. A server that does not serve
+    ``served`` (a wrong URL or name) is a ``ServerError``."""
+    models = {m.get("id"): m for m in client.get("models").get("data", [])}
+    if served not in models:
+        raise ServerError(f"{url} serves {list(models)}, not {served!r} (teacher.server.model_name)")
+    entry = models[served]
+    return entry.get("heal_identity") or f"served:{entry.get('root') or served}"
+
+
+def server_identity(config: TeacherConfig, model: str) -> str:
+    """``served_identity`` of the configured server, without loading a tokenizer (a shard answered from the store
+    needs the key, not the teacher)."""
+    client = CompletionsClient(config.server)
+    try:
+        return served_identity(client, config.server.model_name or config.model or model, config.server.url)
+    finally:
+        client.close()

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from heal_core.backends import tokens
 from heal_core.backends.hf import HFBackend
 from heal_core.config import SamplingConfig
+from heal_core.fingerprints import model_identity
 
 
 class CompletionRequest(BaseModel):
@@ -71,13 +72,20 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
 class CompletionService:
     """Turns completion requests into HF backend calls and OpenAI-shaped responses."""
 
-    def __init__(self, backend: HFBackend, served_name: str, max_logprobs: int) -> None:
+    def __init__(self, backend: HFBackend, served_name: str, max_logprobs: int, max_n: int, max_tokens: int) -> None:
         self.backend, self.served_name, self.max_logprobs = backend, served_name, max_logprobs
+        self.max_n, self.max_tokens = max_n, max_tokens
 
     def check(self, request: CompletionRequest) -> None:
-        """Reject what this server would not do exactly as asked."""
+        """Reject what this server would not do exactly as asked, or what is more than it serves (one request
+        must not hold the model for an hour)."""
         if request.model != self.served_name:
             raise BadRequest(f"model {request.model!r} is not served here; this server serves {self.served_name!r}", "model")
+        if request.n > self.max_n:
+            raise BadRequest(f"n={request.n}: this server draws at most {self.max_n} completions a request", "n")
+        if request.max_tokens > self.max_tokens:
+            raise BadRequest(f"max_tokens={request.max_tokens}: this server generates at most {self.max_tokens}",
+                             "max_tokens")
         unsupported = {
             "stream": request.stream,
             "stop": bool(request.stop),
@@ -172,11 +180,22 @@ class CompletionService:
         return {"tokens": names, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": offsets}
 
 
-def create_app(backend: HFBackend, served_name: str, max_logprobs: int = 20) -> FastAPI:
-    """The ASGI app: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``."""
-    service = CompletionService(backend, served_name, max_logprobs)
+def create_app(backend: HFBackend, served_name: str, max_logprobs: int = 20, api_key: str | None = None,
+               max_n: int = 64, max_tokens: int = 32768) -> FastAPI:
+    """The ASGI app: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``; with ``api_key``, every
+    ``/v1`` request must carry it as a bearer token (as ``vllm serve --api-key`` asks), else HTTP 401."""
+    service = CompletionService(backend, served_name, max_logprobs, max_n, max_tokens)
     app = FastAPI(title="heal serve-teacher (hf)")
     one_at_a_time = anyio.Lock()
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
+    @app.middleware("http")
+    async def authenticated(request: Request, call_next):  # noqa: ANN202 - Starlette's middleware signature
+        given = request.headers.get("authorization", "").encode()
+        if expected and request.url.path.startswith("/v1") and not secrets.compare_digest(given, expected):
+            return JSONResponse({"error": {"message": "a valid bearer token is required", "type":
+                                           "AuthenticationError", "param": None, "code": 401}}, 401)
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -195,9 +214,12 @@ def create_app(backend: HFBackend, served_name: str, max_logprobs: int = 20) -> 
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    identity = model_identity(backend.model_path)  # what heal's clients key the generation store by
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": served_name, "object": "model", "owned_by": "heal"}]}
+        return {"object": "list", "data": [{"id": served_name, "object": "model", "owned_by": "heal",
+                                            "root": backend.model_path, "heal_identity": identity}]}
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest) -> dict[str, Any]:
@@ -208,9 +230,9 @@ def create_app(backend: HFBackend, served_name: str, max_logprobs: int = 20) -> 
 
 
 def serve(model: str, served_name: str, host: str, port: int, dtype: str, device: str, max_logprobs: int,
-          max_batch_sequences: int) -> None:
+          max_batch_sequences: int, api_key: str | None, max_n: int, max_tokens: int) -> None:
     """Load the model and serve it until interrupted."""
     import uvicorn
 
     backend = HFBackend(model, dtype, device, max_batch_sequences)
-    uvicorn.run(create_app(backend, served_name, max_logprobs), host=host, port=port)
+    uvicorn.run(create_app(backend, served_name, max_logprobs, api_key, max_n, max_tokens), host=host, port=port)

@@ -89,9 +89,15 @@ class Run:
 
     @classmethod
     def stored(cls, run_id: str, storage_uri: str) -> tuple[Run, HealConfig]:
-        """The run under ``storage_uri`` and the config it stored (whose storage options it is then read with)."""
+        """The run under ``storage_uri`` and the config it stored (whose storage options it is then read with),
+        with ``storage.uri`` set to ``storage_uri``: a run is where it was found. A storage copied or moved
+        elsewhere (another bucket, a laptop's copy of a cluster's prefix) is resumed, trained on and evaluated in
+        place, not in the storage its config was first written for; the setting is execution-only, so the run's
+        config hash is the same."""
         run = cls.of(parse_config({"storage": {"uri": storage_uri}}), run_id)
         cfg = run.stored_config()
+        if cfg.storage.uri != storage_uri:
+            cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"uri": storage_uri})})
         return cls(run.root, cfg.storage.storage_options), cfg
 
     @classmethod

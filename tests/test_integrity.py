@@ -32,3 +32,18 @@ def test_a_resume_after_the_problem_file_changed_is_refused_naming_what_changed(
     with pytest.raises(ProblemsChanged, match=r"now gives 4: 1 removed"):
         shard_problems(run, cfg)
     assert len(list((tmp_path / "store" / "runs" / "r" / "problems").iterdir())) == 3  # nothing rewritten
+
+
+def test_a_run_copied_to_another_storage_is_worked_on_where_it_was_found(tmp_path):
+    """``heal resume RUN --storage COPY`` continues the copy, not the storage its config was first written for."""
+    import shutil
+
+    from heal_core.config import parse_config
+
+    cfg = parse_config({"storage": {"uri": str(tmp_path / "first")}})
+    Run.of(cfg, "r").pin(cfg)
+    shutil.copytree(tmp_path / "first", tmp_path / "copy")
+    run, stored = Run.stored("r", str(tmp_path / "copy"))
+    assert run.root == f"{tmp_path}/copy/runs/r" and stored.storage.uri == str(tmp_path / "copy")
+    assert stored.config_hash() == cfg.config_hash()
+    assert Run.of(stored, "r").root == run.root  # where the pipeline then writes

@@ -76,6 +76,10 @@ class Introduced:
 
 @dataclass(frozen=True)
 class Declaration:
+    """What a setting declares beside its default: its role, the other steps it shapes (``also``), whether its own
+    step's fingerprint holds it (``keyed``), when it was added and what it was called before. Kept as JSON in the
+    field (``as_json``) and in ``tests/golden/settings.json``, which pins every declaration."""
+
     role: Role
     also: tuple[Role, ...] = ()
     keyed: bool = True

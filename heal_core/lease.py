@@ -23,6 +23,7 @@ import _thread
 import contextlib
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -33,12 +34,18 @@ from datetime import UTC, datetime
 from heal_core import storage
 
 
+LOST_SIGNAL = signal.SIGUSR1
+"""The signal the renewing thread raises ``LeaseLost`` with in the main thread (its handler is ``held``'s)."""
+
+
 class RunBusy(RuntimeError):
     """Another process holds the run's lease; the message names it."""
 
 
-class LeaseLost(RuntimeError):
-    """This process's lease expired and another process took the run over."""
+class LeaseLost(BaseException):
+    """This process's lease expired and another process took the run over. A ``BaseException``, as
+    ``KeyboardInterrupt`` is: it must stop the work wherever it lands, not be caught and retried by a task's
+    ``except Exception``."""
 
 
 @dataclass(frozen=True)
@@ -88,14 +95,15 @@ def acquire(run_root: str, options: dict, seconds: float, what: str, owner: str)
 
 
 def _renew(root: str, options: dict, number: int, lease: Lease, seconds: float, stop: threading.Event,
-           lost: list[str]) -> None:
-    """Every third of the expiry: lost if a later lease exists, else rewrite this one with a later expiry."""
+           lost: list[str], signum: int) -> None:
+    """Every third of the expiry: lost if a later lease exists (then the main thread is interrupted with
+    ``signum``), else rewrite this one with a later expiry."""
     while not stop.wait(seconds / 3):
         try:
             latest, _ = _current(root, options)
             if latest != number:
                 lost.append(f"this process's lease on the run expired and lease {latest} took it over")
-                _thread.interrupt_main()
+                _thread.interrupt_main(signum)
                 return
             lease = Lease(lease.holder, lease.owner, lease.acquired, time.time() + seconds)
             storage.write_json(asdict(lease), storage.join(root, _name(number)), options)
@@ -106,12 +114,21 @@ def _renew(root: str, options: dict, number: int, lease: Lease, seconds: float, 
 @contextlib.contextmanager
 def held(run_root: str, options: dict, seconds: float, what: str, owner: str) -> Iterator[None]:
     """Hold the run's lease for the ``with`` block: renewed in a thread, released at the end (also on an error
-    or Ctrl-C), so the next process may take the run at once."""
+    or Ctrl-C), so the next process may take the run at once. Called from the main thread, as a flow function is;
+    a lost lease raises ``LeaseLost`` in it through ``LOST_SIGNAL``'s handler, installed for the block (whatever
+    SIGINT's handling is: a process that ignores Ctrl-C still stops)."""
     number, lease = acquire(run_root, options, seconds, what, owner)
     root = storage.join(run_root, "leases")
     stop, lost = threading.Event(), []
-    renewer = threading.Thread(target=_renew, args=(root, options, number, lease, seconds, stop, lost), daemon=True,
-                               name="heal-lease")
+
+    def raise_lost(signum: int, frame: object) -> None:
+        raise LeaseLost(f"run {run_root}: {lost[0] if lost else 'lease lost'}; this process stopped")
+
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
+    previous = signal.signal(LOST_SIGNAL, raise_lost) if main else None
+    signum = LOST_SIGNAL if main else signal.SIGINT  # elsewhere: as a Ctrl-C, turned into LeaseLost below
+    renewer = threading.Thread(target=_renew, args=(root, options, number, lease, seconds, stop, lost, signum),
+                               daemon=True, name="heal-lease")
     renewer.start()
     try:
         yield
@@ -122,6 +139,8 @@ def held(run_root: str, options: dict, seconds: float, what: str, owner: str) ->
     finally:
         stop.set()
         renewer.join()
+        if main:
+            signal.signal(LOST_SIGNAL, previous)
         if not lost:
             released = Lease(lease.holder, lease.owner, lease.acquired, time.time(), released=True)
             with contextlib.suppress(storage.StorageError):

@@ -56,3 +56,26 @@ def test_a_holder_whose_lease_was_taken_over_stops(tmp_path):
                 {"holder": "other", "owner": "b", "acquired": time.time(), "expires": time.time() + 60}))
             time.sleep(5)
             pytest.fail("the lost holder went on")
+
+
+def test_a_lost_holder_stops_even_where_ctrl_c_is_ignored(tmp_path):
+    """A worker started from a process that ignores SIGINT ignores it too: the lease is not lost through it."""
+    import subprocess
+    import sys
+
+    code = f"""
+import json, pathlib, signal, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+from heal_core import lease
+root = pathlib.Path({str(tmp_path / "r")!r})
+try:
+    with lease.held(str(root), {{}}, 0.6, "a holder that ignores Ctrl-C", "a"):
+        (root / "leases" / "lease-00000002.json").write_text(json.dumps(
+            {{"holder": "other", "owner": "b", "acquired": time.time(), "expires": time.time() + 60}}))
+        time.sleep(5)
+        print("went on")
+except lease.LeaseLost as lost:
+    print("stopped:", lost)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("stopped:") and "took it over" in done.stdout, done.stdout + done.stderr

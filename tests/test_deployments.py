@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -47,10 +48,14 @@ class Cluster:
         return self.server.api
 
     def start_worker(self, pool: str, *extra: str, own_session: bool = False) -> None:
-        """``own_session``: the worker leads a process group of its own, as a command started in a terminal does."""
+        """``own_session``: the worker leads a process group of its own with Ctrl-C's default disposition, as a
+        command started in a terminal does, whatever the test runner's is (a runner started in the background of
+        a shell without job control ignores SIGINT, and its children would inherit that)."""
         with open(self.logs / f"worker-{pool}.log", "ab") as out:
-            self.workers[pool] = subprocess.Popen([HEAL, "worker", "--pool", pool, *extra], env=self.env, stdout=out,
-                                                  stderr=out, start_new_session=own_session)
+            self.workers[pool] = subprocess.Popen(
+                [HEAL, "worker", "--pool", pool, *extra], env=self.env, stdout=out, stderr=out,
+                start_new_session=own_session,
+                preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if own_session else None)
 
     def stop_worker(self, pool: str) -> None:
         stop(self.workers.pop(pool))
@@ -356,8 +361,6 @@ def test_ctrl_c_on_a_worker_ends_its_runs_and_their_retry_equals_a_clean_run(cle
     """Ctrl-C on ``heal worker`` as a terminal delivers it (SIGINT to the worker's whole process group) while its
     shards run: the worker exits, its shard runs end CRASHED or CANCELLED, never RUNNING forever; after a new worker
     starts, the shards and the parent are retried as the UI does and the datasets equal a clean run's."""
-    import signal
-
     cluster = clean_cluster
     cluster.stop_worker("gpu")
     cluster.start_worker("gpu", "--limit", "2", own_session=True)

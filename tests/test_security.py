@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -93,6 +94,17 @@ def test_a_pinned_worker_refuses_other_storage_and_models_from_elsewhere(tmp_pat
 # ---- the Prefect API: authenticated, job variables closed --------------------------------------------------------
 
 
+def _create(client: httpx.Client, deployment: str, body: dict) -> httpx.Response:
+    """POST create_flow_run, again while the server answers 503: a SQLite-backed server says so while its database
+    is locked, and Prefect's own client retries it (seen in CI on the create after a deploy)."""
+    for _ in range(30):
+        answer = client.post(f"/deployments/{deployment}/create_flow_run", json=body)
+        if answer.status_code != 503:
+            return answer
+        time.sleep(1)
+    return answer
+
+
 @pytest.mark.slow
 def test_an_authenticated_server_refuses_strangers_and_heal_s_pools_refuse_a_command(tmp_path):
     """A server started with an auth string answers 401 without it; ``heal deploy`` with the credential registers
@@ -116,12 +128,10 @@ def test_an_authenticated_server_refuses_strangers_and_heal_s_pools_refuse_a_com
         with httpx.Client(base_url=server.api, auth=("heal-admin", "correct-horse"), timeout=30) as client:
             shard = client.get("/deployments/name/heal-shard/heal-shard").raise_for_status().json()["id"]
             parameters = {"run_root": f"{tmp_path}/store/runs/x", "shard": 0, "config": cfg.model_dump(mode="json")}
-            refused = {variable: client.post(f"/deployments/{shard}/create_flow_run", json={
-                "parameters": parameters, "job_variables": {variable: value}})
-                for variable, value in (("command", "sh -c 'id > /tmp/owned'"), ("env", {"PYTHONPATH": "/tmp"}),
-                                        ("working_dir", "/tmp"))}
-            taken = client.post(f"/deployments/{shard}/create_flow_run",
-                                json={"parameters": parameters, "job_variables": {"name": "fine"}})
+            refused = {variable: _create(client, shard, {"parameters": parameters, "job_variables": {variable: value}})
+                       for variable, value in (("command", "sh -c 'id > /tmp/owned'"), ("env", {"PYTHONPATH": "/tmp"}),
+                                               ("working_dir", "/tmp"))}
+            taken = _create(client, shard, {"parameters": parameters, "job_variables": {"name": "fine"}})
             pool = client.get("/work_pools/gpu").raise_for_status().json()
         for variable, response in refused.items():
             assert response.status_code == 422 and variable in response.text, (variable, response.text)

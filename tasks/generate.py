@@ -31,9 +31,15 @@ def _cached_backend(teacher_json: str, model: str) -> TeacherBackend:
 def teacher_backend(teacher: TeacherConfig, model: str) -> TeacherBackend:
     """One teacher per worker process (weights, engine or server connection): every shard it runs re-uses it.
 
-    Sampling settings and templates are per call, so they do not key the cache.
+    Sampling settings and templates are per call, so they do not key the cache. A backend whose engine died is
+    dropped, so the shard's retry gets a new one.
     """
-    return _cached_backend(teacher.model_dump_json(exclude={"sampling", "prompt_template"}), model)
+    key = teacher.model_dump_json(exclude={"sampling", "prompt_template"})
+    backend = _cached_backend(key, model)
+    if not backend.alive:
+        _cached_backend.cache_clear()
+        backend = _cached_backend(key, model)
+    return backend
 
 
 @task(cache_policy=NO_CACHE)

@@ -129,19 +129,36 @@ def test_vllm_engine_and_server_settings_come_from_the_config():
     cfg = parse_config({"teacher": {"backend": "vllm", "model": "Qwen/Qwen3-32B", "dtype": "bfloat16", "top_logprobs": 10,
                                     "vllm": {"tensor_parallel_size": 4, "data_parallel_size": 2, "max_model_len": 32768,
                                              "enable_prefix_caching": False}}}).teacher
-    engine = vllm.engine_kwargs(cfg, "/models/qwen3")
+    engine = vllm.engine_kwargs(cfg, "/models/qwen3", cpu=False)
     assert engine == {"model": "/models/qwen3", "tokenizer": "/models/qwen3", "dtype": "bfloat16",
                       "tensor_parallel_size": 4, "gpu_memory_utilization": 0.9, "max_model_len": 32768,
                       "enable_prefix_caching": False, "max_logprobs": 10, "logprobs_mode": "raw_logprobs",
                       "generation_config": "vllm"}
-    command, env = vllm.serve_command(cfg, "/models/qwen3", "Qwen/Qwen3-32B", "0.0.0.0", 8000, "/opt/vllm/bin/vllm")
-    assert command[:3] == ["/opt/vllm/bin/vllm", "serve", "/models/qwen3"]
-    flags = dict(zip(command[3::2], command[4::2]))
+    on_cpu = vllm.engine_kwargs(cfg, "/models/qwen3", cpu=True)
+    assert on_cpu["enable_chunked_prefill"] is False and on_cpu["kv_cache_memory_bytes"] == 4 * 2**30
+    assert on_cpu["block_size"] == 32
+    command, env = vllm.serve_command(cfg, "/models/qwen3", "Qwen/Qwen3-32B", "0.0.0.0", 8000, "/opt/vllm/bin/python",
+                                      cpu=False)
+    assert command[:5] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/qwen3"]
+    flags = dict(zip(command[5::2], command[6::2]))
     assert flags["--max-logprobs"] == "10" and flags["--tensor-parallel-size"] == "4"
     assert flags["--data-parallel-size"] == "2" and flags["--generation-config"] == "vllm"
     assert flags["--logprobs-mode"] == "raw_logprobs" and flags["--served-model-name"] == "Qwen/Qwen3-32B"
+    assert flags["--dtype"] == "bfloat16" and flags["--gpu-memory-utilization"] == "0.9"
     assert "--no-enable-prefix-caching" in command and env == {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
-    assert vllm.engine_kwargs(TeacherConfig(backend="vllm"), "m")["max_model_len"] is None
+    assert "--no-enable-chunked-prefill" not in command
+    on_cpu, _ = vllm.serve_command(cfg, "/models/qwen3", "Qwen/Qwen3-32B", "0.0.0.0", 8000, "python", cpu=True)
+    assert "--no-enable-chunked-prefill" in on_cpu and on_cpu[on_cpu.index("--kv-cache-memory-bytes") + 1] == str(4 * 2**30)
+    assert "--kv-cache-memory-bytes" not in command  # a GPU engine is sized by gpu_memory_utilization
+    assert vllm.engine_kwargs(TeacherConfig(backend="vllm", dtype="float32"), "m", cpu=False)["max_model_len"] is None
+
+
+def test_dtype_auto_is_the_checkpoints_own_for_vllm(tiny_model_dirs):
+    """vLLM's own ``auto`` would run a float32 checkpoint in 16 bits; heal's ``auto`` means the checkpoint's dtype."""
+    model = str(tiny_model_dirs["qwen2"])
+    assert vllm.checkpoint_dtype("auto", model) == "float32"
+    assert vllm.checkpoint_dtype("bfloat16", model) == "bfloat16"
+    assert vllm.engine_kwargs(TeacherConfig(backend="vllm"), model, cpu=True)["dtype"] == "float32"
 
 
 def test_openai_payloads():

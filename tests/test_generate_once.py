@@ -119,8 +119,9 @@ def test_a_new_lambda_makes_no_sampling_call_and_re_judges_where_r_crosses_it(fi
     root, cfg, _ = first
     monkeypatch.setenv("HEAL_CACHE_DIR", str(root / "cache"))
     before = {r.sample_id: r for r in _rows(root / "store", "first") if r.pure is not None and r.pure.ratio is not None}
-    ratios = sorted(r.pure.ratio for r in before.values())
-    lam = ratios[len(ratios) // 2]  # half of the scored rows' R lie above it
+    ratios = sorted({r.pure.ratio for r in before.values()})
+    # about half of the scored rows' R lie above it, and none on it: a stored R is float32, the judged one float64
+    lam = (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
     summary = heal_pipeline(_config(root, 10, f"pure.lam={lam}"), "lam")
     assert teacher_calls == []  # PURE may score rows it never scored; the teacher samples nothing
     assert summary["generation"]["reselected"] == 10 and summary["generation"]["teacher_tokens"] == 0

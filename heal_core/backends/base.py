@@ -158,6 +158,12 @@ class TeacherBackend(ABC):
     def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
         """Each query's segments scored, and its answer after every segment prefix."""
 
+    @property
+    def alive(self) -> bool:
+        """Whether the backend can still answer: False after its engine died (the vLLM engine), so whoever keeps
+        backends builds a new one instead of failing every later call on the dead one."""
+        return True
+
     def decode(self, token_ids: Sequence[int]) -> str:
         """Text of generated token ids as ``Generation.text`` renders it (GEAR maps a token index to text)."""
         return tokens.decode(self.tokenizer, token_ids)

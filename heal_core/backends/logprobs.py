@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -168,6 +169,33 @@ def score(score_rows: RowScorer, tokenizer: PreTrainedTokenizerBase, prompt: str
     return target_logprobs(positions[len(prompt_ids) :], ids)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where one ``PrefixQuery`` lies in token ids: its whole row (prompt + trajectory), the prompt's length, the
+    plan (``tokens.prefix_plan``) and, per boundary k, the row length kept before probe k."""
+
+    row: list[int]
+    prompt_len: int
+    plan: tokens.PrefixPlan
+    heads: list[int]
+
+
+def _layouts(tokenizer: PreTrainedTokenizerBase, queries: Sequence[PrefixQuery]) -> list[_Layout]:
+    out = []
+    for q in queries:
+        prompt_ids = tokens.prompt_ids(tokenizer, q.prompt)
+        plan = tokens.prefix_plan(tokenizer, q.segments, q.answer_lead, q.answer)
+        out.append(_Layout(prompt_ids + plan.ids, len(prompt_ids), plan, [len(prompt_ids) + c for c in plan.cuts]))
+    return out
+
+
+def _segments(layout: _Layout, positions: Sequence[TokenLogprobs | None]) -> list[np.ndarray]:
+    """Each segment's token log-probs, from the whole row's per-position maps."""
+    flat = target_logprobs(positions[layout.prompt_len : len(layout.row)], layout.plan.ids)
+    bounds = layout.plan.segment_bounds
+    return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
 def score_prefixes(
     score_rows: RowScorer, tokenizer: PreTrainedTokenizerBase, queries: Sequence[PrefixQuery]
 ) -> list[PrefixScores]:
@@ -178,25 +206,53 @@ def score_prefixes(
     answer probe: K + 2 rows, O(K * L) tokens, with the token ids of ``tokens.prefix_plan`` (as the HF backend
     scores). All queries' rows go to ``score_rows`` in one call, so the engine or server sees them together.
     """
-    layouts, rows = [], []
-    for q in queries:
-        prompt_ids = tokens.prompt_ids(tokenizer, q.prompt)
-        plan = tokens.prefix_plan(tokenizer, q.segments, q.answer_lead, q.answer)
-        ids = prompt_ids + plan.ids
-        heads = [len(prompt_ids) + cut for cut in plan.cuts]
-        layouts.append((len(prompt_ids), len(ids), plan, heads, len(rows)))
-        rows += [ids] + [ids[:head] + probe for head, probe in zip(heads, plan.probes, strict=True)]
-    positions = score_rows(rows)
-    out = []
-    for prompt_len, length, plan, heads, first in layouts:
-        whole, after = positions[first], positions[first + 1 : first + 1 + len(heads)]
-        flat = target_logprobs(whole[prompt_len:length], plan.ids)
+    layouts, rows = _layouts(tokenizer, queries), []
+    for layout in layouts:
+        rows += [layout.row] + [layout.row[:head] + probe for head, probe in zip(layout.heads, layout.plan.probes, strict=True)]
+    positions, out, first = score_rows(rows), [], 0
+    for layout in layouts:
+        after = positions[first + 1 : first + 1 + len(layout.heads)]
         answers = [
             target_logprobs(p[head + start : head + len(probe)], probe[start:])
-            for head, probe, start, p in zip(heads, plan.probes, plan.answer_starts, after, strict=True)
+            for head, probe, start, p in zip(layout.heads, layout.plan.probes, layout.plan.answer_starts, after, strict=True)
         ]
-        bounds = plan.segment_bounds
-        out.append(PrefixScores(segment_logprobs=[flat[a:b] for a, b in zip(bounds, bounds[1:])], answer_logprobs=answers))
+        out.append(PrefixScores(segment_logprobs=_segments(layout, positions[first]), answer_logprobs=answers))
+        first += 1 + len(layout.heads)
+    return out
+
+
+NextScorer = Callable[[list[tuple[list[int], int]]], list[float]]
+
+
+def score_prefixes_cached(
+    score_rows: RowScorer, next_logprob: NextScorer, tokenizer: PreTrainedTokenizerBase, queries: Sequence[PrefixQuery]
+) -> list[PrefixScores]:
+    """``score_prefixes`` for an engine with a prefix cache (vLLM): O(L + K * m) tokens instead of O(K * L).
+
+    Why: vLLM computes prompt log-probs only for requests that skip its prefix cache, so the K + 2 rows of
+    ``score_prefixes`` each cost a full prefill (PURE was 13x its HF cost through vllm serve, issue V). Here the
+    whole rows are scored first (their prefill fills the cache), then every answer token of every probe is asked
+    for as the next token of its own context, ``next_logprob([(context ids, token)])``: an ordinary generation
+    request that reads the cache, so it recomputes only the context's last partial KV block and the probe. The
+    log-probs are the same numbers the row would give (the same position, the same model; checked in
+    ``tests/test_vllm_engine.py`` and ``bench/pure_backends.py``).
+    """
+    layouts = _layouts(tokenizer, queries)
+    wholes = score_rows([layout.row for layout in layouts])
+    items, spans = [], []
+    for layout in layouts:
+        begin = len(items)
+        for head, probe, start in zip(layout.heads, layout.plan.probes, layout.plan.answer_starts, strict=True):
+            context = layout.row[:head] + probe
+            items += [(context[: head + j], probe[j]) for j in range(start, len(probe))]
+            spans.append((begin, len(items)))
+            begin = len(items)
+    values = np.asarray(next_logprob(items), dtype=np.float32) if items else np.zeros(0, dtype=np.float32)
+    out, probe_at = [], 0
+    for layout, whole in zip(layouts, wholes, strict=True):
+        answers = [values[a:b] for a, b in spans[probe_at : probe_at + len(layout.heads)]]
+        probe_at += len(layout.heads)
+        out.append(PrefixScores(segment_logprobs=_segments(layout, whole), answer_logprobs=answers))
     return out
 
 
@@ -218,7 +274,16 @@ class RowScoringBackend(TeacherBackend):
     def score(self, prompt: str, continuation: str) -> np.ndarray:
         return score(self._score_rows, self.tokenizer, prompt, continuation)
 
+    prefix_cache = False  # True where the engine reads a prefix cache: probes then go through _next_logprobs
+
+    def _next_logprobs(self, items: list[tuple[list[int], int]]) -> list[float]:
+        """log p(token | context) at T = 1 of each (context ids, token), as ordinary requests that read the prefix
+        cache."""
+        raise NotImplementedError(f"{type(self).__name__} scores every probe as a row")
+
     def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
-        """K + 2 rows per query, all in one ``_score_rows`` call (the engine batches them, or the client sends
-        them concurrently)."""
-        return score_prefixes(self._score_rows, self.tokenizer, queries)
+        """Through the prefix cache where the engine has one (``score_prefixes_cached``), else K + 2 rows per query,
+        all in one ``_score_rows`` call (the engine batches them, or the client sends them concurrently)."""
+        if not self.prefix_cache:
+            return score_prefixes(self._score_rows, self.tokenizer, queries)
+        return score_prefixes_cached(self._score_rows, self._next_logprobs, self.tokenizer, queries)

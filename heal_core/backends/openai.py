@@ -8,7 +8,9 @@ goes through the plain completions API with vLLM's widely implemented extensions
 * ``n`` samples per request, ``logprobs: k`` for the top-k log-probs the entropy bound is computed from
   (``heal_core/backends/logprobs.py``), ``return_tokens_as_token_ids`` so tokens come back as ids, not as
   strings that can collide;
-* scoring sends ``echo: true`` with ``logprobs``: the response carries the prompt's own log-probs.
+* scoring sends ``echo: true`` with ``logprobs``: the response carries the prompt's own log-probs. On a vLLM
+  server PURE's answer probes go through its prefix cache instead (``next_token_payload``): vLLM computes prompt
+  log-probs only for requests that skip the cache, which made every probe a full prefill.
 
 Requests run concurrently on an httpx async client (at most ``server.max_concurrency`` in flight) in a private
 event-loop thread (an anyio blocking portal), so the sync protocol methods work from any thread, event loop or
@@ -119,6 +121,31 @@ def score_payload(model: str, ids: Sequence[int]) -> dict[str, Any]:
     }
 
 
+def next_token_payload(model: str, contexts: Sequence[Sequence[int]], token: int) -> dict[str, Any]:
+    """log p(``token`` | context) for many contexts as ordinary one-token completions, which read vLLM's prefix
+    cache: ``allowed_token_ids`` makes ``token`` the one drawn, and vLLM's log-probs (``--logprobs-mode
+    raw_logprobs``, as ``heal serve-teacher`` starts it) are the model's own, taken before that mask."""
+    return {
+        "model": model,
+        "prompt": [list(c) for c in contexts],
+        "n": 1,
+        "max_tokens": 1,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": -1,
+        "min_p": 0.0,
+        "seed": 0,
+        "stop": [],
+        "logprobs": 0,
+        "allowed_token_ids": [token],
+        "return_tokens_as_token_ids": True,
+        "stream": False,
+    }
+
+
+NEXT_TOKEN_BATCH = 64  # contexts per next-token request: few HTTP round trips, each answer small
+
+
 def token_id(token: str) -> int:
     """``"token_id:42"`` -> 42: the form ``return_tokens_as_token_ids`` asks for."""
     if not token.startswith(TOKEN_ID_PREFIX):
@@ -224,9 +251,11 @@ class CompletionsClient:
     async def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
         """One request, retried through 429/5xx answers, timeouts and connection errors with jittered exponential
         backoff (a server's Retry-After wins, up to ``max_retry_after_seconds``) until ``patience_seconds`` have
-        passed since its first failure: a server restarting or shedding load for minutes is waited out."""
+        passed since its first failure: a server restarting or shedding load for minutes is waited out. A server
+        that gives up names why in its last answers (vLLM's 500 "EngineDeadError" before its process exits): the
+        error raised keeps that first answer beside the last failure (connection refused, by then)."""
         url = f"{self.settings.url.rstrip('/')}/{path}"
-        attempt, deadline = 0, None
+        attempt, deadline, first_said = 0, None, None  # the server's own first error, kept past its exit
         async with self._slots:
             while True:
                 retry_after: float | None = None
@@ -238,14 +267,16 @@ class CompletionsClient:
                     if response.is_success:
                         return response.json()
                     problem = f"HTTP {response.status_code}: {_error_message(response)}"
+                    first_said = first_said or problem
                     if response.status_code not in RETRY_STATUS:
                         raise self._refused(url, problem, payload)
                     retry_after = _retry_after(response.headers.get("retry-after"))
                 now = time.monotonic()
                 deadline = deadline or now + self.settings.patience_seconds
                 if now >= deadline:
+                    said = f"; the server first answered {first_said}" if first_said and first_said != problem else ""
                     raise ServerError(f"{method} {url} failed {attempt + 1} times in {self.settings.patience_seconds:.0f}"
-                                      f" s (teacher.server.patience_seconds), last: {problem}")
+                                      f" s (teacher.server.patience_seconds), last: {problem}{said}")
                 delay = min(MAX_BACKOFF_SECONDS, self.settings.backoff_seconds * 2**attempt) * random.uniform(0.5, 1.0)
                 if retry_after is not None:
                     delay = min(retry_after, self.settings.max_retry_after_seconds)
@@ -282,8 +313,11 @@ class OpenAIBackend(logprobs.RowScoringBackend):
         return cls(config, model)
 
     def _check_served(self) -> None:
-        """Fail before any work when the server does not serve the model (a wrong URL or name)."""
-        self.identity = served_identity(self.client, self.served, self.config.server.url)
+        """Fail before any work when the server does not serve the model (a wrong URL or name). A vLLM server
+        (``owned_by: vllm``) has a prefix cache PURE's probes can read (``_next_logprobs``)."""
+        entry = served_entry(self.client, self.served, self.config.server.url)
+        self.identity = served_identity(entry)
+        self.prefix_cache = entry.get("owned_by") == "vllm"
 
     def close(self) -> None:
         self.client.close()
@@ -339,17 +373,46 @@ class OpenAIBackend(logprobs.RowScoringBackend):
             out.append(positions[: len(row)])
         return out
 
+    def _next_logprobs(self, items: list[tuple[list[int], int]]) -> list[float]:
+        """One-token completions grouped by the token asked for (``next_token_payload``), ``NEXT_TOKEN_BATCH``
+        contexts a request, all in flight together; each answer is checked to be that token."""
+        by_token: dict[int, list[int]] = {}
+        for i, (_, token) in enumerate(items):
+            by_token.setdefault(token, []).append(i)
+        batches = [(token, at[i : i + NEXT_TOKEN_BATCH]) for token, at in by_token.items()
+                   for i in range(0, len(at), NEXT_TOKEN_BATCH)]
+        payloads = [next_token_payload(self.served, [items[i][0] for i in at], token) for token, at in batches]
+        try:
+            responses = self.client.post_all("completions", payloads)
+        except Unfinished as unfinished:
+            raise unfinished.__cause__ from None
+        out = [0.0] * len(items)
+        for (token, at), response in zip(batches, responses, strict=True):
+            choices = sorted(response["choices"], key=lambda c: c["index"])
+            if len(choices) != len(at):
+                raise ServerError(f"asked for {len(at)} next-token log-probs, the server returned {len(choices)}")
+            for i, choice in zip(at, choices, strict=True):
+                ids, positions = choice_tokens(choice)
+                if ids[:1] != [token] or positions[0] is None or token not in positions[0]:
+                    raise ServerError(f"asked for token {token} alone (allowed_token_ids), the server drew {ids[:1]}")
+                out[i] = positions[0][token]
+        return out
 
-def served_identity(client: CompletionsClient, served: str, url: str) -> str:
-    """What the server says the served model is, for the generation store's key: ``heal serve-teacher`` reports the
-    identity of its files (``fingerprints.model_identity``); vLLM reports the path or hub name it loaded (``root``),
-    which names the weights only as well as that path does: serve a pinned revision. A server that does not serve
-    ``served`` (a wrong URL or name) is a ``ServerError``."""
+
+def served_entry(client: CompletionsClient, served: str, url: str) -> dict[str, Any]:
+    """The server's ``/v1/models`` entry for ``served``; a server that does not serve it (a wrong URL or name) is a
+    ``ServerError``."""
     models = {m.get("id"): m for m in client.get("models").get("data", [])}
     if served not in models:
         raise ServerError(f"{url} serves {list(models)}, not {served!r} (teacher.server.model_name)")
-    entry = models[served]
-    return entry.get("heal_identity") or f"served:{entry.get('root') or served}"
+    return models[served]
+
+
+def served_identity(entry: dict[str, Any]) -> str:
+    """What the server says the served model is, for the generation store's key: ``heal serve-teacher`` reports the
+    identity of its files (``fingerprints.model_identity``); vLLM reports the path or hub name it loaded (``root``),
+    which names the weights only as well as that path does: serve a pinned revision."""
+    return entry.get("heal_identity") or f"served:{entry.get('root') or entry.get('id')}"
 
 
 def server_identity(config: TeacherConfig, model: str) -> str:
@@ -357,6 +420,6 @@ def server_identity(config: TeacherConfig, model: str) -> str:
     needs the key, not the teacher)."""
     client = CompletionsClient(config.server)
     try:
-        return served_identity(client, config.server.model_name or config.model or model, config.server.url)
+        return served_identity(served_entry(client, config.server.model_name or config.model or model, config.server.url))
     finally:
         client.close()

@@ -4,7 +4,8 @@ For a teacher on a CPU box or a small GPU, and as the real server the OpenAI bac
 the subset of ``/v1/completions`` that heal's OpenAI backend uses, with vLLM's semantics: token-id or text
 prompts, ``n``, ``seed``, ``logprobs: k`` (top-k at T = 1 plus the token itself, as vLLM's default
 ``raw_logprobs``), ``echo`` with prompt log-probs, ``return_tokens_as_token_ids``, vLLM's ``top_k`` and
-``stop_token_ids``. Requests it cannot honour exactly (streaming, stop strings, penalties, greedy decoding) get
+``stop_token_ids``, and ``allowed_token_ids`` with one token and ``max_tokens: 1`` (how heal asks a vLLM server
+for a next-token log-prob through its prefix cache; this server has none, so heal scores through echo here). Requests it cannot honour exactly (streaming, stop strings, penalties, greedy decoding) get
 HTTP 400 naming the field, never a silently different answer. Choice j of a prompt is drawn with ``seed + j``, as
 vLLM draws it. ``vllm serve`` is the throughput path: this server runs one request at a time on its one model.
 
@@ -20,12 +21,14 @@ import uuid
 from typing import Any
 
 import anyio
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from heal_core.backends import tokens
+from heal_core.backends.base import Generation
 from heal_core.backends.hf import HFBackend
 from heal_core.config import SamplingConfig
 from heal_core.fingerprints import model_identity
@@ -47,6 +50,7 @@ class CompletionRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
+    allowed_token_ids: list[int] | None = None
     ignore_eos: bool = False
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -104,6 +108,11 @@ class CompletionService:
         if request.logprobs is not None and request.logprobs > self.max_logprobs:
             raise BadRequest(f"Requested sample logprobs of {request.logprobs}, which is greater than max allowed: "
                              f"{self.max_logprobs}", "logprobs")
+        if request.allowed_token_ids is not None and (len(request.allowed_token_ids) != 1 or request.max_tokens != 1):
+            raise BadRequest("allowed_token_ids is served for one token and max_tokens=1 only (a next-token "
+                             "log-prob)", "allowed_token_ids")
+        if request.allowed_token_ids and not 0 <= request.allowed_token_ids[0] < self.backend.model.config.vocab_size:
+            raise BadRequest(f"allowed token {request.allowed_token_ids[0]} is not in the vocabulary", "allowed_token_ids")
         extra = set(request.stop_token_ids or []) - set(self.backend.eos_ids)
         if extra:
             raise BadRequest(f"stop_token_ids {sorted(extra)} are not the model's stop tokens {self.backend.eos_ids}",
@@ -128,7 +137,13 @@ class CompletionService:
             max_new_tokens=request.max_tokens,
         )
         seed = request.seed if request.seed is not None else secrets.randbits(62)
-        flat = iter(self.backend.generate_rows([(row, seed + j) for row in rows for j in range(request.n)], sampling))
+        if request.allowed_token_ids:  # one token allowed: every draw is that token, nothing to sample
+            [token] = request.allowed_token_ids
+            finish = "stop" if token in self.backend.eos_ids else "length"
+            drawn = [Generation([token], "", np.zeros(1), finish, seed + j) for _ in rows for j in range(request.n)]
+            flat = iter(drawn)
+        else:
+            flat = iter(self.backend.generate_rows([(row, seed + j) for row in rows for j in range(request.n)], sampling))
         samples = [[next(flat) for _ in range(request.n)] for _ in rows]
         choices = [
             self._choice(i * request.n + j, row, generation.token_ids, generation.finish_reason, request)

@@ -172,6 +172,9 @@ def test_openai_payloads():
     score = openai.score_payload("teacher", [4, 5])
     assert (score["echo"], score["logprobs"], score["temperature"], score["max_tokens"], score["prompt"]) == (
         True, 1, 1.0, 1, [4, 5])
+    probe = openai.next_token_payload("teacher", [(4, 5), (4, 6, 7)], 9)  # many contexts, one allowed token
+    assert (probe["prompt"], probe["allowed_token_ids"], probe["logprobs"], probe["echo"], probe["max_tokens"]) == (
+        [[4, 5], [4, 6, 7]], [9], 0, False, 1)
 
 
 def test_openai_choice_parsing():

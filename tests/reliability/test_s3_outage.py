@@ -80,7 +80,10 @@ def test_a_30_second_s3_outage_is_outlasted_by_shard_retries(prefect_api, s3_end
         cut: list[float] = []
         outage = threading.Thread(target=_cut_when_a_shard_runs, args=(proxy, known, cut), daemon=True)
         outage.start()
-        heal_pipeline(cfg.model_dump(mode="json"), "outage")
+        # under another root: with the clean run's generation store the shards would only read it, over before the
+        # poll above sees one running (seen in CI); here they sample again, and must write what the clean run wrote
+        again = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"uri": f"s3://{bucket}/again"})})
+        heal_pipeline(again.model_dump(mode="json"), "outage")
         outage.join()
     finally:
         proxy.down()
@@ -89,7 +92,7 @@ def test_a_30_second_s3_outage_is_outlasted_by_shard_retries(prefect_api, s3_end
     retried = [t for t in _shard_tasks() if t.id not in known and t.run_count > 1]
     assert retried, "no shard task was retried: the outage missed the shards"
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
-    clean, again = _datasets(fs, f"{bucket}/heal/runs/clean"), _datasets(fs, f"{bucket}/heal/runs/outage")
-    assert again == clean and all(len(set(ids)) == len(ids) for ids in again.values())
-    manifest = json.loads(fs.cat(f"{bucket}/heal/runs/outage/manifest.json"))
+    clean, redone = _datasets(fs, f"{bucket}/heal/runs/clean"), _datasets(fs, f"{bucket}/again/runs/outage")
+    assert redone == clean and all(len(set(ids)) == len(ids) for ids in redone.values())
+    manifest = json.loads(fs.cat(f"{bucket}/again/runs/outage/manifest.json"))
     assert set(manifest["shards"].values()) == {"done"} and manifest["steps"]["report"] == "done"

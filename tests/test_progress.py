@@ -86,7 +86,10 @@ def test_a_shards_progress_artifact_moves_through_intermediate_values(prefect_ap
     from heal_core.demo import demo_defaults
 
     monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
-    cfg = parse_config(demo_defaults(), [arg for arg in _heal_run(tmp_path, "x")[4:] if arg != "--set"])
+    # 16 samples a problem: Stage I outlasts the artifact's 2 s between updates (at 8 it took under 2 s once in CI,
+    # and only 0 and 100 were seen)
+    cfg = parse_config(demo_defaults(), [*(arg for arg in _heal_run(tmp_path, "x")[4:] if arg != "--set"),
+                                         "teacher.sampling.n=16"])
     values: set[float] = set()
     stop = threading.Event()
 

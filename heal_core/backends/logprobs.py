@@ -208,13 +208,15 @@ def score_prefixes(
     """
     layouts, rows = _layouts(tokenizer, queries), []
     for layout in layouts:
-        rows += [layout.row] + [layout.row[:head] + probe for head, probe in zip(layout.heads, layout.plan.probes, strict=True)]
+        probes = zip(layout.heads, layout.plan.probes, strict=True)
+        rows += [layout.row] + [layout.row[:head] + probe for head, probe in probes]
     positions, out, first = score_rows(rows), [], 0
     for layout in layouts:
         after = positions[first + 1 : first + 1 + len(layout.heads)]
         answers = [
             target_logprobs(p[head + start : head + len(probe)], probe[start:])
-            for head, probe, start, p in zip(layout.heads, layout.plan.probes, layout.plan.answer_starts, after, strict=True)
+            for head, probe, start, p in zip(layout.heads, layout.plan.probes, layout.plan.answer_starts, after,
+                                             strict=True)
         ]
         out.append(PrefixScores(segment_logprobs=_segments(layout, positions[first]), answer_logprobs=answers))
         first += 1 + len(layout.heads)
@@ -235,7 +237,7 @@ def score_prefixes_cached(
     for as the next token of its own context, ``next_logprob([(context ids, token)])``: an ordinary generation
     request that reads the cache, so it recomputes only the context's last partial KV block and the probe. The
     log-probs are the same numbers the row would give (the same position, the same model; checked in
-    ``tests/test_vllm_engine.py`` and ``bench/pure_backends.py``).
+    ``tests/test_vllm_engine.py`` and ``bench/vllm_paths.py``).
     """
     layouts = _layouts(tokenizer, queries)
     wholes = score_rows([layout.row for layout in layouts])

@@ -5,9 +5,10 @@ the subset of ``/v1/completions`` that heal's OpenAI backend uses, with vLLM's s
 prompts, ``n``, ``seed``, ``logprobs: k`` (top-k at T = 1 plus the token itself, as vLLM's default
 ``raw_logprobs``), ``echo`` with prompt log-probs, ``return_tokens_as_token_ids``, vLLM's ``top_k`` and
 ``stop_token_ids``, and ``allowed_token_ids`` with one token and ``max_tokens: 1`` (how heal asks a vLLM server
-for a next-token log-prob through its prefix cache; this server has none, so heal scores through echo here). Requests it cannot honour exactly (streaming, stop strings, penalties, greedy decoding) get
-HTTP 400 naming the field, never a silently different answer. Choice j of a prompt is drawn with ``seed + j``, as
-vLLM draws it. ``vllm serve`` is the throughput path: this server runs one request at a time on its one model.
+for a next-token log-prob through its prefix cache; this server has none, so heal scores through echo here).
+Requests it cannot honour exactly (streaming, stop strings, penalties, greedy decoding) get HTTP 400 naming the
+field, never a silently different answer. Choice j of a prompt is drawn with ``seed + j``, as vLLM draws it.
+``vllm serve`` is the throughput path: this server runs one request at a time on its one model.
 
 Log-probs come from one teacher-forced forward over prompt + sample after sampling (``HFBackend.teacher_forced``):
 exact, at the cost of one extra forward per sample.
@@ -141,9 +142,9 @@ class CompletionService:
             [token] = request.allowed_token_ids
             finish = "stop" if token in self.backend.eos_ids else "length"
             drawn = [Generation([token], "", np.zeros(1), finish, seed + j) for _ in rows for j in range(request.n)]
-            flat = iter(drawn)
         else:
-            flat = iter(self.backend.generate_rows([(row, seed + j) for row in rows for j in range(request.n)], sampling))
+            drawn = self.backend.generate_rows([(row, seed + j) for row in rows for j in range(request.n)], sampling)
+        flat = iter(drawn)
         samples = [[next(flat) for _ in range(request.n)] for _ in rows]
         choices = [
             self._choice(i * request.n + j, row, generation.token_ids, generation.finish_reason, request)

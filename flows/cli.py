@@ -160,10 +160,31 @@ def config_migrate(
 
 
 @config_app.command("check")
-def config_check(config: Path, set_: SetOpt = None) -> None:
-    """Validate a config file; exit 2 with the offending key named when it is invalid."""
+def config_check(
+    config: Path,
+    set_: SetOpt = None,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="also plan training memory for workers with this many "
+                                             "GPUs (pace.distributed.processes_per_node 0 = one per GPU)")] = None,
+    gpu_memory: Annotated[str | None, typer.Option("--gpu-memory", help="each GPU's memory, e.g. 80GB (10^9 bytes) "
+                                                   "or 80GiB (default: this machine's GPU 0)")] = None,
+) -> None:
+    """Validate a config file; exit 2 with the offending key named when it is invalid. With --gpus (or
+    --gpu-memory), also print the student's training memory plan, and exit 2 naming a setting that fits when
+    it does not fit."""
     cfg = _load(config, set_)
     console.print(f"{config}: valid (config hash {cfg.config_hash()})")
+    if gpus is None and gpu_memory is None:
+        return
+    from heal_core.demo import bundled_model
+    from heal_core.memory_plan import render
+
+    try:
+        shown, refusal = render(cfg, cfg.student.model or str(bundled_model("student")), gpus, gpu_memory)
+    except ValueError as err:  # a bad size, an unknown model, a batch that does not divide (LaunchError)
+        raise _fail(err) from None
+    console.print(shown, markup=False, highlight=False, soft_wrap=True)
+    if refusal is not None:
+        raise _fail(refusal)
 
 
 def _table(title: str, rows: list[tuple[str, object]]) -> Table:
@@ -314,16 +335,52 @@ def deploy(
 @app.command()
 def worker(
     pool: Annotated[str, typer.Option(help="work pool to serve (the config's orchestration.cpu_pool or gpu_pool)")] = "cpu",
-    gpu: Annotated[int | None, typer.Option(help="pin this worker to one GPU (CUDA_VISIBLE_DEVICES) with --limit 1")] = None,
-    limit: Annotated[int | None, typer.Option(help="concurrent flow runs (default: 1 with --gpu, else 4)")] = None,
-    name: Annotated[str | None, typer.Option(help="worker name (default: from pool and GPU)")] = None,
+    gpus: Annotated[str | None, typer.Option(
+        help="the GPUs this worker owns (CUDA_VISIBLE_DEVICES), with --limit 1: 0 for one shard's engine, 0-7 for "
+        "training stages over a node (pace.distributed)")] = None,
+    limit: Annotated[int | None, typer.Option(help="concurrent flow runs (default: 1 with --gpus, else 4)")] = None,
+    name: Annotated[str | None, typer.Option(help="worker name (default: from pool and GPUs)")] = None,
 ) -> None:
     """Start a Prefect process worker with heal's settings (replaces this process)."""
     from flows.deploy import worker_command
 
-    command, env = worker_command(pool, gpu, limit, name)
+    try:
+        command, env = worker_command(pool, gpus, limit, name)
+    except ValueError as exc:
+        raise _fail(exc) from None
     console.print(" ".join(command), markup=False)
     os.execvpe(command[0], command, {**os.environ, **env})
+
+
+@app.command("train-stage")
+def train_stage(
+    spec: Annotated[Path, typer.Argument(help="the stage's spec.json, as node 0 wrote it (<model dir>.trainer/)")],
+    machine_rank: Annotated[int, typer.Option(help="this node's rank, 1 .. pace.distributed.nodes - 1")] = 1,
+) -> None:
+    """Run this node's processes of a multi-node training stage: node 0's heal-train task launched its own and
+    waits for the other nodes; the spec (and the examples beside it) must be where this node reads it (a shared
+    volume: infra/k8s/train-multinode.yaml)."""
+    import json
+
+    from heal_core import launch
+    from heal_core.config import PaceConfig
+    from heal_core.train import bf16_gpu
+
+    try:
+        saved = json.loads(spec.read_text())
+        cfg = PaceConfig.model_validate(saved["spec"]["pace"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise _fail(f"{spec}: not a training stage's spec ({exc})") from None
+    if not 0 < machine_rank < cfg.distributed.nodes:
+        raise _fail(f"--machine-rank {machine_rank}: the stage trains on {cfg.distributed.nodes} nodes, so the "
+                    f"other nodes' ranks are 1..{cfg.distributed.nodes - 1} (node 0 is the heal-train task's)")
+    gpus = launch.visible_gpus()
+    try:
+        launch.check(cfg.distributed, gpus)
+        launch.run(cfg.distributed, gpus, machine_rank, [str(spec)],
+                   spec.parent / f"launch-node{machine_rank}.log", bf16_gpu())
+    except (launch.LaunchError, RuntimeError) as exc:
+        raise _fail(exc) from None
 
 
 @app.command()
@@ -368,10 +425,40 @@ VariantOpt = Annotated[list[str] | None, typer.Option("--variant", help="a varia
 
 
 @app.command()
-def train(run_id: str, storage_uri: StorageOpt = "./heal-data", set_: SetOpt = None, variant: VariantOpt = None) -> None:
+def train(
+    run_id: str,
+    storage_uri: StorageOpt = "./heal-data",
+    set_: SetOpt = None,
+    variant: VariantOpt = None,
+    plan: Annotated[bool, typer.Option("--plan", help="print the training memory plan and exit without training "
+                                       "(exit 2 when it does not fit)")] = False,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="with --plan: GPUs per worker (default: those torch "
+                                             "sees; none: a plan for this CPU)")] = None,
+    gpu_memory: Annotated[str | None, typer.Option("--gpu-memory", help="with --plan: each GPU's memory, e.g. "
+                                                   "80GB or 80GiB (default: this machine's GPU 0)")] = None,
+) -> None:
     """Train students again on a finished run's curriculum (--set pace.* or student.*, --variant), without the
-    teacher; the models land in run RUN_ID.train-<hash> beside it, and models trained as before are adopted."""
-    _derive("train", run_id, storage_uri, set_ or [], variant or [])
+    teacher; the models land in run RUN_ID.train-<hash> beside it, and models trained as before are adopted.
+    With --plan, print how much memory each training process would need, and train nothing."""
+    if not plan:
+        if gpus is not None or gpu_memory is not None:
+            raise _fail("--gpus and --gpu-memory go with --plan (training uses the GPUs the worker has)")
+        _derive("train", run_id, storage_uri, set_ or [], variant or [])
+        return
+    from heal_core.config import ConfigError
+    from heal_core.demo import bundled_model
+    from heal_core.derived import derived_config
+    from heal_core.memory_plan import render
+
+    _, parent_cfg = _stored_run(run_id, storage_uri)
+    try:
+        cfg = derived_config(parent_cfg, "train", set_ or [], variant or [])
+        shown, refusal = render(cfg, cfg.student.model or str(bundled_model("student")), gpus, gpu_memory)
+    except (ConfigError, ValueError) as err:  # a refused --set, a bad size, an unknown model, a batch that won't divide
+        raise _fail(err) from None
+    console.print(shown, markup=False, highlight=False, soft_wrap=True)
+    if refusal is not None:
+        raise _fail(refusal)
 
 
 @app.command("eval")

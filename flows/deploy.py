@@ -182,19 +182,34 @@ def close_parameter_schemas(spec: dict[str, Any]) -> None:
             client.update_deployment(deployment.id, DeploymentUpdate(parameter_openapi_schema=schema))
 
 
-def worker_command(pool: str, gpu: int | None, limit: int | None, name: str | None) -> tuple[list[str], dict[str, str]]:
+def gpu_list(gpus: str) -> list[int]:
+    """``--gpus``: one index (``0``), a range (``0-7``) or a list (``0,1,4-5``), as CUDA_VISIBLE_DEVICES takes them."""
+    out: list[int] = []
+    for part in gpus.split(","):
+        first, dash, last = part.strip().partition("-")
+        last = last if dash else first
+        if not first.isdigit() or not last.isdigit() or int(last) < int(first):
+            raise ValueError(f"--gpus {gpus!r}: expected GPU indices such as 0, 0-7 or 0,2,4-5")
+        out.extend(range(int(first), int(last) + 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"--gpus {gpus!r} names a GPU twice")
+    return out
+
+
+def worker_command(pool: str, gpus: str | None, limit: int | None, name: str | None) -> tuple[list[str], dict[str, str]]:
     """The ``prefect worker start`` command line and environment for one worker.
 
-    A GPU worker is pinned to one device (``CUDA_VISIBLE_DEVICES``) and runs one flow run at a time, so two
-    shards never share a GPU; start one per GPU. Its flow runs send heartbeats (see
-    ``ensure_zombie_automation``). ``--install-policy never``: the worker runs the installed
+    A GPU worker owns the GPUs it is given (``CUDA_VISIBLE_DEVICES``) and runs one flow run at a time, so two
+    shards or two training stages never share one: one worker per GPU for generation, or one per node
+    (``--gpus 0-7``) for training stages spread over its GPUs (``pace.distributed``). Its flow runs send
+    heartbeats (see ``ensure_zombie_automation``). ``--install-policy never``: the worker runs the installed
     project and must not pip-install anything at run time (offline hosts, reproducible environments).
     """
     env = {**OFFLINE_ENV, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    limit = limit if limit is not None else (1 if gpu is not None else 4)
-    name = name or (f"{pool}-gpu{gpu}" if gpu is not None else f"{pool}-worker")
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_list(gpus))
+    limit = limit if limit is not None else (1 if gpus is not None else 4)
+    name = name or (f"{pool}-gpu{gpus.replace(',', '_')}" if gpus is not None else f"{pool}-worker")
     command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
                "--name", name, "--limit", str(limit), "--install-policy", "never"]
     return command, env

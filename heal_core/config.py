@@ -76,7 +76,7 @@ class SamplingConfig(_Section):
 class VLLMConfig(_Section):
     """The vLLM engine (``teacher.backend: vllm``, in the GPU worker's process) and ``heal serve-teacher --backend vllm``.
 
-    Data parallelism in the worker is one engine per GPU: one ``heal worker --gpu I`` each, every shard run on
+    Data parallelism in the worker is one engine per GPU: one ``heal worker --gpus I`` each, every shard run on
     one GPU (vLLM refuses ``data_parallel_size > 1`` inside one process). ``data_parallel_size`` applies to
     ``heal serve-teacher``, where ``vllm serve`` runs the ranks itself.
     """
@@ -356,6 +356,60 @@ def _no_duplicates(values: list[Any]) -> list[Any]:
     return values
 
 
+class DistributedConfig(_Section):
+    """How one (variant, seed, stage) is spread over processes: through accelerate's own launcher and config files
+    (``heal_core/accelerate/``), never a process group of heal's. One process on one node (the default) trains in
+    the calling process, as a laptop does; anything more is launched with ``accelerate launch``. How processes
+    share a model is training mechanics, not the model: every setting here is ``execution``, so a stage trained
+    on one GPU and one trained on eight are the same (variant, seed) to every store."""
+
+    strategy: Literal["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = setting(
+        "ddp",
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", "ddp"),
+        description="ddp: every process holds the whole model (fastest where it fits); fsdp: parameters, gradients "
+        "and optimizer states sharded over all processes (torch FSDP2); deepspeed_zero2: gradients and optimizer "
+        "states sharded; deepspeed_zero3: all three sharded, open-r1's 7B recipe (needs the deepspeed extra)",
+    )
+    processes_per_node: int = setting(
+        1,
+        role=Role.EXECUTION,
+        ge=0,
+        introduced=Introduced("0.2.0", 1),
+        description="training processes on each node, one per GPU; 0 = one per GPU the worker sees "
+        "(CUDA_VISIBLE_DEVICES, as heal worker --gpus sets it). On a CPU-only machine processes talk over gloo",
+    )
+    nodes: int = setting(
+        1,
+        role=Role.EXECUTION,
+        ge=1,
+        introduced=Introduced("0.2.0", 1),
+        description="machines one stage trains on; node 0 runs the flow's heal-train task and the others run "
+        "heal train-stage with their --machine-rank (infra/k8s/train-multinode.yaml)",
+    )
+    main_address: str = setting(
+        "127.0.0.1",
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", "127.0.0.1"),
+        description="node 0's address, where every process of a multi-node stage meets (torch's rendezvous)",
+    )
+    main_port: int = setting(
+        29500,
+        role=Role.EXECUTION,
+        ge=1,
+        le=65535,
+        introduced=Introduced("0.2.0", 29500),
+        description="node 0's port for the rendezvous; one stage at a time per port on a node",
+    )
+    config_file: str = setting(
+        "",
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", ""),
+        description="your own accelerate config file in place of the strategy's shipped one "
+        "(heal_core/accelerate/<strategy>.yaml); processes, nodes, address and port still come from here",
+    )
+
+
 class PaceConfig(_Section):
     """PACE: three sequential SFT stages, each initialised from the previous stage's weights.
 
@@ -425,10 +479,72 @@ class PaceConfig(_Section):
         "so a difference between variants can be told apart from seed-to-seed variation",
     )
 
-    @field_validator("variants", "seeds")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    gradient_checkpointing: bool = setting(
+        False,
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", False),
+        description="recompute each layer's activations in the backward pass instead of keeping them (non-reentrant, "
+        "open-r1's setting): about a third more compute for activations of one layer's input per token; the "
+        "memory plan (heal train --plan) says when a stage needs it",
+    )
+    padding_free: bool = setting(
+        False,
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", False),
+        description="TRL's padding-free batches: a micro-batch's sequences in one row, no pad tokens computed; "
+        "needs attn_implementation flash_attention_2 (or kernels-community/vllm-flash-attn3)",
+    )
+    attn_implementation: str = setting(
+        "",
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", ""),
+        description="the student's attention kernel (transformers' attn_implementation: sdpa, flash_attention_2, "
+        "...); empty = transformers' default",
+    )
+    liger_kernel: Literal["auto", "on", "off"] = setting(
+        "auto",
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", "auto"),
+        description="Liger's fused kernels (SFTConfig.use_liger_kernel): the loss without the full logits, which "
+        "at 20,480 tokens and Qwen's 152k vocabulary are 12 GB in fp32; auto = on a GPU where liger-kernel is "
+        "installed, on = refuse to train without it",
+    )
+    save_steps: int = setting(
+        0,
+        role=Role.EXECUTION,
+        ge=0,
+        introduced=Introduced("0.2.0", 0),
+        description="a checkpoint (weights, optimizer, scheduler, data position, RNG) every this many optimizer steps, "
+        "kept in the run's storage: a preempted, killed or retried stage resumes from the last one with the same "
+        "data order; 0 = none (a stage restarts from its first step)",
+    )
+    save_total_limit: int = setting(
+        2,
+        role=Role.EXECUTION,
+        ge=1,
+        introduced=Introduced("0.2.0", 2),
+        description="checkpoints kept per stage, the newest; all are removed once the stage's model is stored",
+    )
+    report_to: list[Literal["tensorboard", "trackio", "mlflow", "wandb"]] = setting(
+        role=Role.EXECUTION,
+        default_factory=list,
+        introduced=Introduced("0.2.0", []),
+        description="where training curves go, through transformers' own integrations (each needs its package and, "
+        "for wandb or mlflow, their usual environment); the run name is <run id>-<variant>-seed<seed>-<stage>; "
+        "empty = none. The report plots every (variant, seed)'s loss either way",
+    )
+
+    @field_validator("variants", "seeds", "report_to")
     @classmethod
     def _listed_once(cls, values: list[Any]) -> list[Any]:
         return _no_duplicates(values)
+
+    @field_validator("liger_kernel", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        """YAML reads a bare on/off as a boolean: take it as the word it was written as."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("chat_template")
     @classmethod

@@ -26,13 +26,15 @@ from heal_core.settings import Role, leaves, renames
 
 Kind = Literal["train", "eval"]
 ROLE: dict[str, Role] = {"train": Role.TRAINING, "eval": Role.EVALUATION}
-"""A derived run may change the settings of its kind's role, and no other: every other one shapes the data."""
+"""A derived run may change the settings of its kind's role (and execution settings), and no other: every other
+one shapes the data."""
 
 
 def derived_config(parent: HealConfig, kind: Kind, overrides: list[str], variants: list[str]) -> HealConfig:
     """The parent's config with ``overrides`` (``section.key=value``) and, for ``train``, ``variants`` added to
     ``pace.variants``; an override of a setting of another role (``heal config explain`` shows each one's), one
-    that changes which rows are kept among them, is a ``ConfigError`` naming it."""
+    that changes which rows are kept among them, is a ``ConfigError`` naming it. Execution settings (how many
+    GPUs a stage trains on, its checkpoints) change how, not what: any derived run may set them."""
     roles = {leaf.path: leaf.declaration.role for leaf in leaves(HealConfig) if leaf.declaration}
     mine = sorted({path.split(".")[0] for path, role in roles.items() if role == ROLE[kind]})
     renamed = renames(HealConfig)
@@ -43,7 +45,7 @@ def derived_config(parent: HealConfig, kind: Kind, overrides: list[str], variant
         if role == Role.SELECTION and path.split(".", 1)[0] in mine:
             raise ConfigError(f"--set {key}: it changes which rows are kept; start a new heal run with it (the "
                               "generation store re-selects the stored rows without sampling again)")
-        if role is not None and role != ROLE[kind]:
+        if role is not None and role not in (ROLE[kind], Role.EXECUTION):
             raise ConfigError(f"--set {key}: heal {kind} changes only {', '.join(s + '.*' for s in mine)} ({ROLE[kind]} "
                               f"settings; the role of {key} is {role}): heal train changes training settings, heal "
                               "eval evaluation settings, and any other needs a new heal run (the generation store "

@@ -18,14 +18,17 @@ learn the answers without the reasoning, the most valuable part of every trace, 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from heal_core import progress, storage
+from heal_core import checkpoints, launch, memory_plan, progress, storage
 from heal_core.config import PaceConfig
+from heal_core.launch import BatchLayout, LaunchError, batch_layout
 from heal_core.reasoning import THINK_END
 from heal_core.variants import VariantPlan, stage_steps
 
@@ -40,6 +43,13 @@ class StageResult:
     steps: int
     train_loss: float | None
     resumed: bool  # True when the stage was already finished and not retrained
+    started_at: int = 0  # the step a checkpoint let it resume from (0: trained from its first step)
+    losses: tuple[tuple[int, float], ...] = ()  # (step, logged training loss): the stage's curve
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StageResult:
+        """A stored result; those written before checkpoints and curves existed lack the last two fields."""
+        return cls(**{**data, "losses": tuple((int(s), float(v)) for s, v in data.get("losses", ()))})
 
 
 def finished(model_dir: str | Path) -> StageResult | None:
@@ -48,37 +58,97 @@ def finished(model_dir: str | Path) -> StageResult | None:
     marker = Path(model_dir) / MARKER
     if not marker.exists():
         return None
-    return StageResult(**{**json.loads(marker.read_text()), "model_dir": str(model_dir), "resumed": True})
+    return StageResult.from_json({**json.loads(marker.read_text()), "model_dir": str(model_dir), "resumed": True})
 
 
-def sft_args(cfg: PaceConfig, steps: int, output_dir: str | Path, seed: int, **overrides: Any):
+def sft_args(cfg: PaceConfig, steps: int, output_dir: str | Path, seed: int, layout: BatchLayout | None = None,
+             run_name: str = "", **overrides: Any):
     """TRL's ``SFTConfig`` for ``steps`` optimizer steps of ``cfg``: the one place PACE's settings become
     trainer arguments (``bench/training.py`` trains its plain-TRL side with the same ones, the demo models
-    with their own ``overrides``). Set explicitly where TRL's defaults would differ on a laptop: gradient
-    checkpointing off, no checkpoints saved, no reporting, and bf16 only on a GPU that has it."""
+    with their own ``overrides``). ``layout`` is the batch of each of the stage's processes (one process when
+    absent). Set explicitly where TRL's defaults would differ on a laptop: gradient checkpointing as
+    configured (TRL turns it on), no reporting unless asked, and bf16 only on a GPU that has it."""
     import torch
     from trl import SFTConfig
 
+    layout = layout or batch_layout(cfg, 1)
     on_gpu = torch.cuda.is_available()
     settings = dict(
         output_dir=str(output_dir),
         max_steps=steps,
-        per_device_train_batch_size=max(1, cfg.batch_size // cfg.gradient_accumulation_steps),
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        per_device_train_batch_size=layout.micro,
+        gradient_accumulation_steps=layout.accumulation,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=round(cfg.warmup_ratio * steps),
         max_length=cfg.max_length,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        bf16=bf16_gpu(),
         use_cpu=not on_gpu,
-        gradient_checkpointing=False,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        padding_free=cfg.padding_free,
+        use_liger_kernel=liger(cfg, on_gpu),
+        model_init_kwargs={"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else None,
         logging_steps=max(1, steps // 10),
-        save_strategy="no",
-        report_to="none",
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
+        report_to=list(cfg.report_to) or "none",
+        run_name=run_name or None,
         dataloader_num_workers=0,
         seed=seed,
     )
     return SFTConfig(**{**settings, **overrides})
+
+
+def bf16_gpu() -> bool:
+    """Train in bf16 (autocast over float32 weights): on a GPU that has it. TRL's default ``bf16=True`` raises on
+    a CPU."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def liger(cfg: PaceConfig, on_gpu: bool) -> bool:
+    """Whether the stage trains with Liger's kernels (``pace.liger_kernel``): auto means on a GPU where the
+    package is installed; on where it is not is refused rather than trained without."""
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    if cfg.liger_kernel == "on" and not installed:
+        raise LaunchError("pace.liger_kernel is on and liger-kernel is not installed: pip install liger-kernel, "
+                          "or set pace.liger_kernel to auto")
+    return cfg.liger_kernel == "on" or (cfg.liger_kernel == "auto" and on_gpu and installed)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage's training, complete: what the calling process and every launched process
+    (``heal_core/stage_process.py``) train from. JSON, with no credentials: storage options are the config's,
+    whose ``${NAME}`` references each process resolves from its own environment."""
+
+    name: str
+    init_model: str
+    model_dir: str
+    pace: dict[str, Any]  # PaceConfig, as dumped
+    seed: int
+    steps: int
+    examples: int
+    micro: int  # per process and forward pass
+    accumulation: int
+    run_name: str = ""
+    checkpoints: str = ""  # where in-stage checkpoints are kept (a storage URI); "" = none
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> PaceConfig:
+        return PaceConfig.model_validate(self.pace)
+
+    @property
+    def trainer_dir(self) -> Path:
+        """The trainer's own folder beside the model: local checkpoints, tensorboard's ``runs/``."""
+        return Path(f"{self.model_dir}.trainer")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def train_stage(
@@ -89,30 +159,91 @@ def train_stage(
     cfg: PaceConfig,
     seed: int,
     max_steps: int | None = None,
+    checkpoint_uri: str = "",
+    storage_options: Mapping[str, Any] | None = None,
+    run_name: str = "",
 ) -> StageResult:
     """Fine-tune ``init_model`` on ``examples`` (TRL prompt-completion rows) and save to ``model_dir``; ``seed``
-    is the trainer's (data order, dropout). Without ``max_steps``, ``cfg.epochs`` passes."""
+    is the trainer's (data order, dropout). Without ``max_steps``, ``cfg.epochs`` passes. ``checkpoint_uri``, a
+    storage URI (beside ``model_dir`` when empty), keeps the stage's checkpoints (``pace.save_steps``) where a retry on any worker finds them.
+
+    One DDP process trains here, in the calling process; more (``pace.distributed``) are started through
+    accelerate's launcher on this node, which returns once every process is done."""
     done = finished(model_dir)
     if done is not None:
         return done
-    from datasets import Dataset
-    from trl import SFTTrainer
-
     if not examples:
         raise ValueError(f"stage {name}: no training examples")
-    tokenizer = training_tokenizer(init_model, cfg)
-    check_targets(tokenizer, examples, f"stage {name}")
+    gpus = launch.visible_gpus()
+    launch.check(cfg.distributed, gpus)
+    layout = batch_layout(cfg, launch.world_size(cfg.distributed, gpus))
+    liger(cfg, gpus > 0)  # refused here, before any process starts
+    memory_plan.check_worker(init_model, cfg, gpus)
+    check_targets(training_tokenizer(init_model, cfg), examples, f"stage {name}")
     steps = max_steps or stage_steps(len(examples), cfg)
-    args = sft_args(cfg, steps, Path(model_dir) / "checkpoints", seed)
-    dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
-    trainer = SFTTrainer(model=init_model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[_progress_callback()])
+    spec = StageSpec(name, init_model, str(model_dir), cfg.model_dump(mode="json"), seed, steps, len(examples),
+                     layout.micro, layout.accumulation, run_name, checkpoint_uri or f"{model_dir}.checkpoints",
+                     dict(storage_options or {}))
     progress.stage(name, steps)
-    output = trainer.train()
-    trainer.save_model(str(model_dir))
-    result = StageResult(name, str(model_dir), len(examples), steps, float(output.training_loss), False)
-    marker = json.dumps({k: v for k, v in asdict(result).items() if k != "resumed"}).encode()
-    storage.write_bytes(marker, str(Path(model_dir) / MARKER))  # atomic: an empty marker would fail every retry
+    if launch.launched(cfg.distributed, gpus):
+        spec_file = write_spec(spec, examples)
+        launch.run(cfg.distributed, gpus, 0, [str(spec_file)], spec.trainer_dir / "launch.log", bf16_gpu())
+        result = finished(model_dir)
+        if result is None:
+            raise RuntimeError(f"stage {name}: the training processes exited without saving {model_dir}")
+        result = replace(result, resumed=False)
+    else:
+        result = fit(spec, _dataset(examples))
+    for leftover in (*spec.trainer_dir.glob(f"{checkpoints.PREFIX}*"), spec.trainer_dir / "data"):
+        shutil.rmtree(leftover, ignore_errors=True)  # the model is saved: nothing resumes from these
+    return result
+
+
+def write_spec(spec: StageSpec, examples: Sequence[Mapping[str, Any]]) -> Path:
+    """The spec file ``heal_core.stage_process`` reads, its examples beside it as Arrow (memory-mapped by each
+    process, copied by none); ``heal train-stage`` on the other nodes of a multi-node stage reads the same."""
+    data = spec.trainer_dir / "data"
+    _dataset(examples).save_to_disk(str(data))
+    spec_file = spec.trainer_dir / "spec.json"
+    storage.write_json({"spec": spec.to_json(), "data": str(data)}, str(spec_file))
+    return spec_file
+
+
+def _dataset(examples: Sequence[Mapping[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
+
+
+def fit(spec: StageSpec, dataset: Any) -> StageResult:
+    """Train one stage in this process, which is the whole stage or one of its launched processes (TRL's trainer
+    finds its place in the process group accelerate's launcher made). Resumes from the newest complete
+    checkpoint in ``spec.checkpoints``; the main process saves the model and writes the marker last."""
+    from trl import SFTTrainer
+
+    cfg = spec.cfg
+    args = sft_args(cfg, spec.steps, spec.trainer_dir, spec.seed, BatchLayout(spec.micro, spec.accumulation, 1),
+                    spec.run_name)
+    callbacks = [_progress_callback()]
+    if spec.checkpoints and cfg.save_steps:
+        callbacks.append(checkpoints.keeper(spec.checkpoints, spec.storage_options, cfg.save_total_limit))
+    trainer = SFTTrainer(model=spec.init_model, args=args, train_dataset=dataset,
+                         processing_class=training_tokenizer(spec.init_model, cfg), callbacks=callbacks)
+    start = checkpoints.restore(spec.checkpoints, spec.storage_options, spec.trainer_dir) if cfg.save_steps else None
+    state = trainer.accelerator.state
+    if trainer.is_world_process_zero():  # one line a launch log (or a user) can check the layout against
+        print(f"heal: stage {spec.name}: {state.distributed_type.value} over {state.num_processes} process(es) "
+              f"({state.backend or 'no process group'}), micro-batch {spec.micro} x {spec.accumulation} "
+              f"accumulation, {spec.steps} steps" + (f", resuming at step {start[0]}" if start else ""), flush=True)
+    output = trainer.train(resume_from_checkpoint=str(start[1]) if start else None)
+    trainer.save_model(spec.model_dir)  # every process: ZeRO-3 and FSDP gather the shards, the main one writes
+    losses = tuple((int(log["step"]), float(log["loss"])) for log in trainer.state.log_history if "loss" in log)
+    result = StageResult(spec.name, spec.model_dir, spec.examples, spec.steps, float(output.training_loss), False,
+                         start[0] if start else 0, losses)
+    if trainer.is_world_process_zero():
+        marker = json.dumps({k: v for k, v in asdict(result).items() if k != "resumed"}).encode()
+        storage.write_bytes(marker, str(Path(spec.model_dir) / MARKER))  # atomic: an empty marker fails every retry
+    trainer.accelerator.wait_for_everyone()
     return result
 
 
@@ -198,7 +329,7 @@ class VariantResult:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VariantResult:
-        return cls(**{**data, "stages": tuple(StageResult(**s) for s in data["stages"])})
+        return cls(**{**data, "stages": tuple(StageResult.from_json(s) for s in data["stages"])})
 
 
 def train_variant(
@@ -209,9 +340,14 @@ def train_variant(
     seed: int,
     cfg: PaceConfig,
     on_stage_done: Callable[[StageResult], None] = lambda result: None,
+    checkpoint_uris: Mapping[str, str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    run_name: str = "",
 ) -> VariantResult:
     """Train ``plan``'s stages in order from ``student``, each into its ``model_dirs[dataset]`` and initialised
-    from the previous stage's output; a stage finished there before is not retrained.
+    from the previous stage's output; a stage finished there before is not retrained. Each stage keeps its
+    checkpoints in ``checkpoint_uris[dataset]`` (beside its model when absent) and reports as
+    ``<run_name>-<variant>-seed<seed>-<dataset>``.
 
     ``on_stage_done`` sees each trained or resumed stage as soon as it is finished, so a caller can store it
     before the next stage starts (a run interrupted mid-variant then keeps its finished stages). An empty
@@ -229,7 +365,9 @@ def train_variant(
         if not stage.steps:
             results.append(StageResult(stage.dataset, init, 0, 0, None, False))
             continue
-        result = train_stage(stage.dataset, init, examples, model_dirs[stage.dataset], cfg, seed, stage.steps)
+        result = train_stage(stage.dataset, init, examples, model_dirs[stage.dataset], cfg, seed, stage.steps,
+                             (checkpoint_uris or {}).get(stage.dataset, ""), storage_options,
+                             "-".join(p for p in (run_name, plan.variant, f"seed{seed}", stage.dataset) if p))
         on_stage_done(result)
         results.append(result)
         init = result.model_dir

@@ -14,7 +14,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import fingerprints, progress, storage
+from heal_core import checkpoints, fingerprints, progress, storage
 from heal_core.storage import cache_dir
 from heal_core.config import HealConfig
 from heal_core.run import Run
@@ -102,14 +102,17 @@ def train_model(
     for uri in remote.values():
         local_model(uri, cfg)  # a stage stored by an earlier attempt lands where train_variant looks for it
 
+    kept = {dataset: f"{uri}.checkpoints" for dataset, uri in remote.items()}
+
     def store(result: StageResult) -> None:
         if not is_stored_model(remote[result.name], run.options):
             storage.put_dir(result.model_dir, remote[result.name], run.options, last=MARKER)
+        checkpoints.discard(kept[result.name], run.options)
         logger.info("%s seed %d %s: %d examples, %d steps, loss %s%s", plan.variant, seed, result.name,
                     result.examples, result.steps, result.train_loss, " (resumed)" if result.resumed else "")
 
     with progress.unit(f"train {plan.variant} seed {seed}"):
-        result = train_variant(student, plan, datasets, local, seed, cfg.pace, store)
+        result = train_variant(student, plan, datasets, local, seed, cfg.pace, store, kept, run.options, run.run_id)
     if result.skip_reason is not None:
         logger.info("%s seed %d skipped: %s", plan.variant, seed, result.skip_reason)
     stored = {str(local[dataset]): uri for dataset, uri in remote.items()}

@@ -1,0 +1,141 @@
+"""How one training stage is spread over processes: the world size, the batch each process takes, and the
+``accelerate launch`` command that starts them.
+
+heal starts no process group of its own: accelerate's launcher (torchrun underneath) starts the processes and
+its config files (``heal_core/accelerate/<strategy>.yaml``, DeepSpeed's inside them) say how they share the
+model; TRL's trainer, inside each process, does the rest. What heal adds is what accelerate cannot know: how
+many processes the worker's GPUs allow, which optional package a strategy needs, and the global batch, which
+stays ``pace.batch_size`` (the paper's 8) whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from heal_core.config import DistributedConfig, PaceConfig
+
+CONFIGS = Path(__file__).resolve().parent / "accelerate"
+"""The shipped accelerate config files, one per ``pace.distributed.strategy`` (DeepSpeed's settings inside
+theirs, as accelerate writes them). Package data, so that an installed heal has them too."""
+
+NEEDS = {"deepspeed_zero2": "deepspeed", "deepspeed_zero3": "deepspeed"}
+"""Strategies whose package is an optional extra: the module they import."""
+
+
+class LaunchError(ValueError):
+    """A distributed setting this worker cannot run; the message says what to install or change."""
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """One optimizer step's batch: ``micro`` sequences per process and forward pass, ``accumulation`` passes
+    per step, over ``world`` processes; ``micro * accumulation * world`` is always the configured global batch."""
+
+    micro: int
+    accumulation: int
+    world: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro * self.accumulation * self.world
+
+
+def visible_gpus() -> int:
+    """GPUs this worker may use: torch's count, which honours ``CUDA_VISIBLE_DEVICES`` (heal worker --gpus)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def processes_per_node(dist: DistributedConfig, gpus: int) -> int:
+    """``dist.processes_per_node``, with 0 meaning one per GPU (one process where there is none)."""
+    return dist.processes_per_node or max(1, gpus)
+
+
+def world_size(dist: DistributedConfig, gpus: int) -> int:
+    return processes_per_node(dist, gpus) * dist.nodes
+
+
+def batch_layout(cfg: PaceConfig, world: int) -> BatchLayout:
+    """Split ``cfg.batch_size`` over ``world`` processes. Each process takes ``batch_size / world`` sequences per
+    step, in micro-batches no larger than the configured one (``batch_size / gradient_accumulation_steps``): the
+    largest divisor of the per-process share that is, so the global batch is exact. A global batch that does not
+    divide over the processes is refused: silently training on another batch size is another experiment."""
+    if cfg.batch_size % world:
+        raise LaunchError(
+            f"pace.batch_size {cfg.batch_size} does not divide over {world} training processes: set "
+            f"pace.batch_size to a multiple of {world}, or pace.distributed.processes_per_node / nodes to a "
+            f"divisor of {cfg.batch_size}")
+    share = cfg.batch_size // world
+    micro = math.gcd(share, max(1, cfg.batch_size // cfg.gradient_accumulation_steps))
+    return BatchLayout(micro, share // micro, world)
+
+
+def launched(dist: DistributedConfig, gpus: int) -> bool:
+    """Whether a stage needs accelerate's launcher: more than one process, or a sharding strategy (ZeRO and FSDP
+    run through their engines even on one GPU). One DDP process trains in the calling process."""
+    return world_size(dist, gpus) > 1 or dist.strategy != "ddp"
+
+
+def check(dist: DistributedConfig, gpus: int) -> None:
+    """Refuse, before any training, what this worker cannot run: more processes per node than its GPUs, or a
+    strategy whose package is missing. A CPU-only worker runs any number of DDP processes (gloo: tests, laptops);
+    the sharding strategies are for GPUs."""
+    module = NEEDS.get(dist.strategy)
+    if module and importlib.util.find_spec(module) is None:
+        raise LaunchError(f"pace.distributed.strategy {dist.strategy} needs {module}, which is not installed: "
+                          f"pip install 'heal[{module}]', or set pace.distributed.strategy to ddp or fsdp")
+    if dist.strategy != "ddp" and gpus == 0:
+        raise LaunchError(f"pace.distributed.strategy {dist.strategy} shards over GPUs and this worker has none "
+                          "(accelerate turns FSDP and DeepSpeed on for GPU process groups only, and would train "
+                          "plain data-parallel on CPUs): set pace.distributed.strategy to ddp to train on CPUs")
+    if gpus and dist.processes_per_node > gpus:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise LaunchError(
+            f"pace.distributed.processes_per_node {dist.processes_per_node} asks for more GPUs than this worker "
+            f"has ({gpus}{f', CUDA_VISIBLE_DEVICES={visible}' if visible else ''}): set it to {gpus} or 0 (one "
+            f"per GPU), or start the worker with more (heal worker --gpus 0-{gpus - 1} names those it has now)")
+    if dist.config_file and not Path(dist.config_file).is_file():
+        raise LaunchError(f"pace.distributed.config_file: {dist.config_file} does not exist")
+
+
+def config_file(dist: DistributedConfig) -> Path:
+    """The accelerate config a launch reads: the user's own, or the strategy's shipped one."""
+    return Path(dist.config_file) if dist.config_file else CONFIGS / f"{dist.strategy}.yaml"
+
+
+def command(dist: DistributedConfig, gpus: int, machine_rank: int, args: list[str], bf16: bool) -> list[str]:
+    """``accelerate launch`` of ``python -m heal_core.stage_process ARGS`` on this node. Processes, machines,
+    rank, rendezvous and precision (``bf16``: the trainer's, on a GPU that has it) are given as flags, which take
+    precedence over the config file's, so one shipped file serves every size and machine. The config file's ``multi_gpu``-style distributed type starts torchrun even on a CPU: there
+    the trainer's processes join over gloo (``use_cpu``)."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(config_file(dist)),
+        "--num_processes", str(world_size(dist, gpus)),
+        "--num_machines", str(dist.nodes),
+        "--machine_rank", str(machine_rank),
+        "--main_process_ip", dist.main_address,
+        "--main_process_port", str(dist.main_port),
+        "--mixed_precision", "bf16" if bf16 else "no",
+        "-m", "heal_core.stage_process", *args,
+    ]
+
+
+def run(dist: DistributedConfig, gpus: int, machine_rank: int, args: list[str], log: Path, bf16: bool) -> None:
+    """Run this node's share of a launched stage to its end; its output goes to ``log`` (and its tail into the
+    error of a failed launch, so the task's log says why)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("ab") as out:
+        code = subprocess.run(command(dist, gpus, machine_rank, args, bf16), stdout=out, stderr=subprocess.STDOUT,
+                              env=env, check=False).returncode
+    if code:
+        tail = log.read_text(errors="replace").splitlines()[-25:]
+        raise RuntimeError(f"training processes exited with {code} (log: {log}):\n" + "\n".join(tail))

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import os
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -354,31 +355,49 @@ def worker(
 
 @app.command("train-stage")
 def train_stage(
-    spec: Annotated[Path, typer.Argument(help="the stage's spec.json, as node 0 wrote it (<model dir>.trainer/)")],
+    spec: Annotated[Path | None, typer.Argument(help="one stage's spec.json, as node 0 wrote it (<model dir>.trainer/)")] = None,
     machine_rank: Annotated[int, typer.Option(help="this node's rank, 1 .. pace.distributed.nodes - 1")] = 1,
+    follow: Annotated[Path | None, typer.Option(
+        help="instead of SPEC: a folder node 0 writes its stages' specs under (its HEAL_CACHE_DIR/models, shared); "
+        "train every unfinished stage that appears there, one after the other")] = None,
+    stages: Annotated[int | None, typer.Option(help="with --follow: stop after this many stages (default: never)")] = None,
 ) -> None:
-    """Run this node's processes of a multi-node training stage: node 0's heal-train task launched its own and
-    waits for the other nodes; the spec (and the examples beside it) must be where this node reads it (a shared
-    volume: infra/k8s/train-multinode.yaml)."""
-    import json
-
+    """Run this node's processes of multi-node training stages: node 0's heal-train task launches its own for
+    each stage and waits for the other nodes at the rendezvous (pace.distributed.main_address). The spec and the
+    examples beside it must be where this node reads them: a shared volume (infra/k8s/train-multinode.yaml)."""
     from heal_core import launch
+    from heal_core.train import bf16_gpu, pending_specs
+
+    if (spec is None) == (follow is None):
+        raise _fail("give one stage's SPEC or --follow FOLDER")
+    done: set[Path] = set()
+    while True:
+        todo = [spec] if spec is not None else [s for s in pending_specs(follow) if s not in done]
+        if not todo:
+            time.sleep(2)
+            continue
+        _train_node(todo[0], machine_rank, launch, bf16_gpu())
+        done.add(todo[0])
+        if spec is not None or (stages is not None and len(done) >= stages):
+            return
+
+
+def _train_node(spec: Path, machine_rank: int, launch: Any, bf16: bool) -> None:
+    """One stage's processes on this node (``heal train-stage``)."""
     from heal_core.config import PaceConfig
-    from heal_core.train import bf16_gpu
 
     try:
-        saved = json.loads(spec.read_text())
-        cfg = PaceConfig.model_validate(saved["spec"]["pace"])
+        cfg = PaceConfig.model_validate(json.loads(spec.read_text())["spec"]["pace"])
     except (OSError, ValueError, KeyError) as exc:
         raise _fail(f"{spec}: not a training stage's spec ({exc})") from None
     if not 0 < machine_rank < cfg.distributed.nodes:
         raise _fail(f"--machine-rank {machine_rank}: the stage trains on {cfg.distributed.nodes} nodes, so the "
                     f"other nodes' ranks are 1..{cfg.distributed.nodes - 1} (node 0 is the heal-train task's)")
     gpus = launch.visible_gpus()
+    console.print(f"{spec.parent}: node {machine_rank} of {cfg.distributed.nodes}", markup=False)
     try:
         launch.check(cfg.distributed, gpus)
-        launch.run(cfg.distributed, gpus, machine_rank, [str(spec)],
-                   spec.parent / f"launch-node{machine_rank}.log", bf16_gpu())
+        launch.run(cfg.distributed, gpus, machine_rank, [str(spec)], spec.parent / f"launch-node{machine_rank}.log", bf16)
     except (launch.LaunchError, RuntimeError) as exc:
         raise _fail(exc) from None
 

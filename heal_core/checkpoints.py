@@ -11,6 +11,7 @@ half way through an upload) is never resumed from: resuming picks the newest one
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,15 +31,16 @@ def complete(uri: str, options: Mapping[str, Any]) -> list[int]:
 
 
 def restore(uri: str, options: Mapping[str, Any], trainer_dir: Path) -> tuple[int, Path] | None:
-    """(step, local folder) of the newest complete checkpoint under ``uri``, fetched into ``trainer_dir`` by each
-    node's first process (the others wait for it); None when there is none. A local copy is always replaced: a
-    process killed while saving leaves a folder the trainer would take for a checkpoint."""
+    """(step, local folder) of the newest complete checkpoint under ``uri``, fetched by each node's first process
+    (the others wait for it) into a folder of its node's own (``GROUP_RANK``, torchrun's node rank): nodes that
+    share ``trainer_dir`` (one volume) must not replace each other's copy mid-read. None when there is none. The
+    copy is always fetched again: a process killed while saving leaves a folder the trainer would resume from."""
     from accelerate import PartialState
 
     steps = complete(uri, options) if uri else []
     if not steps:
         return None
-    local = trainer_dir / f"{PREFIX}{steps[-1]}"
+    local = trainer_dir / f"resume-node{os.environ.get('GROUP_RANK', '0')}" / f"{PREFIX}{steps[-1]}"
     state = PartialState()
     if state.is_local_main_process:
         shutil.rmtree(local, ignore_errors=True)

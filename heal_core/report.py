@@ -367,3 +367,31 @@ def pure_ratio_plot(samples: Sequence[dict[str, Any]], lam: float) -> bytes:
     ax.set_ylabel("trajectories")
     ax.legend(fontsize=8)
     return to_png(fig)
+
+
+def training_curves(results: Sequence[Any]) -> bytes | None:
+    """Each (variant, seed)'s logged training loss against its optimizer steps, stage after stage on one axis
+    (``heal_core.train.VariantResult``s): a stage that diverged or a seed that trained on nothing shows here before
+    any evaluation. Dotted lines: where each of the first curve's stages ends. None when nothing was logged (every
+    result from before curves were recorded, or every variant skipped)."""
+    trained = [r for r in results if any(stage.losses for stage in r.stages)]
+    if not trained:
+        return None
+    fig, ax = figure("Training loss per (variant, seed), stages in order")
+    colours = {variant: f"C{i}" for i, variant in enumerate(dict.fromkeys(r.variant for r in trained))}
+    for result in trained:
+        offset, steps, losses = 0, [], []
+        for stage in result.stages:
+            steps += [offset + step for step, _ in stage.losses]
+            losses += [loss for _, loss in stage.losses]
+            offset += stage.steps
+        ax.plot(steps, losses, color=colours[result.variant], lw=1, alpha=0.8,
+                label=result.variant if result.seed == min(r.seed for r in trained if r.variant == result.variant)
+                else None)
+    ends = np.cumsum([stage.steps for stage in trained[0].stages])[:-1]
+    for i, end in enumerate(ends):
+        ax.axvline(end, color="grey", ls=":", lw=1, label=f"{trained[0].variant}'s stage ends" if i == 0 else None)
+    ax.set_xlabel("optimizer step (stages in order)")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=8)
+    return to_png(fig)

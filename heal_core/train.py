@@ -194,7 +194,8 @@ def train_stage(
         result = replace(result, resumed=False)
     else:
         result = fit(spec, _dataset(examples))
-    for leftover in (*spec.trainer_dir.glob(f"{checkpoints.PREFIX}*"), spec.trainer_dir / "data"):
+    for leftover in (*spec.trainer_dir.glob(f"{checkpoints.PREFIX}*"), *spec.trainer_dir.glob("resume-node*"),
+                     spec.trainer_dir / "data"):
         shutil.rmtree(leftover, ignore_errors=True)  # the model is saved: nothing resumes from these
     return result
 
@@ -207,6 +208,14 @@ def write_spec(spec: StageSpec, examples: Sequence[Mapping[str, Any]]) -> Path:
     spec_file = spec.trainer_dir / "spec.json"
     storage.write_json({"spec": spec.to_json(), "data": str(data)}, str(spec_file))
     return spec_file
+
+
+def pending_specs(root: Path) -> list[Path]:
+    """The spec files under ``root`` (a worker's cache of models) of stages launched and not finished, oldest
+    first: what the other nodes of a multi-node stage train (``heal train-stage --follow``)."""
+    specs = (s for s in root.glob("**/*.trainer/spec.json")
+             if not (s.parent.with_name(s.parent.name.removesuffix(".trainer")) / MARKER).exists())
+    return sorted(specs, key=lambda s: s.stat().st_mtime)
 
 
 def _dataset(examples: Sequence[Mapping[str, Any]]) -> Any:

@@ -66,7 +66,8 @@ def trajectory(run: Run, shards: int, sample_id: str) -> Trajectory:
 
 def plots(run: Run, shards: int, samples: list[dict[str, Any]], stats: list[dict[str, Any]],
           graded: truth.Truth | None, cfg: HealConfig) -> dict[str, bytes]:
-    """Write the run's PNGs; return them by name. The breakpoint plot shows the first kept GEAR repair's parent
+    """Write the run's PNGs; return them by name: the pass rates, PURE's ratios, the training curves and the
+    breakpoint. The breakpoint plot shows the first kept GEAR repair's parent
     (or the first repair's, when none was kept), with the truth's wrong tokens where the task has a checker."""
     pngs = {"pass_rate_histogram": report.pass_rate_histogram(stats), "pure_ratio": report.pure_ratio_plot(samples, cfg.pure.lam)}
     repairs = [r for r in samples if r["stage"] == Stage.REPAIR]
@@ -76,6 +77,9 @@ def plots(run: Run, shards: int, samples: list[dict[str, Any]], stats: list[dict
         pngs["entropy_breakpoint"] = report.entropy_trace(
             parent.entropy, repaired["breakpoint_token"], cfg.gear.search_fraction,
             graded.wrong_tokens(parent) if graded is not None else None)
+    curves = report.training_curves(run.variants(cfg))
+    if curves is not None:
+        pngs["training_curves"] = curves
     for name, png in pngs.items():
         storage.write_bytes(png, run.plot(name), run.options)
     return pngs

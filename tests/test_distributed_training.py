@@ -89,18 +89,16 @@ def test_two_processes_train_the_one_process_weights(student, examples, one_proc
 @pytest.mark.slow
 def test_two_nodes_over_loopback_train_the_one_process_weights(student, examples, one_process, tmp_path):
     """Two launches of accelerate's multi-machine mode on 127.0.0.1: node 0 from ``train_stage`` (as the
-    heal-train task runs it), node 1 from ``heal train-stage`` (as the other nodes of a cluster run it)."""
+    heal-train task runs it), node 1 from ``heal train-stage --follow`` (as the other nodes of a cluster run it:
+    it finds the stage node 0 launched under the shared folder)."""
     dist = DistributedConfig(processes_per_node=1, nodes=2, main_port=_free_port())
     cfg = CFG.model_copy(update={"distributed": dist})
-    spec = tmp_path / "stage1.trainer" / "spec.json"
     node1: list[subprocess.CompletedProcess] = []
 
     def second_node() -> None:
-        deadline = time.monotonic() + 120
-        while not spec.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        node1.append(subprocess.run([str(Path(sys.executable).parent / "heal"), "train-stage", str(spec),
-                                     "--machine-rank", "1"], capture_output=True, text=True, timeout=300, check=False))
+        node1.append(subprocess.run([str(Path(sys.executable).parent / "heal"), "train-stage", "--follow",
+                                     str(tmp_path), "--machine-rank", "1", "--stages", "1"],
+                                    capture_output=True, text=True, timeout=300, check=False))
 
     thread = threading.Thread(target=second_node)
     thread.start()
@@ -181,7 +179,10 @@ def test_accelerate_accepts_the_shipped_config_files(strategy):
     """accelerate's own launch validation reads each shipped file as the strategy it is named for; FSDP's plugin
     is built from the environment the launcher would give the processes. (FSDP does not run on CPUs: accelerate
     turns it on for GPU process groups only, so heal refuses it on a CPU worker, tested above.)"""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.commands.launch import (
+        _validate_launch_command,
+        launch_command_parser,
+    )
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     path = launch.config_file(DistributedConfig(strategy=strategy))

@@ -99,3 +99,23 @@ def test_the_kubernetes_pool_closes_its_job_variables_and_runs_pods_unprivileged
     assert container["allowPrivilegeEscalation"] is False and container["capabilities"]["drop"] == ["ALL"]
     account = yaml.safe_load((INFRA / "k8s" / "service-account.yaml").read_text())
     assert account["metadata"]["name"] == "heal-worker" and account["automountServiceAccountToken"] is False
+
+
+def test_the_multinode_training_example_shares_the_cache_and_ranks_its_nodes():
+    """Node 0 is a worker owning its GPUs, the others follow the stages it launches from the shared cache, as
+    `heal train-stage --follow` reads it; the pods run unprivileged like the pool's."""
+    service, claim, nodes = yaml.safe_load_all((INFRA / "k8s" / "train-multinode.yaml").read_text())
+    assert service["spec"]["clusterIP"] == "None" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    pod = nodes["spec"]["template"]["spec"]
+    assert nodes["spec"]["serviceName"] == service["metadata"]["name"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    container = pod["containers"][0]
+    script = container["args"][0]
+    assert "heal worker --pool gpu --gpus 0-7" in script
+    assert 'heal train-stage --follow "$HEAL_CACHE_DIR/models" --machine-rank "$rank"' in script
+    env = {e["name"]: e["value"] for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert env["HEAL_CACHE_DIR"] == mounts["cache"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "cache")
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]

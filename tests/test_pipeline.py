@@ -130,7 +130,7 @@ def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypa
     report = (run / "report.md").read_text()
     assert report.startswith("# HEAL run e2e")
     assert "| held_out | all | 3 |" in report.split("## Evaluation per benchmark", 1)[1]
-    for plot in ("pass_rate_histogram", "pure_ratio"):
+    for plot in ("pass_rate_histogram", "pure_ratio", "training_curves"):
         assert (run / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["problems"] == 6 and 0 <= summary["problems_rescued"] <= summary["teacher_ceiling"] <= 6
     assert set(summary["held_out_pass_at_1"]) == {"teacher", "student_base", "heal", "rs_sft"}

@@ -27,8 +27,8 @@ from tasks.generate import read_shard_problems, teacher_backend
 pytestmark = pytest.mark.slow
 ROLE = {"SamplingConfig": Role.GENERATION, "VLLMConfig": Role.GENERATION, "ServerConfig": Role.EXECUTION,
         "TeacherConfig": Role.GENERATION, "HintsConfig": Role.GENERATION, "GearConfig": Role.SELECTION,
-        "PureConfig": Role.GENERATION, "PaceConfig": Role.TRAINING, "StudentConfig": Role.TRAINING,
-        "StorageConfig": Role.EXECUTION, "OrchestrationConfig": Role.EXECUTION, "ProblemsConfig": Role.PROBLEMS,
+        "PureConfig": Role.GENERATION, "PaceConfig": Role.TRAINING, "DistributedConfig": Role.EXECUTION,
+        "StudentConfig": Role.TRAINING, "StorageConfig": Role.EXECUTION, "OrchestrationConfig": Role.EXECUTION, "ProblemsConfig": Role.PROBLEMS,
         "DecontaminationConfig": Role.PROBLEMS, "JudgeConfig": Role.GENERATION, "EvaluationConfig": Role.EVALUATION}
 LATER = [Added(cls, "later_knob", int, setting(3, role=ROLE[cls.__name__], introduced=Introduced("9.9.9", 3),
                                                description="added by a later heal"))

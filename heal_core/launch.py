@@ -15,6 +15,8 @@ import math
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,7 @@ def processes_per_node(dist: DistributedConfig, gpus: int) -> int:
 
 
 def world_size(dist: DistributedConfig, gpus: int) -> int:
+    """Training processes over all nodes."""
     return processes_per_node(dist, gpus) * dist.nodes
 
 
@@ -113,8 +116,9 @@ def config_file(dist: DistributedConfig) -> Path:
 def command(dist: DistributedConfig, gpus: int, machine_rank: int, args: list[str], bf16: bool) -> list[str]:
     """``accelerate launch`` of ``python -m heal_core.stage_process ARGS`` on this node. Processes, machines,
     rank, rendezvous and precision (``bf16``: the trainer's, on a GPU that has it) are given as flags, which take
-    precedence over the config file's, so one shipped file serves every size and machine. The config file's ``multi_gpu``-style distributed type starts torchrun even on a CPU: there
-    the trainer's processes join over gloo (``use_cpu``)."""
+    precedence over the config file's, so one shipped file serves every size and machine. ``ddp.yaml``'s
+    ``MULTI_GPU`` type starts torchrun even on a CPU: there the trainer's processes join over gloo (``use_cpu``).
+    ``--cpu`` would not: accelerate then starts one process, expecting MPI to start the others."""
     return [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(config_file(dist)),
@@ -128,14 +132,26 @@ def command(dist: DistributedConfig, gpus: int, machine_rank: int, args: list[st
     ]
 
 
-def run(dist: DistributedConfig, gpus: int, machine_rank: int, args: list[str], log: Path, bf16: bool) -> None:
-    """Run this node's share of a launched stage to its end; its output goes to ``log`` (and its tail into the
-    error of a failed launch, so the task's log says why)."""
+def run(dist: DistributedConfig, gpus: int, machine_rank: int, args: list[str], log: Path, bf16: bool,
+        watch: Callable[[], None] = lambda: None) -> None:
+    """Run this node's share of a launched stage to its end, calling ``watch`` every second meanwhile (the
+    caller passes the processes' progress on); their output goes to ``log``, and its tail into the error of a
+    failed launch, so the task's log says why. Interrupted (Ctrl-C, a cancelled flow run), the processes are
+    stopped with it: torchrun passes the signal on."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
-        code = subprocess.run(command(dist, gpus, machine_rank, args, bf16), stdout=out, stderr=subprocess.STDOUT,
-                              env=env, check=False).returncode
-    if code:
+        process = subprocess.Popen(command(dist, gpus, machine_rank, args, bf16), stdout=out, stderr=subprocess.STDOUT,
+                                   env=env)
+        try:
+            while process.poll() is None:
+                watch()
+                time.sleep(1)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+    watch()
+    if process.returncode:
         tail = log.read_text(errors="replace").splitlines()[-25:]
-        raise RuntimeError(f"training processes exited with {code} (log: {log}):\n" + "\n".join(tail))
+        raise RuntimeError(f"training processes exited with {process.returncode} (log: {log}):\n" + "\n".join(tail))

@@ -17,10 +17,11 @@ import json
 import os
 import posixpath
 import re
+import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 import pyarrow as pa
@@ -102,21 +103,30 @@ def check_shared(uri: str) -> None:
                          "directories cannot share it; use s3://... or an absolute path on a shared filesystem")
 
 
+_PIECE = 16 * 2**20
+"""Bytes a streamed copy holds at once."""
+
+
 def join(uri: str, *parts: str) -> str:
     """A child URI of ``uri``; the same for local paths and ``s3://`` prefixes (``os.path.join`` is not)."""
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def _place_local(path: str, data: bytes, exclusive: bool = False) -> bool:
-    """Write ``data`` to a hidden temp file beside ``path`` (``.name.tmp-<uuid>``), fsync it, and put it in place
-    whole: ``os.replace``, or with ``exclusive`` a hard link, which never replaces an existing name (False then).
-    The temp file is removed whatever happens (a SIGKILL can leave one behind, hidden: ``list_files`` skips it)."""
+def _place_local(path: str, data: bytes | IO[bytes], exclusive: bool = False) -> bool:
+    """Write ``data`` (bytes, or a binary file read to its end in 16 MiB pieces: a checkpoint's shards are larger
+    than memory should hold at once) to a hidden temp file beside ``path`` (``.name.tmp-<uuid>``), fsync it, and
+    put it in place whole: ``os.replace``, or with ``exclusive`` a hard link, which never replaces an existing name
+    (False then). The temp file is removed whatever happens (a SIGKILL can leave one behind, hidden: ``list_files``
+    skips it)."""
     directory, name = os.path.split(path)
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                shutil.copyfileobj(data, f, _PIECE)
             f.flush()
             os.fsync(f.fileno())
         if not exclusive:
@@ -284,8 +294,19 @@ def put_dir(local_dir: str | os.PathLike[str], uri: str, storage_options: dict[s
     root = os.fspath(local_dir)
     files = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
     for rel in sorted(files, key=lambda r: r == last):
-        with open(os.path.join(root, rel), "rb") as f:
-            write_bytes(f.read(), join(uri, *rel.split(os.sep)), storage_options)
+        put_file(os.path.join(root, rel), join(uri, *rel.split(os.sep)), storage_options)
+
+
+def put_file(local: str | os.PathLike[str], uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Upload one local file as ``write_bytes`` writes bytes (a reader sees all of it or nothing), streamed: never
+    the whole file in memory. S3: s3fs's ``put_file`` (multipart above its block size, visible on completion)."""
+    fs, path = _fs(uri, storage_options)
+    with _errors(uri):
+        if isinstance(fs, LocalFileSystem):
+            with open(local, "rb") as f:
+                _place_local(path, f)
+        else:
+            fs.put_file(os.fspath(local), path)
 
 
 def get_dir(uri: str, local_dir: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
@@ -308,7 +329,8 @@ def get_dir(uri: str, local_dir: str | os.PathLike[str], storage_options: dict[s
             continue
         planned.append((rel, _inside(root, rel, uri)))
     for rel, target in sorted(planned, key=lambda p: p[0] == last):
-        _place_local(str(target), read_bytes(join(uri, rel), storage_options))
+        with _errors(uri), fs.open(prefix + rel, "rb") as remote_file:
+            _place_local(str(target), remote_file)
 
 
 def _inside(root: Path, rel: str, uri: str) -> Path:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -33,6 +34,7 @@ from heal_core.reasoning import THINK_END
 from heal_core.variants import VariantPlan, stage_steps
 
 MARKER = "heal_stage.json"
+PROGRESS = "progress.json"  # the launched main process's steps and loss, for the launching one
 
 
 @dataclass(frozen=True)
@@ -73,31 +75,31 @@ def sft_args(cfg: PaceConfig, steps: int, output_dir: str | Path, seed: int, lay
 
     layout = layout or batch_layout(cfg, 1)
     on_gpu = torch.cuda.is_available()
-    settings = dict(
-        output_dir=str(output_dir),
-        max_steps=steps,
-        per_device_train_batch_size=layout.micro,
-        gradient_accumulation_steps=layout.accumulation,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=round(cfg.warmup_ratio * steps),
-        max_length=cfg.max_length,
-        bf16=bf16_gpu(),
-        use_cpu=not on_gpu,
-        activation_checkpointing=cfg.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-        padding_free=cfg.padding_free,
-        use_liger_kernel=liger(cfg, on_gpu),
-        model_init_kwargs={"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else None,
-        logging_steps=max(1, steps // 10),
-        save_strategy="steps" if cfg.save_steps else "no",
-        save_steps=cfg.save_steps or 500,
-        save_total_limit=cfg.save_total_limit,
-        report_to=list(cfg.report_to) or "none",
-        run_name=run_name or None,
-        dataloader_num_workers=0,
-        seed=seed,
-    )
+    settings = {
+        "output_dir": str(output_dir),
+        "max_steps": steps,
+        "per_device_train_batch_size": layout.micro,
+        "gradient_accumulation_steps": layout.accumulation,
+        "learning_rate": cfg.learning_rate,
+        "lr_scheduler_type": cfg.lr_scheduler_type,
+        "warmup_steps": round(cfg.warmup_ratio * steps),
+        "max_length": cfg.max_length,
+        "bf16": bf16_gpu(),
+        "use_cpu": not on_gpu,
+        "activation_checkpointing": cfg.gradient_checkpointing,
+        "activation_checkpointing_kwargs": {"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        "padding_free": cfg.padding_free,
+        "use_liger_kernel": liger(cfg, on_gpu),
+        "model_init_kwargs": {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else None,
+        "logging_steps": max(1, steps // 10),
+        "save_strategy": "steps" if cfg.save_steps else "no",
+        "save_steps": cfg.save_steps or 500,
+        "save_total_limit": cfg.save_total_limit,
+        "report_to": list(cfg.report_to) or "none",
+        "run_name": run_name or None,
+        "dataloader_num_workers": 0,
+        "seed": seed,
+    }
     return SFTConfig(**{**settings, **overrides})
 
 
@@ -179,7 +181,8 @@ def train_stage(
     layout = batch_layout(cfg, launch.world_size(cfg.distributed, gpus))
     liger(cfg, gpus > 0)  # refused here, before any process starts
     memory_plan.check_worker(init_model, cfg, gpus)
-    check_targets(training_tokenizer(init_model, cfg), examples, f"stage {name}")
+    tokenizer = training_tokenizer(init_model, cfg)
+    check_targets(tokenizer, examples, f"stage {name}")
     steps = max_steps or stage_steps(len(examples), cfg)
     spec = StageSpec(name, init_model, str(model_dir), cfg.model_dump(mode="json"), seed, steps, len(examples),
                      layout.micro, layout.accumulation, run_name, checkpoint_uri or f"{model_dir}.checkpoints",
@@ -187,13 +190,15 @@ def train_stage(
     progress.stage(name, steps)
     if launch.launched(cfg.distributed, gpus):
         spec_file = write_spec(spec, examples)
-        launch.run(cfg.distributed, gpus, 0, [str(spec_file)], spec.trainer_dir / "launch.log", bf16_gpu())
+        (spec.trainer_dir / PROGRESS).unlink(missing_ok=True)  # an earlier attempt's
+        launch.run(cfg.distributed, gpus, 0, [str(spec_file)], spec.trainer_dir / "launch.log", bf16_gpu(),
+                   _progress_reader(spec.trainer_dir / PROGRESS))
         result = finished(model_dir)
         if result is None:
             raise RuntimeError(f"stage {name}: the training processes exited without saving {model_dir}")
         result = replace(result, resumed=False)
     else:
-        result = fit(spec, _dataset(examples))
+        result = fit(spec, _dataset(examples), tokenizer)
     for leftover in (*spec.trainer_dir.glob(f"{checkpoints.PREFIX}*"), *spec.trainer_dir.glob("resume-node*"),
                      spec.trainer_dir / "data"):
         shutil.rmtree(leftover, ignore_errors=True)  # the model is saved: nothing resumes from these
@@ -224,20 +229,22 @@ def _dataset(examples: Sequence[Mapping[str, Any]]) -> Any:
     return Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
 
 
-def fit(spec: StageSpec, dataset: Any) -> StageResult:
+def fit(spec: StageSpec, dataset: Any, tokenizer: Any = None) -> StageResult:
     """Train one stage in this process, which is the whole stage or one of its launched processes (TRL's trainer
     finds its place in the process group accelerate's launcher made). Resumes from the newest complete
-    checkpoint in ``spec.checkpoints``; the main process saves the model and writes the marker last."""
+    checkpoint in ``spec.checkpoints``; the main process saves the model and writes the marker last.
+    ``tokenizer``: the training tokenizer when the caller has it loaded (``training_tokenizer``'s)."""
     from trl import SFTTrainer
 
     cfg = spec.cfg
     args = sft_args(cfg, spec.steps, spec.trainer_dir, spec.seed, BatchLayout(spec.micro, spec.accumulation, 1),
                     spec.run_name)
-    callbacks = [_progress_callback()]
+    launched = "LOCAL_RANK" in os.environ  # torchrun's: this is one of the processes accelerate launched
+    callbacks = [_progress_callback(spec.trainer_dir / PROGRESS if launched else None)]
     if spec.checkpoints and cfg.save_steps:
         callbacks.append(checkpoints.keeper(spec.checkpoints, spec.storage_options, cfg.save_total_limit))
     trainer = SFTTrainer(model=spec.init_model, args=args, train_dataset=dataset,
-                         processing_class=training_tokenizer(spec.init_model, cfg), callbacks=callbacks)
+                         processing_class=tokenizer or training_tokenizer(spec.init_model, cfg), callbacks=callbacks)
     start = checkpoints.restore(spec.checkpoints, spec.storage_options, spec.trainer_dir) if cfg.save_steps else None
     state = trainer.accelerator.state
     if trainer.is_world_process_zero():  # one line a launch log (or a user) can check the layout against
@@ -256,19 +263,45 @@ def fit(spec: StageSpec, dataset: Any) -> StageResult:
     return result
 
 
-def _progress_callback() -> Any:
-    """Optimizer steps and the logged loss, as ``heal_core.progress`` events of the running training stage."""
+def _progress_callback(shared: Path | None) -> Any:
+    """Optimizer steps and the logged loss, as ``heal_core.progress`` events of the running training stage; in a
+    launched stage the main process also keeps them in ``shared``, where the launching process reads them
+    (``_progress_reader``): progress listeners live in that process, not in the launched ones."""
     from transformers import TrainerCallback
 
     class Steps(TrainerCallback):
+        loss: float | None = None
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             progress.advance(1)
+            self._share(state)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
             if logs and "loss" in logs:
-                progress.advance(0, loss=float(logs["loss"]))
+                self.loss = float(logs["loss"])
+                progress.advance(0, loss=self.loss)
+                self._share(state)
+
+        def _share(self, state: Any) -> None:
+            if shared is not None and state.is_world_process_zero:
+                storage.write_json({"step": state.global_step, "loss": self.loss}, str(shared))
 
     return Steps()
+
+
+def _progress_reader(shared: Path) -> Callable[[], None]:
+    """Pass the launched processes' steps and loss (``_progress_callback``'s file) on as progress events here."""
+    seen = [0]
+
+    def read() -> None:
+        try:
+            state = json.loads(shared.read_text())
+        except (OSError, ValueError):  # not written yet
+            return
+        progress.advance(max(0, state["step"] - seen[0]), loss=state["loss"])
+        seen[0] = max(seen[0], state["step"])
+
+    return read
 
 
 class TemplateDropsText(ValueError):

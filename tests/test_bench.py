@@ -26,7 +26,8 @@ REDUCED = {
     "verify.py": ["--quick"],
     "training.py": ["--quick"],
     "reuse.py": ["--quick"],
-    "pure.py": ["--problems", "4", "--n", "4"],  # problems 3 and 4 have 4+ steps: a genuine trajectory is likely
+    "pure.py": ["--problems", "4", "--n", "4"],
+    "train_memory.py": ["--layers", "1", "--lengths", "128", "--checkpointing", "on", "--steps", "2"],  # problems 3 and 4 have 4+ steps: a genuine trajectory is likely
 }
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 

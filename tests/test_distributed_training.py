@@ -78,8 +78,11 @@ def one_process(student, examples, tmp_path_factory) -> Path:
 def test_two_processes_train_the_one_process_weights(student, examples, one_process, tmp_path):
     cfg = CFG.model_copy(update={"distributed": DistributedConfig(processes_per_node=2, main_port=_free_port())})
     assert batch_layout(cfg, 2).micro == 2  # each process takes half of the global batch of 4
-    result = train_stage("stage1", student, examples, tmp_path / "stage1", cfg, seed=0, max_steps=4)
+    seen: list[tuple[int, float | None]] = []
+    with progress.listen(lambda snap: seen.append((snap.done, snap.loss))):
+        result = train_stage("stage1", student, examples, tmp_path / "stage1", cfg, seed=0, max_steps=4)
     assert result.steps == 4 and not result.resumed and len(result.losses) == 4
+    assert seen[-1] == (4, result.losses[-1][1])  # the launched processes' steps and loss reach this process
     ours, theirs = _weights(tmp_path / "stage1"), _weights(one_process)
     assert _max_diff(ours, _weights(student)) > 50 * TOLERANCE
     assert _max_diff(ours, theirs) < TOLERANCE

@@ -49,6 +49,9 @@ def test_three_stages_chain_and_resume(student, tmp_path):
     assert [r.name for r in results] == ["stage1", "stage2", "stage3"] == [r.name for r in done]
     assert [r.steps for r in results] == [2, 3, 3] and result.budget == 8
     assert all(r.train_loss is not None and not r.resumed for r in results)
+    assert [len(r.losses) for r in results] == [2, 3, 3]  # every step logged: the report's training curves
+    args = torch.load(Path(results[0].model_dir) / "training_args.bin", weights_only=False)
+    assert args.run_name == "heal-seed0-stage1" and args.report_to in ([], "none", ["none"])
     assert result.model_dir == str(dirs["stage3"])
     base, w1, w2, w3 = (_weights(p) for p in (student, *(r.model_dir for r in results)))
     key = next(k for k in base if "layers.0.mlp" in k)

@@ -16,6 +16,11 @@ runner = CliRunner()
 GB80 = 80 * 10**9
 SMALL = "configs/qwen3-8b-vllm.yaml"  # Qwen2.5-1.5B-Instruct student, pace.max_length 20480, batch 8
 LARGE = "configs/r1-distill-32b-server.yaml"  # Qwen2.5-7B-Instruct student, the same pace
+# The shipped configs' pace as it was before they were set to fit (one process, no checkpointing, Liger where
+# installed): the worked examples below start from it; test_the_shipped_configs_fit_one_node plans them as shipped.
+BEFORE = ("pace.distributed.strategy=ddp", "pace.distributed.processes_per_node=1",
+          "pace.gradient_checkpointing=false", "pace.liger_kernel=auto")
+BEFORE_SETS = [arg for assignment in BEFORE for arg in ("--set", assignment)]
 
 # Ψ of each student, from its config.json (Qwen2: q/k/v biases; 0.5B and 1.5B tie lm_head to the embeddings)
 PSI_05B = 151936 * 896 + 24 * (896 * 896 + 896 + 2 * (896 * 128 + 128) + 896 * 896 + 3 * 896 * 4864 + 2 * 896) + 896
@@ -33,7 +38,7 @@ def no_liger(monkeypatch):
 
 
 def _plan(path: str, overrides: tuple[str, ...] = (), gpus: int = 1, memory: int = GB80) -> mp.MemoryPlan:
-    cfg = load_config(path, list(overrides))
+    cfg = load_config(path, [*BEFORE, *overrides])
     return mp.plan(mp.shape_of(cfg.student.model), cfg.pace, gpus, memory, cfg.student.model)
 
 
@@ -201,7 +206,7 @@ def _saved_bytes(loss, params: set[int]) -> tuple[int, int]:
 
 
 def test_large_config_is_refused_on_one_80gb_gpu_and_the_suggestion_fits():
-    cfg = load_config(LARGE)
+    cfg = load_config(LARGE, list(BEFORE))
     shape = mp.shape_of(cfg.student.model)
     plan = mp.plan(shape, cfg.pace, 1, GB80, cfg.student.model)
     assert not plan.fits
@@ -214,7 +219,7 @@ def test_large_config_is_refused_on_one_80gb_gpu_and_the_suggestion_fits():
     assert f"{plan.total / 2**30:.1f} GiB per GPU" in message and "74.5 GiB (80.0 GB)" in message
     assert "--set pace.distributed.strategy=deepspeed_zero3 --set pace.distributed.processes_per_node=4" in message
     assert "liger-kernel" in message  # not installed here: the message says the workers need it
-    fixed = load_config(LARGE, suggestion.split())
+    fixed = load_config(LARGE, [*BEFORE, *suggestion.split()])
     replanned = mp.plan(shape, fixed.pace, 1, GB80, fixed.student.model)
     assert replanned.fits and replanned.world == 4 and replanned.liger
     mp.check(replanned, None)
@@ -222,16 +227,17 @@ def test_large_config_is_refused_on_one_80gb_gpu_and_the_suggestion_fits():
 
 def test_suggestions_with_liger_installed_and_when_nothing_fits(monkeypatch):
     monkeypatch.setattr(mp, "liger_installed", lambda: True)  # auto = on: a suggestion does not repeat it
-    cfg = load_config(LARGE)
+    cfg = load_config(LARGE, list(BEFORE))
     shape = mp.shape_of(cfg.student.model)
     suggestion = mp.suggest(shape, cfg.pace, 1, GB80)
     assert suggestion is not None and "liger" not in suggestion
-    assert mp.plan(shape, load_config(LARGE, suggestion.split()).pace, 1, GB80).fits
+    assert mp.plan(shape, load_config(LARGE, [*BEFORE, *suggestion.split()]).pace, 1, GB80).fits
     small = 8 * 10**9
     assert mp.suggest(shape, cfg.pace, 1, small) is None
     with pytest.raises(mp.MemoryPlanError, match="nothing heal can set fits on up to 8 GPUs per node"):
         mp.check(mp.plan(shape, cfg.pace, 1, small), None)
-    assert mp.suggest(shape, load_config(SMALL).pace, 1, GB80) is not None  # small fits with a change, not as is
+    small_cfg = load_config(SMALL, list(BEFORE)).pace
+    assert mp.suggest(shape, small_cfg, 1, GB80) is not None  # small fits with a change, not as is
 
 
 def test_a_batch_that_does_not_divide_is_refused_by_the_launcher_rule():
@@ -258,14 +264,14 @@ def test_parse_size():
 
 
 def test_config_check_refuses_the_large_config_on_one_gpu_and_takes_the_suggestion():
-    refused = runner.invoke(app, ["config", "check", LARGE, "--gpus", "1", "--gpu-memory", "80GB"])
+    refused = runner.invoke(app, ["config", "check", LARGE, *BEFORE_SETS, "--gpus", "1", "--gpu-memory", "80GB"])
     assert refused.exit_code == 2, refused.output
     assert "does NOT fit" in refused.output and "GiB per GPU" in refused.output
     assert "--set pace.distributed.strategy=deepspeed_zero3" in refused.output
-    cfg = load_config(LARGE)
+    cfg = load_config(LARGE, list(BEFORE))
     suggestion = mp.suggest(mp.shape_of(cfg.student.model), cfg.pace, 1, GB80)
     sets = [arg for assignment in suggestion.split() for arg in ("--set", assignment)]
-    fits = runner.invoke(app, ["config", "check", LARGE, *sets, "--gpus", "1", "--gpu-memory", "80GB"])
+    fits = runner.invoke(app, ["config", "check", LARGE, *BEFORE_SETS, *sets, "--gpus", "1", "--gpu-memory", "80GB"])
     assert fits.exit_code == 0, fits.output
     assert "valid" in fits.output and ": fits" in fits.output
 
@@ -287,8 +293,8 @@ def test_train_plan_prints_the_stored_config_plan_without_training(tmp_path):
     from heal_core.run import Run
 
     for run_id, extra in (("big", []), ("sharded", mp.suggest(mp.shape_of("Qwen/Qwen2.5-7B-Instruct"),
-                                                               load_config(LARGE).pace, 1, GB80).split())):
-        cfg = load_config(LARGE, [f"storage.uri={tmp_path}", *extra])
+                                                               load_config(LARGE, list(BEFORE)).pace, 1, GB80).split())):
+        cfg = load_config(LARGE, [f"storage.uri={tmp_path}", *BEFORE, *extra])
         Run.of(cfg, run_id).pin(cfg)
     refused = runner.invoke(app, ["train", "big", "--storage", str(tmp_path), "--plan", "--gpus", "1",
                                   "--gpu-memory", "80GB"])
@@ -307,3 +313,16 @@ def test_train_plan_prints_the_stored_config_plan_without_training(tmp_path):
 def test_parse_config_reads_the_suggested_liger_value_as_a_string():
     """YAML 1.1 reads a bare on as true: the setting takes it as the word written, so the suggestion pastes as it is."""
     assert parse_config({}, ["pace.liger_kernel=on"]).pace.liger_kernel == "on"
+
+
+def test_the_shipped_configs_fit_one_node_of_eight_80gb_gpus():
+    """As shipped: the 1.5B student with DDP over 8 GPUs, checkpointing and Liger, the 7B with ZeRO-3 over 8 and
+    checkpointing (the figures the configs' comments and the README quote); either on one GPU is refused."""
+    small = mp.plan(mp.shape_of("Qwen/Qwen2.5-1.5B-Instruct"), load_config(SMALL).pace, 8, GB80)
+    large = mp.plan(mp.shape_of("Qwen/Qwen2.5-7B-Instruct"), load_config(LARGE).pace, 8, GB80)
+    assert (small.world, small.micro_batch, small.liger, small.gradient_checkpointing) == (8, 1, True, True)
+    assert (large.world, large.strategy, large.gradient_checkpointing) == (8, "deepspeed_zero3", True)
+    assert small.fits and large.fits
+    assert (f"{small.total / 2**30:.1f}", f"{large.total / 2**30:.1f}") == ("39.7", "56.8")
+    for path, model in ((SMALL, "Qwen/Qwen2.5-1.5B-Instruct"), (LARGE, "Qwen/Qwen2.5-7B-Instruct")):
+        assert not mp.plan(mp.shape_of(model), load_config(path).pace, 1, GB80).fits

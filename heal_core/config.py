@@ -384,8 +384,8 @@ class DistributedConfig(_Section):
         role=Role.EXECUTION,
         ge=1,
         introduced=Introduced("0.2.0", 1),
-        description="machines one stage trains on; node 0 runs the flow's heal-train task and the others run "
-        "heal train-stage with their --machine-rank (infra/k8s/train-multinode.yaml)",
+        description="machines one stage trains on; node 0 runs the flow's heal-train task and each other node "
+        "runs heal train-stage --follow <shared cache>/models --machine-rank R (infra/k8s/train-multinode.yaml)",
     )
     main_address: str = setting(
         "127.0.0.1",

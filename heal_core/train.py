@@ -247,7 +247,7 @@ def fit(spec: StageSpec, dataset: Any, tokenizer: Any = None) -> StageResult:
                          processing_class=tokenizer or training_tokenizer(spec.init_model, cfg), callbacks=callbacks)
     start = checkpoints.restore(spec.checkpoints, spec.storage_options, spec.trainer_dir) if cfg.save_steps else None
     state = trainer.accelerator.state
-    if trainer.is_world_process_zero():  # one line a launch log (or a user) can check the layout against
+    if launched and trainer.is_world_process_zero():  # one line the launch log can be checked against
         print(f"heal: stage {spec.name}: {state.distributed_type.value} over {state.num_processes} process(es) "
               f"({state.backend or 'no process group'}), micro-batch {spec.micro} x {spec.accumulation} "
               f"accumulation, {spec.steps} steps" + (f", resuming at step {start[0]}" if start else ""), flush=True)

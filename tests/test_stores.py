@@ -53,19 +53,19 @@ def test_a_model_download_killed_half_way_is_fetched_again(tmp_path, monkeypatch
                                              "train_loss": 0.1}))
     monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
     cfg = parse_config({"storage": {"uri": str(tmp_path / "store")}})
-    real = storage.read_bytes
+    real = storage._place_local  # where each downloaded file is written (streamed from storage)
 
-    def killed(uri, options=None):
-        if uri.endswith("/" + killed_at):
+    def killed(path, data, exclusive=False):
+        if path.endswith("/" + killed_at):
             raise KeyboardInterrupt  # the worker dies here
-        return real(uri, options)
+        return real(path, data, exclusive)
 
-    monkeypatch.setattr(storage, "read_bytes", killed)
+    monkeypatch.setattr(storage, "_place_local", killed)
     with pytest.raises(KeyboardInterrupt):
         local_model(str(remote), cfg)
     local = local_model_dir(str(remote))
     assert finished(local) is None and not local.exists()
-    monkeypatch.setattr(storage, "read_bytes", real)  # the retry
+    monkeypatch.setattr(storage, "_place_local", real)  # the retry
     assert local_model(str(remote), cfg) == str(local)
     assert (local / "model.safetensors").read_bytes() == b"w" * 100 and finished(local) is not None
     assert [p.name for p in local.parent.iterdir()] == [local.name]  # no temporary folder left

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 import os
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -365,8 +364,7 @@ def train_stage(
     """Run this node's processes of multi-node training stages: node 0's heal-train task launches its own for
     each stage and waits for the other nodes at the rendezvous (pace.distributed.main_address). The spec and the
     examples beside it must be where this node reads them: a shared volume (infra/k8s/train-multinode.yaml)."""
-    from heal_core import launch
-    from heal_core.train import bf16_gpu, pending_specs
+    from heal_core.train import pending_specs
 
     if (spec is None) == (follow is None):
         raise _fail("give one stage's SPEC or --follow FOLDER")
@@ -376,19 +374,20 @@ def train_stage(
         if not todo:
             time.sleep(2)
             continue
-        _train_node(todo[0], machine_rank, launch, bf16_gpu())
+        _train_node(todo[0], machine_rank)
         done.add(todo[0])
         if spec is not None or (stages is not None and len(done) >= stages):
             return
 
 
-def _train_node(spec: Path, machine_rank: int, launch: Any, bf16: bool) -> None:
+def _train_node(spec: Path, machine_rank: int) -> None:
     """One stage's processes on this node (``heal train-stage``)."""
-    from heal_core.config import PaceConfig
+    from heal_core import launch
+    from heal_core.train import bf16_gpu, read_spec
 
     try:
-        cfg = PaceConfig.model_validate(json.loads(spec.read_text())["spec"]["pace"])
-    except (OSError, ValueError, KeyError) as exc:
+        cfg = read_spec(spec)[0].cfg
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _fail(f"{spec}: not a training stage's spec ({exc})") from None
     if not 0 < machine_rank < cfg.distributed.nodes:
         raise _fail(f"--machine-rank {machine_rank}: the stage trains on {cfg.distributed.nodes} nodes, so the "
@@ -397,7 +396,8 @@ def _train_node(spec: Path, machine_rank: int, launch: Any, bf16: bool) -> None:
     console.print(f"{spec.parent}: node {machine_rank} of {cfg.distributed.nodes}", markup=False)
     try:
         launch.check(cfg.distributed, gpus)
-        launch.run(cfg.distributed, gpus, machine_rank, [str(spec)], spec.parent / f"launch-node{machine_rank}.log", bf16)
+        launch.run(cfg.distributed, gpus, machine_rank, [str(spec)], spec.parent / f"launch-node{machine_rank}.log",
+                   bf16_gpu())
     except (launch.LaunchError, RuntimeError) as exc:
         raise _fail(exc) from None
 

@@ -7,7 +7,6 @@ where TRL's trainer joins the process group the launcher set up.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -15,10 +14,10 @@ from pathlib import Path
 def main(spec_file: str) -> None:
     from datasets import load_from_disk
 
-    from heal_core.train import StageSpec, fit
+    from heal_core.train import fit, read_spec
 
-    saved = json.loads(Path(spec_file).read_text())
-    fit(StageSpec(**saved["spec"]), load_from_disk(saved["data"]))
+    spec, data = read_spec(Path(spec_file))
+    fit(spec, load_from_disk(data))
 
 
 if __name__ == "__main__":

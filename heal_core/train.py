@@ -215,6 +215,12 @@ def write_spec(spec: StageSpec, examples: Sequence[Mapping[str, Any]]) -> Path:
     return spec_file
 
 
+def read_spec(spec_file: Path) -> tuple[StageSpec, str]:
+    """The stage and the folder of its examples, as ``write_spec`` wrote them."""
+    saved = json.loads(Path(spec_file).read_text())
+    return StageSpec(**saved["spec"]), saved["data"]
+
+
 def pending_specs(root: Path) -> list[Path]:
     """The spec files under ``root`` (a worker's cache of models) of stages launched and not finished, oldest
     first: what the other nodes of a multi-node stage train (``heal train-stage --follow``)."""

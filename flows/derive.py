@@ -24,16 +24,17 @@ class GenerationUnfinished(ValueError):
     """The run to derive from has shards that did not finish: its data is not there to train or evaluate on."""
 
 
-def _copy_generation(parent: Run, run: Run, shards: int, cfg: HealConfig) -> None:
-    """The parent's problem shards and samples, each shard's lineage record last (its marker), under this run's
-    config hash, recording that this run's teacher drew nothing: every problem was re-used."""
+def _reference_generation(parent: Run, run: Run, shards: int, cfg: HealConfig) -> None:
+    """This run's record of the parent's generation: its problem shards copied (small), its samples referenced
+    (``Run.generation``: this run's ``parent.json``, written before), and each shard's lineage record, last (its
+    marker), under this run's config hash, recording that this run's teacher drew nothing: every problem was
+    re-used."""
     for name in ("quarantine", "contamination"):
         if storage.exists(getattr(parent, name), parent.options):
             storage.write_bytes(storage.read_bytes(getattr(parent, name), parent.options), getattr(run, name), run.options)
     for shard in range(shards):
-        for source, target in ((parent.shard_problems(shard), run.shard_problems(shard)),
-                               (parent.shard_samples(shard), run.shard_samples(shard))):
-            storage.write_bytes(storage.read_bytes(source, parent.options), target, run.options)
+        storage.write_bytes(storage.read_bytes(parent.shard_problems(shard), parent.options), run.shard_problems(shard),
+                            run.options)
         record = storage.read_json(parent.shard_lineage(shard), parent.options)
         record.update(config_hash=cfg.config_hash(), generation=lineage_sources(record["problems"], 0, 0, Usage()))
         storage.write_json(record, run.shard_lineage(shard), run.options)
@@ -83,10 +84,10 @@ def _derive(parent: Run, parent_cfg: HealConfig, run: Run, cfg: HealConfig, shar
     logger = get_run_logger()
     logger.info("run %s: %s from run %s (%s)", run.run_id, kind, run_id, ", ".join(overrides + variants) or "as it is")
 
-    # 1. the parent's data, its record of this run, and the models this run would train as the parent did
-    storage.write_json({"parent": run_id, "kind": kind, "overrides": overrides, "variants": variants},
-                       run.parent, run.options)
-    _copy_generation(parent, run, shards, cfg)
+    # 1. the parent's data (referenced), its record of this run, and the models this run would train as the parent did
+    storage.write_json({"parent": run_id, "samples": parent.generation.run_id, "kind": kind, "overrides": overrides,
+                        "variants": variants}, run.parent, run.options)
+    _reference_generation(parent, run, shards, cfg)
     storage.write_json({"run_id": run.run_id, "kind": kind, "overrides": overrides, "variants": variants},
                        parent.derived_record(run.run_id), parent.options)
     adopted = _adopt_models(parent, parent_cfg, run, cfg)

@@ -679,6 +679,15 @@ class OrchestrationConfig(_Section):
         description="name of a Prefect Secret block holding a JSON object of environment variables (S3 "
         "credentials, API tokens) that every heal flow run sets in its process before it starts work",
     )
+    memory_limit: str = setting(
+        "1GiB",
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", "1GiB"),
+        pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="memory the steps after generation (the curriculum, the report's aggregates) let DuckDB hold; "
+        "beyond it DuckDB spills to HEAL_CACHE_DIR, so a run of any size assembles in this much (plus the "
+        "process's own ~0.5 GB); e.g. 512MB, 4GiB",
+    )
     lease_seconds: float = setting(
         120.0,
         role=Role.EXECUTION,

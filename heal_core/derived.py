@@ -2,10 +2,10 @@
 without touching the teacher.
 
 A derived run is a run of its own, ``<run id>.<kind>-<config hash>`` beside the one it comes from, so its results
-land next to the old ones, keyed by what changed, and every tool that reads a run reads it. It starts from a copy of
-the run's problems and samples (so the curriculum is exactly the run's, even when the problem file has grown
-since), and it may change only the settings of the steps after generation: PACE's training settings and the
-student (``train``), or the evaluation (``eval``). A setting that changes which rows are kept belongs to a new
+land next to the old ones, keyed by what changed, and every tool that reads a run reads it. It starts from the
+run's problems (copied) and samples (referenced, not copied: ``Run.generation``), so the curriculum is exactly the
+run's, even when the problem file has grown since; and it may change only the settings of the steps after
+generation: PACE's training settings and the student (``train``), or the evaluation (``eval``). A setting that changes which rows are kept belongs to a new
 ``heal run``, where the generation store re-selects the stored rows without sampling
 (``heal_core/generation_store.py``). Models whose training fingerprint is the run's are adopted, not trained
 again (``heal_core/fingerprints.py``), and the teacher's and student base's evaluations come from the evaluation
@@ -63,12 +63,14 @@ def derived_id(run_id: str, kind: Kind, cfg: HealConfig) -> str:
 
 def trained_models(run: Run, cfg: HealConfig) -> list[tuple[str, str, str, int, str, str]]:
     """(run id, what it changed, variant, seed, held-out pass@1, the run that trained it) of every model trained on
-    ``run``'s data: its own, then those of each run derived from it (an adopted model is listed under every run that
-    evaluates it, as trained by ``run``)."""
+    ``run``'s data: its own, then those of each run derived from it and not removed since (an adopted model is
+    listed under every run that evaluates it, as trained by ``run``)."""
     runs: list[tuple[Run, HealConfig, str]] = [(run, cfg, "—")]
     for record_uri in storage.list_files(run.path("derived"), run.options):
         record = storage.read_json(record_uri, run.options)
         derived = run.sibling(record["run_id"])
+        if not storage.exists(derived.config, derived.options):
+            continue  # removed since (the parent's objects, this record among them, are never touched)
         changed = ", ".join([*record["overrides"], *(f"+{v}" for v in record["variants"])]) or "—"
         runs.append((derived, derived.stored_config(), f"{record['kind']}: {changed}"))
     rows = []

@@ -8,16 +8,18 @@ from __future__ import annotations
 import base64
 import io
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+import duckdb
 import numpy as np
+import pyarrow as pa
 
 from heal_core import truth
 from heal_core.config import HealConfig
 from heal_core.evaluate import HELD_OUT
 from heal_core.schema import SAMPLING_COLUMNS
-from heal_core.stages import Dataset, Stage
+from heal_core.stages import Dataset
 from heal_core.stats import Interval, bootstrap, pass_at_1_matrix
 from heal_core.train import VariantResult
 from heal_core.variants import BASELINE, step_budget
@@ -28,48 +30,62 @@ _MODEL_NAMES = {"teacher": "teacher", "student_base": "student base", "heal": "H
                 "heal_mixed": "HEAL mixed (no curriculum)"}
 
 
+REPORTED = ("problem_id", "stage", "kept", "verified", "leaked_hint", "pure_ratio", "pure_verdict", "judge_verdict")
+"""What the headline figures and the PURE plot read of every trajectory: not its text, token ids or entropy trace."""
+
+
+def sample_figures(samples: pa.RecordBatchReader | pa.Table, zero: Collection[str],
+                   con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """The run's per-sample counts, aggregated by DuckDB as ``samples`` (``REPORTED`` columns) stream past, with
+    PURE's ratios (float32, for ``pure_ratio_plot``): memory holds counts and one float per PURE-scored row, not the
+    rows. ``zero``: the problems the unaided teacher never solved."""
+    unsolved = pa.table({"problem_id": pa.array(sorted(zero), pa.string())})  # noqa: F841 (read by name)
+    row = con.sql("""SELECT count(*), count(*) FILTER (stage = 2), count(*) FILTER (stage = 2 AND kept),
+                       count(*) FILTER (stage = 3), count(*) FILTER (stage = 3 AND kept),
+                       count(*) FILTER (coalesce(leaked_hint, false) AND verified),
+                       count(*) FILTER (coalesce(pure_verdict, 'keep') <> 'keep'),
+                       count(*) FILTER (judge_verdict IS NOT NULL), count(*) FILTER (judge_verdict = 'equivalent'),
+                       count(DISTINCT problem_id) FILTER (stage > 1 AND kept AND problem_id IN (
+                         SELECT problem_id FROM unsolved)),
+                       list(pure_ratio) FILTER (pure_ratio IS NOT NULL AND pure_verdict = 'keep'),
+                       list(pure_ratio) FILTER (pure_ratio IS NOT NULL AND pure_verdict <> 'keep')
+                     FROM samples""").fetchall()[0]
+    return {"samples": row[0], "stage2_samples": {"generated": row[1], "kept": row[2]},
+            "gear_samples": {"generated": row[3], "kept": row[4]}, "hint_leaks_rejected": row[5],
+            "pure_rejections": row[6], "judged": row[7], "accepted": row[8], "problems_rescued": row[9],
+            "pure_ratios": {"kept": np.asarray(row[10] or [], np.float32),
+                            "rejected": np.asarray(row[11] or [], np.float32)}}
+
+
 def summarize(
-    samples: Sequence[dict[str, Any]],
+    figures: Mapping[str, Any],
     stats: Sequence[dict[str, Any]],
     dataset_sizes: dict[str, int],
     evaluation: Sequence[dict[str, Any]],
 ) -> dict[str, Any]:
     """The headline figures of ``summary.json``, as numbers under snake_case keys (``headline`` shows them);
-    ``stats`` are per-problem dicts with ``correct`` and ``bucket``.
+    ``figures`` are ``sample_figures``'s, ``stats`` per-problem dicts with ``correct`` and ``bucket``.
 
     ``teacher_ceiling``: problems the unaided teacher never solved; ``problems_rescued``: those of them that
     Stage II or III kept a sample of; ``*_samples``: generated and kept; ``judge`` (only with judge.enabled):
     the verifier's rejections it judged and accepted."""
-    by_stage: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for row in samples:
-        by_stage[row["stage"]].append(row)
-    zero = {s["problem_id"] for s in stats if s["correct"] == 0}
-    rescued = {r["problem_id"] for r in samples if r["stage"] > Stage.BASE and r["kept"] and r["problem_id"] in zero}
     summary: dict[str, Any] = {
         "problems": len(stats),
-        "samples": len(samples),
-        "teacher_ceiling": len(zero),
+        "samples": figures["samples"],
+        "teacher_ceiling": sum(s["correct"] == 0 for s in stats),
         "hard_problems": sum(s["bucket"] == "hard" for s in stats),
         "extremely_hard_problems": sum(s["bucket"] == "extremely_hard" for s in stats),
-        "stage2_samples": _generated_kept(by_stage[Stage.HINT]),
-        "gear_samples": _generated_kept(by_stage[Stage.REPAIR]),
-        "hint_leaks_rejected": sum(bool(r["leaked_hint"]) and r["verified"] for r in samples),
-        "pure_rejections": sum((r["pure_verdict"] or "keep") != "keep" for r in samples),
-        "problems_rescued": len(rescued),
+        **{key: figures[key] for key in ("stage2_samples", "gear_samples", "hint_leaks_rejected", "pure_rejections",
+                                         "problems_rescued")},
     }
-    judged = [r for r in samples if r["judge_verdict"] is not None]
-    if judged:
-        summary["judge"] = {"judged": len(judged), "accepted": sum(r["judge_verdict"] == "equivalent" for r in judged)}
+    if figures["judged"]:
+        summary["judge"] = {"judged": figures["judged"], "accepted": figures["accepted"]}
     summary["pace_examples"] = {name: dataset_sizes[name] for name in _PACE_SIZES if name in dataset_sizes}
     summary["held_out_pass_at_1"] = {model: round(acc, 4) for model, acc in accuracy(evaluation).items()}
     return summary
 
 
 _PACE_SIZES = (Dataset.STAGE1, Dataset.STAGE2, Dataset.STAGE3, Dataset.RS_SFT)  # the headline's dataset sizes
-
-
-def _generated_kept(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
-    return {"generated": len(rows), "kept": sum(bool(r["kept"]) for r in rows)}
 
 
 def headline(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -349,17 +365,15 @@ def entropy_trace(entropy: Sequence[float], breakpoint: int, fraction: float,
     return to_png(fig)
 
 
-def pure_ratio_plot(samples: Sequence[dict[str, Any]], lam: float) -> bytes:
-    """Log-scaled: R spans orders of magnitude (a genuine trajectory sits near 0.001, a forced answer near 1 and
-    beyond), and a linear axis squeezes every genuine one into its first bin. Rejections left of lambda are the
-    leap rule's."""
+def pure_ratio_plot(ratios: Mapping[str, np.ndarray], lam: float) -> bytes:
+    """``ratios``: PURE's R of the rows it kept and of those it rejected (``sample_figures``). Log-scaled: R spans
+    orders of magnitude (a genuine trajectory sits near 0.001, a forced answer near 1 and beyond), and a linear
+    axis squeezes every genuine one into its first bin. Rejections left of lambda are the leap rule's."""
     fig, ax = figure("PURE forced-answer ratio R")
     floor = 1e-8  # R is an NLL ratio, so >= 0: a zero (no uncertainty left at all) goes in the first bin
-    kept = [max(r["pure_ratio"], floor) for r in samples if r["pure_ratio"] is not None and r["pure_verdict"] == "keep"]
-    rejected = [max(r["pure_ratio"], floor) for r in samples
-                if r["pure_ratio"] is not None and r["pure_verdict"] != "keep"]
-    values = [*kept, *rejected] or [lam]
-    bins = np.geomspace(min(min(values), lam) / 1.5, max(max(values), lam) * 1.5, 31)
+    kept, rejected = (np.maximum(np.asarray(ratios[k], np.float64), floor) for k in ("kept", "rejected"))
+    values = np.concatenate([kept, rejected]) if len(kept) + len(rejected) else np.array([lam])
+    bins = np.geomspace(min(values.min(), lam) / 1.5, max(values.max(), lam) * 1.5, 31)
     ax.hist([kept, rejected], bins=bins, label=["kept", "rejected"], stacked=True)
     ax.axvline(lam, color="black", ls="--", lw=1, label=f"lambda = {lam:g}")
     ax.set_xscale("log")

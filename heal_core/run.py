@@ -17,6 +17,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import yaml
@@ -146,8 +147,20 @@ class Run:
     def shard_problems(self, shard: int) -> str:
         return self.path("problems", f"shard-{shard:05d}.parquet")
 
+    @cached_property
+    def generation(self) -> Run:
+        """The run whose samples this run reads: itself, or for a derived run (``heal train``, ``heal eval``) the run
+        that generated them, named in its ``parent.json`` (``samples``), whose objects it references instead of
+        copying: removing a derived run never touches them. A run derived before heal referenced samples holds its
+        own copies (no ``samples`` key). Read once per ``Run`` object."""
+        if not storage.exists(self.parent, self.options):
+            return self
+        source = storage.read_json(self.parent, self.options).get("samples")
+        return self if source is None else self.sibling(source)
+
     def shard_samples(self, shard: int) -> str:
-        return self.path("samples", f"shard-{shard:05d}.parquet")
+        """The shard's samples; a derived run's are its parent's (``generation``)."""
+        return self.generation.path("samples", f"shard-{shard:05d}.parquet")
 
     def shard_lineage(self, shard: int) -> str:
         """Per-problem stats and GEAR skips of a shard; written last, so it marks the shard complete."""

@@ -25,6 +25,8 @@ from typing import IO, Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
@@ -256,20 +258,72 @@ def write_parquet(
     write_bytes(buf.getvalue().to_pybytes(), uri, storage_options)
 
 
+class _RangeReads(pafs.FSSpecHandler):
+    """pyarrow's handler for an fsspec filesystem, opening files without fsspec's read-ahead cache (s3fs reads
+    50 MiB blocks): pyarrow asks for the byte ranges it needs, the footer and then the chosen columns' chunks
+    coalesced (``pre_buffer``), and each becomes one ranged GET. Only reads go through here."""
+
+    def open_input_file(self, path: str) -> pa.PythonFile:
+        if not self.fs.isfile(path):
+            self.fs.cat_file(path, start=0, end=1)  # the error that says why: no such key, or no such bucket
+            raise FileNotFoundError(path)
+        return pa.PythonFile(self.fs.open(path, mode="rb", cache_type="none"), mode="r")
+
+
+def _arrow_fs(uri: str, storage_options: dict[str, Any] | None) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's own filesystem for a local path (memory-mapped reads), else the fsspec one behind ``_RangeReads``."""
+    fs, path = _fs(uri, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        return pafs.LocalFileSystem(), path
+    return pafs.PyFileSystem(_RangeReads(fs)), path
+
+
 def read_parquet(
     uri: str, schema: pa.Schema | None = None, storage_options: dict[str, Any] | None = None,
     columns: Sequence[str] | None = None,
 ) -> pa.Table:
-    """Read a Parquet file, or only its ``columns``; with ``schema``, check it (a missing column is an error
-    naming the URI)."""
-    data = read_bytes(uri, storage_options)
+    """Read a Parquet file, or only its ``columns``, fetching only those (the footer, then their column chunks:
+    ranged reads on S3); with ``schema``, check it (a missing column is an error naming the URI)."""
     if schema is not None and columns is not None:
         schema = pa.schema([schema.field(name) for name in columns])
-    try:
-        table = pq.read_table(pa.BufferReader(data), columns=None if columns is None else list(columns))
-    except pa.ArrowException as exc:  # truncated or corrupt: never return a partial table
-        raise StorageError(f"{uri} is not a readable Parquet file: {exc}") from None
+    afs, path = _arrow_fs(uri, storage_options)
+    with _errors(uri):
+        try:
+            with afs.open_input_file(path) as source:
+                table = pq.read_table(source, columns=None if columns is None else list(columns), pre_buffer=True)
+        except pa.ArrowException as exc:  # truncated or corrupt: never return a partial table
+            raise StorageError(f"{uri} is not a readable Parquet file: {exc}") from None
     return table if schema is None else conform(table, schema, source=uri)
+
+
+SCAN_ROWS = 256
+"""Rows a scan hands over at a time (``scan``): with 16k-token traces, a few MB of text per batch."""
+
+
+def scan(
+    uris: Sequence[str], schema: pa.Schema, columns: Sequence[str], storage_options: dict[str, Any] | None = None,
+    where: ds.Expression | None = None,
+) -> pa.RecordBatchReader:
+    """Stream the rows of Parquet files (one table's shards, under one storage) as record batches of ``columns``,
+    optionally only those matching ``where``: pyarrow.dataset's scanner, reading each file's footer and then only
+    those columns' chunks (ranged reads on S3), one file and one batch ahead at most, so memory holds a few
+    batches whatever the files add up to. Each file is checked for ``columns`` before any row is read (a missing
+    one is an error naming its URI)."""
+    wanted = pa.schema([schema.field(name) for name in columns])
+    if not uris:
+        return pa.RecordBatchReader.from_batches(wanted, [])
+    afs, _ = _arrow_fs(uris[0], storage_options)
+    paths = {_fs(uri, storage_options)[1]: uri for uri in uris}
+    fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=True))
+    with _errors(uris[0]):
+        dataset = ds.dataset(list(paths), schema=schema, format=fmt, filesystem=afs)
+        for fragment in dataset.get_fragments():
+            missing = [name for name in columns if name not in fragment.physical_schema.names]
+            if missing:
+                raise StorageError(f"{paths[fragment.path]}: missing column(s) {missing}")
+    scanner = dataset.scanner(columns=list(columns), filter=where, batch_size=SCAN_ROWS, fragment_readahead=1,
+                              batch_readahead=1)
+    return pa.RecordBatchReader.from_batches(wanted, (batch.cast(wanted) for batch in scanner.to_batches()))
 
 
 def write_json(obj: Any, uri: str, storage_options: dict[str, Any] | None = None) -> None:
@@ -331,6 +385,13 @@ def get_dir(uri: str, local_dir: str | os.PathLike[str], storage_options: dict[s
     for rel, target in sorted(planned, key=lambda p: p[0] == last):
         with _errors(uri), fs.open(prefix + rel, "rb") as remote_file:
             _place_local(str(target), remote_file)
+
+
+def get_file(uri: str, local: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> None:
+    """Download one object to ``local``, streamed (never whole in memory) and put in place whole."""
+    fs, path = _fs(uri, storage_options)
+    with _errors(uri), fs.open(path, "rb") as remote_file:
+        _place_local(os.fspath(local), remote_file)
 
 
 def _inside(root: Path, rel: str, uri: str) -> Path:

@@ -17,9 +17,9 @@ Another checkable task joins ``TASKS``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -77,11 +77,16 @@ class Truth:
 
 
 def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
-    """P(score of a random positive > score of a random negative), ties counting half (Mann-Whitney U)."""
+    """P(score of a random positive > score of a random negative), ties counting half: the Mann-Whitney U from
+    the ranks of all scores (ties ranked as their average), in memory linear in the scores."""
     if not positive or not negative:
         return None
-    pos, neg = np.asarray(positive, dtype=float)[:, None], np.asarray(negative, dtype=float)[None, :]
-    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
+    values = np.concatenate([np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)])
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = ((ends - counts + 1 + ends) / 2)[inverse]  # 1-based, ties averaged
+    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
+    return float(u / (len(positive) * len(negative)))
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -90,15 +95,22 @@ def _ratio(part: int, whole: int) -> float | None:
 
 @dataclass(frozen=True)
 class BreakpointAudit:
+    """Counts that add up over the shards of a run (``combined``): a shard holds whole problems."""
+
     failed: int  # failed Stage I trajectories of all problems
     failed_located: int  # ... whose first wrong step lies inside the search span
     paths: int  # failed paths GEAR reached (a wave repaired them), with their first wrong step inside the span
     hits: int  # ... whose breakpoint fell in that step or the one before it
-    random_rate: float | None  # a uniformly random span position's chance of the same
+    chances: float  # the sum over those paths of a uniformly random span position's chance of a hit
 
     @property
     def hit_rate(self) -> float | None:
         return _ratio(self.hits, self.paths)
+
+    @property
+    def random_rate(self) -> float | None:
+        """A uniformly random span position's chance of the same, averaged over the paths."""
+        return self.chances / self.paths if self.paths else None
 
 
 def breakpoint_audit(rows: Sequence[Trajectory], truth: Truth, cfg: HealConfig) -> BreakpointAudit:
@@ -129,17 +141,19 @@ def breakpoint_audit(rows: Sequence[Trajectory], truth: Truth, cfg: HealConfig) 
         wrong, steps = located[path.sample_id]
         hits += breakpoints.get(path.sample_id) in (wrong - 1, wrong)
         chances.append(sum(s in (wrong - 1, wrong) for s in steps) / len(steps))
-    return BreakpointAudit(len(failed), len(located), len(paths), hits,
-                           float(np.mean(chances)) if chances else None)
+    return BreakpointAudit(len(failed), len(located), len(paths), hits, float(sum(chances)))
 
 
 @dataclass(frozen=True)
 class PureAudit:
+    """Counts and scores that add up over the shards of a run (``combined``)."""
+
     scored: int  # verified hinted samples (Stages II and III) PURE scored
     wrong: int  # ... with a wrong step by the checker: the shortcuts
     rejected: int
     true_rejections: int  # rejected and wrong
-    auroc: float | None  # of pure.shortcut_score against "has a wrong step"
+    positive: tuple[float, ...]  # pure.shortcut_score of the shortcuts
+    negative: tuple[float, ...]  # ... and of the scored samples without a wrong step
 
     @property
     def precision(self) -> float | None:
@@ -148,6 +162,11 @@ class PureAudit:
     @property
     def recall(self) -> float | None:
         return _ratio(self.true_rejections, self.wrong)
+
+    @property
+    def auroc(self) -> float | None:
+        """Of PURE's score against "has a wrong step"."""
+        return auroc(self.positive, self.negative)
 
 
 def pure_audit(rows: Sequence[Trajectory], truth: Truth, cfg: HealConfig) -> PureAudit:
@@ -159,17 +178,29 @@ def pure_audit(rows: Sequence[Trajectory], truth: Truth, cfg: HealConfig) -> Pur
     return PureAudit(
         scored=len(scored), wrong=sum(wrong), rejected=sum(rejected),
         true_rejections=sum(w and x for w, x in zip(wrong, rejected, strict=True)),
-        auroc=auroc([s for s, w in zip(scores, wrong, strict=True) if w],
-                    [s for s, w in zip(scores, wrong, strict=True) if not w]),
+        positive=tuple(s for s, w in zip(scores, wrong, strict=True) if w),
+        negative=tuple(s for s, w in zip(scores, wrong, strict=True) if not w),
     )
 
 
-def wrong_step_share(examples: Sequence[Mapping[str, Any]], truth: Truth) -> float | None:
-    """Share of curriculum examples (TRL prompt-completion rows) whose completion has a wrong step."""
-    if not examples:
-        return None
-    wrong = [truth.first_wrong(e["problem_id"], e["completion"][0]["content"]) is not None for e in examples]
-    return sum(wrong) / len(wrong)
+Audit = TypeVar("Audit", BreakpointAudit, PureAudit)
+
+
+def combined(parts: Sequence[Audit]) -> Audit:
+    """One audit of the parts' rows: the shards' audits summed field by field (scores concatenated)."""
+    first = parts[0]
+    return type(first)(*(sum((getattr(p, f.name) for p in parts), type(getattr(first, f.name))())
+                         for f in fields(first)))
+
+
+def wrong_step_share(examples: Iterable[Mapping[str, Any]], truth: Truth) -> float | None:
+    """Share of curriculum examples (TRL prompt-completion rows, read one at a time) whose completion has a wrong
+    step."""
+    seen = wrong = 0
+    for example in examples:
+        seen += 1
+        wrong += truth.first_wrong(example["problem_id"], example["completion"][0]["content"]) is not None
+    return wrong / seen if seen else None
 
 
 @dataclass(frozen=True)
@@ -255,8 +286,14 @@ def _fraction(part: int, whole: int) -> str:
 
 
 def audit(
-    rows: Sequence[Trajectory], training_sets: Mapping[str, Sequence[Mapping[str, Any]]], truth: Truth,
+    shards: Iterable[Sequence[Trajectory]], training_sets: Mapping[str, Iterable[Mapping[str, Any]]], truth: Truth,
     cfg: HealConfig,
 ) -> TruthAudit:
-    return TruthAudit(breakpoint_audit(rows, truth, cfg), pure_audit(rows, truth, cfg),
+    """``shards``: every trajectory of the run, a shard's rows at a time (a shard holds whole problems, and both
+    audits grade problems: memory holds one shard's rows, whatever the run's size); ``training_sets``: each set's
+    examples, streamed."""
+    parts = [(breakpoint_audit(rows, truth, cfg), pure_audit(rows, truth, cfg)) for rows in shards]
+    if not parts:
+        parts = [(breakpoint_audit([], truth, cfg), pure_audit([], truth, cfg))]
+    return TruthAudit(combined([b for b, _ in parts]), combined([p for _, p in parts]),
                       {name: wrong_step_share(examples, truth) for name, examples in training_sets.items()})

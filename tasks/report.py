@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import pyarrow.dataset as ds
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import cards, report, storage, truth
+from heal_core import cards, duck, report, storage, truth
 from heal_core.config import HealConfig
 from heal_core.run import Run
-from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, TRAJECTORY_SCHEMA
+from heal_core.schema import CURRICULUM_SCHEMA, EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, TRAJECTORY_SCHEMA
 from heal_core.stages import Dataset, Stage
 from heal_core.trajectory import Trajectory, from_table
 from heal_core.variants import VARIANTS
-from tasks.curriculum import read_dataset, read_samples
+from tasks.curriculum import read_samples
 from tasks.generate import read_shard_problems
 from tasks.models import resolve_model
 from tasks.training import local_model
@@ -36,46 +40,73 @@ def ground_truth(run: Run, shards: int, cfg: HealConfig) -> truth.Truth | None:
                        lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True))
 
 
-def training_sets(run: Run, cfg: HealConfig) -> dict[str, list[dict[str, Any]]]:
-    """The training examples the audit grades (named as ``heal_core.truth.TruthAudit`` says): each stage's own new
-    ones (I, II, III, and II, III without PURE), and each configured variant's over all its stages."""
-    datasets = {name: read_dataset(run, name) for name in Dataset}
+def training_sets(run: Run, cfg: HealConfig) -> dict[str, Iterator[dict[str, Any]]]:
+    """The training examples the audit grades (named as ``heal_core.truth.TruthAudit`` says), each set a stream of
+    its examples' ``problem_id`` and ``completion``: each stage's own new ones (I, II, III, and II, III without
+    PURE), and each configured variant's over all its stages (an example in two of its datasets once)."""
+    def examples(names: Sequence[str], stage: Stage | None = None) -> Iterator[dict[str, Any]]:
+        uris = [run.curriculum(name) for name in dict.fromkeys(names)]
+        where = None if stage is None else ds.field("stage") == int(stage)
+        seen: set[str] = set()  # a variant's sample ids, ~50 bytes an example: its datasets overlap
+        for batch in storage.scan(uris, CURRICULUM_SCHEMA, ["sample_id", "problem_id", "completion"], run.options,
+                                  where):
+            for example in batch.to_pylist():
+                if example["sample_id"] not in seen:
+                    if len(uris) > 1:
+                        seen.add(example["sample_id"])
+                    yield example
+
     graded = [(Dataset.STAGE3, stage, "") for stage in Stage] + [(Dataset.STAGE3_NO_PURE, stage, "_no_pure")
                                                                  for stage in (Stage.HINT, Stage.REPAIR)]
-    out = {f"{stage.key}{suffix}": [e for e in datasets[name] if e["stage"] == stage] for name, stage, suffix in graded}
+    out = {f"{stage.key}{suffix}": examples([name], stage) for name, stage, suffix in graded}
     for variant in cfg.pace.variants:
-        out[variant] = list({e["sample_id"]: e for name in VARIANTS[variant] for e in datasets[name]}.values())
+        out[variant] = examples(VARIANTS[variant])
     return out
 
 
-# What the headline figures and the plots read of every trajectory: not its text, token ids or entropy trace.
-REPORTED = ("sample_id", "problem_id", "stage", "kept", "verified", "leaked_hint", "pure_ratio", "pure_verdict",
-            "judge_verdict", "parent_sample_id", "breakpoint_token")
-
-
 def trajectory(run: Run, shards: int, sample_id: str) -> Trajectory:
-    """One trajectory, whole: the shards are searched one at a time, on their ``sample_id`` column alone."""
+    """One trajectory, whole: the shards are searched one at a time on their ``sample_id`` column, and the shard
+    that holds it is scanned for that row alone."""
     for shard in range(shards):
         ids = storage.read_parquet(run.shard_samples(shard), TRAJECTORY_SCHEMA, run.options, ["sample_id"])
-        found = ids.column("sample_id").index(sample_id).as_py()
-        if found >= 0:
-            table = storage.read_parquet(run.shard_samples(shard), TRAJECTORY_SCHEMA, run.options)
-            return Trajectory.from_record(table.slice(found, 1).to_pylist()[0], found)
+        if ids.column("sample_id").index(sample_id).as_py() >= 0:
+            found = storage.scan([run.shard_samples(shard)], TRAJECTORY_SCHEMA, TRAJECTORY_SCHEMA.names, run.options,
+                                 ds.field("sample_id") == sample_id).read_all()
+            return Trajectory.from_record(found.to_pylist()[0])
     raise KeyError(f"{run.root}: no trajectory {sample_id}")
 
 
-def plots(run: Run, shards: int, samples: list[dict[str, Any]], stats: list[dict[str, Any]],
+def shard_rows(run: Run, shards: int) -> Iterator[list[Trajectory]]:
+    """The run's trajectories a shard at a time, whole (the audit grades their texts and token ids)."""
+    for shard in range(shards):
+        yield from_table(storage.read_parquet(run.shard_samples(shard), TRAJECTORY_SCHEMA, run.options))
+
+
+def repaired(run: Run, shards: int) -> dict[str, Any] | None:
+    """The GEAR repair whose parent the breakpoint plot shows: the first kept one, or the first one when none was
+    kept; None without repairs. Stage III rows stream past on three columns."""
+    first = None
+    columns = ["kept", "parent_sample_id", "breakpoint_token"]
+    for batch in read_samples(run, shards, columns, ds.field("stage") == int(Stage.REPAIR)):
+        for row in batch.to_pylist():
+            if row["kept"]:
+                return row
+            first = first or row
+    return first
+
+
+def plots(run: Run, shards: int, figures: dict[str, Any], stats: list[dict[str, Any]],
           graded: truth.Truth | None, cfg: HealConfig) -> dict[str, bytes]:
     """Write the run's PNGs; return them by name: the pass rates, PURE's ratios, the training curves and the
     breakpoint. The breakpoint plot shows the first kept GEAR repair's parent
     (or the first repair's, when none was kept), with the truth's wrong tokens where the task has a checker."""
-    pngs = {"pass_rate_histogram": report.pass_rate_histogram(stats), "pure_ratio": report.pure_ratio_plot(samples, cfg.pure.lam)}
-    repairs = [r for r in samples if r["stage"] == Stage.REPAIR]
-    repaired = next((r for r in repairs if r["kept"]), repairs[0] if repairs else None)
-    if repaired is not None:
-        parent = trajectory(run, shards, repaired["parent_sample_id"])
+    pngs = {"pass_rate_histogram": report.pass_rate_histogram(stats),
+            "pure_ratio": report.pure_ratio_plot(figures["pure_ratios"], cfg.pure.lam)}
+    repair = repaired(run, shards)
+    if repair is not None:
+        parent = trajectory(run, shards, repair["parent_sample_id"])
         pngs["entropy_breakpoint"] = report.entropy_trace(
-            parent.entropy, repaired["breakpoint_token"], cfg.gear.search_fraction,
+            parent.entropy, repair["breakpoint_token"], cfg.gear.search_fraction,
             graded.wrong_tokens(parent) if graded is not None else None)
     curves = report.training_curves(run.variants(cfg))
     if curves is not None:
@@ -110,7 +141,7 @@ def export_run(run: Run, dest: Path, variant: str, seed: int, cfg: HealConfig) -
     shutil.rmtree(staging, ignore_errors=True)
     for name in Dataset:
         (staging / "dataset" / cards.split_file(name)).parent.mkdir(parents=True, exist_ok=True)
-        (staging / "dataset" / cards.split_file(name)).write_bytes(storage.read_bytes(run.curriculum(name), run.options))
+        storage.get_file(run.curriculum(name), staging / "dataset" / cards.split_file(name), run.options)
     (staging / "dataset" / "README.md").write_bytes(storage.read_bytes(run.dataset_card, run.options))
     shutil.copytree(local_model(result.model_dir, cfg), staging / "model", ignore=shutil.ignore_patterns("checkpoints"))
     (staging / "model" / "README.md").write_bytes(storage.read_bytes(run.model_card(variant, seed), run.options))
@@ -122,21 +153,23 @@ def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) 
     """The run's summary from what its steps stored: samples and lineage, the (variant, seed) results (skipped
     ones included) and the evaluation, whose per-benchmark table is ``eval/summary.parquet`` as it stands."""
     graded = ground_truth(run, shards, cfg)
-    # the audit (a task with a step checker) grades whole rows: then they are read in the same pass
-    table = read_samples(run, shards, REPORTED if graded is None else None)
-    samples = table.select(REPORTED).to_pylist()
     records = run.shard_records(shards)
     stats = [s for record in records for s in record["stats"]]
     evaluation = storage.read_parquet(run.evaluation, EVALUATION_SCHEMA, run.options).to_pylist()
     benchmarks = storage.read_parquet(run.evaluation_summary, EVALUATION_SUMMARY_SCHEMA, run.options).to_pylist()
-    summary = report.summarize(samples, stats, sizes, evaluation)
+    storage.cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="report-", dir=storage.cache_dir()) as work:
+        con = duck.connect(Path(work), cfg.orchestration.memory_limit)
+        figures = report.sample_figures(read_samples(run, shards, report.REPORTED), {s["problem_id"] for s in stats if s["correct"] == 0}, con)
+        con.close()
+    summary = report.summarize(figures, stats, sizes, evaluation)
     summary["generation"] = report.generation_sources(records)
-    pngs = plots(run, shards, samples, stats, graded, cfg)
+    pngs = plots(run, shards, figures, stats, graded, cfg)
     contaminated = storage.read_json(run.contamination, run.options) if storage.exists(run.contamination, run.options) else []
     if contaminated:
         summary["contaminated_dropped"] = len(contaminated)
     summary["variants"] = report.variant_summary(run.variants(cfg), evaluation, sizes, cfg)
-    audit = truth.audit(from_table(table), training_sets(run, cfg), graded, cfg) if graded is not None else None
+    audit = truth.audit(shard_rows(run, shards), training_sets(run, cfg), graded, cfg) if graded is not None else None
     if audit is not None:
         summary["ground_truth"] = audit.summary()
         create_table_artifact(key="heal-ground-truth", description=f"HEAL run {run.run_id}: components against the truth",

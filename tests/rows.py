@@ -47,3 +47,16 @@ def reduced_config(root: Path, problems: int, *extra: str) -> HealConfig:
         f"evaluation.uri={problems_file(root / 'eval.jsonl', 'eval', 3)}", "evaluation.samples=2",
         f"storage.uri={root / 'store'}", "orchestration.shard_size=4",
         "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]", *extra])
+
+
+def built_datasets(rows: list[Trajectory], cfg: HealConfig, workdir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every PACE dataset of ``rows`` (``kept`` as set), assembled as a run's curriculum step assembles it, as
+    TRL examples."""
+    import pyarrow.parquet as pq
+
+    from heal_core import pace
+    from heal_core.trajectory import to_table
+
+    table = to_table(rows)
+    out = pace.build(lambda columns: table.select(list(columns)).to_reader(), cfg, workdir)
+    return {name: pq.read_table(path).to_pylist() for name, (path, _) in out.items()}

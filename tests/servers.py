@@ -137,6 +137,7 @@ class TcpProxy:
 
     def __init__(self, target_port: int) -> None:
         self.target, self.port = target_port, free_port()
+        self.downloaded = 0  # bytes the target sent to clients: what a reader fetched, headers included
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -178,13 +179,15 @@ class TcpProxy:
             with self._lock:
                 self._conns += [client, server]
             for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(a, b, a is server), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
+                if counted:
+                    with self._lock:
+                        self.downloaded += len(data)
         except OSError:
             pass
         finally:

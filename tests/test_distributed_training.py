@@ -20,14 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from rows import trajectory
+from rows import built_datasets, trajectory
 from safetensors.torch import load_file
 
 from heal_core import checkpoints, launch, progress
-from heal_core.config import DistributedConfig, PaceConfig
+from heal_core.config import DistributedConfig, HealConfig, PaceConfig
 from heal_core.demo.arithmetic import make_problems
 from heal_core.launch import LaunchError, batch_layout
-from heal_core.pace import curriculum
 from heal_core.testing import build_tiny_model
 from heal_core.train import train_stage
 
@@ -40,10 +39,10 @@ def student(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def examples() -> list[dict]:
+def examples(tmp_path_factory) -> list[dict]:
     rows = [trajectory(f"{w.problem.problem_id}|1", 1, w.problem.problem_id, prompt=w.problem.problem,
-                       text=w.solution) for w in make_problems(16, seed=1)]
-    return curriculum(rows)[1]
+                       text=w.solution, kept=True) for w in make_problems(16, seed=1)]
+    return built_datasets(rows, HealConfig(), tmp_path_factory.mktemp("data"))["stage1"]
 
 
 CFG = PaceConfig(epochs=1, batch_size=4, learning_rate=1e-3, max_length=256, warmup_ratio=0.0)

@@ -87,6 +87,19 @@ def test_a_learning_rate_change_trains_a_new_model_without_the_teacher(first, te
     assert set(rows) == {(run_id, v) for run_id in ("first", derived[0].name) for v in ("heal", "rs_sft")}
     assert rows[(derived[0].name, "heal")][1] == "train: pace.learning_rate=1e-3"
     assert rows[(derived[0].name, "heal")][5] == derived[0].name  # trained by the derived run
+    # its samples are the first run's, referenced: none copied, the same curriculum, and removing the derived run
+    # leaves the first run's objects as they were
+    parent = root / "store" / "runs" / "first"
+    assert not list((derived[0] / "samples").glob("*.parquet"))
+    for name in ("stage3", "stage3_no_pure", "keep_all"):
+        assert pq.read_table(derived[0] / "curriculum" / f"{name}.parquet").equals(
+            pq.read_table(parent / "curriculum" / f"{name}.parquet"))
+    before = {p.name: p.read_bytes() for p in sorted((parent / "samples").iterdir())}
+    shutil.rmtree(derived[0])
+    assert {p.name: p.read_bytes() for p in sorted((parent / "samples").iterdir())} == before
+    listing = CliRunner().invoke(app, ["report", "first", "--storage", str(root / "store")])
+    assert listing.exit_code == 0, listing.output
+    assert derived[0].name not in listing.output  # its record stays with the parent; the listing passes it by
 
 
 def test_eval_adds_a_benchmark_asking_the_teacher_only_about_it_and_retraining_nothing(first, teacher_calls,

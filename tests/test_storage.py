@@ -339,3 +339,54 @@ def test_create_writes_only_where_nothing_is(tmp_path, where, request):
         uri = str(tmp_path / "run" / "lease")
     assert create(b"first", uri) and not create(b"second", uri)
     assert read_bytes(uri) == b"first"
+
+
+def _wide_shard(rows: int, tokens: int, shard: int) -> pa.Table:
+    """Trajectory rows whose texts, token ids and entropy traces are most of their bytes, as a run's are."""
+    rng = np.random.default_rng(shard)
+    base = _trajectories().slice(0, 1).to_pylist()[0]
+    records = [{**base, "sample_id": f"s{shard}-{i}", "text": " ".join(map(str, rng.integers(0, 10**6, tokens))),
+                "token_ids": rng.integers(0, 150_000, tokens).tolist(), "num_tokens": tokens,
+                "entropy": rng.random(tokens, dtype=np.float32).tolist()} for i in range(rows)]
+    return to_table(records, TRAJECTORY_SCHEMA)
+
+
+def test_reading_some_columns_fetches_those_and_a_constant_number_of_requests_per_shard(tmp_path):
+    """On S3 (moto behind a byte-counting proxy): reading the columns a step needs (no texts) fetches the footer and
+    their chunks, not the object, in the same few requests per shard however many shards a scan spans."""
+    from servers import TcpProxy, moto_server
+
+    log = tmp_path / "moto.log"
+    with moto_server(log) as url:
+        proxy = TcpProxy(int(url.rsplit(":", 1)[1]))
+        proxy.up()
+        options = {"endpoint_url": proxy.url, "key": "testing", "secret": "testing"}
+        boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket="wide")
+        uris = [f"s3://wide/samples/shard-{s:05d}.parquet" for s in range(4)]
+        for shard, uri in enumerate(uris):
+            storage.write_parquet(_wide_shard(64, 2000, shard), uri, options)
+        size = sum(storage.sizes("s3://wide/samples", options).values()) / len(uris)
+        columns = ["sample_id", "problem_id", "stage", "kept", "verified", "pure_ratio"]
+
+        def fetched(read) -> tuple[float, float]:
+            """(bytes, requests) per shard of ``read``."""
+            requests, before = len(log.read_text().splitlines()), proxy.downloaded
+            shards = read()
+            return (proxy.downloaded - before) / shards, (len(log.read_text().splitlines()) - requests) / shards
+
+        def whole(n: int) -> int:
+            for uri in uris[:n]:
+                assert storage.read_parquet(uri, TRAJECTORY_SCHEMA, options, columns).num_rows == 64
+            return n
+
+        def scanned(n: int) -> int:
+            assert storage.scan(uris[:n], TRAJECTORY_SCHEMA, columns, options).read_all().num_rows == 64 * n
+            return n
+
+        for read in (whole, scanned):
+            one, four = fetched(lambda read=read: read(1)), fetched(lambda read=read: read(4))
+            assert one[0] <= 0.1 * size and four[0] <= 0.1 * size, (one, four, size)
+            assert 1 <= four[1] <= one[1] <= 6, (one, four)
+        full_bytes, _ = fetched(lambda: len([storage.read_parquet(uris[0], TRAJECTORY_SCHEMA, options)]))
+        assert full_bytes >= size  # every column: the whole object

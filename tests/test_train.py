@@ -2,12 +2,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from rows import trajectory
+from rows import built_datasets, trajectory
 from safetensors.torch import load_file
 
-from heal_core.config import PaceConfig
+from heal_core.config import HealConfig, PaceConfig
 from heal_core.demo.arithmetic import make_problems
-from heal_core.pace import curriculum
 from heal_core.testing import build_tiny_model
 from heal_core.train import MARKER, train_variant
 from heal_core.variants import StagePlan, VariantPlan, plan, stage_steps
@@ -19,7 +18,7 @@ def _weights(model_dir: str) -> dict[str, torch.Tensor]:
 
 def _rows(count: int, stage: int):
     return [trajectory(f"{w.problem.problem_id}|{stage}", stage, w.problem.problem_id, prompt=w.problem.problem,
-                       text=w.solution) for w in make_problems(count, seed=stage)]
+                       text=w.solution, kept=True) for w in make_problems(count, seed=stage)]
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +32,14 @@ def test_stage_steps():
     assert stage_steps(1, cfg) == 2
 
 
-def _heal(stages: dict[int, list[dict]]) -> dict[str, list[dict]]:
-    return {f"stage{k}": examples for k, examples in stages.items()}
+def _heal(rows, workdir: Path) -> dict[str, list[dict]]:
+    """PACE's cumulative stage datasets of kept ``rows``, as a run's curriculum step assembles them."""
+    built = built_datasets(rows, HealConfig(), workdir)
+    return {f"stage{k}": built[f"stage{k}"] for k in (1, 2, 3)}
 
 
 def test_three_stages_chain_and_resume(student, tmp_path):
-    datasets = _heal(curriculum(_rows(6, 1) + _rows(3, 2) + _rows(2, 3)))
+    datasets = _heal(_rows(6, 1) + _rows(3, 2) + _rows(2, 3), tmp_path / "data")
     assert [len(datasets[f"stage{s}"]) for s in (1, 2, 3)] == [6, 9, 11]
     cfg = PaceConfig(epochs=1, batch_size=4, learning_rate=1e-3, max_length=256)
     heal = plan("heal", {name: len(rows) for name, rows in datasets.items()}, cfg)
@@ -69,7 +70,7 @@ def test_three_stages_chain_and_resume(student, tmp_path):
 def test_each_stage_starts_from_the_previous_stage(student, tmp_path):
     # With a vanishing learning rate stage II must reproduce stage I's weights exactly: it started there,
     # not from the base student. An empty stage III trains nothing and keeps stage II's model.
-    datasets = _heal(curriculum(_rows(4, 1) + _rows(2, 2)))
+    datasets = _heal(_rows(4, 1) + _rows(2, 2), tmp_path / "data")
     datasets["stage3"] = []
     dirs = {name: tmp_path / name for name in datasets}
     normal = PaceConfig(epochs=1, batch_size=4, learning_rate=1e-3, max_length=256)
@@ -83,7 +84,7 @@ def test_each_stage_starts_from_the_previous_stage(student, tmp_path):
 
 
 def test_a_plan_that_does_not_match_the_data_is_refused(student, tmp_path):
-    datasets = {"rs_sft": _heal(curriculum(_rows(3, 1)))["stage1"]}
+    datasets = {"rs_sft": _heal(_rows(3, 1), tmp_path / "data")["stage1"]}
     wrong = VariantPlan("rs_sft", 2, (StagePlan("rs_sft", 5, 2),))
     with pytest.raises(ValueError, match="rs_sft holds 3 examples, the plan 5"):
         train_variant(student, wrong, datasets, {"rs_sft": tmp_path / "rs_sft"}, 0, PaceConfig())

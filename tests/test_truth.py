@@ -6,6 +6,8 @@ import math
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rows import trajectory
 
 from heal_core.config import HealConfig, PureConfig
@@ -117,3 +119,12 @@ def test_wrong_step_share_of_training_examples():
                 for text in (solution(CHAIN), solution(CHAIN, CHAIN.values(first=47), boxed=22), solution(CHAIN))]
     assert wrong_step_share(examples, TRUTH) == pytest.approx(1 / 3)
     assert wrong_step_share([], TRUTH) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=30), st.lists(st.integers(0, 5), min_size=1, max_size=30))
+def test_auroc_from_ranks_is_the_pairwise_definition(positive, negative):
+    """The rank form (linear memory: 100k PURE-scored samples would be a 10^10-cell pairwise matrix) equals the
+    definition, ties included."""
+    pairs = [(p > n) + 0.5 * (p == n) for p in positive for n in negative]
+    assert auroc(positive, negative) == pytest.approx(sum(pairs) / len(pairs))

@@ -23,6 +23,15 @@ from heal_core.run import Run
 SIZES = {"stage1": 4, "stage2": 6, "stage3": 8}  # cumulative: 4 -> +2 -> +2; at batch 4, 1 + 2 + 2 = 5 steps
 
 
+def _no_samples() -> dict:
+    """``report.sample_figures`` of a run without samples."""
+    import duckdb
+
+    from heal_core.schema import TRAJECTORY_SCHEMA
+
+    return report.sample_figures(TRAJECTORY_SCHEMA.empty_table().select(list(report.REPORTED)), set(), duckdb.connect())
+
+
 def _examples(count: int, stage: int) -> list[dict]:
     """``count`` worked additions, distinct per stage."""
     pairs = [(stage * 10 + i, i + 2) for i in range(count)]
@@ -146,7 +155,7 @@ def test_a_variant_without_data_is_a_recorded_skip_shown_in_the_report(prefect_a
     assert [m.variant for m in trained] == ["heal_no_gear"]
     heal_eval(layout.root, cfg, trained)
     rows = pq.read_table(layout.evaluation).to_pylist()
-    summary = {**report.summarize([], [], _sizes(layout), rows),
+    summary = {**report.summarize(_no_samples(), [], _sizes(layout), rows),
                "variants": report.variant_summary(stored, rows, _sizes(layout), cfg)}
     by_variant = summary["variants"]["by_variant"]
     assert by_variant["rs_sft"]["skip_reason"] == "no training examples: rs_sft is empty"

@@ -6,7 +6,8 @@ capped at 4096) with their token ids (Zipf over a 152k vocabulary), text spelled
 entropy per token (mostly near 0 with surges), and hint / GEAR / PURE lineage on a share of the rows.
 
 Writes and reads go through heal's own ``storage.write_parquet`` / ``read_parquet`` (serialise in memory,
-then one atomic write: fsync + rename locally, one PUT on S3; read = one GET, decode, schema check). The
+then one atomic write: fsync + rename locally, one PUT on S3; read = the footer, then every column's chunks in
+ranged reads, decode, schema check). The
 ``memory`` rows are the encode/decode alone (pyarrow), so the rest of a local or S3 figure is transport.
 MB/s is the table's in-memory Arrow size (the same for both codecs) per second; the best of ``--repeats``.
 
@@ -14,8 +15,8 @@ The S3 endpoint is moto's standalone server started on a free local port (``pip 
 a dev dependency), or any endpoint given with ``--endpoint`` (MinIO); moto is pure Python on the same
 machine, so its figures are a floor for the S3 code path, not a measure of S3.
 
-The row-group table encodes the zstd table with row groups of several sizes: heal reads whole files (one
-GET, then every column), so a row group buys no selective reads, and smaller ones only cost size and time.
+The row-group table encodes the zstd table with row groups of several sizes: heal selects columns, not rows
+(a read fetches the footer and the chosen columns' chunks), so smaller groups only cost size and time.
 
     python bench/storage.py [--problems 64] [--samples 30] [--tokens 1500] [--endpoint URL] [--quick]
 

@@ -102,6 +102,10 @@ def _pipeline(run: Run, cfg: HealConfig) -> dict[str, Any]:
     # 1. problems -> shards: malformed records quarantined, copies of evaluation items dropped
     shards = shard_problems(run, cfg)
     progress = Progress(run, cfg, shards)
+    if progress.pending and run.generation != run:  # its samples are another run's objects, never written here
+        raise RuntimeError(f"run {run.run_id} is derived from run {run.generation.run_id}, whose samples it reads, "
+                           f"and its record of shard(s) {', '.join(map(str, progress.pending))} is missing: run the "
+                           "same heal train or heal eval again, which writes it")
 
     # 2. every unfinished shard: Stage I sampling, buckets, Stage II hints, GEAR, PURE
     executor.shards(progress.pending, progress.shard_done)

@@ -95,6 +95,9 @@ def test_a_learning_rate_change_trains_a_new_model_without_the_teacher(first, te
         assert pq.read_table(derived[0] / "curriculum" / f"{name}.parquet").equals(
             pq.read_table(parent / "curriculum" / f"{name}.parquet"))
     before = {p.name: p.read_bytes() for p in sorted((parent / "samples").iterdir())}
+    (derived[0] / "samples" / "shard-00001.json").unlink()  # as if interrupted while it recorded the parent's shards
+    resumed = CliRunner().invoke(app, ["resume", derived[0].name, "--storage", str(root / "store")])
+    assert resumed.exit_code != 0 and "run the same heal train or heal eval again" in f"{resumed.output}{resumed.exception}"
     shutil.rmtree(derived[0])
     assert {p.name: p.read_bytes() for p in sorted((parent / "samples").iterdir())} == before
     listing = CliRunner().invoke(app, ["report", "first", "--storage", str(root / "store")])

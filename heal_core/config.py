@@ -684,9 +684,9 @@ class OrchestrationConfig(_Section):
         role=Role.EXECUTION,
         introduced=Introduced("0.2.0", "1GiB"),
         pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
-        description="memory the steps after generation (the curriculum, the report's aggregates) let DuckDB hold; "
-        "beyond it DuckDB spills to HEAL_CACHE_DIR, so a run of any size assembles in this much (plus the "
-        "process's own ~0.5 GB); e.g. 512MB, 4GiB",
+        description="memory the steps after generation (the curriculum, the report's aggregates) let DuckDB hold, "
+        "one thread per 512 MiB of it; beyond it DuckDB spills to HEAL_CACHE_DIR, so a run of any size assembles "
+        "in this much plus the process's own ~0.4 GB; at least 256MB (sorting 4k-token traces needs it)",
     )
     lease_seconds: float = setting(
         120.0,

@@ -26,6 +26,7 @@ REDUCED = {
     "verify.py": ["--quick"],
     "training.py": ["--quick"],
     "reuse.py": ["--quick"],
+    "scale.py": ["--quick"],  # 8 problems of 64 tokens; the template: 12 demo problems generated first
     "pure.py": ["--problems", "4", "--n", "4"],
     "train_memory.py": ["--layers", "1", "--lengths", "128", "--checkpointing", "on", "--steps", "2"],  # problems 3 and 4 have 4+ steps: a genuine trajectory is likely
 }

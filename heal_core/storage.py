@@ -383,8 +383,7 @@ def get_dir(uri: str, local_dir: str | os.PathLike[str], storage_options: dict[s
             continue
         planned.append((rel, _inside(root, rel, uri)))
     for rel, target in sorted(planned, key=lambda p: p[0] == last):
-        with _errors(uri), fs.open(prefix + rel, "rb") as remote_file:
-            _place_local(str(target), remote_file)
+        get_file(join(uri, rel), target, storage_options)
 
 
 def get_file(uri: str, local: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> None:

@@ -19,11 +19,13 @@ process of its own under ``/usr/bin/time -v``, in this order:
    derived run and its record are removed before each measurement: nothing is adopted or resumed.
 
 Per step: wall time (``time -v``'s elapsed), rows per second (the run's sample rows / wall time), peak RSS (``time
--v``'s "Maximum resident set size": the largest single process of the step, from the kernel) and the peak of the
-whole process tree's RSS, polled every 0.2 s (psutil). With ``--s3`` the run lives in a moto S3 server on 127.0.0.1,
-in this process behind a WSGI middleware that counts, server side, every request, the request bodies' bytes (written)
-and the response bodies' bytes (read); the steps reach it through ``s3://`` with the AWS_* environment variables of
-heal's docs, and each step's bytes read are also shown as a share of the samples' Parquet bytes. A step that fails (an
+-v``'s "Maximum resident set size": the largest single process of the step, from the kernel), the peak of the whole
+process tree's RSS, polled every 0.2 s (psutil), and the anonymous peak (the largest process's RSS less its
+file-backed pages: the memory-mapped Arrow that training reads counts in RSS but is page cache). With ``--s3`` the
+run lives in a moto S3 server on 127.0.0.1, in this process behind a WSGI middleware that counts, server side, every
+request, the request bodies' bytes (written) and the response bodies' bytes (read); the steps reach it through
+``s3://`` with the AWS_* environment variables of heal's docs, and each step's bytes read are also shown as a share
+of the samples' Parquet bytes. A step that fails (an
 exception, MemoryError, killed past ``--max-rss-gb`` of tree RSS or ``--step-timeout``) is recorded as failed with its
 reason, and the bench goes on. ``--code DIR`` runs the steps with another checkout's code first on PYTHONPATH (the
 baseline: ``git worktree add --detach ../heal-base <commit>``); the run is synthesized by this checkout,
@@ -808,6 +810,7 @@ class Measured:
     wall_s: float = 0.0
     peak_rss_mib: float = 0.0
     tree_peak_mib: float = 0.0
+    anon_peak_mib: float = 0.0
     s3_requests: int | None = None
     s3_read_bytes: int | None = None
     s3_written_bytes: int | None = None
@@ -830,14 +833,19 @@ def _time_report(path: Path) -> tuple[float, float, str]:
     return seconds, int(rss.group(1)) / 1024 if rss else 0.0, f"signal {signal.group(1)}" if signal else ""
 
 
-def _tree_rss(process: Any) -> int:
+def _tree_rss(process: Any) -> tuple[int, int]:
+    """(the tree's RSS, the largest anonymous RSS of one process in it). RSS counts the pages of memory-mapped files
+    (the training set's Arrow, TRL's tokenized caches) as they are read; those are page cache the kernel takes back
+    under pressure, so the anonymous part (RSS less file-backed and shared pages) is what a step really holds."""
     import psutil
 
-    total = 0
+    total = anon = 0
     for p in [process, *process.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
+            info = p.memory_info()
+            total += info.rss
+            anon = max(anon, info.rss - info.shared)
+    return total, anon
 
 
 def _kill_children(process: Any) -> None:
@@ -864,11 +872,11 @@ def measure(command: list[str], env: dict[str, str], work: Path, timeout: float,
     with open(log, "wb") as out:
         proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", str(report), *command], cwd=work, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
-    watched, started, tree_peak, reason = psutil.Process(proc.pid), time.monotonic(), 0, ""
+    watched, started, tree_peak, anon_peak, reason = psutil.Process(proc.pid), time.monotonic(), 0, 0, ""
     while proc.poll() is None:
         with contextlib.suppress(psutil.Error):
-            rss = _tree_rss(watched)
-            tree_peak = max(tree_peak, rss)
+            rss, anon = _tree_rss(watched)
+            tree_peak, anon_peak = max(tree_peak, rss), max(anon_peak, anon)
             if max_rss is not None and rss > max_rss and not reason:
                 reason = f"killed at {rss / 2**30:.2f} GiB (--max-rss-gb)"
                 _kill_children(watched)
@@ -880,6 +888,7 @@ def measure(command: list[str], env: dict[str, str], work: Path, timeout: float,
     if proc.returncode != 0 and not reason:
         reason = f"{signal or f'exit {proc.returncode}'}: {_last_error(log)}"
     return {"wall_s": wall or time.monotonic() - started, "peak_rss_mib": peak, "tree_peak_mib": tree_peak / MIB,
+            "anon_peak_mib": anon_peak / MIB,
             "ok": proc.returncode == 0 and not reason, "reason": reason}
 
 
@@ -909,15 +918,15 @@ def fmt_bytes(n: int | None) -> str:
 
 
 def table(results: list[Measured], s3: bool) -> list[str]:
-    head = "| step | problems | rows | wall s | rows/s | peak RSS MiB | tree peak MiB |"
-    rule = "|---|---:|---:|---:|---:|---:|---:|"
+    head = "| step | problems | rows | wall s | rows/s | peak RSS MiB | tree peak MiB | anonymous peak MiB |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
     if s3:
         head += " S3 read MB | % of samples | S3 written MB | requests |"
         rule += "---:|---:|---:|---:|"
     lines = [head + " status |", rule + "---|"]
     for r in results:
         line = (f"| {r.step} | {r.problems:,} | {r.rows:,} | {r.wall_s:,.1f} | {r.rows_per_s:,.0f} | "
-                f"{r.peak_rss_mib:,.0f} | {r.tree_peak_mib:,.0f} |")
+                f"{r.peak_rss_mib:,.0f} | {r.tree_peak_mib:,.0f} | {r.anon_peak_mib:,.0f} |")
         if s3:
             share = "—" if r.s3_read_bytes is None else f"{100 * r.s3_read_bytes / max(1, r.samples_bytes):.1f} %"
             line += (f" {fmt_bytes(r.s3_read_bytes)} | {share} | {fmt_bytes(r.s3_written_bytes)} | "
@@ -1013,6 +1022,7 @@ def measure_steps(target: Target, template: Template, scratch: Path, args: argpa
                 a - b for a, b in zip(target.s3[1].snapshot(), before, strict=True))
         results.append(record)
         print(f"  {step}: {record.wall_s:.1f} s, peak RSS {record.peak_rss_mib:,.0f} MiB"
+              f" (anonymous {record.anon_peak_mib:,.0f} MiB)"
               + ("" if record.ok else f", FAILED: {record.reason} (log: {work / 'step.log'})"), flush=True)
     return results
 

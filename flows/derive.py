@@ -17,6 +17,7 @@ from heal_core.derived import Kind, derived_config, derived_id
 from heal_core.generation_store import lineage_sources
 from heal_core.replay import Usage
 from heal_core.run import Run
+from heal_core.stages import Dataset
 from tasks.secrets import export_secrets
 
 
@@ -38,6 +39,15 @@ def _reference_generation(parent: Run, run: Run, shards: int, cfg: HealConfig) -
         record = storage.read_json(parent.shard_lineage(shard), parent.options)
         record.update(config_hash=cfg.config_hash(), generation=lineage_sources(record["problems"], 0, 0, Usage()))
         storage.write_json(record, run.shard_lineage(shard), run.options)
+
+
+def _same_curriculum(parent: Run, parent_cfg: HealConfig, cfg: HealConfig) -> str | None:
+    """The run whose curriculum this run trains on unchanged (``Run.assembly``), when its own would be the same rows
+    (``fingerprints.curriculum``) and the parent's is all there; otherwise None, and this run assembles its own."""
+    if fingerprints.curriculum(cfg) != fingerprints.curriculum(parent_cfg):
+        return None
+    whole = all(storage.exists(parent.curriculum(name), parent.options) for name in Dataset)
+    return parent.assembly.run_id if whole else None
 
 
 def _adopt_models(parent: Run, parent_cfg: HealConfig, run: Run, cfg: HealConfig) -> list[str]:
@@ -84,8 +94,10 @@ def _derive(parent: Run, parent_cfg: HealConfig, run: Run, cfg: HealConfig, shar
     logger = get_run_logger()
     logger.info("run %s: %s from run %s (%s)", run.run_id, kind, run_id, ", ".join(overrides + variants) or "as it is")
 
-    # 1. the parent's data (referenced), its record of this run, and the models this run would train as the parent did
-    storage.write_json({"parent": run_id, "samples": parent.generation.run_id, "kind": kind, "overrides": overrides,
+    # 1. the parent's data (referenced: its samples, and its curriculum where this run's would be the same), its record
+    #    of this run, and the models this run would train as the parent did
+    storage.write_json({"parent": run_id, "samples": parent.generation.run_id,
+                        "curriculum": _same_curriculum(parent, parent_cfg, cfg), "kind": kind, "overrides": overrides,
                         "variants": variants}, run.parent, run.options)
     _reference_generation(parent, run, shards, cfg)
     storage.write_json({"run_id": run.run_id, "kind": kind, "overrides": overrides, "variants": variants},

@@ -21,7 +21,7 @@ from flows.executor import Executor, executor_for
 from heal_core import lease
 from heal_core.config import HealConfig
 from heal_core.run import Run
-from tasks.curriculum import build_datasets
+from tasks.curriculum import build_datasets, dataset_sizes
 from tasks.generate import shard_done
 from tasks.models import check_chat_templates, resolve_model
 from tasks.problems import shard_problems
@@ -116,8 +116,8 @@ def _pipeline(run: Run, cfg: HealConfig) -> dict[str, Any]:
 
 def after_generation(run: Run, shards: int, cfg: HealConfig, executor: Executor, progress: Progress) -> dict[str, Any]:
     """Steps 3 to 6, from the run's samples on: what a run derived from another (``flows/derive.py``) runs too."""
-    # 3. the PACE stage datasets, the baselines' and the ablations'
-    sizes = build_datasets(run, shards, cfg)
+    # 3. the PACE stage datasets, the baselines' and the ablations' (a derived run may train on its parent's)
+    sizes = build_datasets(run, shards, cfg) if run.assembly is run else dataset_sizes(run)
     progress.step_done("curriculum")
     get_run_logger().info("training datasets: %s", sizes)
 

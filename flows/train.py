@@ -9,7 +9,7 @@ from prefect import flow
 from heal_core.config import HealConfig
 from heal_core.run import Run
 from heal_core.variants import datasets_of, plan
-from tasks.curriculum import read_dataset
+from tasks.curriculum import read_datasets
 from tasks.models import resolve_model
 from tasks.secrets import export_secrets
 from tasks.training import train_model
@@ -26,8 +26,8 @@ def heal_train(run_root: str, config: HealConfig) -> list[dict[str, Any]]:
     export_secrets(config)
     run = Run.at(run_root, config)
     student = resolve_model(config.student.model, "student")
-    datasets = {name: read_dataset(run, name) for name in datasets_of(config.pace.variants)}
-    sizes = {name: len(examples) for name, examples in datasets.items()}
-    results = [train_model(run, plan(variant, sizes, config.pace), seed, student, datasets, config)
-               for variant in config.pace.variants for seed in config.pace.seeds]
+    with read_datasets(run, datasets_of(config.pace.variants)) as datasets:
+        sizes = {name: len(examples) for name, examples in datasets.items()}
+        results = [train_model(run, plan(variant, sizes, config.pace), seed, student, datasets, config)
+                   for variant in config.pace.variants for seed in config.pace.seeds]
     return [result.to_json() for result in results]

@@ -4,9 +4,10 @@ without touching the teacher.
 A derived run is a run of its own, ``<run id>.<kind>-<config hash>`` beside the one it comes from, so its results
 land next to the old ones, keyed by what changed, and every tool that reads a run reads it. It starts from the
 run's problems (copied) and samples (referenced, not copied: ``Run.generation``), so the curriculum is exactly the
-run's, even when the problem file has grown since; and it may change only the settings of the steps after
-generation: PACE's training settings and the student (``train``), or the evaluation (``eval``). A setting that changes which rows are kept belongs to a new
-``heal run``, where the generation store re-selects the stored rows without sampling
+run's, even when the problem file has grown since; its curriculum is the run's too, referenced (``Run.assembly``),
+unless PACE's mode changed; and it may change only the settings of the steps after generation: PACE's training
+settings and the student (``train``), or the evaluation (``eval``). A setting that changes which rows are kept
+belongs to a new ``heal run``, where the generation store re-selects the stored rows without sampling
 (``heal_core/generation_store.py``). Models whose training fingerprint is the run's are adopted, not trained
 again (``heal_core/fingerprints.py``), and the teacher's and student base's evaluations come from the evaluation
 store.

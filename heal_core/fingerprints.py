@@ -15,6 +15,8 @@ later step re-uses every earlier step's output instead of paying for the teacher
 * ``training``: how a (variant, seed) is trained from a run's data, which a run derived from it (``heal train``,
   ``heal eval``: ``heal_core/derived.py``) shares: a derived run with the same ``training`` adopts the run's
   models instead of training them again.
+* ``curriculum``: the selection and PACE's mode, all the datasets depend on besides the samples: a derived run with
+  the parent's trains on the parent's datasets (``Run.assembly``) instead of assembling them again.
 * ``evaluation``: how every model is sampled and scored on a set; with the model's identity and the set's content
   it keys the evaluation store (``tasks/evaluation.py``), so the teacher and the student base are evaluated once.
 
@@ -34,7 +36,8 @@ from heal_core import storage
 from heal_core.config import HealConfig, hashed_settings
 from heal_core.settings import Role, digest, flat
 
-__all__ = ["digest", "evaluation", "file_digest", "generation", "model_identity", "selection", "settings", "training"]
+__all__ = ["curriculum", "digest", "evaluation", "file_digest", "generation", "model_identity", "selection", "settings",
+           "training"]
 
 
 def model_identity(path: str) -> str:
@@ -116,6 +119,13 @@ def training(cfg: HealConfig) -> str:
     """How a (variant, seed) is trained from a run's data: the student and PACE's settings. The (variant, seed)
     list is not in it: adding a variant or a seed leaves the others' models as they are."""
     return digest(settings(cfg, Role.TRAINING))
+
+
+def curriculum(cfg: HealConfig) -> str:
+    """What a run's curriculum is made of, given its samples: the selection (``kept`` as the shards set it, and the
+    caps the no-PURE ablation applies again) and PACE's mode (cumulative or incremental stages,
+    ``heal_core/pace.py``). A run derived with the same one trains on its parent's datasets (``Run.assembly``)."""
+    return digest({**settings(cfg, Role.SELECTION), "pace.mode": cfg.pace.mode})
 
 
 def evaluation(cfg: HealConfig) -> str:

@@ -153,9 +153,19 @@ class Run:
         that generated them, named in its ``parent.json`` (``samples``), whose objects it references instead of
         copying: removing a derived run never touches them. A run derived before heal referenced samples holds its
         own copies (no ``samples`` key). Read once per ``Run`` object."""
+        return self._referenced("samples")
+
+    @cached_property
+    def assembly(self) -> Run:
+        """The run whose curriculum this run trains on: itself, or for a derived run whose datasets would be its
+        parent's row for row (``fingerprints.curriculum``) the run that assembled them, named in ``parent.json``
+        (``curriculum``): a new learning rate on a million problems does not sort their texts again."""
+        return self._referenced("curriculum")
+
+    def _referenced(self, key: str) -> Run:
         if not storage.exists(self.parent, self.options):
             return self
-        source = storage.read_json(self.parent, self.options).get("samples")
+        source = storage.read_json(self.parent, self.options).get(key)
         return self if source is None else self.sibling(source)
 
     def shard_samples(self, shard: int) -> str:
@@ -172,7 +182,8 @@ class Run:
         return self.path("derived", f"{run_id}.json")
 
     def curriculum(self, name: str) -> str:
-        return self.path("curriculum", f"{name}.parquet")
+        """A dataset of the curriculum; a derived run's may be its parent's (``assembly``)."""
+        return self.assembly.path("curriculum", f"{name}.parquet")
 
     def model(self, variant: str, seed: int, stage: str) -> str:
         """One stage's model of one (variant, seed): ``models/<variant>/seed-<seed>/<stage dataset>``."""

@@ -231,7 +231,7 @@ def pending_specs(root: Path) -> list[Path]:
 
 def _dataset(examples: Sequence[Mapping[str, Any]]) -> Any:
     """TRL's training set of ``examples``: a run's curriculum comes as a ``datasets.Dataset`` over memory-mapped
-    Arrow (``tasks.curriculum.read_dataset``), used as it is, never read into lists; a list of records (tests, the
+    Arrow (``tasks.curriculum.read_datasets``), used as it is, never read into lists; a list of records (tests, the
     judge's training) is turned into one."""
     from datasets import Dataset
 

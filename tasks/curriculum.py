@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +40,32 @@ def build_datasets(run: Run, shards: int, cfg: HealConfig) -> dict[str, int]:
     return {name: rows for name, (_, rows) in built.items()}
 
 
-def read_dataset(run: Run, name: Dataset) -> Any:
-    """One curriculum dataset as a ``datasets.Dataset`` over a memory-mapped Arrow file in ``HEAL_CACHE_DIR``:
-    training and the audit read examples from it without holding them. The file is written afresh from a scan of
-    the stored Parquet (streamed, put in place whole), so it is always the stored dataset's."""
+@task(cache_policy=NO_CACHE)
+def dataset_sizes(run: Run) -> dict[str, int]:
+    """Each dataset's examples, from the files' footers: the sizes of a curriculum another run assembled
+    (``Run.assembly``)."""
+    return {name: storage.read_parquet(run.curriculum(name), storage_options=run.options, columns=[]).num_rows
+            for name in Dataset}
+
+
+@contextmanager
+def read_datasets(run: Run, names: Iterable[Dataset]) -> Iterator[dict[Dataset, Any]]:
+    """The run's curriculum datasets ``names``, each a ``datasets.Dataset`` over a memory-mapped Arrow file written
+    from a scan of the stored Parquet (streamed): training reads examples from it without holding them. The files
+    live in a directory of this call's own under ``HEAL_CACHE_DIR/datasets``, removed on exit with the tokenized
+    caches TRL's ``map`` writes beside them (as large as the dataset again: a worker training run after run must
+    not keep them). Two trainings on one worker never share a file, so neither removes the other's."""
     from datasets import Dataset as Examples
 
-    arrow = storage.cache_dir() / "datasets" / run.run_id / f"{name}.arrow"
-    arrow.parent.mkdir(parents=True, exist_ok=True)
-    partial = arrow.with_name(f".{arrow.name}.{os.getpid()}")
-    reader = storage.scan([run.curriculum(name)], CURRICULUM_SCHEMA, CURRICULUM_SCHEMA.names, run.options)
-    with pa.ipc.new_stream(str(partial), reader.schema) as writer:  # datasets' own on-disk format: an IPC stream
-        for batch in reader:
-            writer.write_batch(batch)
-    os.replace(partial, arrow)
-    return Examples.from_file(str(arrow))
+    home = storage.cache_dir() / "datasets"
+    home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{run.run_id}-", dir=home) as work:
+        out = {}
+        for name in names:
+            arrow = Path(work) / f"{name}.arrow"
+            reader = storage.scan([run.curriculum(name)], CURRICULUM_SCHEMA, CURRICULUM_SCHEMA.names, run.options)
+            with pa.ipc.new_stream(str(arrow), reader.schema) as writer:  # datasets' own on-disk format: IPC stream
+                for batch in reader:
+                    writer.write_batch(batch)
+            out[name] = Examples.from_file(str(arrow))
+        yield out

@@ -79,6 +79,8 @@ def test_a_learning_rate_change_trains_a_new_model_without_the_teacher(first, te
     stage = json.loads((derived[0] / "models" / "heal" / "seed-0" / "variant.json").read_text())["stages"][-1]
     assert str(derived[0]) in stage["model_dir"]  # trained here, not adopted from the first run
     assert (Path(stage["model_dir"]) / "heal_stage.json").exists()
+    # the examples' Arrow files and TRL's tokenized caches beside them are gone once training is done
+    assert list((root / "cache" / "datasets").iterdir()) == []
     listing = CliRunner().invoke(app, ["report", "first", "--storage", str(root / "store")])
     assert listing.exit_code == 0, listing.output
     assert derived[0].name in listing.output
@@ -87,13 +89,14 @@ def test_a_learning_rate_change_trains_a_new_model_without_the_teacher(first, te
     assert set(rows) == {(run_id, v) for run_id in ("first", derived[0].name) for v in ("heal", "rs_sft")}
     assert rows[(derived[0].name, "heal")][1] == "train: pace.learning_rate=1e-3"
     assert rows[(derived[0].name, "heal")][5] == derived[0].name  # trained by the derived run
-    # its samples are the first run's, referenced: none copied, the same curriculum, and removing the derived run
-    # leaves the first run's objects as they were
+    # its samples and its curriculum (a learning rate does not change the datasets) are the first run's,
+    # referenced: none copied; and removing the derived run leaves the first run's objects as they were
     parent = root / "store" / "runs" / "first"
     assert not list((derived[0] / "samples").glob("*.parquet"))
-    for name in ("stage3", "stage3_no_pure", "keep_all"):
-        assert pq.read_table(derived[0] / "curriculum" / f"{name}.parquet").equals(
-            pq.read_table(parent / "curriculum" / f"{name}.parquet"))
+    assert not list((derived[0] / "curriculum").glob("*.parquet"))
+    run_d, _ = Run.stored(derived[0].name, str(root / "store"))
+    assert run_d.curriculum("stage3") == str(parent / "curriculum" / "stage3.parquet")
+    assert summary["pace_examples"] == json.loads((parent / "summary.json").read_text())["pace_examples"]
     before = {p.name: p.read_bytes() for p in sorted((parent / "samples").iterdir())}
     (derived[0] / "samples" / "shard-00001.json").unlink()  # as if interrupted while it recorded the parent's shards
     resumed = CliRunner().invoke(app, ["resume", derived[0].name, "--storage", str(root / "store")])

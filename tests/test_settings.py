@@ -177,6 +177,17 @@ def test_a_setting_that_also_shapes_another_step_or_is_keyed_elsewhere_enters_ju
         assert changed == expected, section
 
 
+def test_the_curriculum_fingerprint_is_the_selection_and_paces_mode_only():
+    """A derived run trains on its parent's datasets exactly when this fingerprint is the parent's."""
+    base = fingerprints.curriculum(parse_config(demo_defaults()))
+    for same in ("pace.learning_rate=1e-3", "pace.epochs=1", "student.model=other", "evaluation.samples=2",
+                 "orchestration.memory_limit=2GiB"):
+        assert fingerprints.curriculum(parse_config(demo_defaults(), [same])) == base, same
+    for other in ("pace.mode=incremental", "hints.max_per_problem=2", "gear.max_per_problem=1", "pure.lam=0.5",
+                  "pace.stage1_cap_per_problem=2"):
+        assert fingerprints.curriculum(parse_config(demo_defaults(), [other])) != base, other
+
+
 def test_changing_a_later_settings_default_changes_the_hash_of_a_config_that_relies_on_it():
     """No silent change of behaviour under an old key: the introduction default, not today's, is left out."""
     before = _hashes(parse_config(demo_defaults()))

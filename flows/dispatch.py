@@ -11,14 +11,21 @@ complete. Children are linked to the parent (``as_subflow``) so the UI shows the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from prefect import get_run_logger
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
 from prefect.states import AwaitingRetry
 
@@ -52,7 +59,8 @@ def run_children(
     does); with ``rerun_completed`` a completed one is too, for callers that know its outputs are missing.
     Raises ``ChildRunsFailed`` naming every child that did not complete, after all of them are final, so
     the ones that can finish do; a child that disappears (deleted, or lost with the server's database) counts as
-    failed, instead of being waited for forever. Each poll is one request, however many children.
+    failed, instead of being waited for forever. Waiting costs two requests a poll however many children are
+    pending (``poll``).
     """
     logger = get_run_logger()
     runs: dict[UUID, Child] = {}
@@ -61,7 +69,7 @@ def run_children(
                              idempotency_key=child.key, tags=[f"heal-run:{run_id}"])
         runs[run.id] = child
     with get_client(sync_client=True) as client:
-        for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(runs)))):
+        for run in paged(client, FlowRunFilter(id=FlowRunFilterId(any_=list(runs)))):
             state = run.state
             if state is not None and state.is_final() and (rerun_completed or not state.is_completed()):
                 logger.info("%s was %s: re-scheduled", run.name, state.name)
@@ -69,12 +77,12 @@ def run_children(
         pending, failed = set(runs), []
         while pending:
             time.sleep(poll_seconds)
-            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending))))
-            for gone in pending - {run.id for run in found}:  # deleted, or lost with the server's database
-                pending.discard(gone)
-                failed.append(f"{runs[gone].name} (flow run {gone}): no longer exists on the Prefect server")
-            for run in found:
-                if run.state is None or not run.state.is_final():
+            ended, gone = poll(client, pending)
+            for lost in gone:  # deleted, or lost with the server's database
+                pending.discard(lost)
+                failed.append(f"{runs[lost].name} (flow run {lost}): no longer exists on the Prefect server")
+            for run in ended:
+                if run.id not in pending:  # seen on an earlier page of this poll
                     continue
                 pending.discard(run.id)
                 if run.state.is_completed():
@@ -87,3 +95,33 @@ def run_children(
             + "\nFix the cause, retry them (Prefect UI Retry, or POST /api/flow_runs/<id>/set_state), then retry "
             "this run or `heal resume`: completed work is kept."
         )
+
+
+FINAL = [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
+
+
+def poll(client: SyncPrefectClient, pending: set[UUID]) -> tuple[list[FlowRun], set[UUID]]:
+    """(the runs among ``pending`` now in a final state, the ids among them the server no longer has). Two counts,
+    whatever the number of children, and reads only for children that ended since the last poll (a page per 200);
+    the ids of the runs still pending filter every request, so it shrinks as they end."""
+    ids = FlowRunFilterId(any_=list(pending))
+    gone: set[UUID] = set()
+    if client.count_flow_runs(flow_run_filter=FlowRunFilter(id=ids)) < len(pending):
+        gone = pending - {run.id for run in paged(client, FlowRunFilter(id=ids))}
+    ended = FlowRunFilter(id=ids, state=FlowRunFilterState(type=FlowRunFilterStateType(any_=FINAL)))
+    return list(paged(client, ended)), gone
+
+
+def paged(client: SyncPrefectClient, flow_run_filter: FlowRunFilter) -> Iterator[FlowRun]:
+    """Every flow run ``flow_run_filter`` matches, a page at a time: the server answers a read with at most its
+    page limit (``PREFECT_SERVER_API_DEFAULT_LIMIT``, 200), so one read of 300 children would miss 100 of them. A
+    count first: a filter that matches nothing costs one request. Pages are in id order; a run that changes state
+    between two pages may be seen twice or on the next poll, never lost."""
+    total = client.count_flow_runs(flow_run_filter=flow_run_filter)
+    offset = 0
+    while offset < total:
+        page = client.read_flow_runs(flow_run_filter=flow_run_filter, sort=FlowRunSort.ID_DESC, offset=offset)
+        if not page:
+            return
+        yield from page
+        offset += len(page)

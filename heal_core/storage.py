@@ -307,8 +307,9 @@ def scan(
     """Stream the rows of Parquet files (one table's shards, under one storage) as record batches of ``columns``,
     optionally only those matching ``where``: pyarrow.dataset's scanner, reading each file's footer and then only
     those columns' chunks (ranged reads on S3), one file and one batch ahead at most, so memory holds a few
-    batches whatever the files add up to. Each file is checked for ``columns`` before any row is read (a missing
-    one is an error naming its URI)."""
+    batches whatever the files add up to. Every file's footer is read and checked before any row is: one that is
+    not Parquet (truncated, say), lacks one of ``columns`` or holds one of another type is an error naming its URI,
+    so a step fails on a bad shard before it has made anything of the good ones."""
     wanted = pa.schema([schema.field(name) for name in columns])
     if not uris:
         return pa.RecordBatchReader.from_batches(wanted, [])
@@ -318,12 +319,25 @@ def scan(
     with _errors(uris[0]):
         dataset = ds.dataset(list(paths), schema=schema, format=fmt, filesystem=afs)
         for fragment in dataset.get_fragments():
-            missing = [name for name in columns if name not in fragment.physical_schema.names]
-            if missing:
-                raise StorageError(f"{paths[fragment.path]}: missing column(s) {missing}")
+            _check_fragment(fragment, wanted, paths[fragment.path])
     scanner = dataset.scanner(columns=list(columns), filter=where, batch_size=SCAN_ROWS, fragment_readahead=1,
                               batch_readahead=1)
     return pa.RecordBatchReader.from_batches(wanted, (batch.cast(wanted) for batch in scanner.to_batches()))
+
+
+def _check_fragment(fragment: ds.ParquetFileFragment, wanted: pa.Schema, uri: str) -> None:
+    """``scan``'s check of one file, from its footer alone."""
+    with _errors(uri):
+        try:
+            found = fragment.physical_schema
+        except pa.ArrowException as exc:
+            raise StorageError(f"{uri} is not a readable Parquet file: {exc}") from None
+    missing = [name for name in wanted.names if name not in found.names]
+    if missing:
+        raise StorageError(f"{uri}: missing column(s) {missing}")
+    for field in wanted:
+        if found.field(field.name).type != field.type:
+            raise StorageError(f"{uri}: column {field.name} is {found.field(field.name).type}, not {field.type}")
 
 
 def write_json(obj: Any, uri: str, storage_options: dict[str, Any] | None = None) -> None:

@@ -138,6 +138,26 @@ def test_truncated_parquet_is_an_error_naming_the_uri(root: str) -> None:
     assert uri in str(err.value)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "retyped"])
+def test_a_scan_names_a_bad_shard_before_it_yields_a_row(root: str, damage: str) -> None:
+    """One bad shard of three, truncated or with a column of another type (which a cast would turn into wrong
+    values or fail on mid-stream, naming no file): the scan fails when it is opened, naming that shard."""
+    uris = [storage.join(root, "samples", f"shard-{i:05d}.parquet") for i in range(3)]
+    for uri in uris:
+        storage.write_parquet(_trajectories(), uri)
+    if damage == "truncated":
+        data = storage.read_bytes(uris[1])
+        storage.write_bytes(data[: len(data) // 2], uris[1])
+    else:
+        table = _trajectories()
+        storage.write_parquet(table.set_column(table.schema.get_field_index("verified"), "verified",
+                                               pa.array(["yes"] * table.num_rows)), uris[1])
+    with pytest.raises(StorageError) as err:
+        storage.scan(uris, TRAJECTORY_SCHEMA, ["sample_id", "verified"])
+    assert uris[1] in str(err.value)
+    assert ("not a readable Parquet file" if damage == "truncated" else "column verified is string, not bool") in str(err.value)
+
+
 def test_missing_object_names_the_uri(root: str) -> None:
     uri = storage.join(root, "nothing", "here.parquet")
     with pytest.raises(StorageError, match="does not exist") as err:

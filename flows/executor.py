@@ -3,7 +3,7 @@ runs (shards, training, evaluation) and never *how*.
 
 * ``Embedded``: subflows in this process (a laptop, the tests).
 * ``Deployments``: each child is a run of its own deployment on a work pool (``flows/dispatch.py``), so a failed
-  shard is retried alone on a GPU worker, from the UI.
+  shard, or a failed (variant, seed) of the training, is retried alone on a GPU worker, from the UI.
 
 Both hand a child the run's URI and the config as plain JSON; the child opens the same ``Run`` from them.
 """
@@ -80,7 +80,9 @@ class Deployments(Executor):
                    rerun_completed=True, on_completed=lambda child: on_done(child.parameters["shard"]))
 
     def train(self) -> None:
-        self._wait(TRAIN_DEPLOYMENT, [self._child("train", "train", {})])
+        # one run per (variant, seed): as many students train at once as GPU workers are free
+        self._wait(TRAIN_DEPLOYMENT, [self._child(f"train-{v}-seed-{s}", f"train-{v}-{s}", {"variant": v, "seed": s})
+                                      for v in self.cfg.pace.variants for s in self.cfg.pace.seeds])
 
     def evaluate(self, trained: Sequence[TrainedModel]) -> None:
         self._wait(EVAL_DEPLOYMENT, [self._child("eval", "eval", {"trained": [asdict(m) for m in trained]})])

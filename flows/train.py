@@ -1,4 +1,6 @@
-"""``heal-train``: every training variant (HEAL, its baselines and ablations) for every seed, on one run's data."""
+"""``heal-train``: training variants (HEAL, its baselines and ablations) for seeds, on one run's data: every (variant,
+seed) of the config in one run (embedded mode), or one of them per deployment run (``flows/executor.py``), so the
+students of a run train on as many GPU workers as are free and a failed one is retried alone."""
 
 from __future__ import annotations
 
@@ -16,18 +18,26 @@ from tasks.training import train_model
 
 
 @flow(name="heal-train")
-def heal_train(run_root: str, config: HealConfig) -> list[dict[str, Any]]:
-    """Each (variant, seed) of ``pace.variants`` x ``pace.seeds``, stage after stage; one whose result is in the
-    run's storage is not retrained, nor is a finished stage of one that was interrupted.
+def heal_train(run_root: str, config: HealConfig, variant: str | None = None, seed: int | None = None
+               ) -> list[dict[str, Any]]:
+    """Each (variant, seed) of ``pace.variants`` x ``pace.seeds``, or only ``variant`` and only ``seed`` where given,
+    stage after stage; one whose result is in the run's storage is not retrained, nor is a finished stage of one
+    that was interrupted.
 
     Every variant trains the same number of optimizer steps, the PACE stages' (``heal_core/variants.py``), so a
-    difference between two is the data's, not the compute's.
+    difference between two is the data's, not the compute's: the budget comes from HEAL's datasets, which every
+    run of this flow reads, whichever variant it trains.
     """
+    variants = [v for v in config.pace.variants if variant in (None, v)]
+    seeds = [s for s in config.pace.seeds if seed in (None, s)]
+    if not variants or not seeds:
+        raise ValueError(f"heal-train: variant {variant!r} / seed {seed!r} is not among the config's "
+                         f"pace.variants {config.pace.variants} / pace.seeds {config.pace.seeds}")
     export_secrets(config)
     run = Run.at(run_root, config)
     student = resolve_model(config.student.model, "student")
-    with read_datasets(run, datasets_of(config.pace.variants)) as datasets:
+    with read_datasets(run, datasets_of(variants)) as datasets:
         sizes = {name: len(examples) for name, examples in datasets.items()}
-        results = [train_model(run, plan(variant, sizes, config.pace), seed, student, datasets, config)
-                   for variant in config.pace.variants for seed in config.pace.seeds]
+        results = [train_model(run, plan(v, sizes, config.pace), s, student, datasets, config)
+                   for v in variants for s in seeds]
     return [result.to_json() for result in results]

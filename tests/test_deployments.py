@@ -275,7 +275,7 @@ def test_triggered_run_fans_out_shard_deployment_runs(clean_cluster, clean_run):
     assert [s["name"] for s in shards] == ["clean-shard-00000", "clean-shard-00001"]
     assert all(s["deployment_id"] and s["state"]["type"] == "COMPLETED" for s in shards)
     assert {s["work_pool_name"] for s in shards} == {cluster.cfg.orchestration.gpu_pool}
-    assert [r["name"] for r in _children(cluster, "clean", "t")] == ["clean-train"]
+    assert [r["name"] for r in _children(cluster, "clean", "t")] == ["clean-train-heal-seed-0", "clean-train-rs_sft-seed-0"]
     assert [r["name"] for r in _children(cluster, "clean", "e")] == ["clean-eval"]
 
     fs = s3fs.S3FileSystem()

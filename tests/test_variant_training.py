@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from safetensors.torch import load_file
 
 from heal_core import report, storage
@@ -96,15 +97,17 @@ def test_variants_by_seeds_train_evaluate_and_resume(prefect_api, tiny_model_dir
     seed0, seed1 = (load_file(str(models / "rs_sft" / f"seed-{s}" / "rs_sft" / "model.safetensors")) for s in (0, 1))
     assert any(not seed0[k].equal(seed1[k]) for k in seed0)  # the seed reached the trainer: other batches
 
-    # A (variant, seed) interrupted in its last stage: only that stage is trained again.
+    # A (variant, seed) interrupted in its last stage, retried alone (as a deployment run of its own is): only that
+    # stage is trained again; a (variant, seed) outside the config is refused.
     heal1 = models / "heal" / "seed-1"
     (heal1 / "variant.json").unlink()
     (heal1 / "stage3" / MARKER).unlink()
     (local_model_dir(layout.model("heal", 1, "stage3")) / MARKER).unlink()  # and in the worker's cache
     before = _mtimes(models)
-    again = {(r["variant"], r["seed"]): [s["resumed"] for s in r["stages"]] for r in heal_train(layout.root, cfg)}
-    assert again.pop(("heal", 1)) == [True, True, False]
-    assert all(all(flags) for flags in again.values())
+    again = {(r["variant"], r["seed"]): [s["resumed"] for s in r["stages"]] for r in heal_train(layout.root, cfg, "heal", 1)}
+    assert again == {("heal", 1): [True, True, False]}
+    with pytest.raises(ValueError, match="seed 7"):
+        heal_train(layout.root, cfg, "heal", 7)
     after = _mtimes(models)
     changed = {path for path in after if after[path] != before.get(path)}
     assert changed == {"heal/seed-1/stage3/model.safetensors"}

@@ -873,17 +873,22 @@ def measure(command: list[str], env: dict[str, str], work: Path, timeout: float,
         proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", str(report), *command], cwd=work, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     watched, started, tree_peak, anon_peak, reason = psutil.Process(proc.pid), time.monotonic(), 0, 0, ""
-    while proc.poll() is None:
-        with contextlib.suppress(psutil.Error):
-            rss, anon = _tree_rss(watched)
-            tree_peak, anon_peak = max(tree_peak, rss), max(anon_peak, anon)
-            if max_rss is not None and rss > max_rss and not reason:
-                reason = f"killed at {rss / 2**30:.2f} GiB (--max-rss-gb)"
-                _kill_children(watched)
-            elif time.monotonic() - started > timeout and not reason:
-                reason = f"killed after {timeout:.0f} s (--step-timeout)"
-                _kill_children(watched)
-        time.sleep(0.2)
+    try:
+        while proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                rss, anon = _tree_rss(watched)
+                tree_peak, anon_peak = max(tree_peak, rss), max(anon_peak, anon)
+                if max_rss is not None and rss > max_rss and not reason:
+                    reason = f"killed at {rss / 2**30:.2f} GiB (--max-rss-gb)"
+                    _kill_children(watched)
+                elif time.monotonic() - started > timeout and not reason:
+                    reason = f"killed after {timeout:.0f} s (--step-timeout)"
+                    _kill_children(watched)
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGINT to the bench alone: the step's processes go with it
+        _kill_children(watched)
+        proc.kill()
+        raise
     wall, peak, signal = _time_report(report)
     if proc.returncode != 0 and not reason:
         reason = f"{signal or f'exit {proc.returncode}'}: {_last_error(log)}"
@@ -1097,4 +1102,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninterrupted: the step running was stopped; synthesized runs stay cached under --scratch",
+              file=sys.stderr)
+        sys.exit(130)

@@ -407,7 +407,7 @@ def test_clean_run_was_served_by_postgres(clean_cluster, cluster, clean_run):
         pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432: the Postgres-backed server was not tested")
     with clean_cluster.client() as client:
         runs = client.post("/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["heal-run:clean"]}}}).json()
-    assert len(runs) == 4  # two shards, train, eval: all recorded in the PostgreSQL-backed server
+    assert len(runs) == 5  # two shards, train heal and rs_sft, eval: all recorded in the PostgreSQL-backed server
     stored = yaml.safe_load(s3fs.S3FileSystem().cat(f"{clean_cluster.cfg.storage.uri}/runs/clean/config.yaml"))
     assert HealConfig.model_validate(stored).config_hash() == clean_cluster.cfg.config_hash()
 

@@ -162,10 +162,13 @@ class Run:
         (``curriculum``): a new learning rate on a million problems does not sort their texts again."""
         return self._referenced("curriculum")
 
+    @cached_property
+    def _origin(self) -> dict[str, Any]:
+        """This run's ``parent.json`` (empty for a run that is not derived), read once for both references."""
+        return storage.read_json(self.parent, self.options) if storage.exists(self.parent, self.options) else {}
+
     def _referenced(self, key: str) -> Run:
-        if not storage.exists(self.parent, self.options):
-            return self
-        source = storage.read_json(self.parent, self.options).get(key)
+        source = self._origin.get(key)
         return self if source is None else self.sibling(source)
 
     def shard_samples(self, shard: int) -> str:

@@ -3,7 +3,8 @@ runs (shards, training, evaluation) and never *how*.
 
 * ``Embedded``: subflows in this process (a laptop, the tests).
 * ``Deployments``: each child is a run of its own deployment on a work pool (``flows/dispatch.py``), so a failed
-  shard, or a failed (variant, seed) of the training, is retried alone on a GPU worker, from the UI.
+  shard, (variant, seed) of the training or (model, set shard) of the evaluation is retried alone on a GPU worker,
+  from the UI.
 
 Both hand a child the run's URI and the config as plain JSON; the child opens the same ``Run`` from them.
 """
@@ -24,6 +25,7 @@ from flows.train import heal_train
 from heal_core import storage
 from heal_core.config import HealConfig
 from heal_core.run import Run
+from tasks.evaluation import evaluation_plan, pending_units, write_evaluation
 from tasks.training import TrainedModel
 
 
@@ -43,7 +45,7 @@ class Executor(ABC):
 
     @abstractmethod
     def evaluate(self, trained: Sequence[TrainedModel]) -> None:
-        """Teacher, student base and every trained model."""
+        """Teacher, student base and every trained model; the run's results assembled from their parts."""
 
 
 class Embedded(Executor):
@@ -85,7 +87,14 @@ class Deployments(Executor):
                                       for v in self.cfg.pace.variants for s in self.cfg.pace.seeds])
 
     def evaluate(self, trained: Sequence[TrainedModel]) -> None:
-        self._wait(EVAL_DEPLOYMENT, [self._child("eval", "eval", {"trained": [asdict(m) for m in trained]})])
+        # one run per (model, set shard) the run holds no part of; the parent assembles the parts, loading no model
+        _, units = evaluation_plan(self.cfg, trained)
+        models = {(m.variant, m.seed): [asdict(m)] for m in trained}
+        self._wait(EVAL_DEPLOYMENT, [
+            self._child(f"eval-{u.name}", f"eval-{u.name}",
+                        {"trained": models.get((u.model, u.train_seed), []), "units": [asdict(u)]})
+            for u in pending_units(self.run, units)], rerun_completed=True)
+        write_evaluation(self.run, units, self.cfg)
 
 
 def executor_for(run: Run, cfg: HealConfig) -> Executor:

@@ -825,6 +825,15 @@ class EvaluationConfig(_Section):
         ge=0,
         description="problems per set (held-out and each benchmark); 0 = all",
     )
+    shard_size: int = setting(
+        0,
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", 0),
+        ge=0,
+        description="problems per evaluation shard: in deployment mode each model is evaluated by one heal-eval "
+        "run per shard of each set, retried alone; 0 = a set is one shard. A problem's samples are seeded by its "
+        "id, so the results do not depend on it",
+    )
 
     # how every model is sampled
     samples: int = setting(4, role=Role.EVALUATION, ge=1, description="samples per problem")

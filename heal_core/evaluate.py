@@ -25,6 +25,39 @@ from heal_core.verify import DEFAULT_MAX_ERROR_SHARE, check_many
 HELD_OUT = "held_out"  # the benchmark label of evaluation.uri (the demo's eval split when it is empty)
 
 
+@dataclass(frozen=True)
+class EvalUnit:
+    """One model on one shard of one set: what one ``heal-eval`` deployment run evaluates, and one part of the
+    run's results (``Run.evaluation_part``). ``model`` is the rows' label (teacher, student_base or a variant) and
+    ``train_seed`` its seed (None for teacher and student base); the shard is ``problems[start:stop]`` of ``benchmark``.
+    """
+
+    model: str
+    train_seed: int | None
+    benchmark: str
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        """How runs and parts name it, e.g. ``heal-seed-0-held_out-0-50``."""
+        seed = "" if self.train_seed is None else f"-seed-{self.train_seed}"
+        return f"{self.model}{seed}-{self.benchmark}-{self.start}-{self.stop}"
+
+
+def evaluation_units(models: Sequence[tuple[str, int | None]], sets: Mapping[str, Sequence[Problem]],
+                     shard_size: int) -> list[EvalUnit]:
+    """Every (model, set shard), model after model and set after set, the order of the results' rows; a set is one
+    shard when ``shard_size`` is 0. A problem's samples are seeded by its id (``heal_core/seeds.py``), not by its
+    place, so how sets are cut changes no result."""
+    def cuts(size: int) -> list[tuple[int, int]]:
+        step = shard_size or max(size, 1)
+        return [(start, min(start + step, size)) for start in range(0, size, step)]
+
+    return [EvalUnit(label, seed, name, start, stop) for label, seed in models
+            for name, problems in sets.items() for start, stop in cuts(len(problems))]
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     if not 0 < k <= n:
         raise ValueError(f"k={k} must be in 1..n={n}")

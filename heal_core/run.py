@@ -8,6 +8,8 @@ What marks what finished (each written last, after the outputs it vouches for):
   Parquet intact (``finished_shard``);
 * a (variant, seed): ``models/<variant>/seed-<seed>/variant.json`` (``variant``); a training stage: the
   ``heal_stage.json`` in its model directory (``heal_core/train.py``);
+* one model's evaluation on one set shard: ``eval/parts/<unit>.parquet`` (``evaluation_part``), from which the
+  run's ``eval/results.parquet`` is assembled;
 * the run's report: ``summary.json``, written after everything else (``heal report`` reads it).
 """
 
@@ -187,6 +189,11 @@ class Run:
     def curriculum(self, name: str) -> str:
         """A dataset of the curriculum; a derived run's may be its parent's (``assembly``)."""
         return self.assembly.path("curriculum", f"{name}.parquet")
+
+    def evaluation_part(self, unit: str) -> str:
+        """One model's results on one set shard (``heal_core.evaluate.EvalUnit.name``), as its heal-eval run wrote
+        them; written whole, so it marks the unit evaluated."""
+        return self.path("eval", "parts", f"{unit}.parquet")
 
     def model(self, variant: str, seed: int, stage: str) -> str:
         """One stage's model of one (variant, seed): ``models/<variant>/seed-<seed>/<stage dataset>``."""

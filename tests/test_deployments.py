@@ -4,13 +4,16 @@ process workers, runs triggered and retried through the REST API exactly as the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
@@ -18,13 +21,14 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 import yaml
+from servers import PrefectServer, TcpProxy, postgres_url, prefect_server, stop
 
 from heal_core.config import HealConfig, parse_config
 from heal_core.demo import demo_defaults, demo_problems
+from heal_core.run import Run
 from heal_core.schema import CURRICULUM_SCHEMA, TRAJECTORY_SCHEMA
 from tasks.generate import write_shards
-from heal_core.run import Run
-from servers import PrefectServer, TcpProxy, postgres_url, prefect_server, stop
+from tasks.training import local_model_dir
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: the fast lane leaves it out
 
@@ -47,18 +51,20 @@ class Cluster:
     def api(self) -> str:
         return self.server.api
 
-    def start_worker(self, pool: str, *extra: str, own_session: bool = False) -> None:
+    def start_worker(self, pool: str, *extra: str, own_session: bool = False, name: str = "") -> None:
         """``own_session``: the worker leads a process group of its own with Ctrl-C's default disposition, as a
         command started in a terminal does, whatever the test runner's is (a runner started in the background of
-        a shell without job control ignores SIGINT, and its children would inherit that)."""
-        with open(self.logs / f"worker-{pool}.log", "ab") as out:
-            self.workers[pool] = subprocess.Popen(
+        a shell without job control ignores SIGINT, and its children would inherit that). ``name`` (default: the
+        pool's) names the worker in ``workers`` and its log, for a second worker on one pool."""
+        name = name or pool
+        with open(self.logs / f"worker-{name}.log", "ab") as out:
+            self.workers[name] = subprocess.Popen(
                 [HEAL, "worker", "--pool", pool, *extra], env=self.env, stdout=out, stderr=out,
                 start_new_session=own_session,
                 preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if own_session else None)
 
-    def stop_worker(self, pool: str) -> None:
-        stop(self.workers.pop(pool))
+    def stop_worker(self, name: str) -> None:
+        stop(self.workers.pop(name))
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.api, timeout=30)
@@ -155,11 +161,11 @@ def _deployment_id(client: httpx.Client, name: str) -> str:
     return client.get(f"/deployments/name/{name}").raise_for_status().json()["id"]
 
 
-def _trigger(cluster: Cluster, run_id: str) -> str:
+def _trigger(cluster: Cluster, run_id: str, cfg: HealConfig | None = None) -> str:
     """What a user's script does: POST create_flow_run with parameters, as in the README."""
     with cluster.client() as client:
         dep = _deployment_id(client, "heal-pipeline/heal-pipeline")
-        body = {"parameters": {"config": cluster.cfg.model_dump(mode="json"), "run_id": run_id}}
+        body = {"parameters": {"config": (cfg or cluster.cfg).model_dump(mode="json"), "run_id": run_id}}
         return client.post(f"/deployments/{dep}/create_flow_run", json=body).raise_for_status().json()["id"]
 
 
@@ -229,6 +235,37 @@ def _datasets(cfg: HealConfig, run_id: str) -> dict[str, list[str]]:
     return out
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _need_chromium() -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium): `apt-get install chromium`")
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+
+def _click_retry(cluster: Cluster, flow_run: str) -> None:
+    """Retry ``flow_run`` with the Retry button of the real Prefect UI in headless Debian Chromium (no browser
+    download, no outside network), and check that the click sent the run's set_state request."""
+    from playwright.sync_api import sync_playwright
+
+    base = cluster.api.removesuffix("/api")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
+        page = browser.new_page()
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base) else route.abort())
+        sent = []
+        page.on("request", lambda r: sent.append(r.url) if "set_state" in r.url else None)
+        page.goto(f"{base}/runs/flow-run/{flow_run}", wait_until="networkidle")
+        page.get_by_role("button", name="Retry").first.click()
+        page.wait_for_timeout(800)
+        page.get_by_role("button", name="Retry").last.click()  # the confirmation dialog
+        page.wait_for_timeout(1500)
+        browser.close()
+    assert any(f"/flow_runs/{flow_run}/set_state" in url for url in sent), sent
+
+
 def _completed(state: dict) -> bool:
     return state["type"] == "COMPLETED"
 
@@ -276,7 +313,8 @@ def test_triggered_run_fans_out_shard_deployment_runs(clean_cluster, clean_run):
     assert all(s["deployment_id"] and s["state"]["type"] == "COMPLETED" for s in shards)
     assert {s["work_pool_name"] for s in shards} == {cluster.cfg.orchestration.gpu_pool}
     assert [r["name"] for r in _children(cluster, "clean", "t")] == ["clean-train-heal-seed-0", "clean-train-rs_sft-seed-0"]
-    assert [r["name"] for r in _children(cluster, "clean", "e")] == ["clean-eval"]
+    assert [r["name"] for r in _children(cluster, "clean", "e")] == [  # one per (model, set shard): a set is one here
+        f"clean-eval-{unit}-held_out-0-2" for unit in ("heal-seed-0", "rs_sft-seed-0", "student_base", "teacher")]
 
     fs = s3fs.S3FileSystem()
     root = f"{cluster.cfg.storage.uri}/runs/clean"
@@ -398,7 +436,7 @@ def test_a_prefect_server_restart_mid_run_ends_in_the_same_datasets(clean_cluste
                                   "deployments"], env=cluster.env, capture_output=True, text=True, timeout=900)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert all(w.poll() is None for w in cluster.workers.values()), "a worker died with the server"
-    assert [r["state"]["type"] for r in _children(cluster, "restart", "e")][-1] == "COMPLETED"  # created after
+    assert {r["state"]["type"] for r in _children(cluster, "restart", "e")} == {"COMPLETED"}  # created after
     assert _datasets(cluster.cfg, "restart") == clean_run.datasets
 
 
@@ -407,7 +445,7 @@ def test_clean_run_was_served_by_postgres(clean_cluster, cluster, clean_run):
         pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432: the Postgres-backed server was not tested")
     with clean_cluster.client() as client:
         runs = client.post("/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["heal-run:clean"]}}}).json()
-    assert len(runs) == 5  # two shards, train heal and rs_sft, eval: all recorded in the PostgreSQL-backed server
+    assert len(runs) == 8  # two shards, train heal and rs_sft, eval of 4 models: all recorded in the PostgreSQL server
     stored = yaml.safe_load(s3fs.S3FileSystem().cat(f"{clean_cluster.cfg.storage.uri}/runs/clean/config.yaml"))
     assert HealConfig.model_validate(stored).config_hash() == clean_cluster.cfg.config_hash()
 
@@ -415,11 +453,7 @@ def test_clean_run_was_served_by_postgres(clean_cluster, cluster, clean_run):
 def test_the_ui_retry_button_reruns_a_failed_shard(clean_cluster):
     """The real Prefect UI in headless Debian Chromium (no browser download, no outside network): a shard run
     that failed for a real reason (its input shard is missing) is retried with the Retry button once fixed."""
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium): `apt-get install chromium`")
-    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-
+    _need_chromium()
     cluster = clean_cluster
     fs = s3fs.S3FileSystem()
     root = f"{cluster.cfg.storage.uri}/runs/ui"
@@ -431,20 +465,86 @@ def test_the_ui_retry_button_reruns_a_failed_shard(clean_cluster):
     assert failed["state"]["type"] == "FAILED"
     write_shards.fn(Run.at(root, cluster.cfg), demo_problems("generation")[:1], cluster.cfg)  # the cause, fixed
 
-    base = cluster.api.removesuffix("/api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), headless=True,
-                                    args=["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
-        page = browser.new_page()
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base) else route.abort())
-        sent = []
-        page.on("request", lambda r: sent.append(r.url) if "set_state" in r.url else None)
-        page.goto(f"{base}/runs/flow-run/{shard}", wait_until="networkidle")
-        page.get_by_role("button", name="Retry").first.click()
-        page.wait_for_timeout(800)
-        page.get_by_role("button", name="Retry").last.click()  # the confirmation dialog
-        page.wait_for_timeout(1500)
-        browser.close()
-    assert any(f"/flow_runs/{shard}/set_state" in url for url in sent), sent
+    _click_retry(cluster, shard)
     _assert_ran_once_more(cluster, [failed])
     assert fs.exists(f"{root}/samples/shard-00000.parquet") and fs.exists(f"{root}/samples/shard-00000.json")
+
+
+def _final_weights(root: str, variant: str, seed: int) -> str:
+    """A digest of the (variant, seed)'s final model weights, as stored."""
+    fs = s3fs.S3FileSystem()
+    model = json.loads(fs.cat(f"{root}/models/{variant}/seed-{seed}/variant.json"))["stages"][-1]["model_dir"]
+    return hashlib.sha256(fs.cat(f"{model}/model.safetensors")).hexdigest()
+
+
+def _results(root: str, seeds: set[int | None]) -> list[dict]:
+    """The run's evaluation rows of the models with these training seeds, without where each model was loaded from."""
+    with s3fs.S3FileSystem().open(f"{root}/eval/results.parquet", "rb") as f:
+        rows = pq.read_table(f).drop_columns(["model_path"]).to_pylist()
+    return [row for row in rows if row["train_seed"] in seeds]
+
+
+@pytest.mark.timeout(1800)
+def test_students_and_evaluations_fan_out_over_two_workers_and_a_failed_one_is_retried_alone_from_the_ui(
+        clean_cluster, clean_run, monkeypatch):
+    """2 variants x 2 seeds are 4 heal-train runs, executed by two GPU workers at once; the (heal, 0) one fails for a
+    real reason (its record in storage is corrupt) and, once fixed, is retried alone with the UI's Retry button.
+    Then one heal-eval run per (model, set shard): the one whose student a worker's cache holds broken fails naming
+    it while the other five complete, and is retried from the UI too. The parent, retried as the UI does, completes
+    with the clean run's models and results (the clean run trains seed 0 only)."""
+    _need_chromium()
+    cluster = clean_cluster
+    cfg = parse_config(cluster.cfg.model_dump(mode="json"), ["pace.seeds=[0,1]"])
+    fs = s3fs.S3FileSystem()
+    root, clean = f"{cfg.storage.uri}/runs/fanout", f"{cfg.storage.uri}/runs/clean"
+    fs.pipe(f"{root}/models/heal/seed-0/variant.json", b'{"variant": "heal", "st')  # corrupt: that training fails
+    cluster.stop_worker("gpu")
+    workers = ("gpu-a", "gpu-b")
+    for name in workers:
+        cluster.start_worker("gpu", "--limit", "1", name=name)
+    try:
+        parent = _trigger(cluster, "fanout", cfg)
+        assert _wait(cluster, parent, _final, seconds=900)["state"]["type"] == "FAILED"
+        train = {r["name"]: r for r in _children(cluster, "fanout", "train")}
+        assert sorted(train) == [f"fanout-train-{v}-seed-{s}" for v in ("heal", "rs_sft") for s in (0, 1)]
+        failed = train["fanout-train-heal-seed-0"]
+        assert failed["state"]["type"] == "FAILED" and "variant.json is not valid JSON" in failed["state"]["message"]
+        assert [r["state"]["type"] for r in train.values() if r is not failed] == ["COMPLETED"] * 3
+        assert not _children(cluster, "fanout", "eval")  # the parent stopped at the training
+        spans = sorted((r["start_time"], r["end_time"]) for r in train.values() if r is not failed)
+        assert any(later[0] < earlier[1] for earlier, later in pairwise(spans)), spans  # two trained at once
+        for name in workers:  # and each worker ran some of them
+            log = (cluster.logs / f"worker-{name}.log").read_text()
+            assert any(r["id"] in log for r in train.values()), f"worker {name} ran no training"
+
+        fs.rm(f"{root}/models/heal/seed-0/variant.json")  # the cause, fixed
+        monkeypatch.setenv("HEAL_CACHE_DIR", cluster.env["HEAL_CACHE_DIR"])
+        student = json.loads(fs.cat(f"{root}/models/rs_sft/seed-0/variant.json"))["stages"][-1]["model_dir"]
+        cached = local_model_dir(student)  # where the workers keep the model they trained
+        (cached / "model.safetensors").write_bytes(b"broken on the worker's disk")
+        _click_retry(cluster, failed["id"])
+        _assert_ran_once_more(cluster, [failed])
+        _retry_as_the_ui_does(cluster, parent)
+        assert _wait(cluster, parent, _final, seconds=900)["state"]["type"] == "FAILED"
+
+        evals = {r["name"]: r for r in _children(cluster, "fanout", "eval")}
+        models = ["teacher", "student_base", *(f"{v}-seed-{s}" for v in ("heal", "rs_sft") for s in (0, 1))]
+        assert sorted(evals) == sorted(f"fanout-eval-{m}-held_out-0-2" for m in models)
+        broken = evals["fanout-eval-rs_sft-seed-0-held_out-0-2"]
+        assert broken["state"]["type"] == "FAILED" and "rs_sft seed 0" in broken["state"]["message"]
+        assert "cannot be loaded" in broken["state"]["message"]
+        assert [r["state"]["type"] for r in evals.values() if r is not broken] == ["COMPLETED"] * 5
+        shutil.rmtree(cached)  # fixed: the retry fetches the stored model again
+        _click_retry(cluster, broken["id"])
+        _assert_ran_once_more(cluster, [broken])
+        _retry_as_the_ui_does(cluster, parent)
+        assert _wait(cluster, parent, _final, seconds=900)["state"]["type"] == "COMPLETED"
+    finally:
+        for name in workers:
+            cluster.stop_worker(name)
+        cluster.start_worker("gpu", "--limit", "2")
+
+    assert len(_children(cluster, "fanout")) == 2 + 4 + 6  # re-attached, none launched again
+    assert all(_final_weights(root, v, 0) == _final_weights(clean, v, 0) for v in ("heal", "rs_sft"))
+    assert _results(root, {None, 0}) == _results(clean, {None, 0})
+    assert len(_results(root, {1})) == 2 * 2  # heal and rs_sft seed 1, on both held-out problems

@@ -9,8 +9,11 @@ evaluation run's end (generation, the same in both, is left out), read from the 
 
     python bench/fanout.py [--workers 1,2] [--problems 16] [--seeds 0,1] [--eval-problems 20] [--eval-shard 10]
 
-On this 2-core box two workers share the cores, so the ratio shows what the fan-out saves in process starts,
-model loads and waits, not what it saves on 2 GPUs (there each training owns its device). Last line: the ratio.
+A GPU worker owns its device; here each worker owns its share of the cores instead (``OMP_NUM_THREADS`` = cores /
+workers, as ``--threads`` says: ``auto``; a number gives every worker that many; ``0`` leaves torch's default, every
+core to every worker). On this 2-core box the server, PostgreSQL and the parent share the same cores, so the ratio
+says what the fan-out saves in process starts, model loads and waits more than what it saves on 2 GPUs. Last line:
+the ratio.
 """
 
 from __future__ import annotations
@@ -62,8 +65,10 @@ def measure(workers: int, tmp: Path, args: argparse.Namespace) -> dict[str, floa
         subprocess.run([HEAL, "deploy", str(tmp / "bench.yaml")], env=env, check=True, capture_output=True)
         logs = [open(tmp / f"worker-{i}.log", "wb") for i in range(workers + 1)]  # noqa: SIM115 -- closed below
         procs = [subprocess.Popen([HEAL, "worker", "--pool", "cpu"], env=env, stdout=logs[0], stderr=logs[0])]
-        procs += [subprocess.Popen([HEAL, "worker", "--pool", "gpu", "--limit", "1", "--name", f"gpu-{i}"], env=env,
-                                   stdout=logs[i + 1], stderr=logs[i + 1]) for i in range(workers)]
+        threads = max(1, (os.cpu_count() or 1) // workers) if args.threads == "auto" else int(args.threads)
+        gpu_env = {**env, "OMP_NUM_THREADS": str(threads)} if threads else env
+        procs += [subprocess.Popen([HEAL, "worker", "--pool", "gpu", "--limit", "1", "--name", f"gpu-{i}"],
+                                   env=gpu_env, stdout=logs[i + 1], stderr=logs[i + 1]) for i in range(workers)]
         try:
             with httpx.Client(base_url=server.api, timeout=30) as client:
                 dep = client.get("/deployments/name/heal-pipeline/heal-pipeline").raise_for_status().json()["id"]
@@ -99,6 +104,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--eval-problems", type=int, default=20, help="evaluation.max_problems")
     parser.add_argument("--eval-shard", type=int, default=10, help="evaluation.shard_size")
+    parser.add_argument("--threads", default="auto", help="OMP_NUM_THREADS of each GPU-pool worker: auto, N, or 0")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
@@ -108,7 +114,8 @@ def main() -> None:
             results[workers] = measure(workers, Path(tmp), args)
         print(f"{workers} worker(s): {json.dumps(results[workers])}", flush=True)
     print(f"{args.problems} demo problems, variants {args.variants} x seeds {args.seeds}, {args.eval_problems} held-out "
-          f"problems in shards of {args.eval_shard}; server: {'PostgreSQL' if postgres_url() else 'SQLite'}")
+          f"problems in shards of {args.eval_shard}; server: {'PostgreSQL' if postgres_url() else 'SQLite'}; "
+          f"threads per worker: {args.threads}")
     print("| GPU-pool workers | heal-train runs | heal-eval runs | training s | training + evaluation s | parent s |")
     print("|---|---|---|---|---|---|")
     for workers, r in results.items():

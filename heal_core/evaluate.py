@@ -120,13 +120,13 @@ def _value_order(value: str) -> tuple[int, int, str]:
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean pass@1 and pass@k per model, benchmark and sampling setting, over all its problems (group_field and
+    """Mean pass@1 and pass@k per model, backend, benchmark and sampling setting, over all its problems (group_field and
     group_value None) and over the problems of each value of each metadata field (rows of EVALUATION_SCHEMA in,
     rows of EVALUATION_SUMMARY_SCHEMA out). Rows drawn with other settings are never averaged together. A
     variant's mean is over its training seeds and problems alike; ``problems`` counts each problem once."""
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
-        setting = (row["model"], row["benchmark"], row["samples"], *(row[c] for c in SAMPLING_COLUMNS))
+        setting = (row["model"], row["backend"], row["benchmark"], row["samples"], *(row[c] for c in SAMPLING_COLUMNS))
         groups[(setting, None, None)].append(row)
         for field, value in dict(row["metadata"] or {}).items():  # Arrow hands a map back as (key, value) pairs
             groups[(setting, field, value)].append(row)
@@ -138,10 +138,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     summary = []
     for key in sorted(groups, key=order):
-        (model, benchmark, samples, *settings), field, value = key
+        (model, backend, benchmark, samples, *settings), field, value = key
         members = groups[key]
         summary.append({
-            "model": model, "benchmark": benchmark, "group_field": field, "group_value": value,
+            "model": model, "backend": backend, "benchmark": benchmark, "group_field": field, "group_value": value,
             "problems": len({r["problem_id"] for r in members}), "samples": samples,
             "pass_at_1": sum(r["pass_at_1"] for r in members) / len(members),
             "pass_at_k": sum(r["pass_at_k"] for r in members) / len(members),
@@ -155,6 +155,28 @@ def written_format(label: str, cfg: HealConfig) -> ReasoningFormat:
     return cfg.student.reasoning_format if label == "student_base" else cfg.teacher.reasoning_format
 
 
+def backend_kind(label: str, cfg: HealConfig) -> str:
+    """What samples the model: ``evaluation.backend``; when it is not set, the teacher's own backend for the teacher
+    (where its training samples came from) and transformers for the students."""
+    return cfg.evaluation.backend or (cfg.teacher.backend if label == "teacher" else "hf")
+
+
+def served_by_heal(label: str, cfg: HealConfig) -> bool:
+    """Whether heal starts a server for the model while it is evaluated (``heal_core/backends/served.py``): backend
+    openai, except for a teacher that has its own server (``teacher.backend: openai``)."""
+    return backend_kind(label, cfg) == "openai" and not (label == "teacher" and cfg.teacher.backend == "openai")
+
+
+def backend_key(label: str, cfg: HealConfig) -> tuple[str, ...]:
+    """How the model is run, as the evaluation store keys it: the backend, the dtype, and for a model heal serves,
+    whose server (vLLM's or heal's own sample differently). At the defaults the key of heal 0.1: (the teacher's
+    backend, its dtype) for the teacher and ("hf", student.dtype) for the students."""
+    dtype = cfg.teacher.dtype if label == "teacher" else cfg.student.dtype
+    if served_by_heal(label, cfg):
+        return "openai", dtype, "vllm serve" if cfg.evaluation.vllm_python else "heal serve-teacher"
+    return backend_kind(label, cfg), dtype
+
+
 def stored_evaluation(cfg: HealConfig, identity: str, label: str, train_seed: int | None, name: str,
                       problems: Sequence[Problem]) -> str:
     """Where one model's results on one set live in the evaluation store, ``<storage.uri>/evaluations/``, shared by
@@ -165,7 +187,7 @@ def stored_evaluation(cfg: HealConfig, identity: str, label: str, train_seed: in
     (``heal_core/stores.py``), which ``heal store ls`` lists and ``heal store gc`` removes whole."""
     key = fingerprints.digest({
         "evaluation": fingerprints.evaluation(cfg), "model": identity, "label": label, "train_seed": train_seed,
-        "backend": (cfg.teacher.backend, cfg.teacher.dtype) if label == "teacher" else ("hf", cfg.student.dtype),
+        "backend": backend_key(label, cfg),
         "reasoning_format": written_format(label, cfg), "set": name,
         "problems": [(p.problem_id, p.problem, p.answer, sorted(p.metadata.items())) for p in problems]})
     return stores.evaluation_object(cfg, key)
@@ -175,7 +197,8 @@ def evaluation_rows(backend: TeacherBackend, label: str, train_seed: int | None,
                     problems: Sequence[Problem], cfg: HealConfig) -> list[dict[str, Any]]:
     """One model's per-problem result rows on one set, as the evaluation store and a run's tables hold them."""
     sampling = evaluation_sampling(cfg)
-    return [{"model": label, "train_seed": train_seed, "model_path": backend.model_path, "benchmark": name,
+    return [{"model": label, "train_seed": train_seed, "model_path": backend.model_path, "backend": backend.kind,
+             "benchmark": name,
              **asdict(result), **sampling_settings(sampling)}
             for result in evaluate(backend, problems, cfg.teacher.prompt_template, sampling, k=cfg.evaluation.samples,
                                    max_error_share=cfg.orchestration.max_verify_error_share,

@@ -102,6 +102,7 @@ EVALUATION_SCHEMA = pa.schema(
         pa.field("model", pa.string(), nullable=False),  # label: teacher | student_base | a variant (heal, rs_sft, ...)
         pa.field("train_seed", pa.int32()),  # the variant's training seed; null for teacher and student base
         pa.field("model_path", pa.string(), nullable=False),
+        pa.field("backend", pa.string(), nullable=False),  # what sampled it: hf | vllm | openai (evaluation.backend)
         pa.field("benchmark", pa.string(), nullable=False),  # held_out, or a benchmark's set name (math500_test)
         pa.field("problem_id", pa.string(), nullable=False),
         pa.field("metadata", pa.map_(pa.string(), pa.string())),  # the problem's, e.g. MATH-500 subject and level
@@ -118,6 +119,7 @@ EVALUATION_SCHEMA = pa.schema(
 EVALUATION_SUMMARY_SCHEMA = pa.schema(
     [
         pa.field("model", pa.string(), nullable=False),
+        pa.field("backend", pa.string(), nullable=False),
         pa.field("benchmark", pa.string(), nullable=False),
         pa.field("group_field", pa.string()),
         pa.field("group_value", pa.string()),

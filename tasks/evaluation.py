@@ -3,8 +3,11 @@ assembled from the shards' parts with their summary and its artifact."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
+
+import pyarrow as pa
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -13,23 +16,14 @@ from prefect.cache_policies import NO_CACHE
 from heal_core import fingerprints, progress, storage, stores
 from heal_core.backends.base import TeacherBackend
 from heal_core.backends.factory import build_backend
+from heal_core.backends.openai import OpenAIBackend
+from heal_core.backends.served import served
 from heal_core.config import HealConfig
-from heal_core.evaluate import (
-    HELD_OUT,
-    EvalUnit,
-    evaluation_rows,
-    evaluation_units,
-    stored_evaluation,
-    summarize,
-)
+from heal_core.evaluate import (HELD_OUT, EvalUnit, backend_key, backend_kind, evaluation_rows, evaluation_units,
+                                served_by_heal, stored_evaluation, summarize)
 from heal_core.problems import Problem
 from heal_core.run import Run
-from heal_core.schema import (
-    EVALUATION_SCHEMA,
-    EVALUATION_SUMMARY_SCHEMA,
-    SchemaError,
-    to_table,
-)
+from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, SchemaError, conform, to_table
 from heal_core.settings import Role
 from tasks.generate import teacher_backend
 from tasks.problems import benchmark_sets, problem_set
@@ -37,8 +31,8 @@ from tasks.training import TrainedModel, local_model
 
 
 class ModelNotLoadable(RuntimeError):
-    """A model the evaluation backend cannot load (missing or broken weights, an unknown architecture); the message
-    names the model, its reference and the backend's reason."""
+    """A model the evaluation backend cannot load (missing or broken weights, an unknown architecture, a head size the
+    engine's kernels lack); the message names the model's path, the backend and its reason."""
 
 
 @task(cache_policy=NO_CACHE)
@@ -53,19 +47,19 @@ def evaluate_model(
     model (``model``, a reference ``local_model`` resolves) is loaded, once, only for the others. Answers are read
     in the format the model writes (``evaluate.written_format``)."""
     options, logger = cfg.storage.storage_options, get_run_logger()
-    backend = None
+    backend: TeacherBackend | None = None
     count = 0
-    with progress.unit(f"eval {label}" + ("" if train_seed is None else f" seed {train_seed}")):
+    with ExitStack() as loaded, progress.unit(f"eval {label}" + ("" if train_seed is None else f" seed {train_seed}")):
         for unit, problems in pieces:
             stored = stored_evaluation(cfg, identity, label, train_seed, unit.benchmark, problems)
             rows = None
             if storage.exists(stored, options):
                 try:
-                    rows = storage.read_parquet(stored, EVALUATION_SCHEMA, options).to_pylist()
+                    rows = _stored_rows(stored, backend_kind(label, cfg), options)
                 except (storage.StorageError, SchemaError) as err:
                     logger.warning("evaluation store: %s; evaluated again", err)
             if rows is None:
-                backend = backend or _load(label, train_seed, model, cfg)
+                backend = backend or loaded.enter_context(_loaded(label, model, cfg))
                 rows = evaluation_rows(backend, label, train_seed, unit.benchmark, problems, cfg)
                 storage.write_parquet(to_table(rows, EVALUATION_SCHEMA), stored, options)
                 stores.describe(cfg, Role.EVALUATION, fingerprints.evaluation(cfg))  # for heal store ls
@@ -74,17 +68,34 @@ def evaluate_model(
     return count
 
 
-def _load(label: str, train_seed: int | None, model: str, cfg: HealConfig) -> TeacherBackend:
-    """The teacher on its configured backend (the shards' cached one); students on HF: a server serves only the
-    teacher, and one process cannot free a vLLM engine reliably to load the next model."""
+def _stored_rows(stored: str, kind: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of an evaluation store object. One written before results named their backend (heal 0.1) gets the
+    backend its key says (``backend_key``: at the defaults of then, the key of today's defaults)."""
+    table = storage.read_parquet(stored, None, options)
+    if "backend" not in table.column_names:
+        table = table.append_column("backend", pa.array([kind] * table.num_rows, pa.string()))
+    return conform(table, EVALUATION_SCHEMA, source=stored).to_pylist()
+
+
+@contextmanager
+def _loaded(label: str, model: str, cfg: HealConfig) -> Iterator[TeacherBackend]:
+    """The model on its evaluation backend (``evaluate.backend_kind``), released on exit. The teacher on its own
+    backend is the shards' cached one, kept for the worker's next shard; a model heal serves gets a server of its
+    own for the evaluation (``heal_core/backends/served.py``)."""
     path = local_model(model, cfg)
-    try:
-        if label == "teacher":
-            return teacher_backend(cfg.teacher, path)
-        return build_backend(cfg.teacher, path, dtype=cfg.student.dtype, kind="hf")
-    except Exception as err:  # transformers, safetensors and the engines each raise their own kinds
-        seed = "" if train_seed is None else f" seed {train_seed}"
-        raise ModelNotLoadable(f"{label}{seed}: {path} cannot be loaded for evaluation: {err}") from err
+    kind, dtype = backend_key(label, cfg)[:2]
+    with ExitStack() as stack:
+        try:
+            if label == "teacher" and kind == cfg.teacher.backend:
+                backend = teacher_backend(cfg.teacher, path)
+            elif served_by_heal(label, cfg):
+                backend = OpenAIBackend(stack.enter_context(served(cfg, path, dtype)), path)
+                stack.callback(backend.close)
+            else:
+                backend = build_backend(cfg.teacher, path, dtype=dtype, kind=kind)  # type: ignore[arg-type]
+        except Exception as err:  # transformers, safetensors, the engines and the servers each raise their own kinds
+            raise ModelNotLoadable(f"{path} cannot be loaded by the {kind} backend: {err}") from err
+        yield backend
 
 
 @task(cache_policy=NO_CACHE)

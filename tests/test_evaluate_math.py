@@ -24,8 +24,9 @@ def test_pass_at_k_estimator():
         pass_at_k(3, 1, 4)
 
 
-def _row(model: str, benchmark: str, problem: str, correct: int, metadata=None, temperature: float = 0.7) -> dict:
-    return {"model": model, "model_path": f"/m/{model}", "benchmark": benchmark, "problem_id": problem,
+def _row(model: str, benchmark: str, problem: str, correct: int, metadata=None, temperature: float = 0.7,
+         backend: str = "hf") -> dict:
+    return {"model": model, "model_path": f"/m/{model}", "backend": backend, "benchmark": benchmark, "problem_id": problem,
             "metadata": metadata or {}, "samples": 2, "correct": correct, "pass_at_1": correct / 2,
             "pass_at_k": pass_at_k(2, correct, 2), "temperature": temperature, "top_p": 0.95, "top_k": 0,
             "max_new_tokens": 16, "seed": 0}
@@ -59,6 +60,8 @@ def test_summary_never_averages_rows_drawn_with_other_settings():
     rows = [_row("teacher", "gsm8k_test", "a", 2, temperature=0.7), _row("teacher", "gsm8k_test", "b", 0, temperature=1.0)]
     summary = summarize(rows)
     assert [(r["temperature"], r["problems"], r["pass_at_1"]) for r in summary] == [(0.7, 1, 1.0), (1.0, 1, 0.0)]
+    rows = [_row("heal", "held_out", "a", 2), _row("heal", "held_out", "a", 0, backend="openai")]  # nor other backends
+    assert [(r["backend"], r["problems"], r["pass_at_1"]) for r in summarize(rows)] == [("hf", 1, 1.0), ("openai", 1, 0.0)]
 
 
 def test_headline_accuracy_is_the_held_out_set_and_the_report_compares_models_per_benchmark():

@@ -86,3 +86,59 @@ def test_shards_give_an_uncut_evaluation_s_rows_and_a_broken_model_fails_alone(p
     rows = pq.read_table(cut.evaluation).to_pylist()
     assert [(r["model"], r["problem_id"]) for r in rows] == [(r["model"], r["problem_id"]) for r in uncut]
     assert rows == uncut  # a problem's samples are seeded by its id: the cut changes no result
+
+
+def test_openai_backend_serves_each_model_and_samples_as_transformers_does(prefect_api, tmp_path, monkeypatch):
+    """``evaluation.backend: openai`` without ``vllm_python``: heal serves each model (teacher, student base, a
+    trained student: here the bundled demo models, which solve some of the demo's problems) with its own server on
+    transformers for the length of its evaluation and samples it through the OpenAI backend; the rows say so, no
+    server outlives its evaluation, and every problem's draws are the in-process backend's (both draw choice j of a
+    problem with its seed + j), problem by problem."""
+    import psutil
+
+    from flows.evaluate import heal_eval
+    from heal_core.demo import bundled_model, demo_defaults
+    from rows import problems_file
+    from tasks.training import TrainedModel
+
+    monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
+    students = [TrainedModel("heal", 0, str(bundled_model("teacher")))]  # a student as good as the teacher
+    held_out = problems_file(tmp_path / "eval.jsonl", "eval", 8)
+    rows = {}
+    for backend in ("hf", "openai"):
+        cfg = parse_config(demo_defaults(), [f"evaluation.uri={held_out}", "evaluation.samples=4",
+                                             f"storage.uri={tmp_path / backend}", f"evaluation.backend={backend}"])
+        layout = Run.of(cfg, backend)
+        assert heal_eval(layout.root, cfg, students) == 3 * 8
+        rows[backend] = pq.read_table(layout.evaluation).to_pylist()
+    assert {r["backend"] for r in rows["openai"]} == {"openai"} and {r["backend"] for r in rows["hf"]} == {"hf"}
+    assert not [p for p in psutil.Process().children(recursive=True) if "serve-teacher" in " ".join(p.cmdline())]
+
+    def draws(table: list[dict]) -> list[tuple]:
+        return [(r["model"], r["problem_id"], r["samples"], r["correct"]) for r in table]
+
+    assert sum(r["correct"] for r in rows["hf"]) > 0  # something to compare: the demo models solve some
+    assert draws(rows["openai"]) == draws(rows["hf"])
+
+
+def test_the_evaluation_store_keys_by_backend_and_keeps_heal_0_1_keys_at_the_default(tmp_path):
+    from heal_core import fingerprints, stores
+    from heal_core.demo import demo_defaults, demo_problems
+    from heal_core.evaluate import stored_evaluation
+
+    problems = demo_problems("eval")[:2]
+
+    def key(label: str, *overrides: str) -> str:
+        cfg = parse_config(demo_defaults(), [f"storage.uri={tmp_path}", *overrides])
+        return stored_evaluation(cfg, "model-id", label, None, "held_out", problems)
+
+    students = {b: key("student_base", f"evaluation.backend={b}") for b in ("hf", "vllm", "openai")}
+    served_by_vllm = key("student_base", "evaluation.backend=openai", "evaluation.vllm_python=/envs/vllm/bin/python")
+    assert len({*students.values(), served_by_vllm}) == 4
+    assert key("student_base") == students["hf"] and key("teacher") == key("teacher", "evaluation.backend=hf")
+
+    cfg = parse_config(demo_defaults(), [f"storage.uri={tmp_path}"])  # the key as heal 0.1 computed it
+    old = {"evaluation": fingerprints.evaluation(cfg), "model": "model-id", "label": "student_base", "train_seed": None,
+           "backend": ("hf", cfg.student.dtype), "reasoning_format": cfg.student.reasoning_format, "set": "held_out",
+           "problems": [(p.problem_id, p.problem, p.answer, sorted(p.metadata.items())) for p in problems]}
+    assert key("student_base") == stores.evaluation_object(cfg, fingerprints.digest(old))

@@ -100,6 +100,24 @@ def test_a_shard_runs_on_the_engine_with_pure_verdicts_as_hf_gives(engine, hf, c
     assert sum(a.verdict == b.verdict for a, b in zip(ours, theirs, strict=True)) >= 0.95 * len(work)
 
 
+def test_a_model_evaluated_on_the_engine_scores_within_noise_of_transformers(engine, hf, cfg):
+    """``evaluation.backend: vllm`` samples a model with this engine class through ``heal_core.evaluate`` (the
+    teacher's engine stands in for a student's: one engine per process); pass@1 over 16 held-out problems x 4
+    samples is within 3 standard errors of the difference of two proportions of transformers' own evaluation."""
+    from heal_core.evaluate import evaluate, evaluation_sampling
+
+    problems = demo_problems("eval")[:16]
+    sampling = evaluation_sampling(cfg)
+    scores = {}
+    for name, backend in (("vllm", engine), ("hf", hf)):
+        results = evaluate(backend, problems, cfg.teacher.prompt_template, sampling, k=sampling.n)
+        scores[name] = sum(r.correct for r in results) / sum(r.samples for r in results)
+    n = 16 * sampling.n
+    (p, q) = scores["vllm"], scores["hf"]
+    assert 0 < p and 0 < q, scores
+    assert abs(p - q) <= 3 * ((p * (1 - p) / n + q * (1 - q) / n) ** 0.5), scores
+
+
 def test_an_engine_that_dies_fails_the_call_loudly(cfg):
     """A dead engine core fails the call at once with ``BackendUnavailable`` (retried, never recorded), and the
     backend says it is no longer alive, so a retry builds a new one. vLLM's own client would wait forever."""

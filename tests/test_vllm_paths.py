@@ -147,6 +147,7 @@ def test_students_evaluated_on_vllm_s_server_match_transformers_within_noise(pre
       size, 24, so its evaluation fails with that reason, found by the server's first request, while the others'
       finish."""
     from flows.evaluate import EvaluationFailed, heal_eval
+    from heal_core.backends.served import SERVED_NAME
     from heal_core.evaluate import EvalUnit
     from heal_core.run import Run
     from tasks.training import TrainedModel
@@ -156,6 +157,7 @@ def test_students_evaluated_on_vllm_s_server_match_transformers_within_noise(pre
     students = [TrainedModel("heal", 0, TEACHER), TrainedModel("rs_sft", 0, str(bundled_model("student")))]
     units = [EvalUnit("student_base", None, "held_out", 0, 16), EvalUnit("heal", 0, "held_out", 0, 16)]
     unsupported = EvalUnit("rs_sft", 0, "held_out", 0, 16)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     found = {}
     for backend, extra in (("hf", []), ("openai", [f"evaluation.vllm_python={VLLM_PYTHON}", "teacher.vllm.kv_cache_gib=1"])):
         cfg = parse_config(demo_defaults(), [f"evaluation.uri={held_out}", "evaluation.samples=4", f"student.model={TEACHER}",
@@ -169,7 +171,9 @@ def test_students_evaluated_on_vllm_s_server_match_transformers_within_noise(pre
             assert not Path(run.evaluation_part(unsupported.name)).exists()
         found[backend] = [row for unit in units for row in pq.read_table(Path(run.evaluation_part(unit.name))).to_pylist()]
     assert {r["backend"] for r in found["openai"]} == {"openai"}
-    assert not [p for p in psutil.Process().children(recursive=True) if "vllm" in " ".join(p.cmdline())]
+    served = [p.cmdline() for p in psutil.Process().children(recursive=True)
+              if p.pid not in before and {"serve-teacher", SERVED_NAME} & set(p.cmdline())]
+    assert not served, served  # every server an evaluation started is stopped
     hf, served = _pass_at_1(found["hf"]), _pass_at_1(found["openai"])
     print("pass@1 on 16 problems x 4: transformers", hf, "vLLM's server", served)
     for model, (p, n) in hf.items():

@@ -153,5 +153,20 @@ def run(dist: DistributedConfig, gpus: int, machine_rank: int, args: list[str], 
                 process.wait()
     watch()
     if process.returncode:
-        tail = log.read_text(errors="replace").splitlines()[-25:]
-        raise RuntimeError(f"training processes exited with {process.returncode} (log: {log}):\n" + "\n".join(tail))
+        excerpt = failure_excerpt(log.read_text(errors="replace"))
+        raise RuntimeError(f"training processes exited with {process.returncode} (log: {log}):\n{excerpt}")
+
+
+def failure_excerpt(log: str, lines: int = 25) -> str:
+    """What a failed launch's error quotes from its log. torchrun ends a failed launch with its own report
+    (its traceback, then each rank's exit code and signal), which says which process died but not why: a rank
+    killed by a signal (gloo's aborts on a broken connection, a native crash) leaves its reason just before.
+    So the excerpt is the processes' last ``lines`` lines before that report, then the report's root cause."""
+    text = log.splitlines()
+    starts = [i for i, line in enumerate(text) if line.startswith("Traceback (most recent call last)")]
+    report = starts[-1] if starts and any("ChildFailedError" in line for line in text[starts[-1]:]) else None
+    if report is None:
+        return "\n".join(text[-lines:])
+    root = next((i for i in range(report, len(text)) if text[i].startswith("Root Cause")), len(text))
+    cause = [line for line in text[root:] if line.strip() and not set(line.strip()) <= set("=-")]
+    return "\n".join([*text[max(0, report - lines):report], "[torchrun's report]", *cause])

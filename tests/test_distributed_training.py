@@ -170,6 +170,18 @@ def test_refused_before_training(student, examples, tmp_path):
     launch.check(DistributedConfig(processes_per_node=0), gpus=4)  # one per GPU: always fits
 
 
+def test_a_failed_launch_says_why_each_process_died(tmp_path):
+    """torchrun's own report (exit codes, signals) fills the end of a failed launch's log; the error quotes the
+    processes' last words before it, here the spec each of them could not read, and the report's root cause."""
+    missing = tmp_path / "absent" / "spec.json"
+    dist = DistributedConfig(processes_per_node=2, main_port=_free_port())
+    with pytest.raises(RuntimeError) as failed:
+        launch.run(dist, 0, 0, [str(missing)], tmp_path / "launch.log", bf16=False)
+    message = str(failed.value)
+    assert "FileNotFoundError" in message and str(missing) in message
+    assert "[torchrun's report]" in message and "exitcode  : 1" in message
+
+
 def _installed(module: str) -> bool:
     import importlib.util
 

@@ -31,10 +31,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test suite's server helpers
-from servers import postgres_url, prefect_server, stop  # noqa: E402
+from servers import postgres_url, prefect_server, stop
 
-from heal_core.config import HealConfig, parse_config  # noqa: E402
-from heal_core.demo import demo_defaults, demo_problems  # noqa: E402
+from heal_core.config import HealConfig, parse_config
+from heal_core.demo import demo_defaults, demo_problems
 
 HEAL = str(Path(sys.executable).parent / "heal")
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -46,12 +46,25 @@ def _time(value: str) -> float:
 
 def config(tmp: Path, args: argparse.Namespace) -> HealConfig:
     problems = tmp / "problems.jsonl"
-    problems.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
-                                for p in demo_problems("generation")[: args.problems]))
-    return parse_config(demo_defaults(), [
-        f"problems.uri={problems}", f"storage.uri={tmp / 'store'}", f"orchestration.shard_size={args.problems}",
-        "orchestration.poll_seconds=1", f"pace.variants=[{args.variants}]", f"pace.seeds=[{args.seeds}]",
-        f"evaluation.max_problems={args.eval_problems}", f"evaluation.shard_size={args.eval_shard}"])
+    problems.write_text(
+        "".join(
+            json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
+            for p in demo_problems("generation")[: args.problems]
+        )
+    )
+    return parse_config(
+        demo_defaults(),
+        [
+            f"problems.uri={problems}",
+            f"storage.uri={tmp / 'store'}",
+            f"orchestration.shard_size={args.problems}",
+            "orchestration.poll_seconds=1",
+            f"pace.variants=[{args.variants}]",
+            f"pace.seeds=[{args.seeds}]",
+            f"evaluation.max_problems={args.eval_problems}",
+            f"evaluation.shard_size={args.eval_shard}",
+        ],
+    )
 
 
 def measure(workers: int, tmp: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -60,27 +73,44 @@ def measure(workers: int, tmp: Path, args: argparse.Namespace) -> dict[str, floa
     home = tmp / "prefect"
     home.mkdir()
     with prefect_server(home, postgres_url()) as server:
-        env = {**os.environ, "PREFECT_API_URL": server.api, "PREFECT_WORKER_QUERY_SECONDS": "1",
-               "PREFECT_HOME": str(home), "HEAL_CACHE_DIR": str(tmp / "cache")}
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": server.api,
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_HOME": str(home),
+            "HEAL_CACHE_DIR": str(tmp / "cache"),
+        }
         subprocess.run([HEAL, "deploy", str(tmp / "bench.yaml")], env=env, check=True, capture_output=True)
         logs = [open(tmp / f"worker-{i}.log", "wb") for i in range(workers + 1)]  # noqa: SIM115 -- closed below
         procs = [subprocess.Popen([HEAL, "worker", "--pool", "cpu"], env=env, stdout=logs[0], stderr=logs[0])]
         threads = max(1, (os.cpu_count() or 1) // workers) if args.threads == "auto" else int(args.threads)
         gpu_env = {**env, "OMP_NUM_THREADS": str(threads)} if threads else env
-        procs += [subprocess.Popen([HEAL, "worker", "--pool", "gpu", "--limit", "1", "--name", f"gpu-{i}"],
-                                   env=gpu_env, stdout=logs[i + 1], stderr=logs[i + 1]) for i in range(workers)]
+        procs += [
+            subprocess.Popen(
+                [HEAL, "worker", "--pool", "gpu", "--limit", "1", "--name", f"gpu-{i}"],
+                env=gpu_env,
+                stdout=logs[i + 1],
+                stderr=logs[i + 1],
+            )
+            for i in range(workers)
+        ]
         try:
             with httpx.Client(base_url=server.api, timeout=30) as client:
                 dep = client.get("/deployments/name/heal-pipeline/heal-pipeline").raise_for_status().json()["id"]
                 body = {"parameters": {"config": cfg.model_dump(mode="json"), "run_id": "bench"}}
                 parent = client.post(f"/deployments/{dep}/create_flow_run", json=body).raise_for_status().json()["id"]
                 deadline = time.monotonic() + args.timeout
-                while (run := client.get(f"/flow_runs/{parent}").raise_for_status().json())["state"]["type"] not in FINAL:
+                while (run := client.get(f"/flow_runs/{parent}").raise_for_status().json())["state"][
+                    "type"
+                ] not in FINAL:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"the run did not finish in {args.timeout} s: see {tmp}")
                     time.sleep(2)
-                children = client.post("/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["heal-run:bench"]}}}
-                                       ).raise_for_status().json()
+                children = (
+                    client.post("/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["heal-run:bench"]}}})
+                    .raise_for_status()
+                    .json()
+                )
         finally:
             for proc in procs:
                 stop(proc)
@@ -91,9 +121,13 @@ def measure(workers: int, tmp: Path, args: argparse.Namespace) -> dict[str, floa
     train = [r for r in children if r["name"].startswith("bench-train-")]
     evals = [r for r in children if r["name"].startswith("bench-eval-")]
     start = min(_time(r["start_time"]) for r in train)
-    return {"train_runs": len(train), "eval_runs": len(evals), "parent_s": _time(run["end_time"]) - _time(run["start_time"]),
-            "train_s": max(_time(r["end_time"]) for r in train) - start,
-            "train_eval_s": max(_time(r["end_time"]) for r in evals) - start}
+    return {
+        "train_runs": len(train),
+        "eval_runs": len(evals),
+        "parent_s": _time(run["end_time"]) - _time(run["start_time"]),
+        "train_s": max(_time(r["end_time"]) for r in train) - start,
+        "train_eval_s": max(_time(r["end_time"]) for r in evals) - start,
+    }
 
 
 def main() -> None:
@@ -113,14 +147,18 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             results[workers] = measure(workers, Path(tmp), args)
         print(f"{workers} worker(s): {json.dumps(results[workers])}", flush=True)
-    print(f"{args.problems} demo problems, variants {args.variants} x seeds {args.seeds}, {args.eval_problems} held-out "
-          f"problems in shards of {args.eval_shard}; server: {'PostgreSQL' if postgres_url() else 'SQLite'}; "
-          f"threads per worker: {args.threads}")
+    print(
+        f"{args.problems} demo problems, variants {args.variants} x seeds {args.seeds}, {args.eval_problems} held-out "
+        f"problems in shards of {args.eval_shard}; server: {'PostgreSQL' if postgres_url() else 'SQLite'}; "
+        f"threads per worker: {args.threads}"
+    )
     print("| GPU-pool workers | heal-train runs | heal-eval runs | training s | training + evaluation s | parent s |")
     print("|---|---|---|---|---|---|")
     for workers, r in results.items():
-        print(f"| {workers} | {r['train_runs']} | {r['eval_runs']} | {r['train_s']:.1f} | {r['train_eval_s']:.1f} | "
-              f"{r['parent_s']:.1f} |")
+        print(
+            f"| {workers} | {r['train_runs']} | {r['eval_runs']} | {r['train_s']:.1f} | {r['train_eval_s']:.1f} | "
+            f"{r['parent_s']:.1f} |"
+        )
     if len(counts) == 2:
         low, high = (results[n]["train_eval_s"] for n in counts)
         print(f"training + evaluation wall time, {counts[1]} workers / {counts[0]}: {high / low:.2f}")

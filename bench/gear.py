@@ -36,7 +36,6 @@ from heal_core.demo import bundled_model
 from heal_core.demo.teacher import demo_config, split
 from heal_core.shard import generate_shard
 
-
 STAGES = {"sample_stage1": "I", "sample_hinted": "II", "repair": "III"}
 
 
@@ -77,6 +76,7 @@ def _tagged(backend: MeteredBackend, stage: str, fn):
     def run(*args, **kwargs):
         backend.stage = stage
         return fn(*args, **kwargs)
+
     return run
 
 
@@ -124,18 +124,28 @@ def main() -> None:
     overrides = list(args.overrides)
     if args.quick:
         args.problems, args.threads = 3, 1  # one thread: a tiny model gains nothing, and threads stall on a busy box
-        overrides = ["teacher.sampling.n=3", "hints.n=2", "gear.failed_paths=1", "gear.continuations=2",
-                     "teacher.sampling.max_new_tokens=96", *overrides]
+        overrides = [
+            "teacher.sampling.n=3",
+            "hints.n=2",
+            "gear.failed_paths=1",
+            "gear.continuations=2",
+            "teacher.sampling.max_new_tokens=96",
+            *overrides,
+        ]
     torch.set_num_threads(args.threads)
     cfg, worked, backend, out, wall = run_shard(args, overrides)
     bare = HFBackend(args.model, "float32", "cpu", cfg.teacher.max_batch_sequences)
     measured = replay(bare, backend.calls, cfg.teacher.sampling)
     rows = out.trajectories
-    stage_tokens = {str(n): sum(r.num_tokens for r in rows if r.stage == i) for i, n in ((1, "I"), (2, "II"), (3, "III"))}
+    stage_tokens = {
+        str(n): sum(r.num_tokens for r in rows if r.stage == i) for i, n in ((1, "I"), (2, "II"), (3, "III"))
+    }
     for kind in ("I", "II", "III"):
         if kind in measured and measured[kind][0] != stage_tokens[kind]:
-            raise SystemExit(f"stage {kind}: the full-batch replay generated {measured[kind][0]} tokens, the shard "
-                             f"{stage_tokens[kind]}: not the same rows, so not like for like")
+            raise SystemExit(
+                f"stage {kind}: the full-batch replay generated {measured[kind][0]} tokens, the shard "
+                f"{stage_tokens[kind]}: not the same rows, so not like for like"
+            )
     buckets = defaultdict(int)
     for stats in out.stats.values():
         buckets[stats.bucket] += 1
@@ -146,24 +156,32 @@ def main() -> None:
     repaired_parents = {r.repair.parent_sample_id for r in stage3 if r.repair}
     tokens3 = sum(r.num_tokens for r in stage3)
 
-    print(f"{len(worked)} demo problems ({min(w.steps for w in worked)}-{max(w.steps for w in worked)} steps), "
-          f"teacher {args.model}; N={cfg.teacher.sampling.n}, hints.n={cfg.hints.n}, GEAR "
-          f"{cfg.gear.failed_paths} paths x {cfg.gear.continuations} continuations, waves of "
-          f"{cfg.gear.wave_paths} path(s); {wall:.0f} s wall on {torch.get_num_threads()} threads")
+    print(
+        f"{len(worked)} demo problems ({min(w.steps for w in worked)}-{max(w.steps for w in worked)} steps), "
+        f"teacher {args.model}; N={cfg.teacher.sampling.n}, hints.n={cfg.hints.n}, GEAR "
+        f"{cfg.gear.failed_paths} paths x {cfg.gear.continuations} continuations, waves of "
+        f"{cfg.gear.wave_paths} path(s); {wall:.0f} s wall on {torch.get_num_threads()} threads"
+    )
     print(f"buckets: {dict(buckets)}")
     print()
-    print("| teacher work | calls | done in the shard | shard s | shard rate | full-batch s | full-batch rate | ratio |")
+    print(
+        "| teacher work | calls | done in the shard | shard s | shard rate | full-batch s | full-batch rate | ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for kind, (done, shard_s, full_s) in measured.items():
         unit = "tokens" if kind in ("I", "II", "III") else "trajectories"
         name = f"Stage {kind} generation" if unit == "tokens" else kind
         calls = sum(k == kind for k, _, _ in backend.calls)
-        print(f"| {name} | {calls} | {done:,} {unit} | {shard_s:.1f} | {done / shard_s:,.0f}/s | {full_s:.1f} | "
-              f"{done / full_s:,.0f}/s | {full_s / shard_s:.2f} |")
+        print(
+            f"| {name} | {calls} | {done:,} {unit} | {shard_s:.1f} | {done / shard_s:,.0f}/s | {full_s:.1f} | "
+            f"{done / full_s:,.0f}/s | {full_s / shard_s:.2f} |"
+        )
     generation = [measured[k] for k in ("I", "II", "III") if k in measured]
     total, shard_s, full_s = (sum(x[i] for x in generation) for i in range(3))
-    print(f"| all generation | {sum(k in ('I', 'II', 'III') for k, _, _ in backend.calls)} | {total:,} tokens | "
-          f"{shard_s:.1f} | {total / shard_s:,.0f}/s | {full_s:.1f} | {total / full_s:,.0f}/s | {full_s / shard_s:.2f} |")
+    print(
+        f"| all generation | {sum(k in ('I', 'II', 'III') for k, _, _ in backend.calls)} | {total:,} tokens | "
+        f"{shard_s:.1f} | {total / shard_s:,.0f}/s | {full_s:.1f} | {total / full_s:,.0f}/s | {full_s / shard_s:.2f} |"
+    )
     print()
     print("| stage | samples | tokens generated | verified | kept | tokens per kept sample |")
     print("|---|---|---|---|---|---|")
@@ -182,7 +200,9 @@ def main() -> None:
     print(f"| skipped (reason in lineage) | {len(out.skips)} |")
     print(f"| continuations | {len(stage3)} |")
     print(f"| verified | {sum(r.verified for r in stage3)} |")
-    print(f"| verified but leaking the hint | {sum(r.verified and bool(r.hint and r.hint.leaked_hint) for r in stage3)} |")
+    print(
+        f"| verified but leaking the hint | {sum(r.verified and bool(r.hint and r.hint.leaked_hint) for r in stage3)} |"
+    )
     print(f"| rejected by PURE | {sum(r.pure is not None and not r.pure.kept for r in stage3)} |")
     print(f"| kept | {len(kept3)} |")
     print(f"| problems rescued (>= 1 kept repair) | {len(rescued)} of {len(extreme)} |")
@@ -194,8 +214,10 @@ def main() -> None:
         same = sorted(r.sample_id for r in once3 if r.kept) == sorted(r.sample_id for r in kept3)
         once_tokens = sum(r.num_tokens for r in once3)
         print(f"| all paths in one wave: continuations, tokens, s | {len(once3)}, {once_tokens:,}, {once_wall:.0f} |")
-        print(f"| all paths in one wave: teacher tokens per kept repair | "
-              f"{once_tokens / max(1, sum(r.kept for r in once3)):,.0f} |")
+        print(
+            f"| all paths in one wave: teacher tokens per kept repair | "
+            f"{once_tokens / max(1, sum(r.kept for r in once3)):,.0f} |"
+        )
         print(f"| kept repairs the same rows as in one wave | {'yes' if same else 'NO'} |")
         if not same:
             raise SystemExit("waves changed the kept repairs")
@@ -203,7 +225,9 @@ def main() -> None:
     if kept3:
         print(f"teacher tokens per kept Stage III sample: {tokens3 / len(kept3):,.0f}")
     else:
-        print(f"teacher tokens per kept Stage III sample: n/a (0 kept of {len(stage3)} continuations, {tokens3} tokens)")
+        print(
+            f"teacher tokens per kept Stage III sample: n/a (0 kept of {len(stage3)} continuations, {tokens3} tokens)"
+        )
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test suite's server helpers
-from servers import postgres_url, prefect_server, stop  # noqa: E402
+from servers import postgres_url, prefect_server, stop
 
-from heal_core.config import parse_config  # noqa: E402
-from heal_core.demo import demo_defaults, demo_problems  # noqa: E402
-from tasks.generate import write_shards  # noqa: E402
-from heal_core.run import Run  # noqa: E402
+from heal_core.config import parse_config
+from heal_core.demo import demo_defaults, demo_problems
+from heal_core.run import Run
+from tasks.generate import write_shards
 
 HEAL = str(Path(sys.executable).parent / "heal")
 
@@ -62,16 +62,36 @@ def measure(db: str, shards: int, workers: int, tmp: Path) -> dict[str, float]:
     problems = tmp / "problems.jsonl"
     p = demo_problems("generation")[0]
     problems.write_text(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n")
-    cfg = parse_config(demo_defaults(), [f"problems.uri={problems}", f"storage.uri={tmp / f'store-{db}'}",
-                                         "teacher.sampling.n=2", "hints.n=2", "teacher.sampling.max_new_tokens=8"])
+    cfg = parse_config(
+        demo_defaults(),
+        [
+            f"problems.uri={problems}",
+            f"storage.uri={tmp / f'store-{db}'}",
+            "teacher.sampling.n=2",
+            "hints.n=2",
+            "teacher.sampling.max_new_tokens=8",
+        ],
+    )
     (tmp / "bench.yaml").write_text(cfg.to_yaml())
     with prefect_server(home, url) as server:
         api = server.api
-        env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_HOME": str(home),
-               "HEAL_CACHE_DIR": str(tmp / "cache")}
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": api,
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_HOME": str(home),
+            "HEAL_CACHE_DIR": str(tmp / "cache"),
+        }
         subprocess.run([HEAL, "deploy", str(tmp / "bench.yaml")], env=env, check=True, capture_output=True)
-        procs = [subprocess.Popen([HEAL, "worker", "--pool", "gpu", "--limit", "1", "--name", f"w{i}"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(workers)]
+        procs = [
+            subprocess.Popen(
+                [HEAL, "worker", "--pool", "gpu", "--limit", "1", "--name", f"w{i}"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(workers)
+        ]
         try:
             with httpx.Client(base_url=api, timeout=30) as client:
                 dep = client.get("/deployments/name/heal-shard/heal-shard").raise_for_status().json()["id"]
@@ -97,8 +117,11 @@ def measure(db: str, shards: int, workers: int, tmp: Path) -> dict[str, float]:
                 started = time.perf_counter()
                 runs = _wait_final(client, [launch(f"trivial-{i}") for i in range(shards)])
                 wall = time.perf_counter() - started
-                tasks = client.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [r["id"] for r in runs]}}}
-                                    ).raise_for_status().json()
+                tasks = (
+                    client.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [r["id"] for r in runs]}}})
+                    .raise_for_status()
+                    .json()
+                )
         finally:
             for proc in procs:
                 stop(proc)
@@ -106,9 +129,15 @@ def measure(db: str, shards: int, workers: int, tmp: Path) -> dict[str, float]:
     assert all(r["state"]["type"] == "COMPLETED" for r in runs), [r["state"] for r in runs]
     overhead = [_time(r["end_time"]) - _time(r["created"]) - own.get(r["id"], 0.0) for r in runs]
     queued = [_time(r["start_time"]) - _time(r["created"]) for r in runs]
-    return {"refused_503": refused, "wall_s": wall, "overhead_median_s": statistics.median(overhead), "overhead_max_s": max(overhead),
-            "queue_median_s": statistics.median(queued), "own_median_s": statistics.median(own.values()),
-            "per_shard_s": wall / shards}
+    return {
+        "refused_503": refused,
+        "wall_s": wall,
+        "overhead_median_s": statistics.median(overhead),
+        "overhead_max_s": max(overhead),
+        "queue_median_s": statistics.median(queued),
+        "own_median_s": statistics.median(own.values()),
+        "per_shard_s": wall / shards,
+    }
 
 
 def main() -> None:
@@ -123,11 +152,16 @@ def main() -> None:
             (Path(tmp) / db).mkdir()
             results[db] = measure(db, args.shards, args.workers, Path(tmp) / db)
     print(f"{args.shards} trivial heal-shard deployment runs, {args.workers} process workers")
-    print("| server | batch wall s | per shard s | overhead median s | overhead max s | queued median s | own compute median s | create refused (503) |")
+    print(
+        "| server | batch wall s | per shard s | overhead median s | overhead max s | queued median s "
+        "| own compute median s | create refused (503) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for db, r in results.items():
-        print(f"| {db} | {r['wall_s']:.1f} | {r['per_shard_s']:.2f} | {r['overhead_median_s']:.2f} | "
-              f"{r['overhead_max_s']:.2f} | {r['queue_median_s']:.2f} | {r['own_median_s']:.3f} | {r['refused_503']} |")
+        print(
+            f"| {db} | {r['wall_s']:.1f} | {r['per_shard_s']:.2f} | {r['overhead_median_s']:.2f} | "
+            f"{r['overhead_max_s']:.2f} | {r['queue_median_s']:.2f} | {r['own_median_s']:.3f} | {r['refused_503']} |"
+        )
     if len(results) == 2:
         print(f"postgres/sqlite batch wall time: {results['postgres']['wall_s'] / results['sqlite']['wall_s']:.2f}")
 

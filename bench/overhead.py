@@ -83,8 +83,18 @@ def instrument(clock: Clock) -> None:
     clock.wrap(heal_core.train, "train_stage", "training (whole stage)")
     for module in (heal_core.sampling, heal_core.evaluate):
         clock.wrap(module, "check_many", "verification")
-    for name in ("write_bytes", "read_bytes", "exists", "list_files", "write_parquet", "read_parquet",
-                 "write_json", "read_json", "put_dir", "get_dir"):
+    for name in (
+        "write_bytes",
+        "read_bytes",
+        "exists",
+        "list_files",
+        "write_parquet",
+        "read_parquet",
+        "write_json",
+        "read_json",
+        "put_dir",
+        "get_dir",
+    ):
         clock.wrap(storage, name, "storage")
     for name in ("markdown", "pass_rate_histogram", "entropy_trace", "pure_ratio_plot"):
         clock.wrap(heal_core.report, name, "report")
@@ -108,14 +118,26 @@ def main() -> None:
         os.environ["HEAL_CACHE_DIR"] = str(Path(tmp) / "cache")
         overrides = [f"storage.uri={tmp}/store"]
         if args.quick:
-            overrides += ["teacher.sampling.n=4", "hints.n=2", "pace.epochs=1", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]", "evaluation.samples=1",
-                          "evaluation.max_problems=4", "orchestration.shard_size=4"]
+            overrides += [
+                "teacher.sampling.n=4",
+                "hints.n=2",
+                "pace.epochs=1",
+                "pace.seeds=[0]",
+                "pace.variants=[heal,rs_sft]",
+                "evaluation.samples=1",
+                "evaluation.max_problems=4",
+                "orchestration.shard_size=4",
+            ]
         if args.quick:
             from heal_core.demo import demo_problems
 
             problems = Path(tmp) / "problems.jsonl"
-            problems.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer})
-                                        + "\n" for p in demo_problems("generation")[:8]))
+            problems.write_text(
+                "".join(
+                    json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
+                    for p in demo_problems("generation")[:8]
+                )
+            )
             overrides.append(f"problems.uri={problems}")
         cfg = parse_config(demo_defaults(), overrides)
         start = time.perf_counter()
@@ -123,7 +145,9 @@ def main() -> None:
         wall = time.perf_counter() - start
 
     seconds = dict(clock.seconds)
-    seconds["training set-up and save"] = seconds.pop("training (whole stage)", 0.0) - seconds.get("training steps", 0.0)
+    seconds["training set-up and save"] = seconds.pop("training (whole stage)", 0.0) - seconds.get(
+        "training steps", 0.0
+    )
     seconds["Prefect and the rest"] = wall - sum(seconds.values())
     print(f"heal run, embedded default{' (quick)' if args.quick else ''}: wall {wall:.1f} s")
     print("| part | seconds | share of wall |\n|---|---|---|")

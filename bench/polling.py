@@ -53,8 +53,14 @@ def measure(client: SyncPrefectClient, deployment: UUID, children: int) -> dict[
     collecting = (len(requests), time.perf_counter() - started)
     client._client.event_hooks["request"].clear()
     assert {run.id for run in ended} == ids and not gone, "a child was hidden"
-    return {"children": children, "one_read": one_read, "waiting_requests": waiting[0], "waiting_s": waiting[1],
-            "collecting_requests": collecting[0], "collecting_s": collecting[1]}
+    return {
+        "children": children,
+        "one_read": one_read,
+        "waiting_requests": waiting[0],
+        "waiting_s": waiting[1],
+        "collecting_requests": collecting[0],
+        "collecting_s": collecting[1],
+    }
 
 
 def main() -> None:
@@ -70,15 +76,20 @@ def main() -> None:
         client.create_work_pool(WorkPoolCreate(name="paused", type="process", is_paused=True), overwrite=True)
         flow_id = client.create_flow_from_name("heal-polling-child")
         for count in (int(c) for c in args.children.split(",")):
-            deployment = client.create_deployment(flow_id=flow_id, name=f"child-{count}", work_pool_name="paused",
-                                                  entrypoint="flows.shard:heal_shard")
+            deployment = client.create_deployment(
+                flow_id=flow_id, name=f"child-{count}", work_pool_name="paused", entrypoint="flows.shard:heal_shard"
+            )
             rows.append(measure(client, deployment, count))
-    print("| children | runs one unpaged read returns (the wait before) | requests per poll, nothing ended | its wall ms "
-          "| requests of the poll that collects them all | its wall ms |")
+    print(
+        "| children | runs one unpaged read returns (the wait before) | requests per poll, nothing ended | its wall ms "
+        "| requests of the poll that collects them all | its wall ms |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['children']:,} | {r['one_read']:,} | {r['waiting_requests']} | {1000 * r['waiting_s']:.0f} | "
-              f"{r['collecting_requests']} | {1000 * r['collecting_s']:.0f} |")
+        print(
+            f"| {r['children']:,} | {r['one_read']:,} | {r['waiting_requests']} | {1000 * r['waiting_s']:.0f} | "
+            f"{r['collecting_requests']} | {1000 * r['collecting_s']:.0f} |"
+        )
     top = rows[-1]
     print(f"requests per poll with {top['children']:,} children pending: {top['waiting_requests']}")
 

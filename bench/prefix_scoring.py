@@ -27,7 +27,7 @@ from heal_core.backends.hf import HFBackend
 from heal_core.testing import build_tiny_model
 
 LEAD, ANSWER, PROMPT = "\n\nThe final answer is \\boxed{", "1234", "Start with 7, then apply 40 operations."
-FILLER = "so we carry the digit , check the sum again and write the result down before the next step".split()
+FILLER = "so we carry the digit , check the sum again and write the result down before the next step".split()  # noqa: SIM905
 
 
 def best(fn, repeats: int = 3) -> float:
@@ -53,9 +53,13 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20, 40])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the best counts")
-    parser.add_argument("--step-words", type=int, default=0,
-                        help="explanatory words added to each step (default 0: bare 'a * b = c.' steps of ~12 tokens, "
-                             "shorter than the answer probe; real reasoning steps are longer)")
+    parser.add_argument(
+        "--step-words",
+        type=int,
+        default=0,
+        help="explanatory words added to each step (default 0: bare 'a * b = c.' steps of ~12 tokens, "
+        "shorter than the answer probe; real reasoning steps are longer)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--quick", action="store_true", help="smallest settings (CI): checks the script runs")
     args = parser.parse_args()
@@ -76,18 +80,30 @@ def main() -> None:
     print("| K | tokens | tokens/step | one pass ms | packed ms | naive ms | packed/one | naive/one |")
     print("|---|---|---|---|---|---|---|---|")
     for k in args.ks:
-        segments = [("\n\n" if j else "") + f"{rng.integers(10, 99)} * {rng.integers(2, 9)} = {rng.integers(100, 999)}"
-                    + "".join(f" {FILLER[(j + w) % len(FILLER)]}" for w in range(args.step_words)) + "."
-                    for j in range(k)]
+        segments = [
+            ("\n\n" if j else "")
+            + f"{rng.integers(10, 99)} * {rng.integers(2, 9)} = {rng.integers(100, 999)}"
+            + "".join(f" {FILLER[(j + w) % len(FILLER)]}" for w in range(args.step_words))
+            + "."
+            for j in range(k)
+        ]
         text = "".join(segments)
         tokens = len(backend.tokenizer.encode(text))
-        for warm_up in (lambda: backend.score(PROMPT, text), lambda: backend.score_prefixes([PrefixQuery(PROMPT, tuple(segments), LEAD, ANSWER)])):
+        for warm_up in (
+            lambda text=text: backend.score(PROMPT, text),
+            lambda segments=segments: backend.score_prefixes([PrefixQuery(PROMPT, tuple(segments), LEAD, ANSWER)]),
+        ):
             warm_up()  # untimed
-        one = best(lambda: backend.score(PROMPT, text), args.repeats)
-        packed = best(lambda: backend.score_prefixes([PrefixQuery(PROMPT, tuple(segments), LEAD, ANSWER)]), args.repeats)
-        slow = best(lambda: naive(backend, segments), args.repeats)
-        print(f"| {k} | {tokens} | {tokens / k:.0f} | {one * 1e3:.1f} | {packed * 1e3:.1f} | {slow * 1e3:.1f} | "
-              f"{packed / one:.2f} | {slow / one:.2f} |")
+        one = best(lambda text=text: backend.score(PROMPT, text), args.repeats)
+        packed = best(
+            lambda segments=segments: backend.score_prefixes([PrefixQuery(PROMPT, tuple(segments), LEAD, ANSWER)]),
+            args.repeats,
+        )
+        slow = best(lambda segments=segments: naive(backend, segments), args.repeats)
+        print(
+            f"| {k} | {tokens} | {tokens / k:.0f} | {one * 1e3:.1f} | {packed * 1e3:.1f} | {slow * 1e3:.1f} | "
+            f"{packed / one:.2f} | {slow / one:.2f} |"
+        )
     print()
     print(f"at K={k}: packed/one pass {packed / one:.2f}x (goal <= 1.5x), naive/packed {slow / packed:.1f}x")
 

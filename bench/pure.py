@@ -73,24 +73,34 @@ def main() -> None:
     started = time.perf_counter()
     rows = generate_shard(backend, problems, cfg).trajectories
     truth = Truth({p.problem_id: p for p in problems}, first_wrong_step, backend.decode)
-    print(f"PURE on the pipeline's own verified hinted samples: {len(problems)} problems, N={args.n} "
-          f"({time.perf_counter() - started:.0f} s on {torch.get_num_threads()} threads), "
-          f"lambda={cfg.pure.lam} eps={cfg.pure.eps}")
+    print(
+        f"PURE on the pipeline's own verified hinted samples: {len(problems)} problems, N={args.n} "
+        f"({time.perf_counter() - started:.0f} s on {torch.get_num_threads()} threads), "
+        f"lambda={cfg.pure.lam} eps={cfg.pure.eps}"
+    )
     print("| samples | scored | shortcuts (wrong step) | rejected | precision | recall | AUROC |")
     print("|---|---|---|---|---|---|---|")
     overall = None
     for name, stages in (("Stage II", (2,)), ("Stage III", (3,)), ("II + III", (2, 3))):
         result = pure_audit([r for r in rows if r.stage in stages], truth, cfg)
-        print(f"| {name} | {result.scored} | {result.wrong} | {result.rejected} | {_rate(result.precision)} "
-              f"| {_rate(result.recall)} | {_rate(result.auroc)} |")
+        print(
+            f"| {name} | {result.scored} | {result.wrong} | {result.rejected} | {_rate(result.precision)} "
+            f"| {_rate(result.recall)} | {_rate(result.auroc)} |"
+        )
         overall = result
 
     prompts = [cfg.teacher.prompt_template.format(problem=p.problem) for p in problems]
     rng = random.Random(0)
     labelled: list[tuple[str, str, str, str]] = []  # (kind, prompt, text, answer)
     for problem, prompt in zip(problems, prompts, strict=True):
-        genuine = next((r.text for r in rows if r.problem_id == problem.problem_id and r.stage == 1
-                        and r.verified and len(split_steps(r.text)) >= 4), None)
+        genuine = next(
+            (
+                r.text
+                for r in rows
+                if r.problem_id == problem.problem_id and r.stage == 1 and r.verified and len(split_steps(r.text)) >= 4
+            ),
+            None,
+        )
         if genuine is None:
             continue
         labelled.append(("genuine", prompt, genuine, problem.answer))
@@ -106,10 +116,15 @@ def main() -> None:
     for kind in ("genuine", "dropped", "corrupted", "early"):
         kept = [(r.ratio, not r.kept) for k, r in results if k == kind]
         if kept:
-            print(f"| {kind} | {len(kept)} | {np.median([x for x, _ in kept]):.3f} | {np.mean([y for _, y in kept]):.1%} |")
+            print(
+                f"| {kind} | {len(kept)} | {np.median([x for x, _ in kept]):.3f} "
+                f"| {np.mean([y for _, y in kept]):.1%} |"
+            )
     print(f"AUROC of R, genuine vs constructed: {_rate(auroc(shortcut_r, genuine_r))}")
-    print(f"PURE AUROC on the pipeline's own hinted samples: {_rate(overall.auroc)} "
-          f"({overall.scored} scored, {overall.wrong} shortcuts)")
+    print(
+        f"PURE AUROC on the pipeline's own hinted samples: {_rate(overall.auroc)} "
+        f"({overall.scored} scored, {overall.wrong} shortcuts)"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ def run_pass(problems, cfg, store_uri: str, teacher: str) -> dict:
     totals = {"seconds": 0.0, "reused": 0, "reselected": 0, "sampled": 0, "tokens": 0, "requests": 0}
     started = time.perf_counter()
     for i in range(0, len(problems), size):
-        out = generate_stored(problems[i:i + size], cfg, store, fingerprints.selection(cfg), teacher, backend,
-                              lambda: None)
+        out = generate_stored(
+            problems[i : i + size], cfg, store, fingerprints.selection(cfg), teacher, backend, lambda: None
+        )
         for key in ("reused", "reselected", "sampled"):
             totals[key] += getattr(out, key)
         totals["tokens"] += out.usage.tokens
@@ -63,19 +64,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as store:
         passes = {
             f"first run ({len(old)} problems)": run_pass(old, cfg, store, teacher),
-            f"second run ({len(problems)} problems, {len(problems) - len(old)} new)": run_pass(problems, cfg, store, teacher),
+            f"second run ({len(problems)} problems, {len(problems) - len(old)} new)": run_pass(
+                problems, cfg, store, teacher
+            ),
             "training-only change (pace.learning_rate)": run_pass(
-                problems, parse_config(demo_defaults(), ["pace.learning_rate=1e-3"]), store, teacher),
+                problems, parse_config(demo_defaults(), ["pace.learning_rate=1e-3"]), store, teacher
+            ),
             "new λ (pure.lam=0.1)": run_pass(problems, parse_config(demo_defaults(), ["pure.lam=0.1"]), store, teacher),
         }
     print("| pass | re-used / re-selected / sampled | teacher requests | teacher tokens | generation time |")
     print("|---|---|---|---|---|")
     for name, p in passes.items():
-        print(f"| {name} | {p['reused']} / {p['reselected']} / {p['sampled']} | {p['requests']} | {p['tokens']:,} "
-              f"| {p['seconds']:.1f} s |")
+        print(
+            f"| {name} | {p['reused']} / {p['reselected']} / {p['sampled']} | {p['requests']} | {p['tokens']:,} "
+            f"| {p['seconds']:.1f} s |"
+        )
     first, second, *_ = passes.values()
-    print(f"second run with {args.new_share:.0%} new problems: {second['seconds'] / first['seconds']:.1%} of the first "
-          f"run's generation time")
+    print(
+        f"second run with {args.new_share:.0%} new problems: {second['seconds'] / first['seconds']:.1%} of the first "
+        f"run's generation time"
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,13 @@ def sync(device: torch.device) -> None:
 def bare_generate(backend: HFBackend, rows: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
     """Plain ``model.generate`` over ``rows`` in calls of the backend's size; the raw output ids of each row."""
     config = GenerationConfig(
-        do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-        max_new_tokens=sampling.max_new_tokens, eos_token_id=backend.eos_ids, pad_token_id=backend.pad_id,
+        do_sample=True,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        max_new_tokens=sampling.max_new_tokens,
+        eos_token_id=backend.eos_ids,
+        pad_token_id=backend.pad_id,
     )
     out: list[list[int]] = []
     torch.manual_seed(sampling.seed)
@@ -55,7 +60,7 @@ def bare_generate(backend: HFBackend, rows: list[list[int]], sampling: SamplingC
         for start in range(0, len(rows), backend.batch_rows):
             input_ids, attention_mask = backend._left_pad(rows[start : start + backend.batch_rows])
             new = backend.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
-            out += new[:, input_ids.shape[1]:].cpu().tolist()
+            out += new[:, input_ids.shape[1] :].cpu().tolist()
     return out
 
 
@@ -84,10 +89,14 @@ def main() -> None:
         args.threads = 1  # a tiny model gains nothing from a second thread, and threads stall on a busy machine
     torch.set_num_threads(args.threads)
     hf_logging.disable_progress_bar()
-    model = args.model or str(build_tiny_model(tempfile.mkdtemp(), "qwen2", hidden_size=args.hidden, layers=args.layers))
+    model = args.model or str(
+        build_tiny_model(tempfile.mkdtemp(), "qwen2", hidden_size=args.hidden, layers=args.layers)
+    )
     dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     backend = HFBackend(model, dtype=dtype, device=args.device, max_batch_sequences=args.max_batch_sequences)
-    sampling = SamplingConfig(n=args.n, temperature=0.7, top_p=0.95, top_k=0, max_new_tokens=args.max_new_tokens, seed=0)
+    sampling = SamplingConfig(
+        n=args.n, temperature=0.7, top_p=0.95, top_k=0, max_new_tokens=args.max_new_tokens, seed=0
+    )
     prompts = [PROMPT.format(a=3 + i, b=7 * i % 50, c=2 + i % 7, d=i) for i in range(args.prompts)]
     requests = [Request(p, args.n, 1000 * i) for i, p in enumerate(prompts)]
     rows = sorted((backend._prompt_ids(p) for p in prompts for _ in range(args.n)), key=len, reverse=True)
@@ -98,7 +107,7 @@ def main() -> None:
         backend.generate(requests, sampling)
     times: dict[str, list[float]] = {"bare": [], "backend": []}
     for repeat in range(args.repeats):
-        for side in (("bare", "backend") if repeat % 2 == 0 else ("backend", "bare")):
+        for side in ("bare", "backend") if repeat % 2 == 0 else ("backend", "bare"):
             sync(backend.device)
             start = time.perf_counter()
             if side == "bare":
@@ -108,26 +117,34 @@ def main() -> None:
             sync(backend.device)
             times[side].append(time.perf_counter() - start)
 
-    tokens = {"bare": sum(len(trim(ids, backend.eos_ids)) for ids in bare),  # kept, up to and with the stop token
-              "backend": sum(len(g.token_ids) for per_prompt in ours for g in per_prompt)}
+    tokens = {
+        "bare": sum(len(trim(ids, backend.eos_ids)) for ids in bare),  # kept, up to and with the stop token
+        "backend": sum(len(g.token_ids) for per_prompt in ours for g in per_prompt),
+    }
     longest = sorted((len(g.token_ids) for per_prompt in ours for g in per_prompt), reverse=True)
     calls = range(0, len(rows), backend.batch_rows)
-    steps = {"bare": sum(max(len(ids) for ids in bare[c : c + backend.batch_rows]) for c in calls),
-             "backend": sum(max(longest[c : c + backend.batch_rows]) for c in calls)}  # its calls: longest rows first
+    steps = {
+        "bare": sum(max(len(ids) for ids in bare[c : c + backend.batch_rows]) for c in calls),
+        "backend": sum(max(longest[c : c + backend.batch_rows]) for c in calls),
+    }  # its calls: longest rows first
     if steps["bare"] != steps["backend"]:
         raise SystemExit(f"decoding steps differ (bare {steps['bare']}, backend {steps['backend']}): not like for like")
 
-    print(f"model: {params / 1e6:.2f} M params, vocab {len(backend.tokenizer)}, {dtype} on {backend.device}"
-          f" ({torch.get_num_threads()} threads); {args.prompts} prompts x n={args.n}, max_new_tokens="
-          f"{args.max_new_tokens}; tokens kept: bare {tokens['bare']}, backend {tokens['backend']}; decoding steps "
-          f"{steps['backend']} on both sides ({len(rows) * args.max_new_tokens} row-steps); best of {args.repeats}")
+    print(
+        f"model: {params / 1e6:.2f} M params, vocab {len(backend.tokenizer)}, {dtype} on {backend.device}"
+        f" ({torch.get_num_threads()} threads); {args.prompts} prompts x n={args.n}, max_new_tokens="
+        f"{args.max_new_tokens}; tokens kept: bare {tokens['bare']}, backend {tokens['backend']}; decoding steps "
+        f"{steps['backend']} on both sides ({len(rows) * args.max_new_tokens} row-steps); best of {args.repeats}"
+    )
     print()
     print("| side | best s | all runs s | tokens kept/s |")
     print("|---|---|---|---|")
     for side in ("bare", "backend"):
         best = min(times[side])
-        print(f"| {'bare model.generate' if side == 'bare' else 'HFBackend.generate (entropy, row seeds)'} | "
-              f"{best:.3f} | {', '.join(f'{t:.3f}' for t in times[side])} | {tokens[side] / best:,.0f} |")
+        print(
+            f"| {'bare model.generate' if side == 'bare' else 'HFBackend.generate (entropy, row seeds)'} | "
+            f"{best:.3f} | {', '.join(f'{t:.3f}' for t in times[side])} | {tokens[side] / best:,.0f} |"
+        )
     print()
     print(f"backend/bare decoding-step throughput: {min(times['bare']) / min(times['backend']):.3f}")
 

@@ -117,8 +117,14 @@ STEPS = ("curriculum", "report", "compare", "export", "train")
 RUN_ID = "scale"
 POOL_TOKENS = 1 << 22  # the trace pool: windows of it are the long part of every trace
 SURGE_SHARE = 0.03
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DO_NOT_TRACK": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "heal-scale"
 CLI = "import sys; from flows.cli import app; sys.argv[0] = 'heal'; app()"
@@ -131,8 +137,12 @@ MIB = 1 << 20
 def _demo_problem_file(path: Path, split: str, count: int) -> Path:
     from heal_core.demo import demo_problems
 
-    path.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
-                            for p in demo_problems(split)[:count]))
+    path.write_text(
+        "".join(
+            json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
+            for p in demo_problems(split)[:count]
+        )
+    )
     return path
 
 
@@ -164,9 +174,14 @@ def build_template(scratch: Path, quick: bool) -> Path:
     home.mkdir(parents=True)
     overrides = [f"storage.uri={home / 'store'}"]
     if quick:
-        overrides += [f"problems.uri={_demo_problem_file(home / 'problems.jsonl', 'generation', 12)}",
-                      f"evaluation.uri={_demo_problem_file(home / 'eval.jsonl', 'eval', 3)}", "evaluation.samples=2",
-                      "orchestration.shard_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]"]
+        overrides += [
+            f"problems.uri={_demo_problem_file(home / 'problems.jsonl', 'generation', 12)}",
+            f"evaluation.uri={_demo_problem_file(home / 'eval.jsonl', 'eval', 3)}",
+            "evaluation.samples=2",
+            "orchestration.shard_size=4",
+            "pace.seeds=[0]",
+            "pace.variants=[heal,rs_sft]",
+        ]
     cfg = parse_config(demo_defaults(), overrides, source="bench/scale.py template")
     print(f"template: generating {home} with the bundled teacher (once)", flush=True)
     torch.set_num_threads(1)  # the template's speed is not measured; a busy 2-core box slows 2 threads 10x
@@ -183,12 +198,19 @@ def build_template(scratch: Path, quick: bool) -> Path:
         storage.write_parquet(to_table(problems_to_records(chunk), PROBLEM_SCHEMA), run.shard_problems(shard))
         out = generate_stored(chunk, cfg, store, fingerprints.selection(cfg), teacher, backend, lambda: None)
         storage.write_parquet(trajectory.to_table(out.trajectories), run.shard_samples(shard))
-        storage.write_json({"shard": shard, "config_hash": cfg.config_hash(), "generation_fingerprint": fingerprint,
-                            "problems": len(chunk), "samples": len(out.trajectories),
-                            "stats": [asdict(s) for s in out.stats.values()],
-                            "gear_skips": [asdict(s) for s in out.skips],
-                            "generation": lineage_sources(out.reused, out.reselected, out.sampled, out.usage)},
-                           run.shard_lineage(shard))
+        storage.write_json(
+            {
+                "shard": shard,
+                "config_hash": cfg.config_hash(),
+                "generation_fingerprint": fingerprint,
+                "problems": len(chunk),
+                "samples": len(out.trajectories),
+                "stats": [asdict(s) for s in out.stats.values()],
+                "gear_skips": [asdict(s) for s in out.skips],
+                "generation": lineage_sources(out.reused, out.reselected, out.sampled, out.usage),
+            },
+            run.shard_lineage(shard),
+        )
     seconds = time.perf_counter() - started
     (home / "template.json").write_text(json.dumps({"problems": len(problems), "seconds": seconds}))
     return root
@@ -250,19 +272,36 @@ def load_template(root: Path) -> Template:
     for shard in range(shards):
         for problem in read_shard_problems(run, shard):
             if parse_problem(problem.problem) is None:
-                raise SystemExit(f"{root}: {problem.problem_id} is not a demo problem; the template must be a run on "
-                                 "the demo's problems")
+                raise SystemExit(
+                    f"{root}: {problem.problem_id} is not a demo problem; the template must be a run on "
+                    "the demo's problems"
+                )
             rows = by_problem.get(problem.problem_id, [])
             classes: dict[str, int] = {}
-            problems.append(TemplateProblem(
-                problem, rows, [classes.setdefault(texts[i], len(classes)) for i in rows],
-                [first_wrong_step(problem.problem, texts[i]) is None for i in rows],
-                [extracted[i] == gold[i] for i in rows], stats[problem.problem_id], skips.get(problem.problem_id, [])))
+            problems.append(
+                TemplateProblem(
+                    problem,
+                    rows,
+                    [classes.setdefault(texts[i], len(classes)) for i in rows],
+                    [first_wrong_step(problem.problem, texts[i]) is None for i in rows],
+                    [extracted[i] == gold[i] for i in rows],
+                    stats[problem.problem_id],
+                    skips.get(problem.problem_id, []),
+                )
+            )
     teacher = [r["generation"]["teacher"] for r in records]
     usage = {key: sum(t[key] for t in teacher) / len(problems) for key in ("requests", "scored")}
     light = full.drop_columns(list(HEAVY))
-    return Template(root, cfg, light, light.column("stage").to_pylist(), light.column("num_tokens").to_pylist(),
-                    problems, usage, records[0]["generation_fingerprint"])
+    return Template(
+        root,
+        cfg,
+        light,
+        light.column("stage").to_pylist(),
+        light.column("num_tokens").to_pylist(),
+        problems,
+        usage,
+        records[0]["generation_fingerprint"],
+    )
 
 
 def describe(template: Template) -> str:
@@ -274,9 +313,11 @@ def describe(template: Template) -> str:
     parts = [f"template {template.root}: {p} problems, {n} rows ({n / p:.3f} per problem)"]
     for stage in (1, 2, 3):
         mine = [r for r in rows if r["stage"] == stage]
-        parts.append(f"stage {stage}: {len(mine)} rows, {sum(r['verified'] for r in mine)} verified, "
-                     f"{sum(bool(r['leaked_hint']) for r in mine)} leaked, {sum(r['kept'] for r in mine)} kept, "
-                     f"PURE {dict(Counter(r['pure_verdict'] for r in mine))}")
+        parts.append(
+            f"stage {stage}: {len(mine)} rows, {sum(r['verified'] for r in mine)} verified, "
+            f"{sum(bool(r['leaked_hint']) for r in mine)} leaked, {sum(r['kept'] for r in mine)} kept, "
+            f"PURE {dict(Counter(r['pure_verdict'] for r in mine))}"
+        )
     buckets = dict(Counter(tp.stats["bucket"] for tp in template.problems))
     duplicates = sum(len(tp.rows) - len(set(tp.text_class)) for tp in template.problems)
     parts.append(f"buckets {buckets}; {duplicates} rows repeat an earlier row's (prompt, text) ({duplicates / n:.1%})")
@@ -306,8 +347,9 @@ def make_pool(tokenizer_dir: str, seed: int, tokens: int = POOL_TOKENS) -> Pool:
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     pieces = [tokenizer.decode([i]) for i in range(len(tokenizer))]
-    steps = [f"{a}{op}{k}={a + k if op == '+' else a - k}.\n\n"
-             for a in range(100) for op in "+-" for k in range(1, 21)]
+    steps = [
+        f"{a}{op}{k}={a + k if op == '+' else a - k}.\n\n" for a in range(100) for op in "+-" for k in range(1, 21)
+    ]
     encoded = [np.asarray(tokenizer.encode(step, add_special_tokens=False), dtype=np.int32) for step in steps]
     nprng = np.random.default_rng(seed)
     drawn = nprng.integers(0, len(steps), tokens // 6)
@@ -323,8 +365,16 @@ def make_pool(tokenizer_dir: str, seed: int, tokens: int = POOL_TOKENS) -> Pool:
     surges = nprng.random(ids.size) < SURGE_SHARE
     entropy = np.where(surges, nprng.gamma(2.0, 0.6, ids.size), nprng.exponential(0.02, ids.size)).astype(np.float32)
     starts = np.concatenate([[0], np.flatnonzero(ids == separator[0]) + 1])
-    return Pool(ids, entropy, text, offsets, starts[starts < ids.size - 1], pieces,
-                functools.partial(tokenizer.encode, add_special_tokens=False), separator[0])
+    return Pool(
+        ids,
+        entropy,
+        text,
+        offsets,
+        starts[starts < ids.size - 1],
+        pieces,
+        functools.partial(tokenizer.encode, add_special_tokens=False),
+        separator[0],
+    )
 
 
 @dataclasses.dataclass
@@ -362,8 +412,13 @@ def _new_problem(template: TemplateProblem, index: int, seed: int, truth: bool) 
     old = parse_problem(template.problem.problem)
     chain = make_chain(random.Random(f"scale:{seed}:{index}"), len(old.ops), old.hard)
     text = chain.problem_text() if truth else f"Problem {index}. {chain.problem_text()}"
-    return chain, Problem(problem_id=f"scale-{seed}-{index:06d}", problem=text, answer=str(chain.values()[-1]),
-                          source=template.problem.source, metadata=template.problem.metadata)
+    return chain, Problem(
+        problem_id=f"scale-{seed}-{index:06d}",
+        problem=text,
+        answer=str(chain.values()[-1]),
+        source=template.problem.source,
+        metadata=template.problem.metadata,
+    )
 
 
 def _solution(chain: Any, right: bool, boxed_gold: bool, rng: random.Random) -> str:
@@ -406,8 +461,16 @@ def plan_shards(template: Template, count: int, shard_size: int, seed: int, trut
         yield plan
 
 
-def shard_table(plan: ShardPlan, template: Template, pool: Pool, tokens: int, config_hash: str, cfg: Any,
-                seed: int, duplicates: bool = True) -> Any:
+def shard_table(
+    plan: ShardPlan,
+    template: Template,
+    pool: Pool,
+    tokens: int,
+    config_hash: str,
+    cfg: Any,
+    seed: int,
+    duplicates: bool = True,
+) -> Any:
     """One shard's sample rows in TRAJECTORY_SCHEMA: the template rows of its problems, with this shard's problems,
     ids, prompts and traces."""
     import numpy as np
@@ -431,15 +494,39 @@ def shard_table(plan: ShardPlan, template: Template, pool: Pool, tokens: int, co
     order = sorted(range(len(take)), key=lambda i: keys[i])  # by stage, then problem, as a shard writes them
     take, traces, rename = [take[i] for i in order], [traces[i] for i in order], [rename[i] for i in order]
     table = template.rows.take(pa.array(take, pa.int64()))
-    columns = {name: table.column(name).to_pylist() for name in (
-        "sample_id", "parent_sample_id", "hint", "stage", "verified", "breakpoint_token", "prefix_chars",
-        "pure_answer_nll", "pure_step_ppl")}
+    columns = {
+        name: table.column(name).to_pylist()
+        for name in (
+            "sample_id",
+            "parent_sample_id",
+            "hint",
+            "stage",
+            "verified",
+            "breakpoint_token",
+            "prefix_chars",
+            "pure_answer_nll",
+            "pure_step_ppl",
+        )
+    }
     texts = [t.text for t in traces]
     old_tokens = [template.num_tokens[i] for i in take]
     templates = {2: cfg.hints.template, 3: cfg.gear.hint_template}
-    new: dict[str, list[Any]] = {name: [] for name in ("sample_id", "parent_sample_id", "problem_id", "prompt",
-                                                        "gold_answer", "hint", "extracted_answer", "breakpoint_token",
-                                                        "prefix_chars", "pure_answer_nll", "pure_step_ppl")}
+    new: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "sample_id",
+            "parent_sample_id",
+            "problem_id",
+            "prompt",
+            "gold_answer",
+            "hint",
+            "extracted_answer",
+            "breakpoint_token",
+            "prefix_chars",
+            "pure_answer_nll",
+            "pure_step_ppl",
+        )
+    }
     for i, ((old, problem), trace) in enumerate(zip(rename, traces, strict=True)):
         new["sample_id"].append(_renamed(columns["sample_id"][i], old, problem.problem_id))
         new["parent_sample_id"].append(_renamed(columns["parent_sample_id"][i], old, problem.problem_id))
@@ -447,8 +534,9 @@ def shard_table(plan: ShardPlan, template: Template, pool: Pool, tokens: int, co
         new["prompt"].append(cfg.teacher.prompt_template.format(problem=problem.problem))
         new["gold_answer"].append(problem.answer)
         hinted = columns["hint"][i] is not None
-        new["hint"].append(templates[columns["stage"][i]].format(problem=problem.problem, answer=problem.answer)
-                           if hinted else None)
+        new["hint"].append(
+            templates[columns["stage"][i]].format(problem=problem.problem, answer=problem.answer) if hinted else None
+        )
         boxed = re.search(r"\\boxed\{([^}]*)\}", trace.text[-40:])
         new["extracted_answer"].append(boxed.group(1) if boxed else None)
         scale = tokens / max(1, old_tokens[i])
@@ -487,14 +575,27 @@ def lineage(plan: ShardPlan, shard: int, rows: int, tokens: int, template: Templ
     for problem, source in zip(plan.problems, plan.sources, strict=True):
         old = source.problem.problem_id
         stats.append({**source.stats, "problem_id": problem.problem_id})
-        skips += [{**s, "problem_id": problem.problem_id,
-                   "sample_id": _renamed(s["sample_id"], old, problem.problem_id)} for s in source.skips]
+        skips += [
+            {**s, "problem_id": problem.problem_id, "sample_id": _renamed(s["sample_id"], old, problem.problem_id)}
+            for s in source.skips
+        ]
     n = len(plan.problems)
-    usage = Usage(requests=round(template.usage["requests"] * n), samples=rows, tokens=rows * tokens,
-                  scored=round(template.usage["scored"] * n))
-    return {"shard": shard, "config_hash": config_hash, "generation_fingerprint": template.fingerprint,
-            "problems": n, "samples": rows, "stats": stats, "gear_skips": skips,
-            "generation": lineage_sources(0, 0, n, usage)}
+    usage = Usage(
+        requests=round(template.usage["requests"] * n),
+        samples=rows,
+        tokens=rows * tokens,
+        scored=round(template.usage["scored"] * n),
+    )
+    return {
+        "shard": shard,
+        "config_hash": config_hash,
+        "generation_fingerprint": template.fingerprint,
+        "problems": n,
+        "samples": rows,
+        "stats": stats,
+        "gear_skips": skips,
+        "generation": lineage_sources(0, 0, n, usage),
+    }
 
 
 def _rerooted(data: bytes, old: str, new: str) -> bytes:
@@ -519,8 +620,15 @@ def write_outputs(run: Any, cfg: Any, seed: int) -> None:
     import numpy as np
 
     from heal_core import storage
-    from heal_core.evaluate import (HELD_OUT, backend_kind, evaluation_sampling, pass_at_k, sampling_settings,
-                                    stored_evaluation, summarize)
+    from heal_core.evaluate import (
+        HELD_OUT,
+        backend_kind,
+        evaluation_sampling,
+        pass_at_k,
+        sampling_settings,
+        stored_evaluation,
+        summarize,
+    )
     from heal_core.fingerprints import model_identity
     from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, to_table
     from heal_core.train import MARKER, StageResult, VariantResult
@@ -555,11 +663,22 @@ def write_outputs(run: Any, cfg: Any, seed: int) -> None:
         for problem in problems:
             n = sampling.n
             correct = int(rng.binomial(n, rate))
-            rows.append({"model": label, "train_seed": train_seed, "model_path": path,
-                         "backend": backend_kind(label, cfg), "benchmark": HELD_OUT,
-                         "problem_id": problem.problem_id, "metadata": dict(problem.metadata), "samples": n,
-                         "correct": correct, "pass_at_1": correct / n, "pass_at_k": pass_at_k(n, correct, n),
-                         **sampling_settings(sampling)})
+            rows.append(
+                {
+                    "model": label,
+                    "train_seed": train_seed,
+                    "model_path": path,
+                    "backend": backend_kind(label, cfg),
+                    "benchmark": HELD_OUT,
+                    "problem_id": problem.problem_id,
+                    "metadata": dict(problem.metadata),
+                    "samples": n,
+                    "correct": correct,
+                    "pass_at_1": correct / n,
+                    "pass_at_k": pass_at_k(n, correct, n),
+                    **sampling_settings(sampling),
+                }
+            )
     storage.write_parquet(to_table(rows, EVALUATION_SCHEMA), run.evaluation, run.options)
     storage.write_parquet(to_table(summarize(rows), EVALUATION_SUMMARY_SCHEMA), run.evaluation_summary, run.options)
     # the teacher's and the student base's results in the evaluation store too, as a real run leaves them: a run
@@ -567,8 +686,11 @@ def write_outputs(run: Any, cfg: Any, seed: int) -> None:
     identities = {"teacher": teacher_identity(cfg, teacher), "student_base": model_identity(str(student))}
     for label, identity in identities.items():
         mine = [r for r in rows if r["model"] == label]
-        storage.write_parquet(to_table(mine, EVALUATION_SCHEMA),
-                              stored_evaluation(cfg, identity, label, None, HELD_OUT, problems), run.options)
+        storage.write_parquet(
+            to_table(mine, EVALUATION_SCHEMA),
+            stored_evaluation(cfg, identity, label, None, HELD_OUT, problems),
+            run.options,
+        )
 
 
 @dataclasses.dataclass
@@ -582,9 +704,18 @@ class Synthesized:
     cached: bool = False
 
 
-def synthesize(root_uri: str, problems: int, trace_tokens: int, storage_options: dict | None = None, seed: int = 0,
-               *, template: Template, shard_size: int | None = None, truth: bool = True,
-               duplicates: bool = True) -> Synthesized:
+def synthesize(
+    root_uri: str,
+    problems: int,
+    trace_tokens: int,
+    storage_options: dict | None = None,
+    seed: int = 0,
+    *,
+    template: Template,
+    shard_size: int | None = None,
+    truth: bool = True,
+    duplicates: bool = True,
+) -> Synthesized:
     """A finished run ``scale`` of ``problems`` problems under storage ``root_uri`` (local or ``s3://``), shard by
     shard (one shard's rows in memory at a time), mirroring ``template`` (module docstring)."""
     import yaml
@@ -614,36 +745,63 @@ def synthesize(root_uri: str, problems: int, trace_tokens: int, storage_options:
     rows = shards = size = 0
     keys: list[str] = []
     for shard, plan in enumerate(plan_shards(template, problems, cfg.orchestration.shard_size, seed, truth)):
-        storage.write_parquet(to_table(problems_to_records(plan.problems), PROBLEM_SCHEMA), run.shard_problems(shard),
-                              options)
+        storage.write_parquet(
+            to_table(problems_to_records(plan.problems), PROBLEM_SCHEMA), run.shard_problems(shard), options
+        )
         table = shard_table(plan, template, pool, trace_tokens, config_hash, cfg, seed + shard, duplicates)
         storage.write_parquet(table, run.shard_samples(shard), options)
-        storage.write_json(lineage(plan, shard, table.num_rows, trace_tokens, template, config_hash),
-                           run.shard_lineage(shard), options)
+        storage.write_json(
+            lineage(plan, shard, table.num_rows, trace_tokens, template, config_hash), run.shard_lineage(shard), options
+        )
         keys += [p.key for p in plan.problems]
         rows, shards = rows + table.num_rows, shards + 1
         del table
     size = sum(n for name, n in storage.sizes(run.path("samples"), options).items() if name.endswith(".parquet"))
     storage.write_json({"problems": problems, "digest": digest(keys)}, run.problems_pin, options)
     write_outputs(run, cfg, seed)
-    run.write_manifest(config_hash, {s: "done" for s in range(shards)},
-                       {"generate": "done", "curriculum": "done", "train": "done", "eval": "done"})
+    run.write_manifest(
+        config_hash,
+        {s: "done" for s in range(shards)},
+        {"generate": "done", "curriculum": "done", "train": "done", "eval": "done"},
+    )
     return Synthesized(problems, trace_tokens, rows, shards, size, time.perf_counter() - started)
 
 
-def cached_run(scratch: Path, template: Template, tag: str, problems: int, tokens: int, seed: int,
-               shard_size: int | None, truth: bool, duplicates: bool) -> tuple[Path, Synthesized]:
+def cached_run(
+    scratch: Path,
+    template: Template,
+    tag: str,
+    problems: int,
+    tokens: int,
+    seed: int,
+    shard_size: int | None,
+    truth: bool,
+    duplicates: bool,
+) -> tuple[Path, Synthesized]:
     """The synthesized run's storage folder, made unless a previous bench left it complete (``synthesized.json``)."""
-    key = (f"p{problems}-t{tokens}-s{seed}" + (f"-k{shard_size}" if shard_size else "") + ("" if truth else "-plain")
-           + ("" if duplicates else "-distinct"))
+    key = (
+        f"p{problems}-t{tokens}-s{seed}"
+        + (f"-k{shard_size}" if shard_size else "")
+        + ("" if truth else "-plain")
+        + ("" if duplicates else "-distinct")
+    )
     store = scratch / "runs" / tag / key
     marker = store / "synthesized.json"
     if marker.exists():
         return store, dataclasses.replace(Synthesized(**json.loads(marker.read_text())), cached=True)
     shutil.rmtree(store, ignore_errors=True)
     store.mkdir(parents=True)
-    made = synthesize(str(store), problems, tokens, None, seed, template=template, shard_size=shard_size, truth=truth,
-                      duplicates=duplicates)
+    made = synthesize(
+        str(store),
+        problems,
+        tokens,
+        None,
+        seed,
+        template=template,
+        shard_size=shard_size,
+        truth=truth,
+        duplicates=duplicates,
+    )
     marker.write_text(json.dumps(dataclasses.asdict(made)))
     return store, made
 
@@ -664,8 +822,9 @@ def upload(store: Path, uri: str) -> None:
             elif f.name == "results.parquet":  # the evaluation's model paths
                 table = pq.read_table(pa.BufferReader(data))
                 column = table.column_names.index("model_path")
-                table = table.set_column(column, table.schema.field(column),
-                                         pc.replace_substring(table.column(column), str(store), uri))
+                table = table.set_column(
+                    column, table.schema.field(column), pc.replace_substring(table.column(column), str(store), uri)
+                )
                 out = pa.BufferOutputStream()
                 pq.write_table(table, out, compression="zstd")
                 data = out.getvalue().to_pybytes()
@@ -751,27 +910,61 @@ MEMORY_LIMIT = "HEAL_SCALE_MEMORY_LIMIT"  # --memory-limit, handed to a step's p
 
 def _step_env(work: Path, code: Path | None, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Offline, an own Prefect home (no shared SQLite with other heal runs), no outside Prefect API, the code."""
-    env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(work / "prefect-home"), "HEAL_CACHE_DIR": str(work / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(code or REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-           **(extra or {})}
+    env = {
+        **os.environ,
+        **OFFLINE,
+        "PREFECT_HOME": str(work / "prefect-home"),
+        "HEAL_CACHE_DIR": str(work / "cache"),
+        "PYTHONPATH": os.pathsep.join([str(code or REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        **(extra or {}),
+    }
     env.pop("PREFECT_API_URL", None)
     return env
 
 
-def step_command(step: str, storage_uri: str, work: Path, sizes: Path, variant: str, seed: int,
-                 train_sets: list[str]) -> list[str]:
+def step_command(
+    step: str, storage_uri: str, work: Path, sizes: Path, variant: str, seed: int, train_sets: list[str]
+) -> list[str]:
     run_root = f"{storage_uri.rstrip('/')}/runs/{RUN_ID}"
     if step in ("curriculum", "report"):
-        return [sys.executable, str(Path(__file__).resolve()), "--step", step, "--storage", storage_uri,
-                "--sizes-file", str(sizes)]
+        return [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--step",
+            step,
+            "--storage",
+            storage_uri,
+            "--sizes-file",
+            str(sizes),
+        ]
     if step == "compare":
         return [sys.executable, "-c", CLI, "compare", run_root, run_root, "--out", str(work / "compare.png")]
     if step == "export":
-        return [sys.executable, "-c", CLI, "export", RUN_ID, str(work / "export"), "--storage", storage_uri,
-                "--variant", variant, "--seed", str(seed)]
+        return [
+            sys.executable,
+            "-c",
+            CLI,
+            "export",
+            RUN_ID,
+            str(work / "export"),
+            "--storage",
+            storage_uri,
+            "--variant",
+            variant,
+            "--seed",
+            str(seed),
+        ]
     sets = [f"pace.variants=[{variant}]", f"pace.seeds=[{seed}]", *train_sets]
-    return [sys.executable, "-c", CLI, "train", RUN_ID, "--storage", storage_uri,
-            *(a for o in sets for a in ("--set", o))]
+    return [
+        sys.executable,
+        "-c",
+        CLI,
+        "train",
+        RUN_ID,
+        "--storage",
+        storage_uri,
+        *(a for o in sets for a in ("--set", o)),
+    ]
 
 
 def run_step(step: str, storage_uri: str, sizes: Path) -> None:
@@ -780,8 +973,9 @@ def run_step(step: str, storage_uri: str, sizes: Path) -> None:
 
     run, cfg = Run.stored(RUN_ID, storage_uri)
     if os.environ.get(MEMORY_LIMIT):
-        cfg = cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(
-            update={"memory_limit": os.environ[MEMORY_LIMIT]})})
+        cfg = cfg.model_copy(
+            update={"orchestration": cfg.orchestration.model_copy(update={"memory_limit": os.environ[MEMORY_LIMIT]})}
+        )
     shards = run.shard_count()
     if step == "curriculum":
         from tasks.curriculum import build_datasets
@@ -828,7 +1022,7 @@ def _time_report(path: Path) -> tuple[float, float, str]:
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
     seconds = 0.0
-    for part in (wall.group(1).split(":") if wall else []):
+    for part in wall.group(1).split(":") if wall else []:
         seconds = seconds * 60 + float(part)
     signal = re.search(r"Command terminated by signal (\d+)", text)
     return seconds, int(rss.group(1)) / 1024 if rss else 0.0, f"signal {signal.group(1)}" if signal else ""
@@ -871,8 +1065,13 @@ def measure(command: list[str], env: dict[str, str], work: Path, timeout: float,
 
     log, report = work / "step.log", work / "time.txt"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", str(report), *command], cwd=work, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            ["/usr/bin/time", "-v", "-o", str(report), *command],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     watched, started, tree_peak, anon_peak, reason = psutil.Process(proc.pid), time.monotonic(), 0, 0, ""
     try:
         while proc.poll() is None:
@@ -893,9 +1092,14 @@ def measure(command: list[str], env: dict[str, str], work: Path, timeout: float,
     wall, peak, signal = _time_report(report)
     if proc.returncode != 0 and not reason:
         reason = f"{signal or f'exit {proc.returncode}'}: {_last_error(log)}"
-    return {"wall_s": wall or time.monotonic() - started, "peak_rss_mib": peak, "tree_peak_mib": tree_peak / MIB,
-            "anon_peak_mib": anon_peak / MIB,
-            "ok": proc.returncode == 0 and not reason, "reason": reason}
+    return {
+        "wall_s": wall or time.monotonic() - started,
+        "peak_rss_mib": peak,
+        "tree_peak_mib": tree_peak / MIB,
+        "anon_peak_mib": anon_peak / MIB,
+        "ok": proc.returncode == 0 and not reason,
+        "reason": reason,
+    }
 
 
 STEP_OUTPUTS = ("curriculum", "plots", "derived", "report.md", "summary.json")
@@ -931,12 +1135,15 @@ def table(results: list[Measured], s3: bool) -> list[str]:
         rule += "---:|---:|---:|---:|"
     lines = [head + " status |", rule + "---|"]
     for r in results:
-        line = (f"| {r.step} | {r.problems:,} | {r.rows:,} | {r.wall_s:,.1f} | {r.rows_per_s:,.0f} | "
-                f"{r.peak_rss_mib:,.0f} | {r.tree_peak_mib:,.0f} | {r.anon_peak_mib:,.0f} |")
+        line = (
+            f"| {r.step} | {r.problems:,} | {r.rows:,} | {r.wall_s:,.1f} | {r.rows_per_s:,.0f} | "
+            f"{r.peak_rss_mib:,.0f} | {r.tree_peak_mib:,.0f} | {r.anon_peak_mib:,.0f} |"
+        )
         if s3:
             share = "—" if r.s3_read_bytes is None else f"{100 * r.s3_read_bytes / max(1, r.samples_bytes):.1f} %"
-            line += (f" {fmt_bytes(r.s3_read_bytes)} | {share} | {fmt_bytes(r.s3_written_bytes)} | "
-                     f"{r.s3_requests or 0:,} |")
+            line += (
+                f" {fmt_bytes(r.s3_read_bytes)} | {share} | {fmt_bytes(r.s3_written_bytes)} | {r.s3_requests or 0:,} |"
+            )
         lines.append(line + (" ok |" if r.ok else f" failed: {r.reason.replace('|', '/')} |"))
     return lines
 
@@ -963,19 +1170,33 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard-size", type=int, help="problems per shard (default: the template's config's)")
     parser.add_argument("--no-truth", action="store_true", help="problems no step checker recognizes: no audit")
-    parser.add_argument("--no-duplicates", action="store_true",
-                        help="every row's text its own (a real teacher's long traces rarely repeat; the demo's do)")
+    parser.add_argument(
+        "--no-duplicates",
+        action="store_true",
+        help="every row's text its own (a real teacher's long traces rarely repeat; the demo's do)",
+    )
     parser.add_argument("--s3", action="store_true", help="the run in a moto S3 server on 127.0.0.1, traffic counted")
     parser.add_argument("--code", type=Path, help="run the steps with this checkout's code (first on PYTHONPATH)")
     parser.add_argument("--max-rss-gb", type=float, help="kill a step whose process tree passes this RSS")
     parser.add_argument("--step-timeout", type=float, default=3600.0, help="kill a step after this many seconds")
-    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a setting of the train step (pace.*, student.*), e.g. pace.batch_size=4 (repeatable; "
-                        "default pace.epochs=0.000001: one optimizer step per stage)")
-    parser.add_argument("--memory-limit", help="orchestration.memory_limit of the curriculum and report steps (an "
-                        "execution setting, so the run's hash is the same; default: the run's config's)")
-    parser.add_argument("--template", type=Path, help="a finished generation's run folder to mirror (default: "
-                        "generated once under --scratch)")
+    parser.add_argument(
+        "--train-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the train step (pace.*, student.*), e.g. pace.batch_size=4 (repeatable; "
+        "default pace.epochs=0.000001: one optimizer step per stage)",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        help="orchestration.memory_limit of the curriculum and report steps (an "
+        "execution setting, so the run's hash is the same; default: the run's config's)",
+    )
+    parser.add_argument(
+        "--template",
+        type=Path,
+        help="a finished generation's run folder to mirror (default: generated once under --scratch)",
+    )
     parser.add_argument("--scratch", type=Path, default=Path("heal-scale"), help="template, runs, logs (reused)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--quick", action="store_true", help="8 problems, 64 tokens, the reduced template (CI)")
@@ -1016,20 +1237,36 @@ def measure_steps(target: Target, template: Template, scratch: Path, args: argpa
         work = scratch / "work" / f"p{target.problems}-{step}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        env = _step_env(work, args.code, {**(S3_ENV | {"AWS_ENDPOINT_URL": target.s3[0]} if target.s3 else {}),
-                                          **({MEMORY_LIMIT: args.memory_limit} if args.memory_limit else {})})
+        env = _step_env(
+            work,
+            args.code,
+            {
+                **(S3_ENV | {"AWS_ENDPOINT_URL": target.s3[0]} if target.s3 else {}),
+                **({MEMORY_LIMIT: args.memory_limit} if args.memory_limit else {}),
+            },
+        )
         before = target.s3[1].snapshot() if target.s3 else None
-        got = measure(step_command(step, target.uri, work, sizes, variant, seed, args.train_sets), env, work,
-                      args.step_timeout, args.max_rss_gb * 2**30 if args.max_rss_gb else None)
-        record = Measured(step, target.problems, target.synthesized.rows,
-                          samples_bytes=target.synthesized.samples_bytes, **got)
+        got = measure(
+            step_command(step, target.uri, work, sizes, variant, seed, args.train_sets),
+            env,
+            work,
+            args.step_timeout,
+            args.max_rss_gb * 2**30 if args.max_rss_gb else None,
+        )
+        record = Measured(
+            step, target.problems, target.synthesized.rows, samples_bytes=target.synthesized.samples_bytes, **got
+        )
         if before is not None:
             record.s3_requests, record.s3_written_bytes, record.s3_read_bytes = (
-                a - b for a, b in zip(target.s3[1].snapshot(), before, strict=True))
+                a - b for a, b in zip(target.s3[1].snapshot(), before, strict=True)
+            )
         results.append(record)
-        print(f"  {step}: {record.wall_s:.1f} s, peak RSS {record.peak_rss_mib:,.0f} MiB"
-              f" (anonymous {record.anon_peak_mib:,.0f} MiB)"
-              + ("" if record.ok else f", FAILED: {record.reason} (log: {work / 'step.log'})"), flush=True)
+        print(
+            f"  {step}: {record.wall_s:.1f} s, peak RSS {record.peak_rss_mib:,.0f} MiB"
+            f" (anonymous {record.anon_peak_mib:,.0f} MiB)"
+            + ("" if record.ok else f", FAILED: {record.reason} (log: {work / 'step.log'})"),
+            flush=True,
+        )
     return results
 
 
@@ -1040,9 +1277,15 @@ def print_figures(results: list[Measured], made: list[Synthesized], args: argpar
     if extra := growth(results):
         print("\n" + "\n".join(extra))
     if args.json:
-        args.json.write_text(json.dumps({"synthesis": [dataclasses.asdict(m) for m in made],
-                                         "steps": [{**dataclasses.asdict(r), "rows_per_s": r.rows_per_s}
-                                                   for r in results]}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "synthesis": [dataclasses.asdict(m) for m in made],
+                    "steps": [{**dataclasses.asdict(r), "rows_per_s": r.rows_per_s} for r in results],
+                },
+                indent=1,
+            )
+        )
     peaks = []
     for step in args.step_names:
         ran = [r for r in results if r.step == step and r.peak_rss_mib]
@@ -1081,12 +1324,25 @@ def main() -> None:
             fsspec.filesystem("s3", skip_instance_cache=True).mkdir(BUCKET)
         for problems in args.counts:
             # 2. the synthesized run (cached), uploaded to S3 with --s3
-            store, synth = cached_run(scratch, template, tag, problems, args.trace_tokens, args.seed, args.shard_size,
-                                      not args.no_truth, not args.no_duplicates)
+            store, synth = cached_run(
+                scratch,
+                template,
+                tag,
+                problems,
+                args.trace_tokens,
+                args.seed,
+                args.shard_size,
+                not args.no_truth,
+                not args.no_duplicates,
+            )
             made.append(synth)
-            print(f"run P={problems:,} T={args.trace_tokens:,}: {synth.rows:,} rows in {synth.shards} shards, "
-                  f"{synth.samples_bytes / 1e6:,.1f} MB of samples Parquet, "
-                  + ("cached" if synth.cached else f"synthesized in {synth.seconds:.1f} s") + f" ({store})", flush=True)
+            print(
+                f"run P={problems:,} T={args.trace_tokens:,}: {synth.rows:,} rows in {synth.shards} shards, "
+                f"{synth.samples_bytes / 1e6:,.1f} MB of samples Parquet, "
+                + ("cached" if synth.cached else f"synthesized in {synth.seconds:.1f} s")
+                + f" ({store})",
+                flush=True,
+            )
             reset_outputs(store)
             uri = f"s3://{BUCKET}/{store.name}" if s3 else str(store)
             if s3:
@@ -1106,6 +1362,7 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:
-        print("\ninterrupted: the step running was stopped; synthesized runs stay cached under --scratch",
-              file=sys.stderr)
+        print(
+            "\ninterrupted: the step running was stopped; synthesized runs stay cached under --scratch", file=sys.stderr
+        )
         sys.exit(130)

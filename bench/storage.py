@@ -40,10 +40,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test suite's server helpers
-from servers import moto_server  # noqa: E402
+from servers import moto_server
 
-from heal_core import storage  # noqa: E402
-from heal_core.schema import TRAJECTORY_SCHEMA, conform  # noqa: E402
+from heal_core import storage
+from heal_core.schema import TRAJECTORY_SCHEMA, conform
 
 VOCAB = 151_936  # Qwen2.5's
 CODECS = ("zstd", "snappy")
@@ -98,7 +98,9 @@ def shard_table(problems: int, samples: int, mean_tokens: int, seed: int = 0) ->
         "finish_reason": pa.array(np.where(lengths >= 4096, "length", "stop")),
         "verified": pa.array(verified),
         "verify_status": pa.array(np.where(verified, "correct", "wrong")),
-        "extracted_answer": pa.array([str(p * 37 % 1000) if v else str(i) for p, v, i in zip(problem, verified, index)]),
+        "extracted_answer": pa.array(
+            [str(p * 37 % 1000) if v else str(i) for p, v, i in zip(problem, verified, index)]
+        ),
         "judge_verdict": pa.nulls(rows, pa.string()),  # judge.enabled is off by default
         "hint": nulls([prompts[p] + " Hint: the answer is ..." for p in problem], later),
         "leaked_hint": nulls([False] * rows, later),
@@ -108,8 +110,12 @@ def shard_table(problems: int, samples: int, mean_tokens: int, seed: int = 0) ->
         "breakpoint_step": nulls((steps // 4).tolist(), stage == 3),
         "breakpoint_surge": nulls(rng.random(rows).tolist(), stage == 3),
         "prefix_chars": nulls((lengths // 2).tolist(), stage == 3),
-        "pure_answer_nll": pa.ListArray.from_arrays(pa.array(pure_offsets), pa.array(pure_values), mask=pa.array(~later)),
-        "pure_step_ppl": pa.ListArray.from_arrays(pa.array(pure_offsets), pa.array(pure_values + 1), mask=pa.array(~later)),
+        "pure_answer_nll": pa.ListArray.from_arrays(
+            pa.array(pure_offsets), pa.array(pure_values), mask=pa.array(~later)
+        ),
+        "pure_step_ppl": pa.ListArray.from_arrays(
+            pa.array(pure_offsets), pa.array(pure_values + 1), mask=pa.array(~later)
+        ),
         "pure_ratio": nulls(rng.random(rows).tolist(), later),
         "pure_verdict": nulls(["keep"] * rows, later),
         "pure_reason": nulls([""] * rows, later),
@@ -166,21 +172,25 @@ def main() -> None:
     table = shard_table(args.problems, args.samples, args.tokens)
     mb = table.nbytes / 1e6
     tokens = sum(table["num_tokens"].to_pylist())
-    print(f"table: {table.num_rows} rows, {tokens:,} tokens, {mb:.1f} MB in Arrow memory "
-          f"(built in {time.perf_counter() - started:.1f} s); best of {args.repeats}; pyarrow {pa.__version__}")
+    print(
+        f"table: {table.num_rows} rows, {tokens:,} tokens, {mb:.1f} MB in Arrow memory "
+        f"(built in {time.perf_counter() - started:.1f} s); best of {args.repeats}; pyarrow {pa.__version__}"
+    )
 
     results: dict[tuple[str, str], tuple[float, float, float]] = {}  # (target, codec) -> (file MB, write s, read s)
     for codec in CODECS:
         data = encode(table, codec)
-        write_s = best(lambda: encode(table, codec), args.repeats)
-        read_s = best(lambda: conform(pq.read_table(pa.BufferReader(data)), TRAJECTORY_SCHEMA), args.repeats)
+        write_s = best(lambda codec=codec: encode(table, codec), args.repeats)
+        read_s = best(lambda data=data: conform(pq.read_table(pa.BufferReader(data)), TRAJECTORY_SCHEMA), args.repeats)
         results[("memory", codec)] = (len(data) / 1e6, write_s, read_s)
 
     def transport(target: str, root: str, options: dict | None) -> None:
         for codec in CODECS:
             uri = storage.join(root, f"{uuid.uuid4().hex}-{codec}.parquet")
-            write_s = best(lambda: storage.write_parquet(table, uri, options, compression=codec), args.repeats)
-            read_s = best(lambda: storage.read_parquet(uri, TRAJECTORY_SCHEMA, options), args.repeats)
+            write_s = best(
+                lambda uri=uri, codec=codec: storage.write_parquet(table, uri, options, compression=codec), args.repeats
+            )
+            read_s = best(lambda uri=uri: storage.read_parquet(uri, TRAJECTORY_SCHEMA, options), args.repeats)
             if not storage.read_parquet(uri, TRAJECTORY_SCHEMA, options).equals(table):
                 raise SystemExit(f"{uri}: the table read back differs from the one written")
             results[(target, codec)] = (len(storage.read_bytes(uri, options)) / 1e6, write_s, read_s)
@@ -221,8 +231,8 @@ def main() -> None:
             continue
         data = encode(table, "zstd", size)
         groups = pq.ParquetFile(pa.BufferReader(data)).metadata.num_row_groups
-        write_s = best(lambda: encode(table, "zstd", size), args.repeats)
-        read_s = best(lambda: pq.read_table(pa.BufferReader(data)), args.repeats)
+        write_s = best(lambda size=size: encode(table, "zstd", size), args.repeats)
+        read_s = best(lambda data=data: pq.read_table(pa.BufferReader(data)), args.repeats)
         label = size if size is not None else f"all ({table.num_rows}, heal's default)"
         print(f"| {label} | {groups} | {len(data) / 1e6:.2f} | {mb / write_s:,.0f} | {mb / read_s:,.0f} |")
 

@@ -67,8 +67,13 @@ def examples(tokenizer_dir: Path, length: int, count: int) -> list[dict]:
         text.append(words[len(text) % len(words)])
         n = len(tokenizer(" ".join(text), add_special_tokens=False)["input_ids"]) if len(text) % 256 == 0 else n
     completion = " ".join(text)
-    return [{"prompt": [{"role": "user", "content": f"question {i}"}],
-             "completion": [{"role": "assistant", "content": completion}]} for i in range(count)]
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"question {i}"}],
+            "completion": [{"role": "assistant", "content": completion}],
+        }
+        for i in range(count)
+    ]
 
 
 class PeakRSS:
@@ -95,8 +100,14 @@ class PeakRSS:
 
 
 def run(model: Path, length: int, checkpointing: bool, steps: int, peak_tflops: float, work: Path) -> dict:
-    cfg = PaceConfig(batch_size=1, max_length=length, gradient_checkpointing=checkpointing, learning_rate=1e-5,
-                     warmup_ratio=0.0, seeds=[0])
+    cfg = PaceConfig(
+        batch_size=1,
+        max_length=length,
+        gradient_checkpointing=checkpointing,
+        learning_rate=1e-5,
+        warmup_ratio=0.0,
+        seeds=[0],
+    )
     gpus = torch.cuda.device_count()
     planned = memory_plan.plan(memory_plan.shape_of(str(model)), cfg, gpus, 0, str(model))
     rows = examples(model, length, steps)
@@ -112,10 +123,16 @@ def run(model: Path, length: int, checkpointing: bool, steps: int, peak_tflops: 
     tokens_per_s = length * (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
     shape = memory_plan.shape_of(str(model))
     flops_per_token = 6 * shape.parameters + 12 * shape.layers * shape.hidden * length
-    return {"length": length, "checkpointing": checkpointing, "device": "cuda" if on_gpu else "cpu",
-            "peak_gib": round(peak / GiB, 2), "plan_gib": round(plan_bytes / GiB, 2),
-            "peak_over_plan": round(peak / plan_bytes, 3), "tokens_per_s": round(tokens_per_s, 1),
-            "mfu": round(tokens_per_s * flops_per_token / (peak_tflops * 1e12), 4) if on_gpu else None}
+    return {
+        "length": length,
+        "checkpointing": checkpointing,
+        "device": "cuda" if on_gpu else "cpu",
+        "peak_gib": round(peak / GiB, 2),
+        "plan_gib": round(plan_bytes / GiB, 2),
+        "peak_over_plan": round(peak / plan_bytes, 3),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "mfu": round(tokens_per_s * flops_per_token / (peak_tflops * 1e12), 4) if on_gpu else None,
+    }
 
 
 def main() -> None:
@@ -124,22 +141,32 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="fewer layers than the shape's (a CPU)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384])
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--checkpointing", choices=["both", "on", "off"], default="both",
-                        help="one setting per call on a CPU: freed memory stays in the process, so each "
-                        "figure after a process's first reads low")
+    parser.add_argument(
+        "--checkpointing",
+        choices=["both", "on", "off"],
+        default="both",
+        help="one setting per call on a CPU: freed memory stays in the process, so each "
+        "figure after a process's first reads low",
+    )
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     modes = {"both": (False, True), "on": (True,), "off": (False,)}
     with tempfile.TemporaryDirectory() as tmp:
         model = random_model(args.shape, args.layers, Path(tmp) / "model")
-        results = [run(model, length, checkpointing, args.steps, args.peak_tflops, Path(tmp))
-                   for length in args.lengths for checkpointing in modes[args.checkpointing]]
+        results = [
+            run(model, length, checkpointing, args.steps, args.peak_tflops, Path(tmp))
+            for length in args.lengths
+            for checkpointing in modes[args.checkpointing]
+        ]
     print("| tokens | checkpointing | device | peak GiB | plan GiB | peak / plan | tokens/s | MFU |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['length']} | {'on' if r['checkpointing'] else 'off'} | {r['device']} | {r['peak_gib']} | "
-              f"{r['plan_gib']} | {r['peak_over_plan']} | {r['tokens_per_s']} | {r['mfu'] if r['mfu'] is not None else '-'} |")
+        print(
+            f"| {r['length']} | {'on' if r['checkpointing'] else 'off'} | {r['device']} | {r['peak_gib']} | "
+            f"{r['plan_gib']} | {r['peak_over_plan']} | {r['tokens_per_s']} "
+            f"| {r['mfu'] if r['mfu'] is not None else '-'} |"
+        )
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
 

@@ -3,7 +3,8 @@
 Both sides fine-tune the same student on the same prompt-completion rows (the demo task's worked
 solutions, in TRL's conversational format) for the same number of optimizer steps with the same settings:
 both use ``heal_core.train.sft_args`` (TRL's defaults would differ, e.g. gradient checkpointing on); the plain
-side calls ``SFTTrainer(...).train()`` and ``save_model`` itself. Each run loads the model from disk and writes a fresh output
+side calls ``SFTTrainer(...).train()`` and ``save_model`` itself. Each run loads the model from disk and writes a
+fresh output
 directory. Runs alternate between the sides; the best of ``--repeats`` counts.
 
 Tokens = the non-padding tokens the trainer fed the model (TRL's ``num_tokens``). Two rates: over the
@@ -56,8 +57,12 @@ def plain_sft(model: str, examples: list[dict], out: Path, cfg: PaceConfig, step
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    trainer = SFTTrainer(model=model, args=sft_args(cfg, steps, out / "checkpoints", seed),
-                         train_dataset=Dataset.from_list(examples), processing_class=AutoTokenizer.from_pretrained(model))
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_args(cfg, steps, out / "checkpoints", seed),
+        train_dataset=Dataset.from_list(examples),
+        processing_class=AutoTokenizer.from_pretrained(model),
+    )
     trainer.train()
     trainer.save_model(str(out))
 
@@ -78,8 +83,10 @@ def main() -> None:
     instrument_train()
 
     examples = [
-        {"prompt": [{"role": "user", "content": w.problem.problem}],
-         "completion": [{"role": "assistant", "content": w.solution}]}
+        {
+            "prompt": [{"role": "user", "content": w.problem.problem}],
+            "completion": [{"role": "assistant", "content": w.solution}],
+        }
         for w in split("train", args.examples)
     ][: args.examples]
     cfg = PaceConfig(epochs=1, batch_size=args.batch_size, learning_rate=1e-4)
@@ -90,7 +97,7 @@ def main() -> None:
         if not args.quick:  # warm-up, untimed: the first training in a process pays one-off set-up costs
             plain_sft(args.model, examples[: cfg.batch_size], Path(tmp) / "warm-up", cfg, 1, seed)
         for repeat in range(args.repeats):
-            for side in (("plain", "heal") if repeat % 2 == 0 else ("heal", "plain")):
+            for side in ("plain", "heal") if repeat % 2 == 0 else ("heal", "plain"):
                 out = Path(tmp) / f"{side}-{repeat}"
                 start = time.perf_counter()
                 if side == "heal":
@@ -105,8 +112,10 @@ def main() -> None:
     tokens = times["heal"][0][2]
     if any(t != tokens for runs in times.values() for _, _, t in runs):
         raise SystemExit(f"the sides saw different token counts: {times}")
-    print(f"model: {args.model}; {len(examples)} examples, batch {cfg.batch_size}, {steps} steps, "
-          f"{tokens:,.0f} tokens; {torch.get_num_threads()} threads; best of {args.repeats}")
+    print(
+        f"model: {args.model}; {len(examples)} examples, batch {cfg.batch_size}, {steps} steps, "
+        f"{tokens:,.0f} tokens; {torch.get_num_threads()} threads; best of {args.repeats}"
+    )
     print()
     print("| runner | whole call s | train() s | tokens/s, whole call | tokens/s, train() |")
     print("|---|---|---|---|---|")
@@ -117,8 +126,10 @@ def main() -> None:
         best[side] = (total, train_s)
         print(f"| {label} | {total:.2f} | {train_s:.2f} | {tokens / total:,.0f} | {tokens / train_s:,.0f} |")
     print()
-    print(f"train_stage/plain tokens/s: {best['plain'][0] / best['heal'][0]:.3f} "
-          f"(train() alone: {best['plain'][1] / best['heal'][1]:.3f})")
+    print(
+        f"train_stage/plain tokens/s: {best['plain'][0] / best['heal'][0]:.3f} "
+        f"(train() alone: {best['plain'][1] / best['heal'][1]:.3f})"
+    )
 
 
 if __name__ == "__main__":

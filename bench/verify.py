@@ -110,10 +110,14 @@ def main() -> None:
         rows["check_many, warm"].append(seconds)
 
     agree = sum(v.correct == b for v, b in zip(verdicts, bare_verdicts))
-    print(f"{len(pairs)} answers, {args.samples} per problem; check_many on {workers} worker processes, "
-          f"{os.cpu_count()} CPUs; best of {args.repeats}")
-    print(f"correct: check_many {sum(v.correct for v in verdicts)}, bare {sum(bare_verdicts)}; "
-          f"verdicts agree on {agree}/{len(pairs)}")
+    print(
+        f"{len(pairs)} answers, {args.samples} per problem; check_many on {workers} worker processes, "
+        f"{os.cpu_count()} CPUs; best of {args.repeats}"
+    )
+    print(
+        f"correct: check_many {sum(v.correct for v in verdicts)}, bare {sum(bare_verdicts)}; "
+        f"verdicts agree on {agree}/{len(pairs)}"
+    )
     print()
     print("| verifier | best s | answers/s |")
     print("|---|---|---|")

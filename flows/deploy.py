@@ -65,10 +65,16 @@ def base_job_template(cfg: HealConfig, allow_env: list[str]) -> dict[str, Any]:
         template["variables"]["properties"].pop(name)
         template["job_configuration"].pop(name)
     template["variables"]["additionalProperties"] = False
-    named = sorted({*ENV_REFERENCE.findall(json.dumps(cfg.storage.storage_options)),
-                    *filter(None, [cfg.teacher.server.api_key_env]), *allow_env})
+    named = sorted(
+        {
+            *ENV_REFERENCE.findall(json.dumps(cfg.storage.storage_options)),
+            *filter(None, [cfg.teacher.server.api_key_env]),
+            *allow_env,
+        }
+    )
     template["job_configuration"]["env"] = {
-        STORAGE_ROOT: cfg.storage.uri, STORAGE_OPTIONS: json.dumps(cfg.storage.storage_options),
+        STORAGE_ROOT: cfg.storage.uri,
+        STORAGE_OPTIONS: json.dumps(cfg.storage.storage_options),
         ALLOWED: ",".join(named),
     }
     return template
@@ -98,8 +104,10 @@ def ensure_pools(spec: dict[str, Any], cfg: HealConfig, allow_env: list[str]) ->
             open_ = sorted(set(variables.get("properties", {})) & OPEN_VARIABLES)
             if open_ or variables.get("additionalProperties", True) is not False:
                 settable = ", ".join(open_) or "any job variable"
-                alerts.append(f"work pool {name} ({pool.type}) lets a flow run set {settable}: give it a closed "
-                              "template (infra/k8s/gpu-work-pool.json)")
+                alerts.append(
+                    f"work pool {name} ({pool.type}) lets a flow run set {settable}: give it a closed "
+                    "template (infra/k8s/gpu-work-pool.json)"
+                )
     return created, alerts
 
 
@@ -107,7 +115,8 @@ def ensure_zombie_automation(timeout_seconds: int) -> bool:
     """Create (or re-create with a new window) the automation that marks a silent flow run CRASHED.
 
     Why: a worker killed by SIGKILL, OOM or a lost node leaves its runs RUNNING forever, and Prefect offers
-    Retry only on a final state (a run whose process died while starting stays PENDING). With heartbeats (every ``HEARTBEAT_SECONDS`` from ``heal worker``) and this
+    Retry only on a final state (a run whose process died while starting stays PENDING). With heartbeats (every
+    ``HEARTBEAT_SECONDS`` from ``heal worker``) and this
     automation, which is Prefect's documented recipe for self-hosted servers, such a run turns CRASHED and is
     retried like any failed shard. Returns whether it was created or changed.
     """
@@ -126,11 +135,16 @@ def ensure_zombie_automation(timeout_seconds: int) -> bool:
             after={"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"},
             expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Running", *final},
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
             within=timedelta(seconds=timeout_seconds),
         ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                    message=f"no heartbeat for {timeout_seconds} s: its worker is gone")],
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED, message=f"no heartbeat for {timeout_seconds} s: its worker is gone"
+            )
+        ],
     )
     try:
         existing = Automation.read(name=ZOMBIE_AUTOMATION)
@@ -152,7 +166,10 @@ def register(spec: dict[str, Any]) -> None:
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
         done = subprocess.run(
             [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(path)],
-            cwd=tmp, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True,
+            cwd=tmp,
+            env={**os.environ, **OFFLINE_ENV},
+            capture_output=True,
+            text=True,
         )
     if done.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
@@ -196,7 +213,9 @@ def gpu_list(gpus: str) -> list[int]:
     return out
 
 
-def worker_command(pool: str, gpus: str | None, limit: int | None, name: str | None) -> tuple[list[str], dict[str, str]]:
+def worker_command(
+    pool: str, gpus: str | None, limit: int | None, name: str | None
+) -> tuple[list[str], dict[str, str]]:
     """The ``prefect worker start`` command line and environment for one worker.
 
     A GPU worker owns the GPUs it is given (``CUDA_VISIBLE_DEVICES``) and runs one flow run at a time, so two
@@ -210,6 +229,21 @@ def worker_command(pool: str, gpus: str | None, limit: int | None, name: str | N
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_list(gpus))
     limit = limit if limit is not None else (1 if gpus is not None else 4)
     name = name or (f"{pool}-gpu{gpus.replace(',', '_')}" if gpus is not None else f"{pool}-worker")
-    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
-               "--name", name, "--limit", str(limit), "--install-policy", "never"]
+    command = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        "process",
+        "--name",
+        name,
+        "--limit",
+        str(limit),
+        "--install-policy",
+        "never",
+    ]
     return command, env

@@ -32,10 +32,13 @@ def _reference_generation(parent: Run, run: Run, shards: int, cfg: HealConfig) -
     re-used."""
     for name in ("quarantine", "contamination"):
         if storage.exists(getattr(parent, name), parent.options):
-            storage.write_bytes(storage.read_bytes(getattr(parent, name), parent.options), getattr(run, name), run.options)
+            storage.write_bytes(
+                storage.read_bytes(getattr(parent, name), parent.options), getattr(run, name), run.options
+            )
     for shard in range(shards):
-        storage.write_bytes(storage.read_bytes(parent.shard_problems(shard), parent.options), run.shard_problems(shard),
-                            run.options)
+        storage.write_bytes(
+            storage.read_bytes(parent.shard_problems(shard), parent.options), run.shard_problems(shard), run.options
+        )
         record = storage.read_json(parent.shard_lineage(shard), parent.options)
         record.update(config_hash=cfg.config_hash(), generation=lineage_sources(record["problems"], 0, 0, Usage()))
         storage.write_json(record, run.shard_lineage(shard), run.options)
@@ -59,15 +62,17 @@ def _adopt_models(parent: Run, parent_cfg: HealConfig, run: Run, cfg: HealConfig
     for result in parent.variants(parent_cfg):
         if result.variant in cfg.pace.variants and result.seed in cfg.pace.seeds:
             record = parent.variant_record(result.variant, result.seed)
-            storage.write_bytes(storage.read_bytes(record, parent.options),
-                                run.variant_record(result.variant, result.seed), run.options)
+            storage.write_bytes(
+                storage.read_bytes(record, parent.options), run.variant_record(result.variant, result.seed), run.options
+            )
             adopted.append(f"{result.variant} seed {result.seed}")
     return adopted
 
 
 @flow(name="heal-derive")
-def heal_derive(run_id: str, storage_uri: str, kind: Kind, overrides: list[str] | None = None,
-                variants: list[str] | None = None) -> dict[str, Any]:
+def heal_derive(
+    run_id: str, storage_uri: str, kind: Kind, overrides: list[str] | None = None, variants: list[str] | None = None
+) -> dict[str, Any]:
     """Train (``kind: train``, ``overrides`` of pace.* and student.*, ``variants`` to add) or evaluate (``kind:
     eval``, overrides of evaluation.*) from run ``run_id`` under ``storage_uri``; returns the derived run's
     summary. Refused, before anything is written, when the run's generation has not finished."""
@@ -80,15 +85,24 @@ def heal_derive(run_id: str, storage_uri: str, kind: Kind, overrides: list[str] 
     if missing or not shards:
         raise GenerationUnfinished(
             f"run {run_id} at {parent.root}: generation has not finished (shards without samples: "
-            f"{', '.join(map(str, missing)) or 'all'}); finish it with: heal resume {run_id} --storage {storage_uri}")
+            f"{', '.join(map(str, missing)) or 'all'}); finish it with: heal resume {run_id} --storage {storage_uri}"
+        )
     check_models(cfg)
     run = Run.of(cfg, derived_id(run_id, kind, cfg))
     with lease.held(run.root, run.options, cfg.orchestration.lease_seconds, *holder()):
         return _derive(parent, parent_cfg, run, cfg, shards, kind, overrides, variants)
 
 
-def _derive(parent: Run, parent_cfg: HealConfig, run: Run, cfg: HealConfig, shards: int, kind: Kind,
-            overrides: list[str], variants: list[str]) -> dict[str, Any]:
+def _derive(
+    parent: Run,
+    parent_cfg: HealConfig,
+    run: Run,
+    cfg: HealConfig,
+    shards: int,
+    kind: Kind,
+    overrides: list[str],
+    variants: list[str],
+) -> dict[str, Any]:
     run_id = parent.run_id
     run.pin(cfg)
     logger = get_run_logger()
@@ -96,12 +110,24 @@ def _derive(parent: Run, parent_cfg: HealConfig, run: Run, cfg: HealConfig, shar
 
     # 1. the parent's data (referenced: its samples, and its curriculum where this run's would be the same), its record
     #    of this run, and the models this run would train as the parent did
-    storage.write_json({"parent": run_id, "samples": parent.generation.run_id,
-                        "curriculum": _same_curriculum(parent, parent_cfg, cfg), "kind": kind, "overrides": overrides,
-                        "variants": variants}, run.parent, run.options)
+    storage.write_json(
+        {
+            "parent": run_id,
+            "samples": parent.generation.run_id,
+            "curriculum": _same_curriculum(parent, parent_cfg, cfg),
+            "kind": kind,
+            "overrides": overrides,
+            "variants": variants,
+        },
+        run.parent,
+        run.options,
+    )
     _reference_generation(parent, run, shards, cfg)
-    storage.write_json({"run_id": run.run_id, "kind": kind, "overrides": overrides, "variants": variants},
-                       parent.derived_record(run.run_id), parent.options)
+    storage.write_json(
+        {"run_id": run.run_id, "kind": kind, "overrides": overrides, "variants": variants},
+        parent.derived_record(run.run_id),
+        parent.options,
+    )
     adopted = _adopt_models(parent, parent_cfg, run, cfg)
     if adopted:
         logger.info("adopted from run %s, not retrained: %s", run_id, ", ".join(adopted))

@@ -65,8 +65,14 @@ def run_children(
     logger = get_run_logger()
     runs: dict[UUID, Child] = {}
     for child in children:
-        run = run_deployment(deployment, parameters=child.parameters, flow_run_name=child.name, timeout=0,
-                             idempotency_key=child.key, tags=[f"heal-run:{run_id}"])
+        run = run_deployment(
+            deployment,
+            parameters=child.parameters,
+            flow_run_name=child.name,
+            timeout=0,
+            idempotency_key=child.key,
+            tags=[f"heal-run:{run_id}"],
+        )
         runs[run.id] = child
     with get_client(sync_client=True) as client:
         for run in paged(client, FlowRunFilter(id=FlowRunFilterId(any_=list(runs)))):
@@ -91,7 +97,8 @@ def run_children(
                     failed.append(f"{run.name} (flow run {run.id}): {run.state.name}: {run.state.message or ''}")
     if failed:
         raise ChildRunsFailed(
-            f"{len(failed)} of {len(runs)} {deployment} runs did not complete:\n  " + "\n  ".join(failed)
+            f"{len(failed)} of {len(runs)} {deployment} runs did not complete:\n  "
+            + "\n  ".join(failed)
             + "\nFix the cause, retry them (Prefect UI Retry, or POST /api/flow_runs/<id>/set_state), then retry "
             "this run or `heal resume`: completed work is kept."
         )

@@ -26,8 +26,9 @@ class EvaluationFailed(RuntimeError):
 
 
 @flow(name="heal-eval")
-def heal_eval(run_root: str, config: HealConfig, trained: list[TrainedModel], units: list[EvalUnit] | None = None
-              ) -> int:
+def heal_eval(
+    run_root: str, config: HealConfig, trained: list[TrainedModel], units: list[EvalUnit] | None = None
+) -> int:
     """Teacher and student base (as configured, resolved on this worker) and every ``trained`` (variant, seed)
     model (fetched into the worker's cache), each on the held-out set and on every configured benchmark, all
     with the same sampling settings; what the evaluation store holds is read, not evaluated again. A trained
@@ -50,24 +51,31 @@ def heal_eval(run_root: str, config: HealConfig, trained: list[TrainedModel], un
         try:
             reference, identity = _model(label, seed, references, config)
             count += evaluate_model(run, label, seed, reference, identity, pieces, config)
-        except Exception as err:  # noqa: BLE001 -- the others are evaluated first; the run fails below
+        except Exception as err:
             failed.append(f"{label}" + ("" if seed is None else f" seed {seed}") + f": {err}")
     if failed:
-        raise EvaluationFailed(f"{len(failed)} model(s) not evaluated (the others are, in the run's eval/parts/):\n  "
-                               + "\n  ".join(failed))
+        raise EvaluationFailed(
+            f"{len(failed)} model(s) not evaluated (the others are, in the run's eval/parts/):\n  "
+            + "\n  ".join(failed)
+        )
     return write_evaluation(run, plan, config) if units is None else count
 
 
 def check_one_engine(cfg: HealConfig, models: set[tuple[str, int | None]]) -> None:
     """``evaluation.backend: vllm`` puts an engine in this process for each model, and one process cannot free a
     vLLM engine reliably to load the next: refuse more than one model before any is loaded."""
-    engines = sorted(label + ("" if seed is None else f" seed {seed}")
-                     for label, seed in models if backend_kind(label, cfg) == "vllm")
+    engines = sorted(
+        label + ("" if seed is None else f" seed {seed}")
+        for label, seed in models
+        if backend_kind(label, cfg) == "vllm"
+    )
     if len(engines) > 1:
-        raise ValueError(f"evaluation.backend vllm: one vLLM engine per process, and this evaluation would load "
-                         f"{len(engines)} ({', '.join(engines)}): run it in deployment mode (orchestration.mode: "
-                         "deployments, one heal-eval run per model), or set evaluation.backend: openai with "
-                         "evaluation.vllm_python (a vLLM server per model)")
+        raise ValueError(
+            f"evaluation.backend vllm: one vLLM engine per process, and this evaluation would load "
+            f"{len(engines)} ({', '.join(engines)}): run it in deployment mode (orchestration.mode: "
+            "deployments, one heal-eval run per model), or set evaluation.backend: openai with "
+            "evaluation.vllm_python (a vLLM server per model)"
+        )
 
 
 def _model(label: str, seed: int | None, trained: dict[tuple[str, int], str], cfg: HealConfig) -> tuple[str, str]:

@@ -78,22 +78,40 @@ class Deployments(Executor):
 
     def shards(self, pending: Sequence[int], on_done: Callable[[int], None]) -> None:
         # rerun_completed: the pipeline found these shards unfinished, so a completed run of one lost its outputs
-        self._wait(SHARD_DEPLOYMENT, [self._child(f"shard-{s:05d}", f"shard-{s}", {"shard": s}) for s in pending],
-                   rerun_completed=True, on_completed=lambda child: on_done(child.parameters["shard"]))
+        self._wait(
+            SHARD_DEPLOYMENT,
+            [self._child(f"shard-{s:05d}", f"shard-{s}", {"shard": s}) for s in pending],
+            rerun_completed=True,
+            on_completed=lambda child: on_done(child.parameters["shard"]),
+        )
 
     def train(self) -> None:
         # one run per (variant, seed): as many students train at once as GPU workers are free
-        self._wait(TRAIN_DEPLOYMENT, [self._child(f"train-{v}-seed-{s}", f"train-{v}-{s}", {"variant": v, "seed": s})
-                                      for v in self.cfg.pace.variants for s in self.cfg.pace.seeds])
+        self._wait(
+            TRAIN_DEPLOYMENT,
+            [
+                self._child(f"train-{v}-seed-{s}", f"train-{v}-{s}", {"variant": v, "seed": s})
+                for v in self.cfg.pace.variants
+                for s in self.cfg.pace.seeds
+            ],
+        )
 
     def evaluate(self, trained: Sequence[TrainedModel]) -> None:
         # one run per (model, set shard) the run holds no part of; the parent assembles the parts, loading no model
         _, units = evaluation_plan(self.cfg, trained)
         models = {(m.variant, m.seed): [asdict(m)] for m in trained}
-        self._wait(EVAL_DEPLOYMENT, [
-            self._child(f"eval-{u.name}", f"eval-{u.name}",
-                        {"trained": models.get((u.model, u.train_seed), []), "units": [asdict(u)]})
-            for u in pending_units(self.run, units)], rerun_completed=True)
+        self._wait(
+            EVAL_DEPLOYMENT,
+            [
+                self._child(
+                    f"eval-{u.name}",
+                    f"eval-{u.name}",
+                    {"trained": models.get((u.model, u.train_seed), []), "units": [asdict(u)]},
+                )
+                for u in pending_units(self.run, units)
+            ],
+            rerun_completed=True,
+        )
         write_evaluation(self.run, units, self.cfg)
 
 

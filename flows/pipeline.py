@@ -54,8 +54,9 @@ class Progress:
         self.run, self.config_hash = run, cfg.config_hash()
         self.shards = {s: "done" if shard_done(run, s, cfg) else "pending" for s in range(shards)}
         self.steps: dict[str, str] = {"generate": "running"}
-        self.artifact = create_progress_artifact(self._percent(), key="heal-shard-progress",
-                                                 description=f"HEAL run {run.run_id}: shards finished (%)")
+        self.artifact = create_progress_artifact(
+            self._percent(), key="heal-shard-progress", description=f"HEAL run {run.run_id}: shards finished (%)"
+        )
         self._write()
 
     @property
@@ -98,8 +99,10 @@ def holder() -> tuple[str, str]:
 def _pipeline(run: Run, cfg: HealConfig) -> dict[str, Any]:
     executor = executor_for(run, cfg)
     if executor.label == "embedded":  # fail before generation, not after training
-        check_one_engine(cfg, {("teacher", None), ("student_base", None),
-                               *((v, s) for v in cfg.pace.variants for s in cfg.pace.seeds)})
+        check_one_engine(
+            cfg,
+            {("teacher", None), ("student_base", None), *((v, s) for v in cfg.pace.variants for s in cfg.pace.seeds)},
+        )
     run.pin(cfg)
     get_run_logger().info("run %s at %s (config %s, %s)", run.run_id, run.root, cfg.config_hash(), executor.label)
 
@@ -107,9 +110,11 @@ def _pipeline(run: Run, cfg: HealConfig) -> dict[str, Any]:
     shards = shard_problems(run, cfg)
     progress = Progress(run, cfg, shards)
     if progress.pending and run.generation != run:  # its samples are another run's objects, never written here
-        raise RuntimeError(f"run {run.run_id} is derived from run {run.generation.run_id}, whose samples it reads, "
-                           f"and its record of shard(s) {', '.join(map(str, progress.pending))} is missing: run the "
-                           "same heal train or heal eval again, which writes it")
+        raise RuntimeError(
+            f"run {run.run_id} is derived from run {run.generation.run_id}, whose samples it reads, "
+            f"and its record of shard(s) {', '.join(map(str, progress.pending))} is missing: run the "
+            "same heal train or heal eval again, which writes it"
+        )
 
     # 2. every unfinished shard: Stage I sampling, buckets, Stage II hints, GEAR, PURE
     executor.shards(progress.pending, progress.shard_done)
@@ -130,7 +135,9 @@ def after_generation(run: Run, shards: int, cfg: HealConfig, executor: Executor,
     progress.step_done("train")
 
     # 5. teacher, student base and every trained model on the held-out set and the benchmarks
-    executor.evaluate([TrainedModel(r.variant, r.seed, r.model_dir) for r in run.variants(cfg) if r.model_dir is not None])
+    executor.evaluate(
+        [TrainedModel(r.variant, r.seed, r.model_dir) for r in run.variants(cfg) if r.model_dir is not None]
+    )
     progress.step_done("eval")
 
     # 6. report.md, plots, summary.json and the run's artifacts

@@ -22,4 +22,6 @@ from tasks.secrets import export_secrets
 def heal_shard(run_root: str, shard: int, config: HealConfig) -> dict[str, Any]:
     """The teacher is resolved here, on the worker: a bundled or local path is the worker's, not the parent's."""
     export_secrets(config)
-    return retrying_shard(config)(Run.at(run_root, config), shard, config, resolve_model(config.teacher.model, "teacher"))
+    return retrying_shard(config)(
+        Run.at(run_root, config), shard, config, resolve_model(config.teacher.model, "teacher")
+    )

@@ -18,8 +18,9 @@ from tasks.training import train_model
 
 
 @flow(name="heal-train")
-def heal_train(run_root: str, config: HealConfig, variant: str | None = None, seed: int | None = None
-               ) -> list[dict[str, Any]]:
+def heal_train(
+    run_root: str, config: HealConfig, variant: str | None = None, seed: int | None = None
+) -> list[dict[str, Any]]:
     """Each (variant, seed) of ``pace.variants`` x ``pace.seeds``, or only ``variant`` and only ``seed`` where given,
     stage after stage; one whose result is in the run's storage is not retrained, nor is a finished stage of one
     that was interrupted.
@@ -31,13 +32,16 @@ def heal_train(run_root: str, config: HealConfig, variant: str | None = None, se
     variants = [v for v in config.pace.variants if variant in (None, v)]
     seeds = [s for s in config.pace.seeds if seed in (None, s)]
     if not variants or not seeds:
-        raise ValueError(f"heal-train: variant {variant!r} / seed {seed!r} is not among the config's "
-                         f"pace.variants {config.pace.variants} / pace.seeds {config.pace.seeds}")
+        raise ValueError(
+            f"heal-train: variant {variant!r} / seed {seed!r} is not among the config's "
+            f"pace.variants {config.pace.variants} / pace.seeds {config.pace.seeds}"
+        )
     export_secrets(config)
     run = Run.at(run_root, config)
     student = resolve_model(config.student.model, "student")
     with read_datasets(run, datasets_of(variants)) as datasets:
         sizes = {name: len(examples) for name, examples in datasets.items()}
-        results = [train_model(run, plan(v, sizes, config.pace), s, student, datasets, config)
-                   for v in variants for s in seeds]
+        results = [
+            train_model(run, plan(v, sizes, config.pace), s, student, datasets, config) for v in variants for s in seeds
+        ]
     return [result.to_json() for result in results]

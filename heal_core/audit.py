@@ -45,10 +45,16 @@ class Audit:
         return self.agreed / self.audited if self.audited else None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "problems": self.problems, "audited": self.audited, "agreed": self.agreed,
-                "agreement": self.agreement, "disagreements": [asdict(d) for d in self.disagreements],
-                "false_positives": [list(pair) for pair in self.false_positives],
-                "rejects": [asdict(r) for r in self.rejects]}
+        return {
+            "name": self.name,
+            "problems": self.problems,
+            "audited": self.audited,
+            "agreed": self.agreed,
+            "agreement": self.agreement,
+            "disagreements": [asdict(d) for d in self.disagreements],
+            "false_positives": [list(pair) for pair in self.false_positives],
+            "rejects": [asdict(r) for r in self.rejects],
+        }
 
 
 def audit_verifier(

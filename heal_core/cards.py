@@ -53,50 +53,101 @@ def dataset_card(run_id: str, summary: Mapping[str, Any], sizes: Mapping[str, in
         "pretty_name": f"HEAL curriculum, run {run_id}",
         "task_categories": ["text-generation"],
         "tags": ["heal", "distillation", "math", "reasoning"],
-        "configs": [{"config_name": "default",
-                     "data_files": [{"split": str(name), "path": split_file(name)} for name in Dataset]}],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": str(name), "path": split_file(name)} for name in Dataset],
+            }
+        ],
     }
-    lines = [*_front_matter(metadata), f"# HEAL curriculum of run {run_id}", "",
-             f"Teacher {_named(cfg.teacher.model, 'teacher')} (reasoning format "
-             f"{cfg.teacher.reasoning_format}); config fingerprint `{cfg.config_hash()}`. Each split is one "
-             "training set in TRL's conversational prompt-completion format, every example with the lineage of "
-             "the teacher sample it came from.", "",
-             "| split | examples | used by variants |", "|---|---|---|"]
-    lines += [f"| {name} | {sizes[name]} | {', '.join(v for v, sets in VARIANTS.items() if name in sets) or '—'} |"
-              for name in Dataset]
+    lines = [
+        *_front_matter(metadata),
+        f"# HEAL curriculum of run {run_id}",
+        "",
+        f"Teacher {_named(cfg.teacher.model, 'teacher')} (reasoning format "
+        f"{cfg.teacher.reasoning_format}); config fingerprint `{cfg.config_hash()}`. Each split is one "
+        "training set in TRL's conversational prompt-completion format, every example with the lineage of "
+        "the teacher sample it came from.",
+        "",
+        "| split | examples | used by variants |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {sizes[name]} | {', '.join(v for v, sets in VARIANTS.items() if name in sets) or '—'} |"
+        for name in Dataset
+    ]
     lines += ["", "## Lineage", "", *_lineage(summary), "", "## Features", "", "| column | type |", "|---|---|"]
     lines += [f"| {field.name} | {field.type} |" for field in CURRICULUM_SCHEMA]
     return "\n".join(lines) + "\n"
 
 
-def model_card(run_id: str, result: VariantResult, summary: Mapping[str, Any],
-               benchmarks: Sequence[Mapping[str, Any]], cfg: HealConfig) -> str:
+def _evaluation_lines(variant: str, summary: Mapping[str, Any], benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The variant's held-out intervals (the report's) and its per-benchmark rows (mean over its seeds)."""
+    lines = []
+    held_out = ((summary.get("variants") or {}).get("by_variant") or {}).get(variant)
+    if held_out is not None:
+        confidence = summary["variants"]["confidence"]
+        lines += [
+            f"Held-out pass@1, all seeds of the variant ({confidence:.0%} CI over problems and seeds): "
+            f"{interval_text(held_out['pass_at_1_held_out'])}; "
+            f"hard problems: {interval_text(held_out['pass_at_1_hard'])}.",
+            "",
+        ]
+    rows = [r for r in benchmarks if r["model"] == variant and r["group_field"] is None]
+    if rows:
+        lines += ["| benchmark | problems | pass@1 | pass@k (k) |", "|---|---|---|---|"]
+        lines += [
+            f"| {r['benchmark']} | {r['problems']} | {r['pass_at_1']:.3f} | {r['pass_at_k']:.3f} ({r['samples']}) |"
+            for r in rows
+        ]
+    return lines
+
+
+def model_card(
+    run_id: str,
+    result: VariantResult,
+    summary: Mapping[str, Any],
+    benchmarks: Sequence[Mapping[str, Any]],
+    cfg: HealConfig,
+) -> str:
     """One trained student: ``benchmarks`` are rows of EVALUATION_SUMMARY_SCHEMA (the variant's mean over its
     seeds per benchmark); the held-out intervals are the report's (``summary["variants"]``). ``base_model`` is
     in the metadata only for a hub or local checkpoint, not for the bundled demo student."""
     pace = cfg.pace
-    metadata = {**({"base_model": cfg.student.model} if cfg.student.model else {}), "library_name": "transformers",
-                "tags": list(dict.fromkeys(["heal", "distillation", "math", "reasoning", result.variant]))}
-    lines = [*_front_matter(metadata), f"# {result.variant} student of HEAL run {run_id} (seed {result.seed})", "",
-             f"Fine-tuned from {_named(cfg.student.model, 'student')} with TRL's SFTTrainer, stage after stage, "
-             f"each stage starting from the previous stage's weights; teacher {_named(cfg.teacher.model, 'teacher')}, config "
-             f"fingerprint `{cfg.config_hash()}`.", "", "## Training", "",
-             "| stage | examples | optimizer steps |", "|---|---|---|"]
+    metadata = {
+        **({"base_model": cfg.student.model} if cfg.student.model else {}),
+        "library_name": "transformers",
+        "tags": list(dict.fromkeys(["heal", "distillation", "math", "reasoning", result.variant])),
+    }
+    lines = [
+        *_front_matter(metadata),
+        f"# {result.variant} student of HEAL run {run_id} (seed {result.seed})",
+        "",
+        f"Fine-tuned from {_named(cfg.student.model, 'student')} with TRL's SFTTrainer, stage after stage, "
+        f"each stage starting from the previous stage's weights; teacher {_named(cfg.teacher.model, 'teacher')}, "
+        f"config fingerprint `{cfg.config_hash()}`.",
+        "",
+        "## Training",
+        "",
+        "| stage | examples | optimizer steps |",
+        "|---|---|---|",
+    ]
     lines += [f"| {s.name} | {s.examples} | {s.steps} |" for s in result.stages]
-    lines += ["", f"Learning rate {pace.learning_rate} ({pace.lr_scheduler_type}, warm-up {pace.warmup_ratio:.0%}), "
-              f"effective batch {pace.batch_size}, max length {pace.max_length}, budget {result.budget} steps "
-              f"(every variant of the run gets the same), training seed {result.seed}.", "", "## Evaluation", ""]
-    held_out = ((summary.get("variants") or {}).get("by_variant") or {}).get(result.variant)
-    if held_out is not None:
-        confidence = summary["variants"]["confidence"]
-        lines += [f"Held-out pass@1, all seeds of the variant ({confidence:.0%} CI over problems and seeds): "
-                  f"{interval_text(held_out['pass_at_1_held_out'])}; hard problems: {interval_text(held_out['pass_at_1_hard'])}.",
-                  ""]
-    rows = [r for r in benchmarks if r["model"] == result.variant and r["group_field"] is None]
-    if rows:
-        lines += ["| benchmark | problems | pass@1 | pass@k (k) |", "|---|---|---|---|"]
-        lines += [f"| {r['benchmark']} | {r['problems']} | {r['pass_at_1']:.3f} | {r['pass_at_k']:.3f} ({r['samples']}) |"
-                  for r in rows]
-    lines += ["", "## Data", "", f"The run's curriculum splits {', '.join(s.name for s in result.stages)} "
-              "(its dataset card says how each was made)."]
+    lines += [
+        "",
+        f"Learning rate {pace.learning_rate} ({pace.lr_scheduler_type}, warm-up {pace.warmup_ratio:.0%}), "
+        f"effective batch {pace.batch_size}, max length {pace.max_length}, budget {result.budget} steps "
+        f"(every variant of the run gets the same), training seed {result.seed}.",
+        "",
+        "## Evaluation",
+        "",
+        *_evaluation_lines(result.variant, summary, benchmarks),
+    ]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"The run's curriculum splits {', '.join(s.name for s in result.stages)} "
+        "(its dataset card says how each was made).",
+    ]
     return "\n".join(lines) + "\n"

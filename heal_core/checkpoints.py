@@ -25,8 +25,11 @@ PREFIX = "checkpoint-"
 
 def complete(uri: str, options: Mapping[str, Any]) -> list[int]:
     """The steps of the complete checkpoints under ``uri``, oldest first."""
-    steps = [int(name[len(PREFIX):]) for name in storage.list_dirs(uri, dict(options))
-             if name.startswith(PREFIX) and name[len(PREFIX):].isdigit()]
+    steps = [
+        int(name[len(PREFIX) :])
+        for name in storage.list_dirs(uri, dict(options))
+        if name.startswith(PREFIX) and name[len(PREFIX) :].isdigit()
+    ]
     return sorted(s for s in steps if storage.exists(storage.join(uri, f"{PREFIX}{s}", DONE), dict(options)))
 
 

@@ -49,8 +49,11 @@ def pass_at_1_plot(names: Sequence[str], summaries: Sequence[Mapping[str, Any]])
     width = 0.8 / max(1, len(summaries))
     for i, (name, summary) in enumerate(zip(names, summaries, strict=True)):
         found = (summary.get("variants") or {}).get("by_variant", {})
-        points = [(x, found[v]["pass_at_1_held_out"]) for x, v in enumerate(variants)
-                  if v in found and not found[v]["skip_reason"]]
+        points = [
+            (x, found[v]["pass_at_1_held_out"])
+            for x, v in enumerate(variants)
+            if v in found and not found[v]["skip_reason"]
+        ]
         xs = [x - 0.4 + width * (i + 0.5) for x, _ in points]
         ys = [p["estimate"] for _, p in points]
         spread = [[p["estimate"] - p["low"] for _, p in points], [p["high"] - p["estimate"] for _, p in points]]

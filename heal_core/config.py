@@ -24,8 +24,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from heal_core.environment import CREDENTIAL_KEY, ENV_REFERENCE, PLATFORM_SECRET
 from heal_core.reasoning import ReasoningFormat
-from heal_core.settings import (ConfigWarning, Declaration, Introduced, Removed, Role, digest, hashed, renames,
-                                setting, upgrade)
+from heal_core.settings import (
+    ConfigWarning,
+    Declaration,
+    Introduced,
+    Removed,
+    Role,
+    digest,
+    hashed,
+    renames,
+    setting,
+    upgrade,
+)
 
 
 class ConfigError(ValueError):
@@ -74,7 +84,8 @@ class SamplingConfig(_Section):
 
 
 class VLLMConfig(_Section):
-    """The vLLM engine (``teacher.backend: vllm``, in the GPU worker's process) and ``heal serve-teacher --backend vllm``.
+    """The vLLM engine (``teacher.backend: vllm``, in the GPU worker's process) and ``heal serve-teacher --backend
+    vllm``.
 
     Data parallelism in the worker is one engine per GPU: one ``heal worker --gpus I`` each, every shard run on
     one GPU (vLLM refuses ``data_parallel_size > 1`` inside one process). ``data_parallel_size`` applies to
@@ -601,15 +612,19 @@ class StorageConfig(_Section):
     @classmethod
     def _credentials_by_reference_only(cls, options: dict[str, Any]) -> dict[str, Any]:
         leaves = list(_option_leaves(options))
-        literal = [key for key, name, value in leaves if CREDENTIAL_KEY.search(name) and value not in (None, "")
-                   and not ENV_REFERENCE.fullmatch(str(value))]
+        literal = [
+            key
+            for key, name, value in leaves
+            if CREDENTIAL_KEY.search(name) and value not in (None, "") and not ENV_REFERENCE.fullmatch(str(value))
+        ]
         if literal:
             raise ValueError(
                 f"{', '.join(literal)}: a credential written into the config would be copied into config.yaml, "
                 "flow parameters and logs; write it as a ${ENV_VAR} reference, or use the AWS_* variables"
             )
-        elsewhere = [key for key, name, value in leaves if not CREDENTIAL_KEY.search(name)
-                     and ENV_REFERENCE.search(str(value))]
+        elsewhere = [
+            key for key, name, value in leaves if not CREDENTIAL_KEY.search(name) and ENV_REFERENCE.search(str(value))
+        ]
         if elsewhere:
             raise ValueError(
                 f"{', '.join(elsewhere)}: ${{NAME}} expands only in credential fields (key, secret, token, password, "
@@ -888,8 +903,13 @@ class EvaluationConfig(_Section):
 
 
 REMOVED: tuple[Removed, ...] = (
-    Removed("teacher.server.max_retries", "0.2.0", 5, "teacher.server.patience_seconds bounds a request's retries by "
-            "time instead", Declaration(Role.EXECUTION)),
+    Removed(
+        "teacher.server.max_retries",
+        "0.2.0",
+        5,
+        "teacher.server.patience_seconds bounds a request's retries by time instead",
+        Declaration(Role.EXECUTION),
+    ),
 )
 """Settings heal no longer has, each with the value today's code behaves as (``heal_core/settings.py``, rule 3):
 an old run's ``config.yaml`` that holds one still loads, and hashes as it did."""

@@ -43,9 +43,16 @@ def keys(model: type[BaseModel] = HealConfig) -> list[KeyDoc]:
         field = owner.model_fields[name]
         description = field.description or ""
         paper = _PAPER.search(description)
-        out.append(KeyDoc(leaf.path, _type_name(field.annotation),
-                          json.dumps(field.get_default(call_default_factory=True)), role_text(leaf.declaration),
-                          paper.group(1).strip() if paper else "", description))
+        out.append(
+            KeyDoc(
+                leaf.path,
+                _type_name(field.annotation),
+                json.dumps(field.get_default(call_default_factory=True)),
+                role_text(leaf.declaration),
+                paper.group(1).strip() if paper else "",
+                description,
+            )
+        )
     return out
 
 
@@ -64,27 +71,44 @@ def role_text(declaration: Declaration | None) -> str:
 
 def sections() -> list[tuple[str, str]]:
     """(top-level section, the first paragraph of its own docstring: not one it inherits)."""
-    return [(name, inspect.cleandoc(vars(field.annotation).get("__doc__") or "").split("\n\n")[0].replace("\n", " "))
-            for name, field in HealConfig.model_fields.items() if is_section(field.annotation)]
+    return [
+        (name, inspect.cleandoc(vars(field.annotation).get("__doc__") or "").split("\n\n")[0].replace("\n", " "))
+        for name, field in HealConfig.model_fields.items()
+        if is_section(field.annotation)
+    ]
 
 
 def markdown() -> str:
     """The whole reference as ``docs/config.md`` holds it."""
-    lines = ["# Configuration reference", "",
-             "Generated from `heal_core/config.py` by `heal config explain --markdown > docs/config.md`; a test fails",
-             "when this file is out of date. Set any key with `--set key=value` (parsed as YAML) or in a YAML config.", "",
-             "A key's *role* is the step whose output it shapes, and so the fingerprints it enters "
-             "(`heal_core/settings.py`):",
-             "`problems` (which problems, how they are sharded), `generation` (the teacher's samples and PURE's scores: "
-             "the generation store's key), `selection` (which rows are kept), `training`, `evaluation`, and "
-             "`execution` (where and how the work runs: in no hash). Every key outside `execution` is in the run's "
-             "config hash; \"config hash only\" marks one its step's store keys otherwise.", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `heal_core/config.py` by `heal config explain --markdown > docs/config.md`; a test fails",
+        "when this file is out of date. Set any key with `--set key=value` (parsed as YAML) or in a YAML config.",
+        "",
+        "A key's *role* is the step whose output it shapes, and so the fingerprints it enters "
+        "(`heal_core/settings.py`):",
+        "`problems` (which problems, how they are sharded), `generation` (the teacher's samples and PURE's scores: "
+        "the generation store's key), `selection` (which rows are kept), `training`, `evaluation`, and "
+        "`execution` (where and how the work runs: in no hash). Every key outside `execution` is in the run's "
+        'config hash; "config hash only" marks one its step\'s store keys otherwise.',
+        "",
+    ]
     docs = keys()
     for section, about in sections():
-        lines += [f"## `{section}`", "", *([about, ""] if about else []),
-                  "| key | type | default | role | paper | description |", "|---|---|---|---|---|---|"]
-        lines += [f"| `{d.key}` | {_cell(d.type)} | `{_cell(d.default)}` | {d.role} | {_cell(d.paper)} | "
-                  f"{_cell(d.description)} |" for d in docs if d.key.startswith(section + ".")]
+        lines += [
+            f"## `{section}`",
+            "",
+            *([about, ""] if about else []),
+            "| key | type | default | role | paper | description |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{d.key}` | {_cell(d.type)} | `{_cell(d.default)}` | {d.role} | {_cell(d.paper)} | "
+            f"{_cell(d.description)} |"
+            for d in docs
+            if d.key.startswith(section + ".")
+        ]
         lines.append("")
     return "\n".join(lines)
 

@@ -38,8 +38,13 @@ class Contaminated:
 
     def record(self) -> dict[str, str | float]:
         """A JSON-ready row for the run's report."""
-        return {"problem_id": self.problem.problem_id, "eval_set": self.eval_set, "eval_id": self.eval_id,
-                "ngram": self.ngram, "overlap": round(self.overlap, 4)}
+        return {
+            "problem_id": self.problem.problem_id,
+            "eval_set": self.eval_set,
+            "eval_id": self.eval_id,
+            "ngram": self.ngram,
+            "overlap": round(self.overlap, 4),
+        }
 
 
 def words(text: str) -> list[str]:

@@ -44,13 +44,17 @@ def derived_config(parent: HealConfig, kind: Kind, overrides: list[str], variant
         path = renamed.get(key, key)
         role = roles.get(path)
         if role == Role.SELECTION and path.split(".", 1)[0] in mine:
-            raise ConfigError(f"--set {key}: it changes which rows are kept; start a new heal run with it (the "
-                              "generation store re-selects the stored rows without sampling again)")
+            raise ConfigError(
+                f"--set {key}: it changes which rows are kept; start a new heal run with it (the "
+                "generation store re-selects the stored rows without sampling again)"
+            )
         if role is not None and role not in (ROLE[kind], Role.EXECUTION):
-            raise ConfigError(f"--set {key}: heal {kind} changes only {', '.join(s + '.*' for s in mine)} ({ROLE[kind]} "
-                              f"settings; the role of {key} is {role}): heal train changes training settings, heal "
-                              "eval evaluation settings, and any other needs a new heal run (the generation store "
-                              "re-uses what the teacher already sampled)")
+            raise ConfigError(
+                f"--set {key}: heal {kind} changes only {', '.join(s + '.*' for s in mine)} ({ROLE[kind]} "
+                f"settings; the role of {key} is {role}): heal train changes training settings, heal "
+                "eval evaluation settings, and any other needs a new heal run (the generation store "
+                "re-uses what the teacher already sampled)"
+            )
     if variants and kind != "train":
         raise ConfigError("--variant: only heal train trains variants")
     added = [v for v in variants if v not in parent.pace.variants]
@@ -81,8 +85,16 @@ def trained_models(run: Run, cfg: HealConfig) -> list[tuple[str, str, str, int, 
             if result.model_dir is not None:
                 score = scores.get((result.variant, result.seed))
                 trained_by = this.run_id if result.model_dir.startswith(this.root + "/") else run.run_id
-                rows.append((this.run_id, changed, result.variant, result.seed,
-                             "—" if score is None else f"{score:.3f}", trained_by))
+                rows.append(
+                    (
+                        this.run_id,
+                        changed,
+                        result.variant,
+                        result.seed,
+                        "—" if score is None else f"{score:.3f}",
+                        trained_by,
+                    )
+                )
     return rows
 
 
@@ -90,8 +102,9 @@ def _held_out_pass_at_1(run: Run) -> dict[tuple[str, int], float]:
     """Mean held-out pass@1 per (variant, seed) of a run's evaluation; empty until the run has evaluated."""
     if not storage.exists(run.evaluation, run.options):
         return {}
-    table = storage.read_parquet(run.evaluation, EVALUATION_SCHEMA, run.options,
-                                 ["model", "train_seed", "benchmark", "pass_at_1"])
+    table = storage.read_parquet(
+        run.evaluation, EVALUATION_SCHEMA, run.options, ["model", "train_seed", "benchmark", "pass_at_1"]
+    )
     values: dict[tuple[str, int], list[float]] = defaultdict(list)
     for row in table.to_pylist():
         if row["benchmark"] == HELD_OUT and row["train_seed"] is not None:

@@ -27,5 +27,11 @@ def connect(workdir: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
     spill = workdir / "duckdb"
     spill.mkdir(parents=True, exist_ok=True)
     threads = max(1, min(os.cpu_count() or 1, parse_size(memory_limit) // PER_THREAD))
-    return duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(spill), "threads": threads,
-                                  "preserve_insertion_order": False})
+    return duckdb.connect(
+        config={
+            "memory_limit": memory_limit,
+            "temp_directory": str(spill),
+            "threads": threads,
+            "preserve_insertion_order": False,
+        }
+    )

@@ -8,6 +8,7 @@ recent level. The paper searches the first third of the trajectory (errors made 
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -56,9 +57,9 @@ def split_steps(text: str) -> list[str]:
 
     Keeping the separators inside the segments means scoring the segments scores the exact text.
     """
-    cuts = [m.start() for m in STEP_SEPARATOR.finditer(text) if 0 < m.start() and m.end() < len(text)]
+    cuts = [m.start() for m in STEP_SEPARATOR.finditer(text) if m.start() > 0 and m.end() < len(text)]
     bounds = [0, *cuts, len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    return [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def step_start(text: str, char_index: int) -> tuple[int, int]:

@@ -24,7 +24,9 @@ CREDENTIAL_KEY = re.compile(r"(^|_)(key|secret|token|password|credentials?|conne
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 PLATFORM_SECRET = re.compile(
     r"^(AWS_|MINIO_|POSTGRES|PG|PREFECT_|GOOGLE_|AZURE_|HF_|HUGGING_FACE_)|(SECRET_ACCESS_KEY|ACCESS_KEY_ID|"
-    r"SESSION_TOKEN)$", re.IGNORECASE)
+    r"SESSION_TOKEN)$",
+    re.IGNORECASE,
+)
 ALLOWED = "HEAL_ALLOWED_ENV"
 
 
@@ -36,5 +38,6 @@ def check_allowed(name: str, where: str) -> None:
     """Refuse ``name`` unless the worker allows it (``HEAL_ALLOWED_ENV``; every name when that is unset)."""
     allowed = os.environ.get(ALLOWED)
     if allowed is not None and name not in {n.strip() for n in allowed.split(",")}:
-        raise NotAllowed(f"{where} names the environment variable {name}, which this worker does not allow "
-                         f"({ALLOWED}={allowed})")
+        raise NotAllowed(
+            f"{where} names the environment variable {name}, which this worker does not allow ({ALLOWED}={allowed})"
+        )

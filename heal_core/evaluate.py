@@ -45,17 +45,23 @@ class EvalUnit:
         return f"{self.model}{seed}-{self.benchmark}-{self.start}-{self.stop}"
 
 
-def evaluation_units(models: Sequence[tuple[str, int | None]], sets: Mapping[str, Sequence[Problem]],
-                     shard_size: int) -> list[EvalUnit]:
+def evaluation_units(
+    models: Sequence[tuple[str, int | None]], sets: Mapping[str, Sequence[Problem]], shard_size: int
+) -> list[EvalUnit]:
     """Every (model, set shard), model after model and set after set, the order of the results' rows; a set is one
     shard when ``shard_size`` is 0. A problem's samples are seeded by its id (``heal_core/seeds.py``), not by its
     place, so how sets are cut changes no result."""
+
     def cuts(size: int) -> list[tuple[int, int]]:
         step = shard_size or max(size, 1)
         return [(start, min(start + step, size)) for start in range(0, size, step)]
 
-    return [EvalUnit(label, seed, name, start, stop) for label, seed in models
-            for name, problems in sets.items() for start, stop in cuts(len(problems))]
+    return [
+        EvalUnit(label, seed, name, start, stop)
+        for label, seed in models
+        for name, problems in sets.items()
+        for start, stop in cuts(len(problems))
+    ]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -87,13 +93,19 @@ def evaluate(
 ) -> list[ProblemResult]:
     """Draw ``sampling.n`` samples per problem and score them; ``k`` <= ``sampling.n``. ``reasoning_format`` is
     the evaluated model's (``heal_core/reasoning.py``)."""
-    requests = [Request(prompt_template.format(problem=p.problem), sampling.n,
-                        request_seed(sampling.seed, "eval", p.problem_id)) for p in problems]
+    requests = [
+        Request(
+            prompt_template.format(problem=p.problem), sampling.n, request_seed(sampling.seed, "eval", p.problem_id)
+        )
+        for p in problems
+    ]
     progress.stage("eval", sum(r.n for r in requests))
     batches = require_usable(backend.generate(requests, sampling), "evaluation sampling")
     pairs = [(g.text, p.answer) for p, gens in zip(problems, batches, strict=True) for g in gens]
     cut = [g.finish_reason == "length" for gens in batches for g in gens]  # cut off: wrong, as in Stage I
-    verdicts = iter(check_many(pairs, truncated=cut, max_error_share=max_error_share, reasoning_format=reasoning_format))
+    verdicts = iter(
+        check_many(pairs, truncated=cut, max_error_share=max_error_share, reasoning_format=reasoning_format)
+    )
     results = []
     for p, gens in zip(problems, batches, strict=True):
         correct = sum(next(verdicts).correct for _ in gens)
@@ -105,8 +117,9 @@ def evaluate(
 def evaluation_sampling(cfg: HealConfig) -> SamplingConfig:
     """How every model is sampled for evaluation: the teacher's settings (max_new_tokens, top_k, seed) with
     ``evaluation.samples``, ``evaluation.temperature`` and ``evaluation.top_p``."""
-    return cfg.teacher.sampling.model_copy(update={
-        "n": cfg.evaluation.samples, "temperature": cfg.evaluation.temperature, "top_p": cfg.evaluation.top_p})
+    return cfg.teacher.sampling.model_copy(
+        update={"n": cfg.evaluation.samples, "temperature": cfg.evaluation.temperature, "top_p": cfg.evaluation.top_p}
+    )
 
 
 def sampling_settings(sampling: SamplingConfig) -> dict[str, Any]:
@@ -140,13 +153,20 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for key in sorted(groups, key=order):
         (model, backend, benchmark, samples, *settings), field, value = key
         members = groups[key]
-        summary.append({
-            "model": model, "backend": backend, "benchmark": benchmark, "group_field": field, "group_value": value,
-            "problems": len({r["problem_id"] for r in members}), "samples": samples,
-            "pass_at_1": sum(r["pass_at_1"] for r in members) / len(members),
-            "pass_at_k": sum(r["pass_at_k"] for r in members) / len(members),
-            **dict(zip(SAMPLING_COLUMNS, settings, strict=True)),
-        })
+        summary.append(
+            {
+                "model": model,
+                "backend": backend,
+                "benchmark": benchmark,
+                "group_field": field,
+                "group_value": value,
+                "problems": len({r["problem_id"] for r in members}),
+                "samples": samples,
+                "pass_at_1": sum(r["pass_at_1"] for r in members) / len(members),
+                "pass_at_k": sum(r["pass_at_k"] for r in members) / len(members),
+                **dict(zip(SAMPLING_COLUMNS, settings, strict=True)),
+            }
+        )
     return summary
 
 
@@ -177,29 +197,52 @@ def backend_key(label: str, cfg: HealConfig) -> tuple[str, ...]:
     return backend_kind(label, cfg), dtype
 
 
-def stored_evaluation(cfg: HealConfig, identity: str, label: str, train_seed: int | None, name: str,
-                      problems: Sequence[Problem]) -> str:
+def stored_evaluation(
+    cfg: HealConfig, identity: str, label: str, train_seed: int | None, name: str, problems: Sequence[Problem]
+) -> str:
     """Where one model's results on one set live in the evaluation store, ``<storage.uri>/evaluations/``, shared by
     every run there: keyed by the evaluation settings, the model (``identity``: a stored model's URI, or what a
     local model's files are, ``fingerprints.model_identity``), how it is run, and the set's name and problems. A run
     that evaluates the same teacher the same way on the same set (every run derived from another, a nightly run)
     reads its results instead of asking the teacher again. Objects live in their evaluation fingerprint's folder
     (``heal_core/stores.py``), which ``heal store ls`` lists and ``heal store gc`` removes whole."""
-    key = fingerprints.digest({
-        "evaluation": fingerprints.evaluation(cfg), "model": identity, "label": label, "train_seed": train_seed,
-        "backend": backend_key(label, cfg),
-        "reasoning_format": written_format(label, cfg), "set": name,
-        "problems": [(p.problem_id, p.problem, p.answer, sorted(p.metadata.items())) for p in problems]})
+    key = fingerprints.digest(
+        {
+            "evaluation": fingerprints.evaluation(cfg),
+            "model": identity,
+            "label": label,
+            "train_seed": train_seed,
+            "backend": backend_key(label, cfg),
+            "reasoning_format": written_format(label, cfg),
+            "set": name,
+            "problems": [(p.problem_id, p.problem, p.answer, sorted(p.metadata.items())) for p in problems],
+        }
+    )
     return stores.evaluation_object(cfg, key)
 
 
-def evaluation_rows(backend: TeacherBackend, label: str, train_seed: int | None, name: str,
-                    problems: Sequence[Problem], cfg: HealConfig) -> list[dict[str, Any]]:
+def evaluation_rows(
+    backend: TeacherBackend, label: str, train_seed: int | None, name: str, problems: Sequence[Problem], cfg: HealConfig
+) -> list[dict[str, Any]]:
     """One model's per-problem result rows on one set, as the evaluation store and a run's tables hold them."""
     sampling = evaluation_sampling(cfg)
-    return [{"model": label, "train_seed": train_seed, "model_path": backend.model_path, "backend": backend.kind,
-             "benchmark": name,
-             **asdict(result), **sampling_settings(sampling)}
-            for result in evaluate(backend, problems, cfg.teacher.prompt_template, sampling, k=cfg.evaluation.samples,
-                                   max_error_share=cfg.orchestration.max_verify_error_share,
-                                   reasoning_format=written_format(label, cfg))]
+    return [
+        {
+            "model": label,
+            "train_seed": train_seed,
+            "model_path": backend.model_path,
+            "backend": backend.kind,
+            "benchmark": name,
+            **asdict(result),
+            **sampling_settings(sampling),
+        }
+        for result in evaluate(
+            backend,
+            problems,
+            cfg.teacher.prompt_template,
+            sampling,
+            k=cfg.evaluation.samples,
+            max_error_share=cfg.orchestration.max_verify_error_share,
+            reasoning_format=written_format(label, cfg),
+        )
+    ]

@@ -36,8 +36,17 @@ from heal_core import storage
 from heal_core.config import HealConfig, hashed_settings
 from heal_core.settings import Role, digest, flat
 
-__all__ = ["curriculum", "digest", "evaluation", "file_digest", "generation", "model_identity", "selection", "settings",
-           "training"]
+__all__ = [
+    "curriculum",
+    "digest",
+    "evaluation",
+    "file_digest",
+    "generation",
+    "model_identity",
+    "selection",
+    "settings",
+    "training",
+]
 
 
 def model_identity(path: str) -> str:
@@ -48,8 +57,11 @@ def model_identity(path: str) -> str:
     root = Path(path)
     if not root.is_dir():
         return f"{path}@{hub_revision(path)}"
-    files = sorted(p for p in root.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     return digest([(str(p.relative_to(root)), file_digest(p)) for p in files])
 
 
@@ -66,8 +78,10 @@ def hub_revision(name: str) -> str:
     try:
         sha = HfApi().model_info(name).sha
     except (HfHubHTTPError, OSError, ValueError) as err:
-        raise ValueError(f"cannot tell which revision of the hub model {name} this is: not in the Hugging Face "
-                         f"cache and the hub did not answer ({err})") from None
+        raise ValueError(
+            f"cannot tell which revision of the hub model {name} this is: not in the Hugging Face "
+            f"cache and the hub did not answer ({err})"
+        ) from None
     if not sha:
         raise ValueError(f"the hub gave no commit for {name}")
     return sha
@@ -100,8 +114,12 @@ def settings(cfg: HealConfig, role: Role) -> dict[str, object]:
     tree = hashed_settings(cfg, lambda d: role in d.fingerprints)
     if role != Role.EVALUATION:
         return tree
-    borrowed = {path.rsplit(".", 1)[-1]: value for section, values in tree.items() if section != "evaluation"
-                for path, value in flat({section: values}).items()}
+    borrowed = {
+        path.rsplit(".", 1)[-1]: value
+        for section, values in tree.items()
+        if section != "evaluation"
+        for path, value in flat({section: values}).items()
+    }
     return {**({"evaluation": tree["evaluation"]} if "evaluation" in tree else {}), **borrowed}
 
 

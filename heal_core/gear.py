@@ -56,20 +56,29 @@ def plan_repairs(rows: Sequence[Trajectory], backend: TeacherBackend, cfg: HealC
     """One plan (or skip) per failed trajectory. Breakpoints are found in the exact entropy traces: a backend that
     stored a top-k bound recomputes them, all in one call."""
     traced = [r for r in rows if r.entropy]
-    exact = iter(backend.exact_entropy(
-        [Trace(r.prompt, tuple(r.token_ids), np.asarray(r.entropy, dtype=np.float64)) for r in traced],
-        cfg.teacher.sampling.temperature,
-    ) if traced else [])
-    return [_plan(r, next(exact), backend, cfg) if r.entropy
-            else Skip(r.sample_id, r.problem_id, "empty entropy trace") for r in rows]
+    exact = iter(
+        backend.exact_entropy(
+            [Trace(r.prompt, tuple(r.token_ids), np.asarray(r.entropy, dtype=np.float64)) for r in traced],
+            cfg.teacher.sampling.temperature,
+        )
+        if traced
+        else []
+    )
+    return [
+        _plan(r, next(exact), backend, cfg) if r.entropy else Skip(r.sample_id, r.problem_id, "empty entropy trace")
+        for r in rows
+    ]
 
 
 def _plan(row: Trajectory, entropy: np.ndarray, backend: TeacherBackend, cfg: HealConfig) -> RepairPlan | Skip:
     searched = entropy[: _reasoning_tokens(row, backend, cfg.teacher.reasoning_format)]
     bp = find_breakpoint(searched, cfg.gear.surge_window, cfg.gear.search_fraction)
     if bp is None:
-        return Skip(row.sample_id, row.problem_id,
-                    f"no entropy surge in the first {cfg.gear.search_fraction:.0%} of {searched.size} tokens")
+        return Skip(
+            row.sample_id,
+            row.problem_id,
+            f"no entropy surge in the first {cfg.gear.search_fraction:.0%} of {searched.size} tokens",
+        )
     char = len(backend.decode(row.token_ids[: bp.token]))
     start, step = step_start(row.text, char)
     return RepairPlan(Repair(row.sample_id, bp.token, step, bp.surge, start), row.text[:start])
@@ -108,19 +117,34 @@ def repair(
     caller). A repair's continuations are seeded by its parent's sample id, so they do not depend on the wave."""
     parents = [(problem, row) for problem, rows in paths for row in rows]
     plans = plan_repairs([row for _, row in parents], backend, cfg)
-    repairs = [(problem, plan) for (problem, _), plan in zip(parents, plans, strict=True) if isinstance(plan, RepairPlan)]
+    repairs = [
+        (problem, plan) for (problem, _), plan in zip(parents, plans, strict=True) if isinstance(plan, RepairPlan)
+    ]
     skips = [plan for plan in plans if isinstance(plan, Skip)]
     if not repairs:
         return [], skips
     base = cfg.teacher.sampling.seed
-    requests = [Request(hinted_prompt(cfg.gear.hint_template, problem), cfg.gear.continuations,
-                        request_seed(base, "stage3", plan.repair.parent_sample_id), plan.prefix) for problem, plan in repairs]
+    requests = [
+        Request(
+            hinted_prompt(cfg.gear.hint_template, problem),
+            cfg.gear.continuations,
+            request_seed(base, "stage3", plan.repair.parent_sample_id),
+            plan.prefix,
+        )
+        for problem, plan in repairs
+    ]
     progress.stage(f"{Stage.REPAIR.roman} wave {wave}", sum(r.n for r in requests))
     batches = require_usable(backend.generate(requests, cfg.teacher.sampling), "GEAR continuations")
     drawn = [
-        Drawn(problem, cfg.teacher.prompt_template.format(problem=problem.problem), gens,
-              texts=[plan.prefix + g.text for g in gens],
-              hint=request.prompt, wave=wave, repair=plan.repair)
+        Drawn(
+            problem,
+            cfg.teacher.prompt_template.format(problem=problem.problem),
+            gens,
+            texts=[plan.prefix + g.text for g in gens],
+            hint=request.prompt,
+            wave=wave,
+            repair=plan.repair,
+        )
         for (problem, plan), request, gens in zip(repairs, requests, batches, strict=True)
     ]
     return generation_rows(drawn, stage=Stage.REPAIR, cfg=cfg, teacher=backend.model_path), skips

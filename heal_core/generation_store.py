@@ -105,8 +105,9 @@ class GenerationStore:
     def write(self, problem: Problem, selection: str, stored: Stored) -> None:
         table = to_table(stored.rows)
         footer = json.dumps({"rows": table.num_rows, "skips": [asdict(s) for s in stored.skips]}).encode()
-        storage.write_parquet(table.replace_schema_metadata({_FOOTER: footer}), self.object(problem, selection),
-                              self.options)
+        storage.write_parquet(
+            table.replace_schema_metadata({_FOOTER: footer}), self.object(problem, selection), self.options
+        )
 
 
 @dataclass
@@ -127,8 +128,13 @@ def _row_order(position: dict[str, int]) -> Callable[[Trajectory], tuple[int, in
 
 
 def generate_stored(
-    problems: Sequence[Problem], cfg: HealConfig, store: GenerationStore, selection: str, model_path: str,
-    teacher: Callable[[], TeacherBackend], judge: Callable[[], TeacherBackend | None],
+    problems: Sequence[Problem],
+    cfg: HealConfig,
+    store: GenerationStore,
+    selection: str,
+    model_path: str,
+    teacher: Callable[[], TeacherBackend],
+    judge: Callable[[], TeacherBackend | None],
 ) -> StoredShard:
     """One shard through the store: look up, run the chain over what is not re-used, write back, assemble."""
     # 1. look every problem up
@@ -144,8 +150,13 @@ def generate_stored(
     journal = store.journal(problems, selection)
     if todo:
         drawn = [row for p in todo for row in found[p.problem_id].drawn]
-        backend = ReplayBackend(model_path, teacher, drawn, journal=journal,
-                                recompute_entropy=cfg.teacher.backend == "vllm" and cfg.teacher.entropy == "exact")
+        backend = ReplayBackend(
+            model_path,
+            teacher,
+            drawn,
+            journal=journal,
+            recompute_entropy=cfg.teacher.backend == "vllm" and cfg.teacher.entropy == "exact",
+        )
         scored = {row.sample_id: row.pure for row in drawn if row.pure is not None}
         generated = generate_shard(backend, todo, cfg, judge=judge(), scored=scored)
         out.usage = backend.usage
@@ -162,8 +173,10 @@ def generate_stored(
         journal.clear()  # its answers are in the store now
 
     # 4. the shard in the chain's order, stats and skips in problem order
-    per_problem = {p.problem_id: mine[p.problem_id] if found[p.problem_id].exact is None else found[p.problem_id].exact
-                   for p in problems}
+    per_problem = {
+        p.problem_id: mine[p.problem_id] if found[p.problem_id].exact is None else found[p.problem_id].exact
+        for p in problems
+    }
     rows = [row for stored in per_problem.values() for row in stored.rows]
     position = {p.problem_id: i for i, p in enumerate(problems)}
     out.trajectories = sorted(rows, key=_row_order(position))

@@ -36,11 +36,14 @@ def sample_hinted(
     if not problems or count <= 0:
         return []
     hinted = [hinted_prompt(cfg.hints.template, p) for p in problems]
-    requests = [Request(hint, count, request_seed(cfg.teacher.sampling.seed, "stage2", p.problem_id) + first)
-                for p, hint in zip(problems, hinted, strict=True)]
+    requests = [
+        Request(hint, count, request_seed(cfg.teacher.sampling.seed, "stage2", p.problem_id) + first)
+        for p, hint in zip(problems, hinted, strict=True)
+    ]
     progress.stage(f"{Stage.HINT.roman} wave {wave}", sum(r.n for r in requests))
     batches = require_usable(backend.generate(requests, cfg.teacher.sampling), "Stage II hinted sampling")
-    drawn = [Drawn(p, cfg.teacher.prompt_template.format(problem=p.problem), gens, first_index=first,
-                   hint=hint, wave=wave)
-             for p, hint, gens in zip(problems, hinted, batches, strict=True)]
+    drawn = [
+        Drawn(p, cfg.teacher.prompt_template.format(problem=p.problem), gens, first_index=first, hint=hint, wave=wave)
+        for p, hint, gens in zip(problems, hinted, batches, strict=True)
+    ]
     return generation_rows(drawn, stage=Stage.HINT, cfg=cfg, teacher=backend.model_path)

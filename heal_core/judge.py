@@ -60,14 +60,22 @@ def judge_rows(rows: Sequence[Trajectory], backend: TeacherBackend, cfg: JudgeCo
     todo = [i for i, r in enumerate(rows) if worth_judging(r.verify_status, r.extracted_answer, r.gold_answer)]
     if not todo:
         return list(rows)
-    requests = [Request(cfg.template.format(prediction=rows[i].extracted_answer, gold=rows[i].gold_answer), 1,
-                        request_seed(0, "judge", rows[i].sample_id)) for i in todo]
+    requests = [
+        Request(
+            cfg.template.format(prediction=rows[i].extracted_answer, gold=rows[i].gold_answer),
+            1,
+            request_seed(0, "judge", rows[i].sample_id),
+        )
+        for i in todo
+    ]
     sampling = SamplingConfig(n=1, temperature=cfg.temperature, top_p=1.0, top_k=0, max_new_tokens=cfg.max_new_tokens)
     replies = require_usable(backend.generate(requests, sampling), "the judge")
     verdicts = [parse_reply(reply[0].text) for reply in replies]
     if len(verdicts) > 1 and set(verdicts) == {"unclear"}:
-        raise BackendUnavailable(f"the judge answered none of {len(verdicts)} questions with yes or no (first reply: "
-                                 f"{replies[0][0].text[:80]!r}): check judge.model and judge.template")
+        raise BackendUnavailable(
+            f"the judge answered none of {len(verdicts)} questions with yes or no (first reply: "
+            f"{replies[0][0].text[:80]!r}): check judge.model and judge.template"
+        )
     judged = list(rows)
     for i, verdict in zip(todo, verdicts, strict=True):
         judged[i] = replace(rows[i], judge_verdict=verdict, verified=rows[i].verified or verdict == "equivalent")

@@ -74,7 +74,8 @@ def batch_layout(cfg: PaceConfig, world: int) -> BatchLayout:
         raise LaunchError(
             f"pace.batch_size {cfg.batch_size} does not divide over {world} training processes: set "
             f"pace.batch_size to a multiple of {world}, or pace.distributed.processes_per_node / nodes to a "
-            f"divisor of {cfg.batch_size}")
+            f"divisor of {cfg.batch_size}"
+        )
     share = cfg.batch_size // world
     micro = math.gcd(share, max(1, cfg.batch_size // cfg.gradient_accumulation_steps))
     return BatchLayout(micro, share // micro, world)
@@ -92,18 +93,23 @@ def check(dist: DistributedConfig, gpus: int) -> None:
     the sharding strategies are for GPUs."""
     module = NEEDS.get(dist.strategy)
     if module and importlib.util.find_spec(module) is None:
-        raise LaunchError(f"pace.distributed.strategy {dist.strategy} needs {module}, which is not installed: "
-                          f"pip install 'heal[{module}]', or set pace.distributed.strategy to ddp or fsdp")
+        raise LaunchError(
+            f"pace.distributed.strategy {dist.strategy} needs {module}, which is not installed: "
+            f"pip install 'heal[{module}]', or set pace.distributed.strategy to ddp or fsdp"
+        )
     if dist.strategy != "ddp" and gpus == 0:
-        raise LaunchError(f"pace.distributed.strategy {dist.strategy} shards over GPUs and this worker has none "
-                          "(accelerate turns FSDP and DeepSpeed on for GPU process groups only, and would train "
-                          "plain data-parallel on CPUs): set pace.distributed.strategy to ddp to train on CPUs")
+        raise LaunchError(
+            f"pace.distributed.strategy {dist.strategy} shards over GPUs and this worker has none "
+            "(accelerate turns FSDP and DeepSpeed on for GPU process groups only, and would train "
+            "plain data-parallel on CPUs): set pace.distributed.strategy to ddp to train on CPUs"
+        )
     if gpus and dist.processes_per_node > gpus:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         raise LaunchError(
             f"pace.distributed.processes_per_node {dist.processes_per_node} asks for more GPUs than this worker "
             f"has ({gpus}{f', CUDA_VISIBLE_DEVICES={visible}' if visible else ''}): set it to {gpus} or 0 (one "
-            f"per GPU), or start the worker with more (heal worker --gpus 0-{gpus - 1} names those it has now)")
+            f"per GPU), or start the worker with more (heal worker --gpus 0-{gpus - 1} names those it has now)"
+        )
     if dist.config_file and not Path(dist.config_file).is_file():
         raise LaunchError(f"pace.distributed.config_file: {dist.config_file} does not exist")
 
@@ -120,20 +126,38 @@ def command(dist: DistributedConfig, gpus: int, machine_rank: int, args: list[st
     ``MULTI_GPU`` type starts torchrun even on a CPU: there the trainer's processes join over gloo (``use_cpu``).
     ``--cpu`` would not: accelerate then starts one process, expecting MPI to start the others."""
     return [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(config_file(dist)),
-        "--num_processes", str(world_size(dist, gpus)),
-        "--num_machines", str(dist.nodes),
-        "--machine_rank", str(machine_rank),
-        "--main_process_ip", dist.main_address,
-        "--main_process_port", str(dist.main_port),
-        "--mixed_precision", "bf16" if bf16 else "no",
-        "-m", "heal_core.stage_process", *args,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_file(dist)),
+        "--num_processes",
+        str(world_size(dist, gpus)),
+        "--num_machines",
+        str(dist.nodes),
+        "--machine_rank",
+        str(machine_rank),
+        "--main_process_ip",
+        dist.main_address,
+        "--main_process_port",
+        str(dist.main_port),
+        "--mixed_precision",
+        "bf16" if bf16 else "no",
+        "-m",
+        "heal_core.stage_process",
+        *args,
     ]
 
 
-def run(dist: DistributedConfig, gpus: int, machine_rank: int, args: list[str], log: Path, bf16: bool,
-        watch: Callable[[], None] = lambda: None) -> None:
+def run(
+    dist: DistributedConfig,
+    gpus: int,
+    machine_rank: int,
+    args: list[str],
+    log: Path,
+    bf16: bool,
+    watch: Callable[[], None] = lambda: None,
+) -> None:
     """Run this node's share of a launched stage to its end, calling ``watch`` every second meanwhile (the
     caller passes the processes' progress on); their output goes to ``log``, and its tail into the error of a
     failed launch, so the task's log says why. Interrupted (Ctrl-C, a cancelled flow run), the processes are
@@ -141,8 +165,9 @@ def run(dist: DistributedConfig, gpus: int, machine_rank: int, args: list[str], 
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
-        process = subprocess.Popen(command(dist, gpus, machine_rank, args, bf16), stdout=out, stderr=subprocess.STDOUT,
-                                   env=env)
+        process = subprocess.Popen(
+            command(dist, gpus, machine_rank, args, bf16), stdout=out, stderr=subprocess.STDOUT, env=env
+        )
         try:
             while process.poll() is None:
                 watch()
@@ -164,9 +189,9 @@ def failure_excerpt(log: str, lines: int = 25) -> str:
     So the excerpt is the processes' last ``lines`` lines before that report, then the report's root cause."""
     text = log.splitlines()
     starts = [i for i, line in enumerate(text) if line.startswith("Traceback (most recent call last)")]
-    report = starts[-1] if starts and any("ChildFailedError" in line for line in text[starts[-1]:]) else None
+    report = starts[-1] if starts and any("ChildFailedError" in line for line in text[starts[-1] :]) else None
     if report is None:
         return "\n".join(text[-lines:])
     root = next((i for i in range(report, len(text)) if text[i].startswith("Root Cause")), len(text))
     cause = [line for line in text[root:] if line.strip() and not set(line.strip()) <= set("=-")]
-    return "\n".join([*text[max(0, report - lines):report], "[torchrun's report]", *cause])
+    return "\n".join([*text[max(0, report - lines) : report], "[torchrun's report]", *cause])

@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 
 from heal_core import storage
 
-
 LOST_SIGNAL = signal.SIGUSR1
 """The signal the renewing thread raises ``LeaseLost`` with in the main thread (its handler is ``held``'s)."""
 
@@ -83,8 +82,10 @@ def acquire(run_root: str, options: dict, seconds: float, what: str, owner: str)
     number, current = _current(root, options)
     now = time.time()
     if current is not None and not current.released and current.expires > now and current.owner != owner:
-        raise RunBusy(f"run {run_root} is being worked on by {current.describe()}; wait for it to finish, or stop "
-                      f"it, before running it here (a stopped holder's lease expires within {seconds:.0f} s)")
+        raise RunBusy(
+            f"run {run_root} is being worked on by {current.describe()}; wait for it to finish, or stop "
+            f"it, before running it here (a stopped holder's lease expires within {seconds:.0f} s)"
+        )
     mine = Lease(f"{socket.gethostname()} pid {os.getpid()} ({what})", owner, now, now + seconds)
     if not storage.create(json.dumps(asdict(mine)).encode(), storage.join(root, _name(number + 1)), options):
         _, winner = _current(root, options)
@@ -94,8 +95,16 @@ def acquire(run_root: str, options: dict, seconds: float, what: str, owner: str)
     return number + 1, mine
 
 
-def _renew(root: str, options: dict, number: int, lease: Lease, seconds: float, stop: threading.Event,
-           lost: list[str], signum: int) -> None:
+def _renew(
+    root: str,
+    options: dict,
+    number: int,
+    lease: Lease,
+    seconds: float,
+    stop: threading.Event,
+    lost: list[str],
+    signum: int,
+) -> None:
     """Every third of the expiry: lost if a later lease exists (then the main thread is interrupted with
     ``signum``), else rewrite this one with a later expiry."""
     while not stop.wait(seconds / 3):
@@ -127,8 +136,9 @@ def held(run_root: str, options: dict, seconds: float, what: str, owner: str) ->
     main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
     previous = signal.signal(LOST_SIGNAL, raise_lost) if main else None
     signum = LOST_SIGNAL if main else signal.SIGINT  # elsewhere: as a Ctrl-C, turned into LeaseLost below
-    renewer = threading.Thread(target=_renew, args=(root, options, number, lease, seconds, stop, lost, signum),
-                               daemon=True, name="heal-lease")
+    renewer = threading.Thread(
+        target=_renew, args=(root, options, number, lease, seconds, stop, lost, signum), daemon=True, name="heal-lease"
+    )
     renewer.start()
     try:
         yield

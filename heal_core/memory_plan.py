@@ -179,9 +179,11 @@ def shape_of(model: str) -> ModelShape:
             pass
     if model in _bundled():
         return ModelShape.from_config(_bundled()[model])
-    raise ValueError(f"cannot plan memory for {model!r}: it is not a local directory with a config.json, not in the "
-                     f"Hugging Face cache (nothing is downloaded for a plan), and not one of the bundled shapes "
-                     f"({', '.join(sorted(_bundled()))}); pass a local path to the model")
+    raise ValueError(
+        f"cannot plan memory for {model!r}: it is not a local directory with a config.json, not in the "
+        f"Hugging Face cache (nothing is downloaded for a plan), and not one of the bundled shapes "
+        f"({', '.join(sorted(_bundled()))}); pass a local path to the model"
+    )
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,16 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
-        return (self.parameters + self.weight_copies + self.gradients + self.grad_buckets + self.optimizer
-                + self.activations + self.logits + self.overhead)
+        return (
+            self.parameters
+            + self.weight_copies
+            + self.gradients
+            + self.grad_buckets
+            + self.optimizer
+            + self.activations
+            + self.logits
+            + self.overhead
+        )
 
     @property
     def usable(self) -> int:
@@ -352,11 +362,13 @@ def _candidates(cfg: PaceConfig, liger_used: bool) -> list[Change]:
     ckpt = ("pace.gradient_checkpointing", True)
     liger = ("pace.liger_kernel", "on")
     accumulation = ("pace.gradient_accumulation_steps", cfg.batch_size)
-    current = {"pace.gradient_checkpointing": cfg.gradient_checkpointing,
-               "pace.liger_kernel": "on" if liger_used else cfg.liger_kernel,
-               "pace.gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-               "pace.distributed.strategy": cfg.distributed.strategy,
-               "pace.distributed.processes_per_node": cfg.distributed.processes_per_node}
+    current = {
+        "pace.gradient_checkpointing": cfg.gradient_checkpointing,
+        "pace.liger_kernel": "on" if liger_used else cfg.liger_kernel,
+        "pace.gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "pace.distributed.strategy": cfg.distributed.strategy,
+        "pace.distributed.processes_per_node": cfg.distributed.processes_per_node,
+    }
     raw: list[Change] = [(ckpt,), (liger,), (ckpt, liger), (ckpt, accumulation), (ckpt, liger, accumulation)]
     for gpus in (2, 4, MAX_GPUS_PER_NODE):
         base = (("pace.distributed.strategy", "deepspeed_zero3"), ("pace.distributed.processes_per_node", gpus), ckpt)
@@ -373,8 +385,9 @@ def _candidates(cfg: PaceConfig, liger_used: bool) -> list[Change]:
 
 def _apply(cfg: PaceConfig, change: Change) -> PaceConfig:
     pace = {key.removeprefix("pace."): value for key, value in change if not key.startswith("pace.distributed.")}
-    distributed = {key.removeprefix("pace.distributed."): value for key, value in change
-                   if key.startswith("pace.distributed.")}
+    distributed = {
+        key.removeprefix("pace.distributed."): value for key, value in change if key.startswith("pace.distributed.")
+    }
     return cfg.model_copy(update={**pace, "distributed": cfg.distributed.model_copy(update=distributed)})
 
 
@@ -422,17 +435,20 @@ def check(plan: MemoryPlan, suggestion: str | None) -> None:
     ``suggestion`` (``suggest``'s) or, without one, that nothing heal can set fits. A CPU plan is not checked."""
     if plan.fits or not plan.on_gpu:
         return
-    what = (f"{plan.model or 'the student'} needs about {_gib(plan.total)} GiB per GPU to train "
-            f"({plan.strategy} over {plan.world} process{'es' if plan.world > 1 else ''}, micro-batch "
-            f"{plan.micro_batch} x {plan.max_length} tokens, gradient checkpointing "
-            f"{'on' if plan.gradient_checkpointing else 'off'}, liger {'on' if plan.liger else 'off'}) and a GPU of "
-            f"{_gib(plan.gpu_memory)} GiB ({plan.gpu_memory / 1e9:.1f} GB) leaves {_gib(plan.usable)} GiB with "
-            f"{HEADROOM:.0%} headroom")
+    what = (
+        f"{plan.model or 'the student'} needs about {_gib(plan.total)} GiB per GPU to train "
+        f"({plan.strategy} over {plan.world} process{'es' if plan.world > 1 else ''}, micro-batch "
+        f"{plan.micro_batch} x {plan.max_length} tokens, gradient checkpointing "
+        f"{'on' if plan.gradient_checkpointing else 'off'}, liger {'on' if plan.liger else 'off'}) and a GPU of "
+        f"{_gib(plan.gpu_memory)} GiB ({plan.gpu_memory / 1e9:.1f} GB) leaves {_gib(plan.usable)} GiB with "
+        f"{HEADROOM:.0%} headroom"
+    )
     if suggestion is None:
         raise MemoryPlanError(
             f"{what}; nothing heal can set fits on up to {MAX_GPUS_PER_NODE} GPUs per node (ZeRO-3, gradient "
             "checkpointing, Liger, one sequence per micro-batch): use GPUs with more memory, more nodes "
-            "(pace.distributed.nodes) or a shorter pace.max_length")
+            "(pace.distributed.nodes) or a shorter pace.max_length"
+        )
     settings = " ".join(f"--set {a}" for a in suggestion.split())
     notes = "".join(f"; {note}" for note in _needs(suggestion))
     raise MemoryPlanError(f"{what}; it fits with {settings}{notes}")
@@ -445,22 +461,29 @@ def format_plan(plan: MemoryPlan) -> str:
     unit = "GiB per GPU" if plan.on_gpu else "GiB"
     on, off = "checkpointing on", "checkpointing off"
     now, other = (on, off) if plan.gradient_checkpointing else (off, on)
-    rows = [("parameters", plan.parameters), *([(copies, plan.weight_copies)] if plan.on_gpu else []),
-            ("gradients", plan.gradients),
-            *([("DDP gradient buckets", plan.grad_buckets)] if plan.strategy == "ddp" else []),
-            ("optimizer states (AdamW)", plan.optimizer),
-            (f"activations ({now})", plan.activations),
-            ("logits (Liger, one chunk)" if plan.liger else f"logits ({loss})", plan.logits),
-            *([("framework overhead (CUDA context etc.)", plan.overhead)] if plan.on_gpu else [])]
+    rows = [
+        ("parameters", plan.parameters),
+        *([(copies, plan.weight_copies)] if plan.on_gpu else []),
+        ("gradients", plan.gradients),
+        *([("DDP gradient buckets", plan.grad_buckets)] if plan.strategy == "ddp" else []),
+        ("optimizer states (AdamW)", plan.optimizer),
+        (f"activations ({now})", plan.activations),
+        ("logits (Liger, one chunk)" if plan.liger else f"logits ({loss})", plan.logits),
+        *([("framework overhead (CUDA context etc.)", plan.overhead)] if plan.on_gpu else []),
+    ]
     other_row = f"(activations with {other}: not counted)"
     width = max(len(other_row), *(len(name) for name, _ in rows)) + 2
     processes = f"{plan.processes_per_node} per node x {plan.nodes} node{'s' if plan.nodes > 1 else ''}"
-    title = (f"memory plan: {plan.model} ({plan.parameter_count / 1e9:.2f} B parameters), {plan.strategy} over "
-             f"{plan.world} process{'es' if plan.world > 1 else ''} ({processes}), {plan.precision}")
-    batch = (f"micro-batch {plan.micro_batch} x {plan.max_length} tokens, {plan.accumulation} accumulation "
-             f"step{'s' if plan.accumulation > 1 else ''}, gradient checkpointing "
-             f"{'on' if plan.gradient_checkpointing else 'off'}, liger {'on' if plan.liger else 'off'} "
-             f"(pace.liger_kernel {plan.liger_setting})")
+    title = (
+        f"memory plan: {plan.model} ({plan.parameter_count / 1e9:.2f} B parameters), {plan.strategy} over "
+        f"{plan.world} process{'es' if plan.world > 1 else ''} ({processes}), {plan.precision}"
+    )
+    batch = (
+        f"micro-batch {plan.micro_batch} x {plan.max_length} tokens, {plan.accumulation} accumulation "
+        f"step{'s' if plan.accumulation > 1 else ''}, gradient checkpointing "
+        f"{'on' if plan.gradient_checkpointing else 'off'}, liger {'on' if plan.liger else 'off'} "
+        f"(pace.liger_kernel {plan.liger_setting})"
+    )
     lines = [
         title,
         batch,
@@ -471,13 +494,25 @@ def format_plan(plan: MemoryPlan) -> str:
     ]
     if plan.on_gpu:
         verdict = "fits" if plan.fits else "does NOT fit"
-        lines.append(f"GPU memory {_gib(plan.gpu_memory)} GiB ({plan.gpu_memory / 1e9:.1f} GB), "
-                     f"{_gib(plan.usable)} GiB usable with {HEADROOM:.0%} headroom: {verdict}")
+        lines.append(
+            f"GPU memory {_gib(plan.gpu_memory)} GiB ({plan.gpu_memory / 1e9:.1f} GB), "
+            f"{_gib(plan.usable)} GiB usable with {HEADROOM:.0%} headroom: {verdict}"
+        )
     return "\n".join(lines)
 
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -487,8 +522,9 @@ def parse_size(text: str) -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*", text)
     unit = match and _UNITS.get(match[2].lower())
     if not match or unit is None or float(match[1]) <= 0:
-        raise ValueError(f"{text!r} is not a memory size: write e.g. 80GB (10^9 bytes), 80GiB (2^30 bytes) or a "
-                         "number of bytes")
+        raise ValueError(
+            f"{text!r} is not a memory size: write e.g. 80GB (10^9 bytes), 80GiB (2^30 bytes) or a number of bytes"
+        )
     return round(float(match[1]) * unit)
 
 
@@ -531,16 +567,21 @@ def render(cfg: HealConfig, model: str, gpus: int | None, gpu_memory: str | None
     if gpus and memory is None:
         memory = _local_gpu_memory()
         if memory is None:
-            raise ValueError(f"--gpus {gpus}: this machine has no GPU to read the memory of; give --gpu-memory "
-                             "(e.g. 80GB)")
+            raise ValueError(
+                f"--gpus {gpus}: this machine has no GPU to read the memory of; give --gpu-memory (e.g. 80GB)"
+            )
     if not gpus:
-        notes.append("no GPU: the plan is for training on this machine's CPU (fp32); it is not held against any GPU "
-                     "(pass --gpus and --gpu-memory to plan for GPU workers)")
+        notes.append(
+            "no GPU: the plan is for training on this machine's CPU (fp32); it is not held against any GPU "
+            "(pass --gpus and --gpu-memory to plan for GPU workers)"
+        )
     shape = shape_of(model)
     current = plan(shape, cfg.pace, gpus, memory or 0, model)
     if gpus and cfg.pace.distributed.processes_per_node > gpus:
-        notes.append(f"pace.distributed.processes_per_node {cfg.pace.distributed.processes_per_node} needs as many "
-                     f"GPUs per node, more than --gpus {gpus}: planned for {current.processes_per_node}")
+        notes.append(
+            f"pace.distributed.processes_per_node {cfg.pace.distributed.processes_per_node} needs as many "
+            f"GPUs per node, more than --gpus {gpus}: planned for {current.processes_per_node}"
+        )
     text = "\n".join([format_plan(current), *notes])
     try:
         check(current, None if current.fits else suggest(shape, cfg.pace, gpus, memory or 0))

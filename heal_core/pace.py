@@ -61,14 +61,17 @@ STAGE1_ALL = Pool("stage1_all", "stage = 1")
 def layout(cfg: HealConfig) -> dict[Dataset, tuple[Pool, tuple[int, ...]]]:
     """Each dataset as (the pool its examples come from, the stages it takes of them). Two datasets with the same
     pair are the same rows (``rs_sft`` and ``stage1``; ``mixed`` and cumulative ``stage3``), assembled once."""
+
     def upto(stage: Stage) -> tuple[int, ...]:
         return tuple(range(1, stage + 1)) if cfg.pace.mode == "cumulative" else (int(stage),)
 
     return {
         **{Dataset.of(stage): (HEAL, upto(stage)) for stage in Stage},
-        Dataset.STAGE2_NO_PURE: (NO_PURE, upto(Stage.HINT)), Dataset.STAGE3_NO_PURE: (NO_PURE, upto(Stage.REPAIR)),
+        Dataset.STAGE2_NO_PURE: (NO_PURE, upto(Stage.HINT)),
+        Dataset.STAGE3_NO_PURE: (NO_PURE, upto(Stage.REPAIR)),
         Dataset.MIXED: (HEAL, (1, 2, 3)),  # every stage's examples once
-        Dataset.RS_SFT: (HEAL, (1,)), Dataset.KEEP_ALL: (STAGE1_ALL, (1,)),
+        Dataset.RS_SFT: (HEAL, (1,)),
+        Dataset.KEEP_ALL: (STAGE1_ALL, (1,)),
     }
 
 
@@ -79,25 +82,32 @@ def build(samples: Samples, cfg: HealConfig, workdir: Path) -> dict[Dataset, tup
     # 1. one row of keys per trajectory: what selection, deduplication and order need, and a 128-bit digest of
     #    (prompt, text) for the deduplication (the texts themselves stay in storage)
     keys = samples([*_KEYS, "prompt", "text"])  # noqa: F841 (DuckDB reads Python variables by name)
-    con.execute(f"""CREATE TABLE rows AS SELECT {', '.join(_KEYS[:5])}, coalesce(leaked_hint, false) AS leaked,
+    con.execute(f"""CREATE TABLE rows AS SELECT {", ".join(_KEYS[:5])}, coalesce(leaked_hint, false) AS leaked,
                     parent_sample_id, kept, md5_number(prompt || chr(0) || text) AS key FROM keys""")
     # 2. the rows HEAL's rule keeps with PURE left out: per stage and problem, the first ``cap`` verified rows that
     #    do not leak the hint, in generation order (a repair by its parent's sample index, then by its own); the
     #    shard applies the same rule with PURE (``heal_core/selection.py``), which a test holds them to
-    con.execute("""CREATE TABLE no_pure AS SELECT sample_id FROM (
+    con.execute(
+        """CREATE TABLE no_pure AS SELECT sample_id FROM (
                      SELECT r.sample_id, r.stage, row_number() OVER (
                        PARTITION BY r.stage, r.problem_id
                        ORDER BY coalesce(p.sample_index, -1), r.sample_index, r.sample_id) AS place
                      FROM rows r LEFT JOIN rows p ON p.stage = 1 AND p.sample_id = r.parent_sample_id
                      WHERE r.stage > 1 AND r.verified AND NOT r.leaked)
                    WHERE place <= CASE stage WHEN 2 THEN ? ELSE ? END""",
-                [cfg.hints.max_per_problem, cfg.gear.max_per_problem])
+        [cfg.hints.max_per_problem, cfg.gear.max_per_problem],
+    )
     # 3. each pool's first occurrence of every (prompt, text), in dataset order
     pools = (HEAL, NO_PURE, STAGE1_ALL)
-    con.execute("CREATE TABLE members AS " + " UNION ALL ".join(
-        f"""SELECT '{pool.name}' AS pool, sample_id, stage FROM (
+    con.execute(
+        "CREATE TABLE members AS "
+        + " UNION ALL ".join(
+            f"""SELECT '{pool.name}' AS pool, sample_id, stage FROM (
               SELECT sample_id, stage, row_number() OVER (PARTITION BY key ORDER BY {_ORDER}) AS occurrence
-              FROM rows WHERE {pool.where}) WHERE occurrence = 1""" for pool in pools))
+              FROM rows WHERE {pool.where}) WHERE occurrence = 1"""
+            for pool in pools
+        )
+    )
     # 4. each distinct dataset: its members' prompt, text and lineage, sorted, streamed into its file
     written: dict[tuple[Pool, tuple[int, ...]], tuple[Path, int]] = {}
     out = {}
@@ -109,16 +119,19 @@ def build(samples: Samples, cfg: HealConfig, workdir: Path) -> dict[Dataset, tup
     return out
 
 
-def _write(con: duckdb.DuckDBPyConnection, samples: Samples, pool: Pool, stages: tuple[int, ...],
-           path: Path) -> tuple[Path, int]:
+def _write(
+    con: duckdb.DuckDBPyConnection, samples: Samples, pool: Pool, stages: tuple[int, ...], path: Path
+) -> tuple[Path, int]:
     """One dataset: the pool's members of ``stages`` as TRL conversational prompt-completion rows, lineage kept."""
     source = samples(["prompt", "text", *_LINEAGE])  # noqa: F841 (read by name in the query)
     result = con.sql(
         f"""SELECT [{{'role': 'user', 'content': prompt}}] AS prompt,
-                   [{{'role': 'assistant', 'content': text}}] AS completion, {', '.join(_LINEAGE)}
+                   [{{'role': 'assistant', 'content': text}}] AS completion, {", ".join(_LINEAGE)}
             FROM source WHERE sample_id IN (
-              SELECT sample_id FROM members WHERE pool = ? AND stage IN ({', '.join(map(str, stages))}))
-            ORDER BY {_ORDER}""", params=[pool.name])
+              SELECT sample_id FROM members WHERE pool = ? AND stage IN ({", ".join(map(str, stages))}))
+            ORDER BY {_ORDER}""",
+        params=[pool.name],
+    )
     rows = 0
     with pq.ParquetWriter(path, CURRICULUM_SCHEMA, compression="zstd") as writer:
         for batch in result.to_arrow_reader(_BATCH_ROWS):

@@ -45,8 +45,11 @@ def changes(before: Sequence[Problem], now: Sequence[Problem]) -> str:
     added, removed and changed (same id, other text or answer), a few of each named, and a reordering."""
     old, new = {p.problem_id: p.key for p in before}, {p.problem_id: p.key for p in now}
     parts = []
-    for label, ids in (("added", [i for i in new if i not in old]), ("removed", [i for i in old if i not in new]),
-                       ("changed", [i for i in new if i in old and new[i] != old[i]])):
+    for label, ids in (
+        ("added", [i for i in new if i not in old]),
+        ("removed", [i for i in old if i not in new]),
+        ("changed", [i for i in new if i in old and new[i] != old[i]]),
+    ):
         if ids:
             parts.append(f"{len(ids)} {label} ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
     if not parts and [p.key for p in before] != [p.key for p in now]:
@@ -162,13 +165,17 @@ def _parse_one(
     if not isinstance(text, str) or not text.strip():
         what = "missing" if text is None else f"expected non-empty text, got {text!r:.60}"
         raise FieldError(fields.problem_field, what)
-    metadata = {name: _metadata_value(record[name], name, fields.max_chars) for name in fields.metadata_fields
-                if record.get(name) is not None}
+    metadata = {
+        name: _metadata_value(record[name], name, fields.max_chars)
+        for name in fields.metadata_fields
+        if record.get(name) is not None
+    }
     return Problem(
         problem_id=_storable(problem_id, fields.id_field, fields.max_chars),
         problem=_storable(text, fields.problem_field, fields.max_chars),
         answer=_storable(answer(record), fields.answer_field, fields.max_chars),
-        source=source, metadata=metadata,
+        source=source,
+        metadata=metadata,
     )
 
 
@@ -197,7 +204,7 @@ def read_jsonl_records(data: bytes) -> Iterable[Mapping[str, Any] | Reject]:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield Reject(number, "<line>", f"not valid UTF-8 (byte {exc.start}: {line[exc.start:exc.start + 1]!r})")
+            yield Reject(number, "<line>", f"not valid UTF-8 (byte {exc.start}: {line[exc.start : exc.start + 1]!r})")
             continue
         try:
             yield json.loads(text)

@@ -89,8 +89,14 @@ def advance(rows: int, tokens: int = 0, loss: float | None = None) -> None:
     """``rows`` more done (``tokens`` generated with them) in this thread's stage; nothing when none runs."""
     snapshot = current()
     if snapshot is not None:
-        _set(replace(snapshot, done=snapshot.done + rows, tokens=snapshot.tokens + tokens,
-                     loss=snapshot.loss if loss is None else loss))
+        _set(
+            replace(
+                snapshot,
+                done=snapshot.done + rows,
+                tokens=snapshot.tokens + tokens,
+                loss=snapshot.loss if loss is None else loss,
+            )
+        )
 
 
 @contextmanager

@@ -109,15 +109,21 @@ def _over(value: float, threshold: float) -> float:
 def judge(answer_nll: list[float], step_ppl: list[float], cfg: PureConfig) -> PureResult:
     """Verdict from U and P alone (separate from scoring so it can be tested on hand-built sequences)."""
     if len(step_ppl) < 2:
-        return PureResult("reject_unscorable", "no blank-line step boundary: support cannot be checked",
-                          answer_nll, step_ppl, None)
+        return PureResult(
+            "reject_unscorable", "no blank-line step boundary: support cannot be checked", answer_nll, step_ppl, None
+        )
     ratio = forced_answer_ratio(answer_nll, cfg.eps)
     if ratio > cfg.lam:
         return PureResult("reject_ratio", f"R={ratio:.3f} > lambda={cfg.lam}", answer_nll, step_ppl, ratio)
     leap = leap_step(answer_nll, step_ppl, cfg)
     if leap is not None:
-        return PureResult("reject_leap", f"step {leap} makes most of the answer's uncertainty drop "
-                          f"with perplexity {step_ppl[leap - 1]:.2f}", answer_nll, step_ppl, ratio)
+        return PureResult(
+            "reject_leap",
+            f"step {leap} makes most of the answer's uncertainty drop with perplexity {step_ppl[leap - 1]:.2f}",
+            answer_nll,
+            step_ppl,
+            ratio,
+        )
     return PureResult("keep", f"R={ratio:.3f} <= lambda={cfg.lam}", answer_nll, step_ppl, ratio)
 
 
@@ -130,7 +136,9 @@ def steps(text: str, cfg: PureConfig, fmt: ReasoningFormat = "none") -> tuple[li
 
 
 def score(
-    backend: TeacherBackend, trajectories: Sequence[tuple[str, str, str]], cfg: PureConfig,
+    backend: TeacherBackend,
+    trajectories: Sequence[tuple[str, str, str]],
+    cfg: PureConfig,
     reasoning_format: ReasoningFormat = "none",
 ) -> list[PureResult]:
     """Score (prompt, text, gold answer) trajectories under the unaided teacher, in one batched call, and judge

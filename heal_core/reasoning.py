@@ -39,7 +39,7 @@ def answer_part(text: str, fmt: ReasoningFormat) -> str | None:
     if fmt == "none":
         return text
     end = thinking_end(text, fmt)
-    return None if end is None else text[end + len(THINK_END):]
+    return None if end is None else text[end + len(THINK_END) :]
 
 
 def reasoning_part(text: str, fmt: ReasoningFormat) -> str:
@@ -63,8 +63,12 @@ def check_template(fmt: ReasoningFormat, chat_template: str | None, setting: str
         return
     thinks = template_thinks(chat_template)
     if fmt == "none" and thinks:
-        raise ValueError(f"{setting} is 'none', but {model}'s chat template handles <think> blocks: its traces would "
-                         f"be read whole, boxes written while thinking included; set {setting}: think_tags")
+        raise ValueError(
+            f"{setting} is 'none', but {model}'s chat template handles <think> blocks: its traces would "
+            f"be read whole, boxes written while thinking included; set {setting}: think_tags"
+        )
     if fmt == "think_tags" and not thinks:
-        raise ValueError(f"{setting} is 'think_tags', but {model}'s chat template never mentions <think>: every "
-                         f"trace without </think> would count as unanswered; set {setting}: none")
+        raise ValueError(
+            f"{setting} is 'think_tags', but {model}'s chat template never mentions <think>: every "
+            f"trace without </think> would count as unanswered; set {setting}: none"
+        )

@@ -31,10 +31,9 @@ import pyarrow as pa
 
 from heal_core import progress, storage
 from heal_core.backends import tokens
-from heal_core.backends.base import (Generation, PrefixQuery, PrefixScores, Request, TeacherBackend, Trace,
-                                     answered)
-from heal_core.schema import SchemaError
+from heal_core.backends.base import Generation, PrefixQuery, PrefixScores, Request, TeacherBackend, Trace, answered
 from heal_core.config import SamplingConfig, TeacherConfig
+from heal_core.schema import SchemaError
 from heal_core.trajectory import Trajectory
 
 Key = tuple[str, str, int]  # (user message, partial answer continued, seed)
@@ -55,20 +54,27 @@ def completion_key(row: Trajectory) -> tuple[Key, Generation]:
     the continuation, of which only the continuation was generated."""
     prefix = row.text[: row.repair.prefix_chars] if row.repair else ""
     message = row.hint.hint if row.hint else row.prompt
-    generation = Generation(list(row.token_ids), row.text[len(prefix):], np.asarray(row.entropy, dtype=np.float64),
-                            row.finish_reason, row.seed)  # type: ignore[arg-type]
+    generation = Generation(
+        list(row.token_ids),
+        row.text[len(prefix) :],
+        np.asarray(row.entropy, dtype=np.float64),
+        row.finish_reason,
+        row.seed,
+    )  # type: ignore[arg-type]
     return (message, prefix, row.seed), generation
 
 
-JOURNAL_SCHEMA = pa.schema([
-    pa.field("message", pa.string(), nullable=False),
-    pa.field("prefix", pa.string(), nullable=False),
-    pa.field("seed", pa.int64(), nullable=False),
-    pa.field("token_ids", pa.list_(pa.int64()), nullable=False),
-    pa.field("text", pa.string(), nullable=False),
-    pa.field("entropy", pa.list_(pa.float64()), nullable=False),  # as drawn: a float32 copy could move a breakpoint
-    pa.field("finish_reason", pa.string(), nullable=False),
-])
+JOURNAL_SCHEMA = pa.schema(
+    [
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("prefix", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("token_ids", pa.list_(pa.int64()), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("entropy", pa.list_(pa.float64()), nullable=False),  # as drawn: a float32 copy could move a breakpoint
+        pa.field("finish_reason", pa.string(), nullable=False),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -90,16 +96,22 @@ class Journal:
                 continue
             for r in rows:
                 found[(r["message"], r["prefix"], r["seed"])] = Generation(
-                    r["token_ids"], r["text"], np.asarray(r["entropy"], dtype=np.float64), r["finish_reason"], r["seed"])
+                    r["token_ids"], r["text"], np.asarray(r["entropy"], dtype=np.float64), r["finish_reason"], r["seed"]
+                )
         return found
 
     def write(self, answers: Sequence[tuple[Key, Generation]]) -> None:
         if not answers:
             return
-        columns = {"message": [k[0] for k, _ in answers], "prefix": [k[1] for k, _ in answers],
-                   "seed": [k[2] for k, _ in answers], "token_ids": [list(g.token_ids) for _, g in answers],
-                   "text": [g.text for _, g in answers], "entropy": [list(map(float, g.entropy)) for _, g in answers],
-                   "finish_reason": [g.finish_reason for _, g in answers]}
+        columns = {
+            "message": [k[0] for k, _ in answers],
+            "prefix": [k[1] for k, _ in answers],
+            "seed": [k[2] for k, _ in answers],
+            "token_ids": [list(g.token_ids) for _, g in answers],
+            "text": [g.text for _, g in answers],
+            "entropy": [list(map(float, g.entropy)) for _, g in answers],
+            "finish_reason": [g.finish_reason for _, g in answers],
+        }
         table = pa.Table.from_pydict(columns, schema=JOURNAL_SCHEMA)
         storage.write_parquet(table, storage.join(self.root, f"{uuid.uuid4().hex}.parquet"), self.options)
 
@@ -110,8 +122,14 @@ class Journal:
 class ReplayBackend(TeacherBackend):
     kind = "replay"
 
-    def __init__(self, model_path: str, teacher: Callable[[], TeacherBackend], stored: Iterable[Trajectory],
-                 recompute_entropy: bool, journal: Journal | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        teacher: Callable[[], TeacherBackend],
+        stored: Iterable[Trajectory],
+        recompute_entropy: bool,
+        journal: Journal | None = None,
+    ) -> None:
         """``teacher`` builds the real backend; ``recompute_entropy``: the real one recomputes exact entropy traces
         (vLLM, ``entropy: exact``), which a stored top-k bound is not; ``journal`` keeps what the teacher answers,
         and what an earlier attempt's teacher answered is replayed."""
@@ -166,8 +184,13 @@ class ReplayBackend(TeacherBackend):
         self.usage.samples += sum(len(g) for g in drawn.values())
         self.usage.tokens += sum(len(x.token_ids) for g in drawn.values() for x in g)
         if self.journal is not None:
-            self.journal.write([((requests[i].prompt, self._prefix_text(requests[i]), g.seed), g)
-                                for i, generations in sorted(drawn.items()) for g in generations])
+            self.journal.write(
+                [
+                    ((requests[i].prompt, self._prefix_text(requests[i]), g.seed), g)
+                    for i, generations in sorted(drawn.items())
+                    for g in generations
+                ]
+            )
 
     def _prefix_text(self, request: Request) -> str:
         return request.prefix if isinstance(request.prefix, str) else self.decode(request.prefix)
@@ -184,4 +207,3 @@ class ReplayBackend(TeacherBackend):
         if self.recompute_entropy:
             return self.real.exact_entropy(traces, temperature)
         return super().exact_entropy(traces, temperature)
-

@@ -25,17 +25,25 @@ from heal_core.train import VariantResult
 from heal_core.variants import BASELINE, step_budget
 
 # Report columns: the models a HEAL run compares, in reading order; any other label follows as it is.
-_MODEL_NAMES = {"teacher": "teacher", "student_base": "student base", "heal": "HEAL student", "rs_sft": "RS-SFT student",
-                "keep_all": "keep-all student", "heal_no_pure": "HEAL without PURE", "heal_no_gear": "HEAL without GEAR",
-                "heal_mixed": "HEAL mixed (no curriculum)"}
+_MODEL_NAMES = {
+    "teacher": "teacher",
+    "student_base": "student base",
+    "heal": "HEAL student",
+    "rs_sft": "RS-SFT student",
+    "keep_all": "keep-all student",
+    "heal_no_pure": "HEAL without PURE",
+    "heal_no_gear": "HEAL without GEAR",
+    "heal_mixed": "HEAL mixed (no curriculum)",
+}
 
 
 REPORTED = ("problem_id", "stage", "kept", "verified", "leaked_hint", "pure_ratio", "pure_verdict", "judge_verdict")
 """What the headline figures and the PURE plot read of every trajectory: not its text, token ids or entropy trace."""
 
 
-def sample_figures(samples: pa.RecordBatchReader | pa.Table, zero: Collection[str],
-                   con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+def sample_figures(
+    samples: pa.RecordBatchReader | pa.Table, zero: Collection[str], con: duckdb.DuckDBPyConnection
+) -> dict[str, Any]:
     """The run's per-sample counts, aggregated by DuckDB as ``samples`` (``REPORTED`` columns) stream past, with
     PURE's ratios (float32, for ``pure_ratio_plot``): memory holds counts and one float per PURE-scored row, not the
     rows. ``zero``: the problems the unaided teacher never solved."""
@@ -50,11 +58,20 @@ def sample_figures(samples: pa.RecordBatchReader | pa.Table, zero: Collection[st
                        list(pure_ratio) FILTER (pure_ratio IS NOT NULL AND pure_verdict = 'keep'),
                        list(pure_ratio) FILTER (pure_ratio IS NOT NULL AND pure_verdict <> 'keep')
                      FROM samples""").fetchall()[0]
-    return {"samples": row[0], "stage2_samples": {"generated": row[1], "kept": row[2]},
-            "gear_samples": {"generated": row[3], "kept": row[4]}, "hint_leaks_rejected": row[5],
-            "pure_rejections": row[6], "judged": row[7], "accepted": row[8], "problems_rescued": row[9],
-            "pure_ratios": {"kept": np.asarray(row[10] or [], np.float32),
-                            "rejected": np.asarray(row[11] or [], np.float32)}}
+    return {
+        "samples": row[0],
+        "stage2_samples": {"generated": row[1], "kept": row[2]},
+        "gear_samples": {"generated": row[3], "kept": row[4]},
+        "hint_leaks_rejected": row[5],
+        "pure_rejections": row[6],
+        "judged": row[7],
+        "accepted": row[8],
+        "problems_rescued": row[9],
+        "pure_ratios": {
+            "kept": np.asarray(row[10] or [], np.float32),
+            "rejected": np.asarray(row[11] or [], np.float32),
+        },
+    }
 
 
 def summarize(
@@ -75,8 +92,10 @@ def summarize(
         "teacher_ceiling": sum(s["correct"] == 0 for s in stats),
         "hard_problems": sum(s["bucket"] == "hard" for s in stats),
         "extremely_hard_problems": sum(s["bucket"] == "extremely_hard" for s in stats),
-        **{key: figures[key] for key in ("stage2_samples", "gear_samples", "hint_leaks_rejected", "pure_rejections",
-                                         "problems_rescued")},
+        **{
+            key: figures[key]
+            for key in ("stage2_samples", "gear_samples", "hint_leaks_rejected", "pure_rejections", "problems_rescued")
+        },
     }
     if figures["judged"]:
         summary["judge"] = {"judged": figures["judged"], "accepted": figures["accepted"]}
@@ -92,27 +111,36 @@ def headline(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) rows of ``summarize``'s figures, as the report, the CLI and the run's artifact show them."""
     problems, ceiling = summary["problems"], summary["teacher_ceiling"]
     rows = [
-        ("problems", str(problems)), ("samples", str(summary["samples"])),
+        ("problems", str(problems)),
+        ("samples", str(summary["samples"])),
         ("teacher ceiling (0 correct)", f"{ceiling} ({ceiling / max(1, problems):.0%})"),
         ("hard problems", str(summary["hard_problems"])),
         ("extremely hard problems", str(summary["extremely_hard_problems"])),
-        *((f"{name} samples generated / kept", f"{summary[key]['generated']} / {summary[key]['kept']}")
-          for name, key in (("stage II", "stage2_samples"), ("GEAR", "gear_samples"))),
+        *(
+            (f"{name} samples generated / kept", f"{summary[key]['generated']} / {summary[key]['kept']}")
+            for name, key in (("stage II", "stage2_samples"), ("GEAR", "gear_samples"))
+        ),
         ("hint leaks rejected", str(summary["hint_leaks_rejected"])),
         ("PURE rejections", str(summary["pure_rejections"])),
         ("problems rescued (0 correct -> kept)", str(summary["problems_rescued"])),
     ]
     if "judge" in summary:
-        rows.append(("verifier rejections judged / accepted", f"{summary['judge']['judged']} / {summary['judge']['accepted']}"))
+        rows.append(
+            ("verifier rejections judged / accepted", f"{summary['judge']['judged']} / {summary['judge']['accepted']}")
+        )
     rows += [(f"PACE {name} examples", str(size)) for name, size in summary["pace_examples"].items()]
     rows += [(f"held-out pass@1 {model}", str(acc)) for model, acc in summary["held_out_pass_at_1"].items()]
     if "contaminated_dropped" in summary:
         rows.append(("contaminated problems dropped", str(summary["contaminated_dropped"])))
     if "generation" in summary:
         sources = summary["generation"]
-        rows += [("problems re-used / re-selected / sampled",
-                  f"{sources['reused']} / {sources['reselected']} / {sources['sampled']}"),
-                 ("teacher tokens drawn", str(sources["teacher_tokens"]))]
+        rows += [
+            (
+                "problems re-used / re-selected / sampled",
+                f"{sources['reused']} / {sources['reselected']} / {sources['sampled']}",
+            ),
+            ("teacher tokens drawn", str(sources["teacher_tokens"])),
+        ]
     return rows
 
 
@@ -120,8 +148,10 @@ def generation_sources(records: Sequence[dict[str, Any]]) -> dict[str, int]:
     """Where the run's problems came from, over its shards' lineage records: the generation store as stored
     (re-used), the store replayed under a new selection (re-selected), or the teacher (sampled); and the tokens
     the teacher drew for the run (``heal_core/generation_store.py``)."""
-    return {**{key: sum(r["generation"][key] for r in records) for key in ("reused", "reselected", "sampled")},
-            "teacher_tokens": sum(r["generation"]["teacher"]["tokens"] for r in records)}
+    return {
+        **{key: sum(r["generation"][key] for r in records) for key in ("reused", "reselected", "sampled")},
+        "teacher_tokens": sum(r["generation"]["teacher"]["tokens"] for r in records),
+    }
 
 
 def accuracy(evaluation: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -148,8 +178,24 @@ def _stage_notes(stages: Sequence[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def _trained(variant: str, results: Sequence[VariantResult]) -> dict[str, Any]:
+    """A variant's training as the summary states it: its seeds, its first seed's stages, why it was skipped."""
+    mine = sorted((r for r in results if r.variant == variant), key=lambda r: r.seed)
+    stages = [{"dataset": s.name, "examples": s.examples, "steps": s.steps} for s in (mine[0].stages if mine else ())]
+    skip = mine[0].skip_reason if mine else "not trained: no result in the run's storage"
+    return {
+        "seeds": [r.seed for r in mine if r.skip_reason is None],
+        "stages": stages,
+        "steps": sum(s["steps"] for s in stages),
+        "skip_reason": skip,
+        "notes": [] if skip else _stage_notes(stages),
+    }
+
+
 def variant_summary(
-    results: Sequence[VariantResult], evaluation: Sequence[dict[str, Any]], dataset_sizes: dict[str, int],
+    results: Sequence[VariantResult],
+    evaluation: Sequence[dict[str, Any]],
+    dataset_sizes: dict[str, int],
     cfg: HealConfig,
 ) -> dict[str, Any]:
     """The variants compared on the held-out set: per variant its seeds, stages (examples, steps), pass@1 with a
@@ -166,31 +212,31 @@ def variant_summary(
         rows = [r for r in held_out if r["model"] == variant]
         if rows:
             scores[variant] = pass_at_1_matrix(rows, problems)
-    settings = {"baseline": BASELINE, "resamples": cfg.evaluation.bootstrap_resamples,
-                "confidence": cfg.evaluation.confidence}
+    settings = {
+        "baseline": BASELINE,
+        "resamples": cfg.evaluation.bootstrap_resamples,
+        "confidence": cfg.evaluation.confidence,
+    }
     whole = bootstrap(scores, **settings) if scores else ({}, {})
     harder = bootstrap({v: x[:, hard] for v, x in scores.items()}, **settings) if scores and hard else ({}, {})
     # Each ablation against HEAL itself: what leaving one ingredient out costs (or gains), on the hard problems.
-    against_heal = (bootstrap({v: x[:, hard] for v, x in scores.items()}, **{**settings, "baseline": "heal"})[1]
-                    if "heal" in scores and hard else {})
+    against_heal = (
+        bootstrap({v: x[:, hard] for v, x in scores.items()}, **{**settings, "baseline": "heal"})[1]
+        if "heal" in scores and hard
+        else {}
+    )
 
-    by_variant = {}
-    for variant in cfg.pace.variants:
-        mine = sorted((r for r in results if r.variant == variant), key=lambda r: r.seed)
-        stages = [{"dataset": s.name, "examples": s.examples, "steps": s.steps} for s in (mine[0].stages if mine else ())]
-        skip = mine[0].skip_reason if mine else "not trained: no result in the run's storage"
-        by_variant[variant] = {
-            "seeds": [r.seed for r in mine if r.skip_reason is None],
-            "stages": stages,
-            "steps": sum(s["steps"] for s in stages),
+    by_variant = {
+        variant: {
+            **_trained(variant, results),
             "pass_at_1_held_out": _figures(whole[0].get(variant)),
             "pass_at_1_hard": _figures(harder[0].get(variant)),
             "delta_vs_baseline_held_out": _figures(whole[1].get(variant)),
             "delta_vs_baseline_hard": _figures(harder[1].get(variant)),
             "delta_vs_heal_hard": _figures(against_heal.get(variant)),
-            "skip_reason": skip,
-            "notes": [] if skip else _stage_notes(stages),
         }
+        for variant in cfg.pace.variants
+    }
     return {
         "step_budget": step_budget(dataset_sizes, cfg.pace),
         "epochs": cfg.pace.epochs,
@@ -211,25 +257,33 @@ def interval_text(figures: dict[str, float] | None) -> str:
 def variants_section(variants: dict[str, Any]) -> list[str]:
     """Markdown lines of ``variant_summary``'s figures: the step budget, how the intervals are drawn, the table."""
     ci, base = f"[{variants['confidence']:.0%} CI]", variants["baseline"]
-    budget = (f"Every variant: {variants['step_budget']} optimizer steps, the steps HEAL's stages take at "
-              f"pace.epochs = {variants['epochs']:g}; a multi-stage variant splits them over its non-empty stages in "
-              "proportion to their epoch-based steps.")
-    method = (f"pass@1: mean over training seeds and problems; {ci}: percentile bootstrap over problems and seeds "
-              f"({variants['bootstrap_resamples']} resamples); Δ vs {base}: paired over problems, seeds drawn per "
-              f"variant. Hard held-out: the {variants['hard_problems']} of {variants['held_out_problems']} "
-              f"held-out problems where the teacher's pass@1 is below {variants['hard_threshold']:g} "
-              "(hints.pass_rate_below).")
-    header = (f"| variant | seeds | examples per stage | steps | pass@1 held-out {ci} | pass@1 hard held-out {ci} "
-              f"| Δ vs {base} held-out {ci} | Δ vs {base} hard {ci} | Δ vs heal hard {ci} | skipped / notes |")
+    budget = (
+        f"Every variant: {variants['step_budget']} optimizer steps, the steps HEAL's stages take at "
+        f"pace.epochs = {variants['epochs']:g}; a multi-stage variant splits them over its non-empty stages in "
+        "proportion to their epoch-based steps."
+    )
+    method = (
+        f"pass@1: mean over training seeds and problems; {ci}: percentile bootstrap over problems and seeds "
+        f"({variants['bootstrap_resamples']} resamples); Δ vs {base}: paired over problems, seeds drawn per "
+        f"variant. Hard held-out: the {variants['hard_problems']} of {variants['held_out_problems']} "
+        f"held-out problems where the teacher's pass@1 is below {variants['hard_threshold']:g} "
+        "(hints.pass_rate_below)."
+    )
+    header = (
+        f"| variant | seeds | examples per stage | steps | pass@1 held-out {ci} | pass@1 hard held-out {ci} "
+        f"| Δ vs {base} held-out {ci} | Δ vs {base} hard {ci} | Δ vs heal hard {ci} | skipped / notes |"
+    )
     lines = ["## Variants", "", budget, "", method, "", header, "|---|---|---|---|---|---|---|---|---|---|"]
     for name, v in variants["by_variant"].items():
         stages = " → ".join(f"{s['dataset']} {s['examples']}" for s in v["stages"])
         steps = " + ".join(str(s["steps"]) for s in v["stages"] if s["steps"]) or "0"
         notes = "; ".join(([f"skipped: {v['skip_reason']}"] if v["skip_reason"] else []) + v["notes"])
-        lines.append(f"| {name} | {', '.join(map(str, v['seeds'])) or '—'} | {stages} | {steps} "
-                     f"| {interval_text(v['pass_at_1_held_out'])} | {interval_text(v['pass_at_1_hard'])} "
-                     f"| {interval_text(v['delta_vs_baseline_held_out'])} | {interval_text(v['delta_vs_baseline_hard'])} "
-                     f"| {interval_text(v['delta_vs_heal_hard'])} | {notes} |")
+        lines.append(
+            f"| {name} | {', '.join(map(str, v['seeds'])) or '—'} | {stages} | {steps} "
+            f"| {interval_text(v['pass_at_1_held_out'])} | {interval_text(v['pass_at_1_hard'])} "
+            f"| {interval_text(v['delta_vs_baseline_held_out'])} | {interval_text(v['delta_vs_baseline_hard'])} "
+            f"| {interval_text(v['delta_vs_heal_hard'])} | {notes} |"
+        )
     return lines
 
 
@@ -248,12 +302,18 @@ def flat_summary(summary: dict[str, Any]) -> list[tuple[str, str]]:
             if v["skip_reason"]:
                 pairs.append((f"{name}: skipped", v["skip_reason"]))
                 continue
-            pairs += [(f"{name}: seeds", ", ".join(map(str, v["seeds"]))), (f"{name}: steps", str(v["steps"])),
-                      (f"{name}: pass@1 held-out {ci}", interval_text(v["pass_at_1_held_out"])),
-                      (f"{name}: pass@1 hard held-out {ci}", interval_text(v["pass_at_1_hard"]))]
+            pairs += [
+                (f"{name}: seeds", ", ".join(map(str, v["seeds"]))),
+                (f"{name}: steps", str(v["steps"])),
+                (f"{name}: pass@1 held-out {ci}", interval_text(v["pass_at_1_held_out"])),
+                (f"{name}: pass@1 hard held-out {ci}", interval_text(v["pass_at_1_hard"])),
+            ]
             against = {base: v["delta_vs_baseline_hard"], "heal": v["delta_vs_heal_hard"]}
-            pairs += [(f"{name}: Δ vs {other} hard held-out {ci}", interval_text(delta))
-                      for other, delta in against.items() if delta is not None]
+            pairs += [
+                (f"{name}: Δ vs {other} hard held-out {ci}", interval_text(delta))
+                for other, delta in against.items()
+                if delta is not None
+            ]
             pairs += [(f"{name}: note", note) for note in v["notes"]]
     return pairs
 
@@ -262,20 +322,28 @@ def benchmark_comparison(benchmarks: Sequence[dict[str, Any]]) -> list[str]:
     """Markdown lines: one row per benchmark and group, one ``pass@1 / pass@k`` column per model (teacher,
     student base, HEAL student, RS-SFT student), from rows of EVALUATION_SUMMARY_SCHEMA; the sampling
     settings under the table, since the figures mean nothing without them."""
-    models = sorted(dict.fromkeys(r["model"] for r in benchmarks),
-                    key=lambda m: list(_MODEL_NAMES).index(m) if m in _MODEL_NAMES else len(_MODEL_NAMES))
+    models = sorted(
+        dict.fromkeys(r["model"] for r in benchmarks),
+        key=lambda m: list(_MODEL_NAMES).index(m) if m in _MODEL_NAMES else len(_MODEL_NAMES),
+    )
     cells: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = defaultdict(dict)
     for row in benchmarks:
         cells[(row["benchmark"], row["group_field"], row["group_value"])][row["model"]] = row
-    lines = ["## Evaluation per benchmark", "", "pass@1 (mean over the samples) / pass@k (k = samples) per problem set "
-             "and, where its problems carry metadata (MATH-500: subject, level), per group.", "",
-             f"| benchmark | group | problems | {' | '.join(_MODEL_NAMES.get(m, m) for m in models)} |",
-             "|---|---|---|" + "---|" * len(models)]
+    lines = [
+        "## Evaluation per benchmark",
+        "",
+        "pass@1 (mean over the samples) / pass@k (k = samples) per problem set "
+        "and, where its problems carry metadata (MATH-500: subject, level), per group.",
+        "",
+        f"| benchmark | group | problems | {' | '.join(_MODEL_NAMES.get(m, m) for m in models)} |",
+        "|---|---|---|" + "---|" * len(models),
+    ]
     for (benchmark, field, value), by_model in cells.items():
         group = f"{field} {value}" if field is not None else "all"
         problems = next(iter(by_model.values()))["problems"]
-        scores = [f"{by_model[m]['pass_at_1']:.3f} / {by_model[m]['pass_at_k']:.3f}" if m in by_model else "—"
-                  for m in models]
+        scores = [
+            f"{by_model[m]['pass_at_1']:.3f} / {by_model[m]['pass_at_k']:.3f}" if m in by_model else "—" for m in models
+        ]
         lines.append(f"| {benchmark} | {group} | {problems} | {' | '.join(scores)} |")
     settings = dict.fromkeys(tuple((c, r[c]) for c in ("samples", *SAMPLING_COLUMNS)) for r in benchmarks)
     lines += ["", *("Sampling: " + ", ".join(f"{c}={v}" for c, v in s) + "." for s in settings)]
@@ -283,8 +351,12 @@ def benchmark_comparison(benchmarks: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def markdown(
-    run_id: str, storage_uri: str, summary: dict[str, Any], plots: Mapping[str, str] | None = None,
-    contaminated: Sequence[dict[str, Any]] = (), benchmarks: Sequence[dict[str, Any]] = (),
+    run_id: str,
+    storage_uri: str,
+    summary: dict[str, Any],
+    plots: Mapping[str, str] | None = None,
+    contaminated: Sequence[dict[str, Any]] = (),
+    benchmarks: Sequence[dict[str, Any]] = (),
     audit: Sequence[str] = (),
 ) -> str:
     """``plots``: each plot's name and where its image is (``plot_files`` for report.md, ``inline_plots`` for
@@ -301,10 +373,17 @@ def markdown(
     if benchmarks:
         lines += ["", *benchmark_comparison(benchmarks)]
     if contaminated:
-        lines += ["", "## Dropped as copies of evaluation items", "",
-                  "| problem | eval set | eval item | shared n-grams | example n-gram |", "|---|---|---|---|---|"]
-        lines += [f"| {c['problem_id']} | {c['eval_set']} | {c['eval_id']} | {c['overlap']:.0%} | {c['ngram']} |"
-                  for c in contaminated]
+        lines += [
+            "",
+            "## Dropped as copies of evaluation items",
+            "",
+            "| problem | eval set | eval item | shared n-grams | example n-gram |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['problem_id']} | {c['eval_set']} | {c['eval_id']} | {c['overlap']:.0%} | {c['ngram']} |"
+            for c in contaminated
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -350,8 +429,9 @@ def pass_rate_histogram(stats: Sequence[dict[str, Any]]) -> bytes:
     return to_png(fig)
 
 
-def entropy_trace(entropy: Sequence[float], breakpoint: int, fraction: float,
-                  wrong_step: tuple[int, int] | None = None) -> bytes:
+def entropy_trace(
+    entropy: Sequence[float], breakpoint: int, fraction: float, wrong_step: tuple[int, int] | None = None
+) -> bytes:
     """``wrong_step``: the tokens [start, end) of the trajectory's first wrong step, where a step checker knows it."""
     fig, ax = figure("Entropy of a repaired trajectory")
     ax.plot(np.arange(len(entropy)), entropy, lw=1)
@@ -399,9 +479,16 @@ def training_curves(results: Sequence[Any]) -> bytes | None:
             steps += [offset + step for step, _ in stage.losses]
             losses += [loss for _, loss in stage.losses]
             offset += stage.steps
-        ax.plot(steps, losses, color=colours[result.variant], lw=1, alpha=0.8,
-                label=result.variant if result.seed == min(r.seed for r in trained if r.variant == result.variant)
-                else None)
+        ax.plot(
+            steps,
+            losses,
+            color=colours[result.variant],
+            lw=1,
+            alpha=0.8,
+            label=result.variant
+            if result.seed == min(r.seed for r in trained if r.variant == result.variant)
+            else None,
+        )
     ends = np.cumsum([stage.steps for stage in trained[0].stages])[:-1]
     for i, end in enumerate(ends):
         ax.axvline(end, color="grey", ls=":", lw=1, label=f"{trained[0].variant}'s stage ends" if i == 0 else None)

@@ -51,12 +51,15 @@ def check_storage(cfg: HealConfig) -> None:
     uri = cfg.storage.uri.rstrip("/")
     inside = uri == root.rstrip("/") or uri.startswith(root.rstrip("/") + "/")
     if not inside or ".." in uri.split("/"):
-        raise StorageNotAllowed(f"storage.uri {cfg.storage.uri} is outside this worker's storage {root} "
-                                f"({STORAGE_ROOT})")
+        raise StorageNotAllowed(
+            f"storage.uri {cfg.storage.uri} is outside this worker's storage {root} ({STORAGE_ROOT})"
+        )
     pinned = json.loads(os.environ.get(STORAGE_OPTIONS) or "{}")
     if cfg.storage.storage_options != pinned:
-        raise StorageNotAllowed(f"storage.storage_options differ from this worker's ({STORAGE_OPTIONS}): a run on "
-                                "this worker uses the operator's storage settings")
+        raise StorageNotAllowed(
+            f"storage.storage_options differ from this worker's ({STORAGE_OPTIONS}): a run on "
+            "this worker uses the operator's storage settings"
+        )
 
 
 class RunConfigMismatch(ValueError):
@@ -218,8 +221,10 @@ class Run:
         if storage.exists(self.config, self.options):
             stored = self.stored_config()
             if stored.config_hash() != cfg.config_hash():
-                raise RunConfigMismatch(f"{self.config} holds config {stored.config_hash()}, not {cfg.config_hash()}: "
-                                        "use a new run id, or resume with the stored config")
+                raise RunConfigMismatch(
+                    f"{self.config} holds config {stored.config_hash()}, not {cfg.config_hash()}: "
+                    "use a new run id, or resume with the stored config"
+                )
             return
         storage.write_bytes(cfg.to_yaml().encode(), self.config, self.options)
 
@@ -230,8 +235,12 @@ class Run:
 
     def write_manifest(self, config_hash: str, shards: dict[int, str], steps: dict[str, str]) -> None:
         """Each shard's and step's status, for people and tools (the markers, not this, decide what is redone)."""
-        record = {"run_id": self.run_id, "config_hash": config_hash,
-                  "shards": {str(k): v for k, v in shards.items()}, "steps": steps}
+        record = {
+            "run_id": self.run_id,
+            "config_hash": config_hash,
+            "shards": {str(k): v for k, v in shards.items()},
+            "steps": steps,
+        }
         storage.write_json(record, self.manifest, self.options)
 
     def finished_shard(self, shard: int, config_hash: str) -> tuple[dict[str, Any] | None, str | None]:

@@ -49,12 +49,14 @@ def generation_rows(drawn: Sequence[Drawn], stage: Stage, cfg: HealConfig, teach
     """Verified trajectory rows of every request's generations, verified in one call. A hinted row's leakage is
     judged on the teacher's own text (a GEAR row's continuation, not the parent's prefix)."""
     texts = [list(d.texts) if d.texts is not None else [g.text for g in d.generations] for d in drawn]
-    verdicts = iter(check_many(
-        [(text, d.problem.answer) for d, ts in zip(drawn, texts) for text in ts],
-        truncated=[g.finish_reason == "length" for d in drawn for g in d.generations],
-        max_error_share=cfg.orchestration.max_verify_error_share,
-        reasoning_format=cfg.teacher.reasoning_format,
-    ))
+    verdicts = iter(
+        check_many(
+            [(text, d.problem.answer) for d, ts in zip(drawn, texts) for text in ts],
+            truncated=[g.finish_reason == "length" for d in drawn for g in d.generations],
+            max_error_share=cfg.orchestration.max_verify_error_share,
+            reasoning_format=cfg.teacher.reasoning_format,
+        )
+    )
     rows = []
     for d, ts in zip(drawn, texts, strict=True):
         parent = d.repair.parent_sample_id if d.repair else None
@@ -63,26 +65,28 @@ def generation_rows(drawn: Sequence[Drawn], stage: Stage, cfg: HealConfig, teach
             hint = None
             if d.hint is not None:
                 hint = Hint(d.hint, mentions_hint(g.text, cfg.hints.leakage_patterns) is not None, d.wave)
-            rows.append(Trajectory(
-                sample_id=sample_id(d.problem.problem_id, stage, i, parent),
-                problem_id=d.problem.problem_id,
-                prompt=d.prompt,
-                gold_answer=d.problem.answer,
-                stage=stage,
-                sample_index=i,
-                text=text,
-                token_ids=list(g.token_ids),
-                entropy=[float(e) for e in g.entropy],
-                finish_reason=g.finish_reason,
-                verified=v.correct,
-                verify_status=v.status,
-                extracted_answer=v.extracted,
-                teacher=teacher,
-                seed=g.seed,
-                config_hash=cfg.config_hash(),
-                hint=hint,
-                repair=d.repair,
-            ))
+            rows.append(
+                Trajectory(
+                    sample_id=sample_id(d.problem.problem_id, stage, i, parent),
+                    problem_id=d.problem.problem_id,
+                    prompt=d.prompt,
+                    gold_answer=d.problem.answer,
+                    stage=stage,
+                    sample_index=i,
+                    text=text,
+                    token_ids=list(g.token_ids),
+                    entropy=[float(e) for e in g.entropy],
+                    finish_reason=g.finish_reason,
+                    verified=v.correct,
+                    verify_status=v.status,
+                    extracted_answer=v.extracted,
+                    teacher=teacher,
+                    seed=g.seed,
+                    config_hash=cfg.config_hash(),
+                    hint=hint,
+                    repair=d.repair,
+                )
+            )
     return rows
 
 
@@ -90,12 +94,18 @@ def sample_stage1(backend: TeacherBackend, problems: Sequence[Problem], cfg: Hea
     """N unaided samples per problem in one batched call, verified; the prompt recorded is the one the student
     will see."""
     prompts = [cfg.teacher.prompt_template.format(problem=p.problem) for p in problems]
-    requests = [Request(prompt, cfg.teacher.sampling.n, request_seed(cfg.teacher.sampling.seed, "stage1", p.problem_id))
-                for p, prompt in zip(problems, prompts, strict=True)]
+    requests = [
+        Request(prompt, cfg.teacher.sampling.n, request_seed(cfg.teacher.sampling.seed, "stage1", p.problem_id))
+        for p, prompt in zip(problems, prompts, strict=True)
+    ]
     progress.stage(Stage.BASE.roman, sum(r.n for r in requests))
     batches = require_usable(backend.generate(requests, cfg.teacher.sampling), "Stage I sampling")
-    return generation_rows([Drawn(p, prompt, gens) for p, prompt, gens in zip(problems, prompts, batches, strict=True)],
-                           stage=Stage.BASE, cfg=cfg, teacher=backend.model_path)
+    return generation_rows(
+        [Drawn(p, prompt, gens) for p, prompt, gens in zip(problems, prompts, batches, strict=True)],
+        stage=Stage.BASE,
+        cfg=cfg,
+        teacher=backend.model_path,
+    )
 
 
 Bucket = Literal["solved", "hard", "extremely_hard"]

@@ -12,7 +12,6 @@ from typing import Any
 
 import pyarrow as pa
 
-
 PROBLEM_SCHEMA = pa.schema(
     [
         pa.field("problem_id", pa.string(), nullable=False),

@@ -38,7 +38,11 @@ class ShardOutput:
 
 
 def apply_filters(
-    rows: list[Trajectory], backend: TeacherBackend | None, cfg: HealConfig, cap: int, kept: Counter[str] | None = None,
+    rows: list[Trajectory],
+    backend: TeacherBackend | None,
+    cfg: HealConfig,
+    cap: int,
+    kept: Counter[str] | None = None,
     scored: Mapping[str, PureResult] | None = None,
 ) -> list[Trajectory]:
     """Hinted/repaired rows with ``kept`` set by HEAL's rule (``heal_core/selection.py``), PURE as its last check.
@@ -51,10 +55,22 @@ def apply_filters(
 
     def judged_by_pure(batch: list[Trajectory]) -> list[Trajectory]:
         new = [r for r in batch if r.sample_id not in scored]
-        results = iter(pure.score(backend, [(r.prompt, r.text, r.gold_answer) for r in new], cfg.pure,
-                                  cfg.teacher.reasoning_format) if new else [])
-        return [replace(row, pure=pure.judge(scored[row.sample_id].answer_nll, scored[row.sample_id].step_ppl, cfg.pure)
-                        if row.sample_id in scored else next(results)) for row in batch]
+        results = iter(
+            pure.score(
+                backend, [(r.prompt, r.text, r.gold_answer) for r in new], cfg.pure, cfg.teacher.reasoning_format
+            )
+            if new
+            else []
+        )
+        return [
+            replace(
+                row,
+                pure=pure.judge(scored[row.sample_id].answer_nll, scored[row.sample_id].step_ppl, cfg.pure)
+                if row.sample_id in scored
+                else next(results),
+            )
+            for row in batch
+        ]
 
     return select_capped(rows, cap, judged_by_pure if cfg.pure.enabled else None, kept)
 
@@ -92,7 +108,10 @@ def repair_paths(room: int, cfg: HealConfig) -> int:
 
 
 def generate_shard(
-    backend: TeacherBackend, problems: Sequence[Problem], cfg: HealConfig, judge: TeacherBackend | None = None,
+    backend: TeacherBackend,
+    problems: Sequence[Problem],
+    cfg: HealConfig,
+    judge: TeacherBackend | None = None,
     scored: Mapping[str, PureResult] | None = None,
 ) -> ShardOutput:
     """``judge`` (``judge.enabled``) re-examines the verifier's rejections of every stage before they count:
@@ -109,8 +128,16 @@ def generate_shard(
 
     # 3. Stage II: hinted samples of hard problems, hints.wave_samples per problem per wave
     hard = [p for p in problems if needs_hint(stats[p.problem_id], cfg)]
-    stage2 = in_waves(lambda active, wave, _: hints.sample_hinted(backend, active, cfg, wave), hard,
-                      math.ceil(cfg.hints.n / cfg.hints.wave_samples), cfg.hints.max_per_problem, backend, cfg, judge, scored)
+    stage2 = in_waves(
+        lambda active, wave, _: hints.sample_hinted(backend, active, cfg, wave),
+        hard,
+        math.ceil(cfg.hints.n / cfg.hints.wave_samples),
+        cfg.hints.max_per_problem,
+        backend,
+        cfg,
+        judge,
+        scored,
+    )
 
     # 4. Stage III: GEAR repairs of extremely hard problems' failed paths, in waves
     by_problem: dict[str, list[Trajectory]] = defaultdict(list)
@@ -133,5 +160,7 @@ def generate_shard(
         skips.extend(wave_skips)
         return rows
 
-    stage3 = in_waves(repair_wave, extreme, cfg.gear.failed_paths, cfg.gear.max_per_problem, backend, cfg, judge, scored)
+    stage3 = in_waves(
+        repair_wave, extreme, cfg.gear.failed_paths, cfg.gear.max_per_problem, backend, cfg, judge, scored
+    )
     return ShardOutput(trajectories=stage1 + stage2 + stage3, stats=stats, skips=skips)

@@ -65,6 +65,7 @@ def bootstrap(
     if baseline not in scores:
         return level, {}
     base = scores[baseline].mean()
-    delta = {name: interval(x.mean() - base, draws[name] - draws[baseline])
-             for name, x in scores.items() if name != baseline}
+    delta = {
+        name: interval(x.mean() - base, draws[name] - draws[baseline]) for name, x in scores.items() if name != baseline
+    }
     return level, delta

@@ -101,8 +101,10 @@ def cache_dir() -> Path:
 def check_shared(uri: str) -> None:
     """Deployment runs execute on other workers, often other machines: a relative local path cannot be shared."""
     if "://" not in uri and not uri.startswith("/"):
-        raise ValueError(f"storage.uri {uri!r} is a relative local path: workers on other machines or in other "
-                         "directories cannot share it; use s3://... or an absolute path on a shared filesystem")
+        raise ValueError(
+            f"storage.uri {uri!r} is a relative local path: workers on other machines or in other "
+            "directories cannot share it; use s3://... or an absolute path on a shared filesystem"
+        )
 
 
 _PIECE = 16 * 2**20
@@ -279,7 +281,9 @@ def _arrow_fs(uri: str, storage_options: dict[str, Any] | None) -> tuple[pafs.Fi
 
 
 def read_parquet(
-    uri: str, schema: pa.Schema | None = None, storage_options: dict[str, Any] | None = None,
+    uri: str,
+    schema: pa.Schema | None = None,
+    storage_options: dict[str, Any] | None = None,
     columns: Sequence[str] | None = None,
 ) -> pa.Table:
     """Read a Parquet file, or only its ``columns``, fetching only those (the footer, then their column chunks:
@@ -301,7 +305,10 @@ SCAN_ROWS = 256
 
 
 def scan(
-    uris: Sequence[str], schema: pa.Schema, columns: Sequence[str], storage_options: dict[str, Any] | None = None,
+    uris: Sequence[str],
+    schema: pa.Schema,
+    columns: Sequence[str],
+    storage_options: dict[str, Any] | None = None,
     where: ds.Expression | None = None,
 ) -> pa.RecordBatchReader:
     """Stream the rows of Parquet files (one table's shards, under one storage) as record batches of ``columns``,
@@ -320,8 +327,9 @@ def scan(
         dataset = ds.dataset(list(paths), schema=schema, format=fmt, filesystem=afs)
         for fragment in dataset.get_fragments():
             _check_fragment(fragment, wanted, paths[fragment.path])
-    scanner = dataset.scanner(columns=list(columns), filter=where, batch_size=SCAN_ROWS, fragment_readahead=1,
-                              batch_readahead=1)
+    scanner = dataset.scanner(
+        columns=list(columns), filter=where, batch_size=SCAN_ROWS, fragment_readahead=1, batch_readahead=1
+    )
     return pa.RecordBatchReader.from_batches(wanted, (batch.cast(wanted) for batch in scanner.to_batches()))
 
 
@@ -352,8 +360,9 @@ def read_json(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
         raise StorageError(f"{uri} is not valid JSON: {exc}") from None
 
 
-def put_dir(local_dir: str | os.PathLike[str], uri: str, storage_options: dict[str, Any] | None = None,
-            last: str | None = None) -> None:
+def put_dir(
+    local_dir: str | os.PathLike[str], uri: str, storage_options: dict[str, Any] | None = None, last: str | None = None
+) -> None:
     """Upload a local directory file by file (each write atomic); the file named ``last`` goes up last.
 
     A directory is not one object, so completeness needs a marker: uploading the marker last means a reader
@@ -377,8 +386,9 @@ def put_file(local: str | os.PathLike[str], uri: str, storage_options: dict[str,
             fs.put_file(os.fspath(local), path)
 
 
-def get_dir(uri: str, local_dir: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
-            last: str | None = None) -> None:
+def get_dir(
+    uri: str, local_dir: str | os.PathLike[str], storage_options: dict[str, Any] | None = None, last: str | None = None
+) -> None:
     """Download every file under ``uri`` into ``local_dir``, keeping relative paths, the file named ``last`` last
     (a completion marker: ``put_dir``'s order, so a reader that finds it also finds the rest).
 
@@ -392,7 +402,7 @@ def get_dir(uri: str, local_dir: str | os.PathLike[str], storage_options: dict[s
     planned = []
     prefix = path.rstrip("/") + "/"
     for remote in found:
-        rel = remote[len(prefix):] if remote.startswith(prefix) else remote  # as listed: never normalised away
+        rel = remote[len(prefix) :] if remote.startswith(prefix) else remote  # as listed: never normalised away
         if posixpath.basename(rel).startswith("."):
             continue
         planned.append((rel, _inside(root, rel, uri)))

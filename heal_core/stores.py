@@ -44,8 +44,13 @@ def describe(cfg: HealConfig, role: Role, fingerprint: str, **extra: Any) -> Non
     """Write the fingerprint's ``fingerprint.json`` (its role, settings and ``extra``) unless it is there."""
     uri = storage.join(folder(cfg.storage.uri, role, fingerprint), DESCRIPTOR)
     if not storage.exists(uri, cfg.storage.storage_options):
-        record = {"role": role.value, "fingerprint": fingerprint, "heal": heal_core.__version__,
-                  "settings": fingerprints.settings(cfg, role), **extra}
+        record = {
+            "role": role.value,
+            "fingerprint": fingerprint,
+            "heal": heal_core.__version__,
+            "settings": fingerprints.settings(cfg, role),
+            **extra,
+        }
         storage.write_json(record, uri, cfg.storage.storage_options)
 
 
@@ -151,15 +156,27 @@ def inventory(storage_uri: str, options: dict[str, Any], uses: list[RunUse]) -> 
     return Inventory(stored, unsorted, uses)
 
 
-def _stored(storage_uri: str, options: dict[str, Any], role: Role, fingerprint: str, contents: dict[str, int],
-            uses: Sequence[RunUse]) -> Stored:
+def _stored(
+    storage_uri: str,
+    options: dict[str, Any],
+    role: Role,
+    fingerprint: str,
+    contents: dict[str, int],
+    uses: Sequence[RunUse],
+) -> Stored:
     objects = {rel: size for rel, size in contents.items() if rel != DESCRIPTOR}
-    entry = Stored(role, fingerprint, objects=len(objects), bytes=sum(contents.values()),
-                   problems=len({rel.split("/")[0] for rel in objects if "/" in rel and not rel.startswith("_")}),
-                   runs=[u.run_id for u in uses if _uses(u, role) == fingerprint])
+    entry = Stored(
+        role,
+        fingerprint,
+        objects=len(objects),
+        bytes=sum(contents.values()),
+        problems=len({rel.split("/")[0] for rel in objects if "/" in rel and not rel.startswith("_")}),
+        runs=[u.run_id for u in uses if _uses(u, role) == fingerprint],
+    )
     if DESCRIPTOR in contents:
-        entry.settings = storage.read_json(storage.join(folder(storage_uri, role, fingerprint), DESCRIPTOR),
-                                           options)["settings"]
+        entry.settings = storage.read_json(storage.join(folder(storage_uri, role, fingerprint), DESCRIPTOR), options)[
+            "settings"
+        ]
         entry.settings_from = DESCRIPTOR
     else:
         user = next((u for u in uses if _uses(u, role) == fingerprint and u.cfg is not None), None)
@@ -182,12 +199,14 @@ def garbage(found: Inventory, keep: Iterable[str]) -> list[Stored]:
     keep = list(keep)
     missing = [r for r in keep if r not in by_id]
     if missing:
-        raise ValueError(f"--keep-runs: no run {', '.join(missing)} under this storage "
-                         f"(runs: {', '.join(by_id) or 'none'})")
+        raise ValueError(
+            f"--keep-runs: no run {', '.join(missing)} under this storage (runs: {', '.join(by_id) or 'none'})"
+        )
     unknown = [f"{r} ({by_id[r].unknown})" for r in keep if by_id[r].generation is None]
     if unknown:
-        raise ValueError(f"cannot tell which generation store these kept runs use, so nothing is removed: "
-                         f"{'; '.join(unknown)}")
+        raise ValueError(
+            f"cannot tell which generation store these kept runs use, so nothing is removed: {'; '.join(unknown)}"
+        )
     used = {(role, _uses(by_id[r], role)) for r in keep for role in FOLDERS}
     return [s for s in found.stored if (s.role, s.fingerprint) not in used]
 

@@ -63,8 +63,15 @@ def finished(model_dir: str | Path) -> StageResult | None:
     return StageResult.from_json({**json.loads(marker.read_text()), "model_dir": str(model_dir), "resumed": True})
 
 
-def sft_args(cfg: PaceConfig, steps: int, output_dir: str | Path, seed: int, layout: BatchLayout | None = None,
-             run_name: str = "", **overrides: Any):
+def sft_args(
+    cfg: PaceConfig,
+    steps: int,
+    output_dir: str | Path,
+    seed: int,
+    layout: BatchLayout | None = None,
+    run_name: str = "",
+    **overrides: Any,
+):
     """TRL's ``SFTConfig`` for ``steps`` optimizer steps of ``cfg``: the one place PACE's settings become
     trainer arguments (``bench/training.py`` trains its plain-TRL side with the same ones, the demo models
     with their own ``overrides``). ``layout`` is the batch of each of the stage's processes (one process when
@@ -116,8 +123,10 @@ def liger(cfg: PaceConfig, on_gpu: bool) -> bool:
     package is installed; on where it is not is refused rather than trained without."""
     installed = importlib.util.find_spec("liger_kernel") is not None
     if cfg.liger_kernel == "on" and not installed:
-        raise LaunchError("pace.liger_kernel is on and liger-kernel is not installed: pip install liger-kernel, "
-                          "or set pace.liger_kernel to auto")
+        raise LaunchError(
+            "pace.liger_kernel is on and liger-kernel is not installed: pip install liger-kernel, "
+            "or set pace.liger_kernel to auto"
+        )
     return cfg.liger_kernel == "on" or (cfg.liger_kernel == "auto" and on_gpu and installed)
 
 
@@ -167,7 +176,8 @@ def train_stage(
 ) -> StageResult:
     """Fine-tune ``init_model`` on ``examples`` (TRL prompt-completion rows) and save to ``model_dir``; ``seed``
     is the trainer's (data order, dropout). Without ``max_steps``, ``cfg.epochs`` passes. ``checkpoint_uri``, a
-    storage URI (beside ``model_dir`` when empty), keeps the stage's checkpoints (``pace.save_steps``) where a retry on any worker finds them.
+    storage URI (beside ``model_dir`` when empty), keeps the stage's checkpoints (``pace.save_steps``) where a
+    retry on any worker finds them.
 
     One DDP process trains here, in the calling process; more (``pace.distributed``) are started through
     accelerate's launcher on this node, which returns once every process is done."""
@@ -184,25 +194,46 @@ def train_stage(
     tokenizer = training_tokenizer(init_model, cfg)
     check_targets(tokenizer, examples, f"stage {name}")
     steps = max_steps or stage_steps(len(examples), cfg)
-    spec = StageSpec(name, init_model, str(model_dir), cfg.model_dump(mode="json"), seed, steps, len(examples),
-                     layout.micro, layout.accumulation, run_name, checkpoint_uri or f"{model_dir}.checkpoints",
-                     dict(storage_options or {}))
+    spec = StageSpec(
+        name,
+        init_model,
+        str(model_dir),
+        cfg.model_dump(mode="json"),
+        seed,
+        steps,
+        len(examples),
+        layout.micro,
+        layout.accumulation,
+        run_name,
+        checkpoint_uri or f"{model_dir}.checkpoints",
+        dict(storage_options or {}),
+    )
     progress.stage(name, steps)
     if launch.launched(cfg.distributed, gpus):
-        spec_file = write_spec(spec, examples)
-        (spec.trainer_dir / PROGRESS).unlink(missing_ok=True)  # an earlier attempt's
-        launch.run(cfg.distributed, gpus, 0, [str(spec_file)], spec.trainer_dir / "launch.log", bf16_gpu(),
-                   _progress_reader(spec.trainer_dir / PROGRESS))
-        result = finished(model_dir)
-        if result is None:
-            raise RuntimeError(f"stage {name}: the training processes exited without saving {model_dir}")
-        result = replace(result, resumed=False)
+        result = _launched(spec, examples, cfg, gpus)
     else:
         result = fit(spec, _dataset(examples), tokenizer)
-    for leftover in (*spec.trainer_dir.glob(f"{checkpoints.PREFIX}*"), *spec.trainer_dir.glob("resume-node*"),
-                     spec.trainer_dir / "data"):
+    for leftover in (
+        *spec.trainer_dir.glob(f"{checkpoints.PREFIX}*"),
+        *spec.trainer_dir.glob("resume-node*"),
+        spec.trainer_dir / "data",
+    ):
         shutil.rmtree(leftover, ignore_errors=True)  # the model is saved: nothing resumes from these
     return result
+
+
+def _launched(spec: StageSpec, examples: Sequence[dict[str, Any]], cfg: PaceConfig, gpus: int) -> StageResult:
+    """Train ``spec`` through accelerate's launcher, this node's processes reporting their steps to this one."""
+    spec_file = write_spec(spec, examples)
+    (spec.trainer_dir / PROGRESS).unlink(missing_ok=True)  # an earlier attempt's
+    log = spec.trainer_dir / "launch.log"
+    launch.run(
+        cfg.distributed, gpus, 0, [str(spec_file)], log, bf16_gpu(), _progress_reader(spec.trainer_dir / PROGRESS)
+    )
+    result = finished(spec.model_dir)
+    if result is None:
+        raise RuntimeError(f"stage {spec.name}: the training processes exited without saving {spec.model_dir}")
+    return replace(result, resumed=False)
 
 
 def write_spec(spec: StageSpec, examples: Sequence[Mapping[str, Any]]) -> Path:
@@ -224,8 +255,11 @@ def read_spec(spec_file: Path) -> tuple[StageSpec, str]:
 def pending_specs(root: Path) -> list[Path]:
     """The spec files under ``root`` (a worker's cache of models) of stages launched and not finished, oldest
     first: what the other nodes of a multi-node stage train (``heal train-stage --follow``)."""
-    specs = (s for s in root.glob("**/*.trainer/spec.json")
-             if not (s.parent.with_name(s.parent.name.removesuffix(".trainer")) / MARKER).exists())
+    specs = (
+        s
+        for s in root.glob("**/*.trainer/spec.json")
+        if not (s.parent.with_name(s.parent.name.removesuffix(".trainer")) / MARKER).exists()
+    )
     return sorted(specs, key=lambda s: s.stat().st_mtime)
 
 
@@ -248,25 +282,42 @@ def fit(spec: StageSpec, dataset: Any, tokenizer: Any = None) -> StageResult:
     from trl import SFTTrainer
 
     cfg = spec.cfg
-    args = sft_args(cfg, spec.steps, spec.trainer_dir, spec.seed, BatchLayout(spec.micro, spec.accumulation, 1),
-                    spec.run_name)
+    args = sft_args(
+        cfg, spec.steps, spec.trainer_dir, spec.seed, BatchLayout(spec.micro, spec.accumulation, 1), spec.run_name
+    )
     launched = "LOCAL_RANK" in os.environ  # torchrun's: this is one of the processes accelerate launched
     callbacks = [_progress_callback(spec.trainer_dir / PROGRESS if launched else None)]
     if spec.checkpoints and cfg.save_steps:
         callbacks.append(checkpoints.keeper(spec.checkpoints, spec.storage_options, cfg.save_total_limit))
-    trainer = SFTTrainer(model=spec.init_model, args=args, train_dataset=dataset,
-                         processing_class=tokenizer or training_tokenizer(spec.init_model, cfg), callbacks=callbacks)
+    trainer = SFTTrainer(
+        model=spec.init_model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer or training_tokenizer(spec.init_model, cfg),
+        callbacks=callbacks,
+    )
     start = checkpoints.restore(spec.checkpoints, spec.storage_options, spec.trainer_dir) if cfg.save_steps else None
     state = trainer.accelerator.state
     if launched and trainer.is_world_process_zero():  # one line the launch log can be checked against
-        print(f"heal: stage {spec.name}: {state.distributed_type.value} over {state.num_processes} process(es) "
-              f"({state.backend or 'no process group'}), micro-batch {spec.micro} x {spec.accumulation} "
-              f"accumulation, {spec.steps} steps" + (f", resuming at step {start[0]}" if start else ""), flush=True)
+        print(
+            f"heal: stage {spec.name}: {state.distributed_type.value} over {state.num_processes} process(es) "
+            f"({state.backend or 'no process group'}), micro-batch {spec.micro} x {spec.accumulation} "
+            f"accumulation, {spec.steps} steps" + (f", resuming at step {start[0]}" if start else ""),
+            flush=True,
+        )
     output = trainer.train(resume_from_checkpoint=str(start[1]) if start else None)
     trainer.save_model(spec.model_dir)  # every process: ZeRO-3 and FSDP gather the shards, the main one writes
     losses = tuple((int(log["step"]), float(log["loss"])) for log in trainer.state.log_history if "loss" in log)
-    result = StageResult(spec.name, spec.model_dir, spec.examples, spec.steps, float(output.training_loss), False,
-                         start[0] if start else 0, losses)
+    result = StageResult(
+        spec.name,
+        spec.model_dir,
+        spec.examples,
+        spec.steps,
+        float(output.training_loss),
+        False,
+        start[0] if start else 0,
+        losses,
+    )
     if trainer.is_world_process_zero():
         marker = json.dumps({k: v for k, v in asdict(result).items() if k != "resumed"}).encode()
         storage.write_bytes(marker, str(Path(spec.model_dir) / MARKER))  # atomic: an empty marker fails every retry
@@ -287,7 +338,9 @@ def _progress_callback(shared: Path | None) -> Any:
             progress.advance(1)
             self._share(state)
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
+        ) -> None:
             if logs and "loss" in logs:
                 self.loss = float(logs["loss"])
                 progress.advance(0, loss=self.loss)
@@ -348,6 +401,7 @@ def check_targets(tokenizer: Any, examples: Sequence[Mapping[str, Any]], what: s
     """Raise ``TemplateDropsText`` unless each of ``sample`` examples spread over ``examples`` keeps its whole
     completion in ``trained_text``. Whitespace is compared loosely: a template that re-spaces ``<think>`` tags
     (Qwen3's) trains on the same words; one that removes words does not."""
+
     def words(text: str) -> str:
         return " ".join(text.split())
 
@@ -361,7 +415,8 @@ def check_targets(tokenizer: Any, examples: Sequence[Mapping[str, Any]], what: s
         raise TemplateDropsText(
             f"{what}: the student's chat template {rule}: example {i} ({examples[i].get('sample_id')}), "
             f"{len(target)} characters, would be trained on {trained[:80]!r}... Set pace.chat_template to a Jinja "
-            "file that renders assistant content as it is (README: Reasoning traces)")
+            "file that renders assistant content as it is (README: Reasoning traces)"
+        )
 
 
 @dataclass(frozen=True)
@@ -414,13 +469,24 @@ def train_variant(
     for stage in plan.stages:
         examples = datasets[stage.dataset]
         if len(examples) != stage.examples:
-            raise ValueError(f"{plan.variant}: {stage.dataset} holds {len(examples)} examples, the plan {stage.examples}")
+            raise ValueError(
+                f"{plan.variant}: {stage.dataset} holds {len(examples)} examples, the plan {stage.examples}"
+            )
         if not stage.steps:
             results.append(StageResult(stage.dataset, init, 0, 0, None, False))
             continue
-        result = train_stage(stage.dataset, init, examples, model_dirs[stage.dataset], cfg, seed, stage.steps,
-                             (checkpoint_uris or {}).get(stage.dataset, ""), storage_options,
-                             "-".join(p for p in (run_name, plan.variant, f"seed{seed}", stage.dataset) if p))
+        result = train_stage(
+            stage.dataset,
+            init,
+            examples,
+            model_dirs[stage.dataset],
+            cfg,
+            seed,
+            stage.steps,
+            (checkpoint_uris or {}).get(stage.dataset, ""),
+            storage_options,
+            "-".join(p for p in (run_name, plan.variant, f"seed{seed}", stage.dataset) if p),
+        )
         on_stage_done(result)
         results.append(result)
         init = result.model_dir

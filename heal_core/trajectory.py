@@ -21,7 +21,8 @@ from typing import Any
 import pyarrow as pa
 
 from heal_core.pure import PureResult
-from heal_core.schema import TRAJECTORY_SCHEMA, SchemaError, to_table as _records_to_table
+from heal_core.schema import TRAJECTORY_SCHEMA, SchemaError
+from heal_core.schema import to_table as _records_to_table
 from heal_core.stages import Stage
 
 
@@ -120,8 +121,11 @@ _HINTED = (Stage.HINT, Stage.REPAIR)
 def _lineage_error(stage: Stage, hint: Hint | None, repair: Repair | None, pure: PureResult | None) -> str | None:
     """What is wrong with a row's groups for its stage: every hinted row has a ``Hint``, a GEAR row a ``Repair``,
     and only hinted rows can have PURE's judgement (whether a kept one must: ``check_kept_judged``)."""
-    for group, value, belongs in (("hint", hint, stage in _HINTED), ("repair", repair, stage == Stage.REPAIR),
-                                  ("pure", pure, stage in _HINTED)):
+    for group, value, belongs in (
+        ("hint", hint, stage in _HINTED),
+        ("repair", repair, stage == Stage.REPAIR),
+        ("pure", pure, stage in _HINTED),
+    ):
         if value is not None and not belongs:
             return f"stage {stage.roman} does not fill '{_KEY_COLUMN[group]}'"
         if value is None and belongs and group != "pure":

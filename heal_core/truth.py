@@ -176,7 +176,9 @@ def pure_audit(rows: Sequence[Trajectory], truth: Truth, cfg: HealConfig) -> Pur
     rejected = [not judged.kept for _, judged in scored]
     scores = [pure.shortcut_score(judged.answer_nll, judged.step_ppl, cfg.pure) for _, judged in scored]
     return PureAudit(
-        scored=len(scored), wrong=sum(wrong), rejected=sum(rejected),
+        scored=len(scored),
+        wrong=sum(wrong),
+        rejected=sum(rejected),
         true_rejections=sum(w and x for w, x in zip(wrong, rejected, strict=True)),
         positive=tuple(s for s, w in zip(scores, wrong, strict=True) if w),
         negative=tuple(s for s, w in zip(scores, wrong, strict=True) if not w),
@@ -189,8 +191,9 @@ Audit = TypeVar("Audit", BreakpointAudit, PureAudit)
 def combined(parts: Sequence[Audit]) -> Audit:
     """One audit of the parts' rows: the shards' audits summed field by field (scores concatenated)."""
     first = parts[0]
-    return type(first)(*(sum((getattr(p, f.name) for p in parts), type(getattr(first, f.name))())
-                         for f in fields(first)))
+    return type(first)(
+        *(sum((getattr(p, f.name) for p in parts), type(getattr(first, f.name))()) for f in fields(first))
+    )
 
 
 def wrong_step_share(examples: Iterable[Mapping[str, Any]], truth: Truth) -> float | None:
@@ -216,28 +219,39 @@ class TruthAudit:
         ``figures`` says how each is shown."""
         b, p = self.breakpoints, self.pure
         return {
-            "failed_trajectories": b.failed, "failed_located": b.failed_located,
-            "breakpoint_paths": b.paths, "breakpoint_hits": b.hits,
-            "breakpoint_hit_rate": _round(b.hit_rate), "breakpoint_hit_rate_random": _round(b.random_rate),
-            "pure_scored": p.scored, "pure_shortcuts": p.wrong,
-            "pure_precision": _round(p.precision), "pure_recall": _round(p.recall), "pure_auroc": _round(p.auroc),
+            "failed_trajectories": b.failed,
+            "failed_located": b.failed_located,
+            "breakpoint_paths": b.paths,
+            "breakpoint_hits": b.hits,
+            "breakpoint_hit_rate": _round(b.hit_rate),
+            "breakpoint_hit_rate_random": _round(b.random_rate),
+            "pure_scored": p.scored,
+            "pure_shortcuts": p.wrong,
+            "pure_precision": _round(p.precision),
+            "pure_recall": _round(p.recall),
+            "pure_auroc": _round(p.auroc),
             "wrong_step_share": {name: _round(share) for name, share in self.wrong_steps.items()},
         }
 
     def markdown(self) -> list[str]:
         b, p = self.breakpoints, self.pure
-        lines = ["## Ground truth (step checker)", "",
-                 "This task can check every step, so HEAL's components are graded against the truth.", "",
-                 "| check | value |", "|---|---|",
-                 f"| failed Stage I trajectories whose first wrong step is in the search span | "
-                 f"{_share(b.failed_located, b.failed)} |",
-                 f"| breakpoint hit rate (in the first wrong step or the one before), GEAR's paths | "
-                 f"{_fraction(b.hits, b.paths)} |",
-                 f"| same, a uniformly random position of the span | {_rate(b.random_rate)} |",
-                 f"| verified hinted samples (II, III) PURE scored / with a wrong step | {p.scored} / "
-                 f"{_share(p.wrong, p.scored)} |",
-                 f"| PURE precision / recall of its rejections | {_rate(p.precision)} / {_rate(p.recall)} |",
-                 f"| PURE AUROC (shortcut score vs wrong step) | {_rate(p.auroc)} |"]
+        lines = [
+            "## Ground truth (step checker)",
+            "",
+            "This task can check every step, so HEAL's components are graded against the truth.",
+            "",
+            "| check | value |",
+            "|---|---|",
+            f"| failed Stage I trajectories whose first wrong step is in the search span | "
+            f"{_share(b.failed_located, b.failed)} |",
+            f"| breakpoint hit rate (in the first wrong step or the one before), GEAR's paths | "
+            f"{_fraction(b.hits, b.paths)} |",
+            f"| same, a uniformly random position of the span | {_rate(b.random_rate)} |",
+            f"| verified hinted samples (II, III) PURE scored / with a wrong step | {p.scored} / "
+            f"{_share(p.wrong, p.scored)} |",
+            f"| PURE precision / recall of its rejections | {_rate(p.precision)} / {_rate(p.recall)} |",
+            f"| PURE AUROC (shortcut score vs wrong step) | {_rate(p.auroc)} |",
+        ]
         if self.wrong_steps:
             lines += ["", "Share of training examples with a wrong step:", "", "| training set | share |", "|---|---|"]
             lines += [f"| {set_label(name)} | {_rate(share)} |" for name, share in self.wrong_steps.items()]
@@ -254,7 +268,8 @@ def figures(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("breakpoint paths audited", str(s["breakpoint_paths"])),
         ("hinted samples scored by PURE", str(s["pure_scored"])),
         ("shortcuts among them (wrong step)", _share(s["pure_shortcuts"], s["pure_scored"])),
-        ("PURE precision", _rate(s["pure_precision"])), ("PURE recall", _rate(s["pure_recall"])),
+        ("PURE precision", _rate(s["pure_precision"])),
+        ("PURE recall", _rate(s["pure_recall"])),
         ("PURE AUROC", _rate(s["pure_auroc"])),
         *((f"wrong-step share {set_label(name)}", _rate(share)) for name, share in s["wrong_step_share"].items()),
     ]
@@ -286,7 +301,9 @@ def _fraction(part: int, whole: int) -> str:
 
 
 def audit(
-    shards: Iterable[Sequence[Trajectory]], training_sets: Mapping[str, Iterable[Mapping[str, Any]]], truth: Truth,
+    shards: Iterable[Sequence[Trajectory]],
+    training_sets: Mapping[str, Iterable[Mapping[str, Any]]],
+    truth: Truth,
     cfg: HealConfig,
 ) -> TruthAudit:
     """``shards``: every trajectory of the run, a shard's rows at a time (a shard holds whole problems, and both
@@ -295,5 +312,8 @@ def audit(
     parts = [(breakpoint_audit(rows, truth, cfg), pure_audit(rows, truth, cfg)) for rows in shards]
     if not parts:
         parts = [(breakpoint_audit([], truth, cfg), pure_audit([], truth, cfg))]
-    return TruthAudit(combined([b for b, _ in parts]), combined([p for _, p in parts]),
-                      {name: wrong_step_share(examples, truth) for name, examples in training_sets.items()})
+    return TruthAudit(
+        combined([b for b, _ in parts]),
+        combined([p for _, p in parts]),
+        {name: wrong_step_share(examples, truth) for name, examples in training_sets.items()},
+    )

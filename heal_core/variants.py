@@ -1,6 +1,7 @@
 """Training variants: which curriculum datasets each one fine-tunes on, stage after stage, and for how many steps.
 
-A variant is a sequence of SFT stages, each a ``Dataset`` (``heal_core/stages.py``, built by ``heal_core/pace.py``) and each starting
+A variant is a sequence of SFT stages, each a ``Dataset`` (``heal_core/stages.py``, built by ``heal_core/pace.py``)
+and each starting
 from the previous stage's weights:
 
 ================  ===========================================  ==========================================
@@ -103,8 +104,10 @@ def plan(variant: str, sizes: Mapping[str, int], cfg: PaceConfig) -> VariantPlan
     elif budget == 0:
         reason = "no step budget: HEAL's datasets (stage1, stage2, stage3) are all empty"
     elif budget < len(filled):
-        reason = (f"a step budget of {budget} (HEAL's stages at pace.epochs={cfg.epochs}) is below its "
-                  f"{len(filled)} non-empty stages")
+        reason = (
+            f"a step budget of {budget} (HEAL's stages at pace.epochs={cfg.epochs}) is below its "
+            f"{len(filled)} non-empty stages"
+        )
     if reason is not None:
         return VariantPlan(variant, budget, tuple(StagePlan(d, sizes[d], 0) for d in names), reason)
     steps = dict(zip(filled, split_budget(budget, [stage_steps(sizes[d], cfg) for d in filled]), strict=True))

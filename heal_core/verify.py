@@ -47,6 +47,7 @@ class VerifierUnavailable(RuntimeError):
     run would spend teacher compute on hints and repairs for solved problems, and a broken tool would become
     data. The caller's work fails, so Prefect's retries and the UI's Retry apply once the cause is fixed."""
 
+
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox|framebox)\s*\{")  # AoPS solutions box AIME answers with \framebox
 _BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)
 # A thousands separator typed as LaTeX spacing between digit groups ("1\,000", "1{,}000", "1~000"):
@@ -170,8 +171,7 @@ def _collect(pool: ProcessPool, futures: list[ProcessFuture[Status]], max_error_
     first = next((f.exception() for f, s in zip(futures, statuses) if s == "error" and f.done()), None)
     summary = f"{errors} of {len(futures)} answer checks failed; first error: {first!r}"
     if not pool.active:
-        raise VerifierUnavailable(f"the verifier's process pool broke (its workers died or could not start): "
-                                  f"{summary}")
+        raise VerifierUnavailable(f"the verifier's process pool broke (its workers died or could not start): {summary}")
     if errors > 1 and errors > max_error_share * len(futures):
         raise VerifierUnavailable(f"{summary}, above orchestration.max_verify_error_share={max_error_share:g}")
     logger.warning("%s", summary)
@@ -199,8 +199,11 @@ def _grade(gold: str, answer: str | None) -> Status:
         return "no_answer"
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-    predicted = parse("\\boxed{" + _normalise(answer) + "}", parsing_timeout=None,
-                      extraction_config=(LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()))
+    predicted = parse(
+        "\\boxed{" + _normalise(answer) + "}",
+        parsing_timeout=None,
+        extraction_config=(LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()),
+    )
     if not _has_value(predicted):
         return "unparseable"
     # Argument order matters: Math-Verify is deliberately asymmetric (gold inequality vs predicted interval).

@@ -20,8 +20,9 @@ from heal_core.schema import CURRICULUM_SCHEMA, TRAJECTORY_SCHEMA
 from heal_core.stages import Dataset
 
 
-def read_samples(run: Run, shards: int, columns: Sequence[str], where: ds.Expression | None = None
-                 ) -> pa.RecordBatchReader:
+def read_samples(
+    run: Run, shards: int, columns: Sequence[str], where: ds.Expression | None = None
+) -> pa.RecordBatchReader:
     """The run's trajectories (those matching ``where``) as a stream of record batches of ``columns`` only (the
     texts, token ids and entropy traces are most of a shard's bytes: a step that does not need them does not
     fetch them)."""
@@ -44,8 +45,10 @@ def build_datasets(run: Run, shards: int, cfg: HealConfig) -> dict[str, int]:
 def dataset_sizes(run: Run) -> dict[str, int]:
     """Each dataset's examples, from the files' footers: the sizes of a curriculum another run assembled
     (``Run.assembly``)."""
-    return {name: storage.read_parquet(run.curriculum(name), storage_options=run.options, columns=[]).num_rows
-            for name in Dataset}
+    return {
+        name: storage.read_parquet(run.curriculum(name), storage_options=run.options, columns=[]).num_rows
+        for name in Dataset
+    }
 
 
 @contextmanager

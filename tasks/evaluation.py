@@ -8,7 +8,6 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pyarrow as pa
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -19,8 +18,17 @@ from heal_core.backends.factory import build_backend
 from heal_core.backends.openai import OpenAIBackend
 from heal_core.backends.served import served
 from heal_core.config import HealConfig
-from heal_core.evaluate import (HELD_OUT, EvalUnit, backend_key, backend_kind, evaluation_rows, evaluation_units,
-                                served_by_heal, stored_evaluation, summarize)
+from heal_core.evaluate import (
+    HELD_OUT,
+    EvalUnit,
+    backend_key,
+    backend_kind,
+    evaluation_rows,
+    evaluation_units,
+    served_by_heal,
+    stored_evaluation,
+    summarize,
+)
 from heal_core.problems import Problem
 from heal_core.run import Run
 from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, SchemaError, conform, to_table
@@ -37,8 +45,13 @@ class ModelNotLoadable(RuntimeError):
 
 @task(cache_policy=NO_CACHE)
 def evaluate_model(
-    run: Run, label: str, train_seed: int | None, model: str, identity: str,
-    pieces: Sequence[tuple[EvalUnit, Sequence[Problem]]], cfg: HealConfig,
+    run: Run,
+    label: str,
+    train_seed: int | None,
+    model: str,
+    identity: str,
+    pieces: Sequence[tuple[EvalUnit, Sequence[Problem]]],
+    cfg: HealConfig,
 ) -> int:
     """One model's per-problem results on each piece (a set shard and its problems), written as the piece's part of
     the run's results (``Run.evaluation_part``); returns the number of rows. Rows are tagged with the model's label
@@ -99,7 +112,9 @@ def _loaded(label: str, model: str, cfg: HealConfig) -> Iterator[TeacherBackend]
 
 
 @task(cache_policy=NO_CACHE)
-def evaluation_plan(cfg: HealConfig, trained: Sequence[TrainedModel]) -> tuple[dict[str, list[Problem]], list[EvalUnit]]:
+def evaluation_plan(
+    cfg: HealConfig, trained: Sequence[TrainedModel]
+) -> tuple[dict[str, list[Problem]], list[EvalUnit]]:
     """The sets every model is evaluated on (the held-out set, then each benchmark) and every (model, set shard):
     teacher, student base, then each trained (variant, seed)."""
     held_out, _ = problem_set(cfg.evaluation.uri, "eval", cfg, cfg.evaluation.max_problems)
@@ -122,12 +137,17 @@ def write_evaluation(run: Run, units: Sequence[EvalUnit], cfg: HealConfig) -> in
     for unit in units:
         part = run.evaluation_part(unit.name)
         if not storage.exists(part, run.options):
-            raise storage.StorageError(f"{part}: the evaluation of {unit.name} is missing (its heal-eval run did not "
-                                       "finish): retry it, or run the evaluation again")
+            raise storage.StorageError(
+                f"{part}: the evaluation of {unit.name} is missing (its heal-eval run did not "
+                "finish): retry it, or run the evaluation again"
+            )
         rows += storage.read_parquet(part, EVALUATION_SCHEMA, run.options).to_pylist()
     summary = summarize(rows)
     storage.write_parquet(to_table(rows, EVALUATION_SCHEMA), run.evaluation, run.options)
     storage.write_parquet(to_table(summary, EVALUATION_SUMMARY_SCHEMA), run.evaluation_summary, run.options)
-    create_table_artifact(key="heal-eval-summary", table=summary,
-                          description=f"pass@1 and pass@{cfg.evaluation.samples} per model, benchmark and group")
+    create_table_artifact(
+        key="heal-eval-summary",
+        table=summary,
+        description=f"pass@1 and pass@{cfg.evaluation.samples} per model, benchmark and group",
+    )
     return len(rows)

@@ -14,10 +14,10 @@ from heal_core import fingerprints, progress, storage, stores, trajectory
 from heal_core.backends.base import TeacherBackend
 from heal_core.backends.factory import build_backend
 from heal_core.config import HealConfig, TeacherConfig
-from heal_core.problems import Problem, problems_to_records
-from heal_core.schema import PROBLEM_SCHEMA, to_table
 from heal_core.generation_store import GenerationStore, generate_stored, lineage_sources
+from heal_core.problems import Problem, problems_to_records
 from heal_core.run import Run
+from heal_core.schema import PROBLEM_SCHEMA, to_table
 from heal_core.settings import Role
 from heal_core.trajectory import check_kept_judged
 from tasks.models import resolve_model, teacher_identity
@@ -77,8 +77,9 @@ class ShardProgress:
         self.unit, self.logger = f"shard {shard}", get_run_logger()
         self.artifact = create_progress_artifact(0.0, key=f"heal-shard-{shard}-progress", description=self.unit)
         self.last: progress.Snapshot | None = None
-        self.publish = progress.Every(2.0, lambda s: update_progress_artifact(
-            self.artifact, 100.0 * s.done / max(1, s.planned), s.line()))
+        self.publish = progress.Every(
+            2.0, lambda s: update_progress_artifact(self.artifact, 100.0 * s.done / max(1, s.planned), s.line())
+        )
 
     def __call__(self, snapshot: progress.Snapshot) -> None:
         if snapshot.unit != self.unit:
@@ -92,7 +93,9 @@ class ShardProgress:
     def finish_stage(self) -> None:
         if self.last is not None:
             self.logger.info("%s: done", self.last.line())
-            update_progress_artifact(self.artifact, 100.0 * self.last.done / max(1, self.last.planned), self.last.line())
+            update_progress_artifact(
+                self.artifact, 100.0 * self.last.done / max(1, self.last.planned), self.last.line()
+            )
 
 
 def generation_store(cfg: HealConfig, model_path: str) -> tuple[GenerationStore, str]:
@@ -127,14 +130,28 @@ def run_shard(run: Run, shard: int, cfg: HealConfig, model_path: str) -> dict[st
     shown = ShardProgress(shard)
     store, fingerprint = generation_store(cfg, model_path)
     with progress.unit(shown.unit), progress.listen(shown):
-        out = generate_stored(problems, cfg, store, fingerprints.selection(cfg), model_path,
-                              lambda: teacher_backend(cfg.teacher, model_path), judge)
+        out = generate_stored(
+            problems,
+            cfg,
+            store,
+            fingerprints.selection(cfg),
+            model_path,
+            lambda: teacher_backend(cfg.teacher, model_path),
+            judge,
+        )
     shown.finish_stage()
     stores.describe(cfg, Role.GENERATION, fingerprint, teacher=model_path)  # for heal store ls
     for problem in out.corrupt:
         logger.warning(problem)
-    logger.info("shard %d: %d problems re-used from the generation store, %d re-selected, %d sampled; the teacher "
-                "drew %d tokens", shard, out.reused, out.reselected, out.sampled, out.usage.tokens)
+    logger.info(
+        "shard %d: %d problems re-used from the generation store, %d re-selected, %d sampled; the teacher "
+        "drew %d tokens",
+        shard,
+        out.reused,
+        out.reselected,
+        out.sampled,
+        out.usage.tokens,
+    )
     check_kept_judged(out.trajectories, cfg.pure.enabled)
     storage.write_parquet(trajectory.to_table(out.trajectories), run.shard_samples(shard), run.options)
     record = {

@@ -40,9 +40,12 @@ def teacher_identity(cfg: HealConfig, model: str) -> str:
 
 # A thinking trace as R1's chat template has it sampled (the template opens the block in the generation prompt, so
 # the text holds only the closing tag), for holding the student's training template against before any work.
-_THINKING = {"prompt": [{"role": "user", "content": "What is 2 + 2?"}],
-             "completion": [{"role": "assistant", "content": "Two and two.\n\nThat makes 4.\n</think>\n\n"
-                                                             "The answer is \\boxed{4}."}]}
+_THINKING = {
+    "prompt": [{"role": "user", "content": "What is 2 + 2?"}],
+    "completion": [
+        {"role": "assistant", "content": "Two and two.\n\nThat makes 4.\n</think>\n\nThe answer is \\boxed{4}."}
+    ],
+}
 
 
 def check_chat_templates(cfg: HealConfig, teacher: str, student: str) -> None:
@@ -54,9 +57,17 @@ def check_chat_templates(cfg: HealConfig, teacher: str, student: str) -> None:
     from heal_core.reasoning import check_template
     from heal_core.train import check_targets, training_tokenizer
 
-    check_template(cfg.teacher.reasoning_format, AutoTokenizer.from_pretrained(teacher).chat_template,
-                   "teacher.reasoning_format", teacher)
-    check_template(cfg.student.reasoning_format, AutoTokenizer.from_pretrained(student).chat_template,
-                   "student.reasoning_format", student)
+    check_template(
+        cfg.teacher.reasoning_format,
+        AutoTokenizer.from_pretrained(teacher).chat_template,
+        "teacher.reasoning_format",
+        teacher,
+    )
+    check_template(
+        cfg.student.reasoning_format,
+        AutoTokenizer.from_pretrained(student).chat_template,
+        "student.reasoning_format",
+        student,
+    )
     if cfg.teacher.reasoning_format == "think_tags":
         check_targets(training_tokenizer(student, cfg.pace), [_THINKING], "a thinking trace, checked at startup")

@@ -8,12 +8,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from heal_core import storage
-from heal_core.fingerprints import digest
 from heal_core.config import HealConfig, ProblemsConfig
 from heal_core.datasets import load_named_sets, load_problem_set
 from heal_core.decontaminate import decontaminate
 from heal_core.demo import demo_problems
 from heal_core.evaluate import HELD_OUT
+from heal_core.fingerprints import digest
 from heal_core.problems import Problem, ProblemError, Reject, changes, require_problems
 from heal_core.run import Run
 from tasks.generate import read_shard_problems, write_shards
@@ -61,8 +61,14 @@ def drop_contaminated(problems: list[Problem], cfg: HealConfig) -> tuple[list[Pr
     sets = load_named_sets(cfg.decontamination.against, cfg.storage.storage_options)
     kept, dropped = decontaminate(problems, sets, cfg.decontamination.ngram, cfg.decontamination.min_overlap)
     for item in dropped:
-        get_run_logger().warning("dropped %s: overlaps %s %s (%.0f %% of its %d-grams)", item.problem.problem_id,
-                                 item.eval_set, item.eval_id, 100 * item.overlap, cfg.decontamination.ngram)
+        get_run_logger().warning(
+            "dropped %s: overlaps %s %s (%.0f %% of its %d-grams)",
+            item.problem.problem_id,
+            item.eval_set,
+            item.eval_id,
+            100 * item.overlap,
+            cfg.decontamination.ngram,
+        )
     return kept, [item.record() for item in dropped]
 
 
@@ -71,8 +77,9 @@ def shard_problems(run: Run, cfg: HealConfig) -> int:
     ``decontamination.json``), written as the run's problem shards; returns how many shards there are."""
     problems, rejects = problem_set(cfg.problems.uri, "generation", cfg)
     if rejects:
-        storage.write_json([{"record": r.record, "field": r.field, "reason": r.reason} for r in rejects],
-                           run.quarantine, run.options)
+        storage.write_json(
+            [{"record": r.record, "field": r.field, "reason": r.reason} for r in rejects], run.quarantine, run.options
+        )
     problems, contaminated = drop_contaminated(problems, cfg)
     if cfg.decontamination.against:
         storage.write_json(contaminated, run.contamination, run.options)
@@ -104,4 +111,5 @@ def check_pin(run: Run, problems: list[Problem], cfg: HealConfig) -> None:
         raise ProblemsChanged(
             f"run {run.run_id} was started on {len(stored)} problems of {source}, which now gives {len(problems)}: "
             f"{difference}. Resuming would drop or double problems; start a new run on the file as it is now "
-            f"(heal run ... --run-id NEW: the generation store re-uses every unchanged problem), or restore the file")
+            f"(heal run ... --run-id NEW: the generation store re-uses every unchanged problem), or restore the file"
+        )

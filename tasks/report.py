@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as ds
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -36,28 +35,32 @@ def ground_truth(run: Run, shards: int, cfg: HealConfig) -> truth.Truth | None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(local_model(resolve_model(cfg.teacher.model, "teacher"), cfg))
-    return truth.Truth({p.problem_id: p for p in problems}, check,
-                       lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True))
+    return truth.Truth(
+        {p.problem_id: p for p in problems}, check, lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True)
+    )
 
 
 def training_sets(run: Run, cfg: HealConfig) -> dict[str, Iterator[dict[str, Any]]]:
     """The training examples the audit grades (named as ``heal_core.truth.TruthAudit`` says), each set a stream of
     its examples' ``problem_id`` and ``completion``: each stage's own new ones (I, II, III, and II, III without
     PURE), and each configured variant's over all its stages (an example in two of its datasets once)."""
+
     def examples(names: Sequence[str], stage: Stage | None = None) -> Iterator[dict[str, Any]]:
         uris = [run.curriculum(name) for name in dict.fromkeys(names)]
         where = None if stage is None else ds.field("stage") == int(stage)
         seen: set[str] = set()  # a variant's sample ids, ~50 bytes an example: its datasets overlap
-        for batch in storage.scan(uris, CURRICULUM_SCHEMA, ["sample_id", "problem_id", "completion"], run.options,
-                                  where):
+        for batch in storage.scan(
+            uris, CURRICULUM_SCHEMA, ["sample_id", "problem_id", "completion"], run.options, where
+        ):
             for example in batch.to_pylist():
                 if example["sample_id"] not in seen:
                     if len(uris) > 1:
                         seen.add(example["sample_id"])
                     yield example
 
-    graded = [(Dataset.STAGE3, stage, "") for stage in Stage] + [(Dataset.STAGE3_NO_PURE, stage, "_no_pure")
-                                                                 for stage in (Stage.HINT, Stage.REPAIR)]
+    graded = [(Dataset.STAGE3, stage, "") for stage in Stage] + [
+        (Dataset.STAGE3_NO_PURE, stage, "_no_pure") for stage in (Stage.HINT, Stage.REPAIR)
+    ]
     out = {f"{stage.key}{suffix}": examples([name], stage) for name, stage, suffix in graded}
     for variant in cfg.pace.variants:
         out[variant] = examples(VARIANTS[variant])
@@ -70,8 +73,13 @@ def trajectory(run: Run, shards: int, sample_id: str) -> Trajectory:
     for shard in range(shards):
         ids = storage.read_parquet(run.shard_samples(shard), TRAJECTORY_SCHEMA, run.options, ["sample_id"])
         if ids.column("sample_id").index(sample_id).as_py() >= 0:
-            found = storage.scan([run.shard_samples(shard)], TRAJECTORY_SCHEMA, TRAJECTORY_SCHEMA.names, run.options,
-                                 ds.field("sample_id") == sample_id).read_all()
+            found = storage.scan(
+                [run.shard_samples(shard)],
+                TRAJECTORY_SCHEMA,
+                TRAJECTORY_SCHEMA.names,
+                run.options,
+                ds.field("sample_id") == sample_id,
+            ).read_all()
             return Trajectory.from_record(found.to_pylist()[0])
     raise KeyError(f"{run.root}: no trajectory {sample_id}")
 
@@ -95,19 +103,30 @@ def repaired(run: Run, shards: int) -> dict[str, Any] | None:
     return first
 
 
-def plots(run: Run, shards: int, figures: dict[str, Any], stats: list[dict[str, Any]],
-          graded: truth.Truth | None, cfg: HealConfig) -> dict[str, bytes]:
+def plots(
+    run: Run,
+    shards: int,
+    figures: dict[str, Any],
+    stats: list[dict[str, Any]],
+    graded: truth.Truth | None,
+    cfg: HealConfig,
+) -> dict[str, bytes]:
     """Write the run's PNGs; return them by name: the pass rates, PURE's ratios, the training curves and the
     breakpoint. The breakpoint plot shows the first kept GEAR repair's parent
     (or the first repair's, when none was kept), with the truth's wrong tokens where the task has a checker."""
-    pngs = {"pass_rate_histogram": report.pass_rate_histogram(stats),
-            "pure_ratio": report.pure_ratio_plot(figures["pure_ratios"], cfg.pure.lam)}
+    pngs = {
+        "pass_rate_histogram": report.pass_rate_histogram(stats),
+        "pure_ratio": report.pure_ratio_plot(figures["pure_ratios"], cfg.pure.lam),
+    }
     repair = repaired(run, shards)
     if repair is not None:
         parent = trajectory(run, shards, repair["parent_sample_id"])
         pngs["entropy_breakpoint"] = report.entropy_trace(
-            parent.entropy, repair["breakpoint_token"], cfg.gear.search_fraction,
-            graded.wrong_tokens(parent) if graded is not None else None)
+            parent.entropy,
+            repair["breakpoint_token"],
+            cfg.gear.search_fraction,
+            graded.wrong_tokens(parent) if graded is not None else None,
+        )
     curves = report.training_curves(run.variants(cfg))
     if curves is not None:
         pngs["training_curves"] = curves
@@ -116,8 +135,9 @@ def plots(run: Run, shards: int, figures: dict[str, Any], stats: list[dict[str, 
     return pngs
 
 
-def write_cards(run: Run, summary: dict[str, Any], sizes: dict[str, int], benchmarks: list[dict[str, Any]],
-                cfg: HealConfig) -> None:
+def write_cards(
+    run: Run, summary: dict[str, Any], sizes: dict[str, int], benchmarks: list[dict[str, Any]], cfg: HealConfig
+) -> None:
     """The curriculum's dataset card and every trained student's model card (``heal_core/cards.py``)."""
     storage.write_bytes(cards.dataset_card(run.run_id, summary, sizes, cfg).encode(), run.dataset_card, run.options)
     for result in run.variants(cfg):
@@ -131,8 +151,10 @@ def export_run(run: Run, dest: Path, variant: str, seed: int, cfg: HealConfig) -
     final model, without training checkpoints, and its card. ``dest`` must not exist yet: nothing is overwritten."""
     result = run.variant(variant, seed)
     if result is None or result.model_dir is None:
-        raise ValueError(f"{run.root}: no trained model of variant {variant}, seed {seed}"
-                         + (f" ({result.skip_reason})" if result is not None else ""))
+        raise ValueError(
+            f"{run.root}: no trained model of variant {variant}, seed {seed}"
+            + (f" ({result.skip_reason})" if result is not None else "")
+        )
     if not storage.exists(run.dataset_card, run.options):
         raise ValueError(f"{run.root}: no dataset card; the run's report step has not finished (heal resume)")
     if dest.exists():
@@ -160,29 +182,48 @@ def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) 
     storage.cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="report-", dir=storage.cache_dir()) as work:
         con = duck.connect(Path(work), cfg.orchestration.memory_limit)
-        figures = report.sample_figures(read_samples(run, shards, report.REPORTED), {s["problem_id"] for s in stats if s["correct"] == 0}, con)
+        figures = report.sample_figures(
+            read_samples(run, shards, report.REPORTED), {s["problem_id"] for s in stats if s["correct"] == 0}, con
+        )
         con.close()
     summary = report.summarize(figures, stats, sizes, evaluation)
     summary["generation"] = report.generation_sources(records)
     pngs = plots(run, shards, figures, stats, graded, cfg)
-    contaminated = storage.read_json(run.contamination, run.options) if storage.exists(run.contamination, run.options) else []
+    contaminated = (
+        storage.read_json(run.contamination, run.options) if storage.exists(run.contamination, run.options) else []
+    )
     if contaminated:
         summary["contaminated_dropped"] = len(contaminated)
     summary["variants"] = report.variant_summary(run.variants(cfg), evaluation, sizes, cfg)
     audit = truth.audit(shard_rows(run, shards), training_sets(run, cfg), graded, cfg) if graded is not None else None
     if audit is not None:
         summary["ground_truth"] = audit.summary()
-        create_table_artifact(key="heal-ground-truth", description=f"HEAL run {run.run_id}: components against the truth",
-                              table=[{"check": k, "value": v} for k, v in truth.figures(summary["ground_truth"])])
+        create_table_artifact(
+            key="heal-ground-truth",
+            description=f"HEAL run {run.run_id}: components against the truth",
+            table=[{"check": k, "value": v} for k, v in truth.figures(summary["ground_truth"])],
+        )
+
     def page(images: dict[str, str]) -> str:
-        return report.markdown(run.run_id, run.root, summary, images, contaminated, benchmarks,
-                               audit.markdown() if audit is not None else ())
+        return report.markdown(
+            run.run_id,
+            run.root,
+            summary,
+            images,
+            contaminated,
+            benchmarks,
+            audit.markdown() if audit is not None else (),
+        )
 
     storage.write_bytes(page(report.plot_files(list(pngs))).encode(), run.report, run.options)
     write_cards(run, summary, sizes, benchmarks, cfg)
     storage.write_json(summary, run.summary, run.options)
-    create_table_artifact(key="heal-run-summary", table=[{"metric": k, "value": v} for k, v in report.flat_summary(summary)],
-                          description=f"HEAL run {run.run_id}")
-    create_markdown_artifact(key="heal-run-report", markdown=page(report.inline_plots(pngs)),
-                             description=f"HEAL run {run.run_id}")
+    create_table_artifact(
+        key="heal-run-summary",
+        table=[{"metric": k, "value": v} for k, v in report.flat_summary(summary)],
+        description=f"HEAL run {run.run_id}",
+    )
+    create_markdown_artifact(
+        key="heal-run-report", markdown=page(report.inline_plots(pngs)), description=f"HEAL run {run.run_id}"
+    )
     return summary

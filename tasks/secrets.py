@@ -31,8 +31,10 @@ def export_secrets(cfg: HealConfig) -> list[str]:
     except ValueError as exc:
         raise SecretsError(f"orchestration.secrets_block: cannot load Prefect Secret block {name!r}: {exc}") from None
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise SecretsError(f"orchestration.secrets_block: Secret block {name!r} must hold a JSON object of "
-                           "environment variable names to string values")
+        raise SecretsError(
+            f"orchestration.secrets_block: Secret block {name!r} must hold a JSON object of "
+            "environment variable names to string values"
+        )
     os.environ.update(value)
     get_run_logger().info("environment from Secret block %r: %s", name, ", ".join(sorted(value)))
     return sorted(value)

@@ -15,16 +15,21 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from heal_core import checkpoints, fingerprints, progress, storage
-from heal_core.storage import cache_dir
 from heal_core.config import HealConfig
 from heal_core.run import Run
+from heal_core.storage import cache_dir
 from heal_core.train import MARKER, StageResult, VariantResult, finished, train_variant
 from heal_core.variants import VariantPlan
 
 
 def local_model_dir(remote: str) -> Path:
     """Trainers and backends need a local directory: one per stored model, keyed by its storage URI."""
-    return cache_dir() / "models" / hashlib.sha256(remote.encode()).hexdigest()[:16] / remote.rstrip("/").rsplit("/", 1)[-1]
+    return (
+        cache_dir()
+        / "models"
+        / hashlib.sha256(remote.encode()).hexdigest()[:16]
+        / remote.rstrip("/").rsplit("/", 1)[-1]
+    )
 
 
 def is_stored_model(reference: str, options: dict[str, Any]) -> bool:
@@ -108,15 +113,24 @@ def train_model(
         if not is_stored_model(remote[result.name], run.options):
             storage.put_dir(result.model_dir, remote[result.name], run.options, last=MARKER)
         checkpoints.discard(kept[result.name], run.options)
-        logger.info("%s seed %d %s: %d examples, %d steps, loss %s%s", plan.variant, seed, result.name,
-                    result.examples, result.steps, result.train_loss, " (resumed)" if result.resumed else "")
+        logger.info(
+            "%s seed %d %s: %d examples, %d steps, loss %s%s",
+            plan.variant,
+            seed,
+            result.name,
+            result.examples,
+            result.steps,
+            result.train_loss,
+            " (resumed)" if result.resumed else "",
+        )
 
     with progress.unit(f"train {plan.variant} seed {seed}"):
         result = train_variant(student, plan, datasets, local, seed, cfg.pace, store, kept, run.options, run.run_id)
     if result.skip_reason is not None:
         logger.info("%s seed %d skipped: %s", plan.variant, seed, result.skip_reason)
     stored = {str(local[dataset]): uri for dataset, uri in remote.items()}
-    record = replace(result, stages=tuple(replace(s, model_dir=stored.get(s.model_dir, s.model_dir))
-                                          for s in result.stages))
+    record = replace(
+        result, stages=tuple(replace(s, model_dir=stored.get(s.model_dir, s.model_dir)) for s in result.stages)
+    )
     storage.write_json(record.to_json(), run.variant_record(plan.variant, seed), run.options)
     return record

@@ -56,8 +56,10 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("tiny-models")
     tokenizer = build_tokenizer(root / "tokenizer")
-    return {arch: build_tiny_model(root / arch, arch, seed=i, tokenizer=tokenizer)
-            for i, arch in enumerate(("llama", "qwen2"))}
+    return {
+        arch: build_tiny_model(root / arch, arch, seed=i, tokenizer=tokenizer)
+        for i, arch in enumerate(("llama", "qwen2"))
+    }
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +72,11 @@ def prefect_api(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
 
     home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_HOME: home}):
-        with prefect_test_harness(server_startup_timeout=60):
-            yield
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_HOME: home}),
+        prefect_test_harness(server_startup_timeout=60),
+    ):
+        yield
 
 
 @pytest.fixture

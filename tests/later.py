@@ -18,8 +18,11 @@ from pydantic.fields import FieldInfo
 
 from heal_core import config
 
-MODELS = [cls for cls in vars(config).values()
-          if isinstance(cls, type) and issubclass(cls, config._Section) and cls is not config._Section]
+MODELS = [
+    cls
+    for cls in vars(config).values()
+    if isinstance(cls, type) and issubclass(cls, config._Section) and cls is not config._Section
+]
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def postgres_url() -> str | None:
 
     try:
         asyncio.run(create())
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return None
     return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
 
@@ -79,8 +79,13 @@ class PrefectServer:
 
     def __init__(self, home: Path, database_url: str | None = None) -> None:
         self.home, self.port = home, free_port()
-        self.env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "true",
-                    "PREFECT_UI_API_URL": f"{self.api}"}  # else the UI calls port 4200
+        self.env = {
+            **os.environ,
+            **OFFLINE,
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_UI_ENABLED": "true",
+            "PREFECT_UI_API_URL": f"{self.api}",
+        }  # else the UI calls port 4200
         self.env.pop("PREFECT_API_URL", None)
         if database_url:
             self.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
@@ -93,8 +98,12 @@ class PrefectServer:
     def start(self) -> None:
         log = self.home / "server.log"
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                          "--port", str(self.port)], env=self.env, stdout=out, stderr=out)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+            )
         wait_http(f"{self.api}/health", self.proc, log)
 
     def stop(self) -> None:
@@ -122,8 +131,9 @@ def moto_server(log: Path) -> Iterator[str]:
     """moto's standalone S3 server on a free port (real HTTP, as s3fs meets S3 in a run); yields its URL."""
     port = free_port()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=out)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+        )
     try:
         wait_http(f"http://127.0.0.1:{port}", proc, log, seconds=30)
         yield f"http://127.0.0.1:{port}"

@@ -19,12 +19,15 @@ runner = CliRunner()
 
 def test_math500_reference_solutions_agree_through_the_cli(benchmarks_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "audit.json"
-    result = runner.invoke(app, ["audit-verifier", str(benchmarks_dir / "math500_test.jsonl"), "--format", "math",
-                                 "--json", str(out)])
+    result = runner.invoke(
+        app, ["audit-verifier", str(benchmarks_dir / "math500_test.jsonl"), "--format", "math", "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     audit = json.loads(out.read_text())
-    print(f"\nMATH-500 audit: {audit['agreed']}/{audit['audited']}, disagreements {audit['disagreements']}, "
-          f"shuffled false positives {audit['false_positives']}")
+    print(
+        f"\nMATH-500 audit: {audit['agreed']}/{audit['audited']}, disagreements {audit['disagreements']}, "
+        f"shuffled false positives {audit['false_positives']}"
+    )
     assert (audit["problems"], audit["audited"]) == (500, 500) and audit["rejects"] == []
     assert audit["agreement"] >= 0.99
     assert f"{audit['agreed']}/500" in result.output
@@ -60,7 +63,9 @@ def test_disagreements_and_rejects_of_a_small_file(tmp_path: Path) -> None:
     audit = audit_verifier(ProblemsConfig(uri=str(path), solution_field="worked"))
     assert (audit.problems, audit.audited, audit.agreed) == (4, 3, 1)
     assert [(d.problem_id, d.gold, d.extracted, d.status) for d in audit.disagreements] == [
-        ("typo", "7", "8", "wrong"), ("unboxed", "3", None, "no_answer")]
+        ("typo", "7", "8", "wrong"),
+        ("unboxed", "3", None, "no_answer"),
+    ]
     assert [str(r) for r in audit.rejects] == ["record 5: field 'answer': missing"]
     assert audit.to_json()["agreement"] == pytest.approx(1 / 3)
 

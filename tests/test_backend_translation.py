@@ -98,15 +98,48 @@ def test_target_logprobs_reads_the_asked_token_or_fails():
 
 def test_sampled_generation_trims_at_the_first_stop_like_hf():
     positions = [{i: -0.1} for i in range(6)]
-    gen = logprobs.sampled_generation([5, 6, 2, 8, 9], positions, stopped_by_server=False, stop_ids=[2], k=20,
-                                      temperature=0.7, vocab_size=10, seed=4, decode=lambda ids: str(list(ids)))
-    assert (gen.token_ids, gen.text, gen.finish_reason, gen.seed, len(gen.entropy)) == ([5, 6, 2], "[5, 6, 2]", "stop", 4, 3)
-    ran_out = logprobs.sampled_generation([5, 6], positions, stopped_by_server=False, stop_ids=[2], k=20,
-                                          temperature=0.7, vocab_size=10, seed=4, decode=str)
+    gen = logprobs.sampled_generation(
+        [5, 6, 2, 8, 9],
+        positions,
+        stopped_by_server=False,
+        stop_ids=[2],
+        k=20,
+        temperature=0.7,
+        vocab_size=10,
+        seed=4,
+        decode=lambda ids: str(list(ids)),
+    )
+    assert (gen.token_ids, gen.text, gen.finish_reason, gen.seed, len(gen.entropy)) == (
+        [5, 6, 2],
+        "[5, 6, 2]",
+        "stop",
+        4,
+        3,
+    )
+    ran_out = logprobs.sampled_generation(
+        [5, 6],
+        positions,
+        stopped_by_server=False,
+        stop_ids=[2],
+        k=20,
+        temperature=0.7,
+        vocab_size=10,
+        seed=4,
+        decode=str,
+    )
     assert ran_out.finish_reason == "length"
     with pytest.raises(ValueError, match="log-probs for 1 of 2"):
-        logprobs.sampled_generation([5, 6], positions[:1], stopped_by_server=True, stop_ids=[2], k=20,
-                                    temperature=0.7, vocab_size=10, seed=4, decode=str)
+        logprobs.sampled_generation(
+            [5, 6],
+            positions[:1],
+            stopped_by_server=True,
+            stop_ids=[2],
+            k=20,
+            temperature=0.7,
+            vocab_size=10,
+            seed=4,
+            decode=str,
+        )
 
 
 SAMPLING = SamplingConfig(n=8, temperature=0.6, top_p=0.95, top_k=0, max_new_tokens=512, seed=11)
@@ -115,31 +148,78 @@ SAMPLING = SamplingConfig(n=8, temperature=0.6, top_p=0.95, top_k=0, max_new_tok
 def test_vllm_sampling_params_set_every_output_shaping_field():
     kwargs = vllm.sampling_kwargs(SAMPLING, 8, 27, [151645, 151643], 20)
     assert kwargs == {
-        "n": 8, "temperature": 0.6, "top_p": 0.95, "top_k": -1, "min_p": 0.0, "seed": 27, "max_tokens": 512,
-        "stop": [], "stop_token_ids": [151645, 151643], "ignore_eos": False, "include_stop_str_in_output": False,
-        "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "logprobs": 20,
-        "prompt_logprobs": None, "skip_special_tokens": True, "detokenize": False,
+        "n": 8,
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "top_k": -1,
+        "min_p": 0.0,
+        "seed": 27,
+        "max_tokens": 512,
+        "stop": [],
+        "stop_token_ids": [151645, 151643],
+        "ignore_eos": False,
+        "include_stop_str_in_output": False,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "logprobs": 20,
+        "prompt_logprobs": None,
+        "skip_special_tokens": True,
+        "detokenize": False,
     }
     assert vllm.sampling_kwargs(SAMPLING.model_copy(update={"top_k": 40}), 1, 0, [], 5)["top_k"] == 40
     scoring = vllm.scoring_kwargs()
-    assert (scoring["prompt_logprobs"], scoring["logprobs"], scoring["temperature"], scoring["max_tokens"]) == (0, None, 1.0, 1)
+    assert (scoring["prompt_logprobs"], scoring["logprobs"], scoring["temperature"], scoring["max_tokens"]) == (
+        0,
+        None,
+        1.0,
+        1,
+    )
 
 
 def test_vllm_engine_and_server_settings_come_from_the_config():
-    cfg = parse_config({"teacher": {"backend": "vllm", "model": "Qwen/Qwen3-32B", "dtype": "bfloat16", "top_logprobs": 10,
-                                    "vllm": {"tensor_parallel_size": 4, "data_parallel_size": 2, "max_model_len": 32768,
-                                             "enable_prefix_caching": False}}}).teacher
+    cfg = parse_config(
+        {
+            "teacher": {
+                "backend": "vllm",
+                "model": "Qwen/Qwen3-32B",
+                "dtype": "bfloat16",
+                "top_logprobs": 10,
+                "vllm": {
+                    "tensor_parallel_size": 4,
+                    "data_parallel_size": 2,
+                    "max_model_len": 32768,
+                    "enable_prefix_caching": False,
+                },
+            }
+        }
+    ).teacher
     engine = vllm.engine_kwargs(cfg, "/models/qwen3", cpu=False)
-    assert engine == {"model": "/models/qwen3", "tokenizer": "/models/qwen3", "dtype": "bfloat16",
-                      "tensor_parallel_size": 4, "gpu_memory_utilization": 0.9, "max_model_len": 32768,
-                      "enable_prefix_caching": False, "max_logprobs": 10, "logprobs_mode": "raw_logprobs",
-                      "generation_config": "vllm"}
+    assert engine == {
+        "model": "/models/qwen3",
+        "tokenizer": "/models/qwen3",
+        "dtype": "bfloat16",
+        "tensor_parallel_size": 4,
+        "gpu_memory_utilization": 0.9,
+        "max_model_len": 32768,
+        "enable_prefix_caching": False,
+        "max_logprobs": 10,
+        "logprobs_mode": "raw_logprobs",
+        "generation_config": "vllm",
+    }
     on_cpu = vllm.engine_kwargs(cfg, "/models/qwen3", cpu=True)
     assert on_cpu["enable_chunked_prefill"] is False and on_cpu["kv_cache_memory_bytes"] == 4 * 2**30
     assert on_cpu["block_size"] == 32
-    command, env = vllm.serve_command(cfg, "/models/qwen3", "Qwen/Qwen3-32B", "0.0.0.0", 8000, "/opt/vllm/bin/python",
-                                      cpu=False)
-    assert command[:5] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/qwen3"]
+    command, env = vllm.serve_command(
+        cfg, "/models/qwen3", "Qwen/Qwen3-32B", "0.0.0.0", 8000, "/opt/vllm/bin/python", cpu=False
+    )
+    assert command[:5] == [
+        "/opt/vllm/bin/python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "/models/qwen3",
+    ]
     flags = dict(zip(command[5::2], command[6::2]))
     assert flags["--max-logprobs"] == "10" and flags["--tensor-parallel-size"] == "4"
     assert flags["--data-parallel-size"] == "2" and flags["--generation-config"] == "vllm"
@@ -148,7 +228,9 @@ def test_vllm_engine_and_server_settings_come_from_the_config():
     assert "--no-enable-prefix-caching" in command and env == {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
     assert "--no-enable-chunked-prefill" not in command
     on_cpu, _ = vllm.serve_command(cfg, "/models/qwen3", "Qwen/Qwen3-32B", "0.0.0.0", 8000, "python", cpu=True)
-    assert "--no-enable-chunked-prefill" in on_cpu and on_cpu[on_cpu.index("--kv-cache-memory-bytes") + 1] == str(4 * 2**30)
+    assert "--no-enable-chunked-prefill" in on_cpu and on_cpu[on_cpu.index("--kv-cache-memory-bytes") + 1] == str(
+        4 * 2**30
+    )
     assert "--kv-cache-memory-bytes" not in command  # a GPU engine is sized by gpu_memory_utilization
     assert vllm.engine_kwargs(TeacherConfig(backend="vllm", dtype="float32"), "m", cpu=False)["max_model_len"] is None
 
@@ -164,22 +246,53 @@ def test_dtype_auto_is_the_checkpoints_own_for_vllm(tiny_model_dirs):
 def test_openai_payloads():
     sample = openai.sample_payload("teacher", [1, 2, 3], 8, SAMPLING, 27, [9], 20)
     assert sample == {
-        "model": "teacher", "prompt": [1, 2, 3], "n": 8, "max_tokens": 512, "temperature": 0.6, "top_p": 0.95,
-        "top_k": -1, "min_p": 0.0, "seed": 27, "stop": [], "stop_token_ids": [9], "ignore_eos": False,
-        "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "logprobs": 20, "echo": False,
-        "skip_special_tokens": True, "return_tokens_as_token_ids": True, "stream": False,
+        "model": "teacher",
+        "prompt": [1, 2, 3],
+        "n": 8,
+        "max_tokens": 512,
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "top_k": -1,
+        "min_p": 0.0,
+        "seed": 27,
+        "stop": [],
+        "stop_token_ids": [9],
+        "ignore_eos": False,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "logprobs": 20,
+        "echo": False,
+        "skip_special_tokens": True,
+        "return_tokens_as_token_ids": True,
+        "stream": False,
     }
     score = openai.score_payload("teacher", [4, 5])
     assert (score["echo"], score["logprobs"], score["temperature"], score["max_tokens"], score["prompt"]) == (
-        True, 1, 1.0, 1, [4, 5])
+        True,
+        1,
+        1.0,
+        1,
+        [4, 5],
+    )
     probe = openai.next_token_payload("teacher", [(4, 5), (4, 6, 7)], 9)  # many contexts, one allowed token
     assert (probe["prompt"], probe["allowed_token_ids"], probe["logprobs"], probe["echo"], probe["max_tokens"]) == (
-        [[4, 5], [4, 6, 7]], [9], 0, False, 1)
+        [[4, 5], [4, 6, 7]],
+        [9],
+        0,
+        False,
+        1,
+    )
 
 
 def test_openai_choice_parsing():
-    choice = {"logprobs": {"tokens": ["token_id:4", "token_id:7"], "token_logprobs": [None, -0.25],
-                           "top_logprobs": [None, {"token_id:3": -0.2, "token_id:7": -0.25}]}}
+    choice = {
+        "logprobs": {
+            "tokens": ["token_id:4", "token_id:7"],
+            "token_logprobs": [None, -0.25],
+            "top_logprobs": [None, {"token_id:3": -0.2, "token_id:7": -0.25}],
+        }
+    }
     ids, positions = openai.choice_tokens(choice)
     assert ids == [4, 7] and positions == [None, {3: -0.2, 7: -0.25}]
     with pytest.raises(openai.LogprobsUnsupported, match="without per-token log-probs"):
@@ -188,12 +301,15 @@ def test_openai_choice_parsing():
         openai.choice_tokens({"logprobs": {"tokens": ["hi"], "token_logprobs": [-1.0], "top_logprobs": [{"hi": -1.0}]}})
 
 
-@pytest.mark.parametrize("teacher, needle", [
-    ({"backend": "hf", "entropy": "topk"}, "entropy: the hf backend computes exact entropy"),
-    ({"backend": "openai", "server": {"url": "http://h:8000/v1"}}, "set teacher.entropy: topk"),
-    ({"backend": "openai", "entropy": "topk"}, "server.url"),
-    ({"backend": "sglang"}, "teacher.backend"),
-])
+@pytest.mark.parametrize(
+    "teacher, needle",
+    [
+        ({"backend": "hf", "entropy": "topk"}, "entropy: the hf backend computes exact entropy"),
+        ({"backend": "openai", "server": {"url": "http://h:8000/v1"}}, "set teacher.entropy: topk"),
+        ({"backend": "openai", "entropy": "topk"}, "server.url"),
+        ({"backend": "sglang"}, "teacher.backend"),
+    ],
+)
 def test_backend_settings_are_validated(teacher, needle):
     with pytest.raises(ConfigError, match=needle):
         parse_config({"teacher": teacher})
@@ -201,8 +317,15 @@ def test_backend_settings_are_validated(teacher, needle):
 
 def test_server_address_is_not_part_of_the_config_hash():
     base = parse_config({"teacher": {"backend": "openai", "entropy": "topk", "server": {"url": "http://a:8000/v1"}}})
-    moved = parse_config({"teacher": {"backend": "openai", "entropy": "topk",
-                                      "server": {"url": "http://b:9000/v1", "max_concurrency": 4}}})
+    moved = parse_config(
+        {
+            "teacher": {
+                "backend": "openai",
+                "entropy": "topk",
+                "server": {"url": "http://b:9000/v1", "max_concurrency": 4},
+            }
+        }
+    )
     assert moved.config_hash() == base.config_hash()
     assert parse_config({"teacher": {"backend": "vllm"}}).config_hash() != parse_config({}).config_hash()
 

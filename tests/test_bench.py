@@ -29,7 +29,16 @@ REDUCED = {
     "reuse.py": ["--quick"],
     "scale.py": ["--quick"],  # 8 problems of 64 tokens; the template: 12 demo problems generated first
     "pure.py": ["--problems", "4", "--n", "4"],
-    "train_memory.py": ["--layers", "1", "--lengths", "128", "--checkpointing", "on", "--steps", "2"],  # problems 3 and 4 have 4+ steps: a genuine trajectory is likely
+    "train_memory.py": [
+        "--layers",
+        "1",
+        "--lengths",
+        "128",
+        "--checkpointing",
+        "on",
+        "--steps",
+        "2",
+    ],  # problems 3 and 4 have 4+ steps: a genuine trajectory is likely
 }
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -39,7 +48,10 @@ NUMBER = re.compile(r"\d+(?:\.\d+)?")
 def test_bench_script_runs_and_ends_with_a_figure(script: str, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCH / script), *REDUCED[script]],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, f"{script} exited with {proc.returncode}:\n{proc.stderr[-4000:]}"
     lines = proc.stdout.strip().splitlines()

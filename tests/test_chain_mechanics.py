@@ -14,8 +14,17 @@ from heal_core.entropy import split_steps
 from heal_core.problems import Problem
 from heal_core.trajectory import mentions_hint
 
-CFG = parse_config({}, ["teacher.sampling.n=4", "teacher.sampling.max_new_tokens=40", "teacher.sampling.temperature=1.0",
-                        "teacher.sampling.top_p=1.0", "gear.continuations=3", "gear.surge_window=4"])
+CFG = parse_config(
+    {},
+    [
+        "teacher.sampling.n=4",
+        "teacher.sampling.max_new_tokens=40",
+        "teacher.sampling.temperature=1.0",
+        "teacher.sampling.top_p=1.0",
+        "gear.continuations=3",
+        "gear.surge_window=4",
+    ],
+)
 PROBLEM = Problem("p1", "Start with 5, then apply in order: + 3, * 2. What is the result?", "16")
 
 
@@ -30,8 +39,16 @@ def _failed_row(backend, text: str):
     entropy = [0.5] * len(ids)
     second = len(backend.tokenizer.encode(text[: text.index("5 + 3") + 2], add_special_tokens=False))
     entropy[second] = 4.0
-    return trajectory("p1|s1|0", 1, "p1", text=text, token_ids=ids, entropy=entropy, verified=False,
-                      prompt=CFG.teacher.prompt_template.format(problem=PROBLEM.problem))
+    return trajectory(
+        "p1|s1|0",
+        1,
+        "p1",
+        text=text,
+        token_ids=ids,
+        entropy=entropy,
+        verified=False,
+        prompt=CFG.teacher.prompt_template.format(problem=PROBLEM.problem),
+    )
 
 
 def test_gear_backs_up_to_the_step_start_and_continues_from_there(backend):
@@ -44,12 +61,14 @@ def test_gear_backs_up_to_the_step_start_and_continues_from_there(backend):
     assert not skips and len(rows) == 3
     for r in rows:
         assert r.hint.wave == 2 and r.teacher == backend.model_path  # the backend names the model it serves
-        assert r.text.startswith(plan.prefix) and r.repair == plan.repair and plan.repair.prefix_chars == len(plan.prefix)
+        assert (
+            r.text.startswith(plan.prefix) and r.repair == plan.repair and plan.repair.prefix_chars == len(plan.prefix)
+        )
         assert r.stage == 3 and r.repair.parent_sample_id == "p1|s1|0"
         assert "16" in r.hint.hint and r.prompt == CFG.teacher.prompt_template.format(problem=PROBLEM.problem)
         assert len(r.entropy) == r.num_tokens > 0
         # leakage is judged on the teacher's continuation, not on the parent's prefix
-        assert r.hint.leaked_hint == (mentions_hint(r.text[len(plan.prefix):], CFG.hints.leakage_patterns) is not None)
+        assert r.hint.leaked_hint == (mentions_hint(r.text[len(plan.prefix) :], CFG.hints.leakage_patterns) is not None)
 
 
 def test_gear_records_why_it_cannot_repair(backend):
@@ -70,7 +89,9 @@ def test_pure_scores_every_step_under_the_unaided_teacher(backend):
     assert result.ratio == pytest.approx(result.answer_nll[-1] / (result.answer_nll[0] + CFG.pure.eps))
     assert result.verdict in ("keep", "reject_ratio", "reject_leap")
     # the same numbers from the backend directly: U_k is the mean NLL of the answer tokens after k steps
-    [direct] = backend.score_prefixes([PrefixQuery("Start with 5 ...", tuple(split_steps(text)), CFG.pure.answer_lead, "16")])
+    [direct] = backend.score_prefixes(
+        [PrefixQuery("Start with 5 ...", tuple(split_steps(text)), CFG.pure.answer_lead, "16")]
+    )
     assert result.answer_nll[2] == pytest.approx(float(-direct.answer_logprobs[2].mean()))
 
 

@@ -14,8 +14,11 @@ FORBIDDEN = {"heal_core": ("tasks", "flows", "prefect"), "tasks": ("flows",), "f
 
 
 def _modules() -> dict[str, Path]:
-    return {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-            for layer in LAYERS for p in sorted((ROOT / layer).rglob("*.py"))}
+    return {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for layer in LAYERS
+        for p in sorted((ROOT / layer).rglob("*.py"))
+    }
 
 
 def _imports(path: Path) -> set[str]:
@@ -30,8 +33,12 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_imports_point_one_way():
-    upward = [f"{name} imports {imported}" for name, path in _modules().items() for imported in sorted(_imports(path))
-              if imported.split(".")[0] in FORBIDDEN[name.split(".")[0]]]
+    upward = [
+        f"{name} imports {imported}"
+        for name, path in _modules().items()
+        for imported in sorted(_imports(path))
+        if imported.split(".")[0] in FORBIDDEN[name.split(".")[0]]
+    ]
     assert not upward, upward
 
 
@@ -44,7 +51,7 @@ def test_no_import_cycle():
         state[name] = "open"
         for nxt in sorted(graph[name]):
             if state.get(nxt) == "open":
-                pytest.fail("import cycle: " + " -> ".join([*trail[trail.index(nxt):], nxt]))
+                pytest.fail("import cycle: " + " -> ".join([*trail[trail.index(nxt) :], nxt]))
             if nxt not in state:
                 visit(nxt, [*trail, nxt])
         state[name] = "done"
@@ -55,7 +62,10 @@ def test_no_import_cycle():
 
 
 def test_no_production_function_is_over_60_lines():
-    long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
-            for path in _modules().values() for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60]
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in _modules().values()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60
+    ]
     assert not long, long

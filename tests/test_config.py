@@ -39,9 +39,17 @@ def test_round_trip_through_yaml(tmp_path: Path):
 
 def test_hash_ignores_where_and_how_a_run_executes():
     base = load_config(None, ["teacher.sampling.n=4"])
-    moved = load_config(None, ["teacher.sampling.n=4", "storage.uri=s3://b/p", "orchestration.mode=deployments",
-                               "orchestration.gpu_pool=h200", "storage.storage_options={endpoint_url: http://y}",
-                               "orchestration.secrets_block=cluster-secrets"])
+    moved = load_config(
+        None,
+        [
+            "teacher.sampling.n=4",
+            "storage.uri=s3://b/p",
+            "orchestration.mode=deployments",
+            "orchestration.gpu_pool=h200",
+            "storage.storage_options={endpoint_url: http://y}",
+            "orchestration.secrets_block=cluster-secrets",
+        ],
+    )
     assert moved.config_hash() == base.config_hash()
     assert load_config(None, ["teacher.sampling.n=4", "orchestration.shard_size=3"]).config_hash() != base.config_hash()
 
@@ -107,4 +115,6 @@ def test_every_key_is_described_and_docs_config_md_is_current():
     assert [name for name, doc in sections() if not doc] == []  # its own docstring, not one pydantic's BaseModel lends
     assert {d.key: d.paper for d in docs}["teacher.sampling.n"] == "30"
     committed = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text(encoding="utf-8")
-    assert committed == markdown() + "\n", "docs/config.md is out of date: heal config explain --markdown > docs/config.md"
+    assert committed == markdown() + "\n", (
+        "docs/config.md is out of date: heal config explain --markdown > docs/config.md"
+    )

@@ -17,9 +17,15 @@ from heal_core.schema import PROBLEM_SCHEMA, to_table
 from tasks.problems import load_problems
 
 BENCHMARKS = {  # file -> (format, records, {problem_id: answer} of known records)
-    "math500_test.jsonl": ("math", 500, {"test/precalculus/807.json": r"\left( 3, \frac{\pi}{2} \right)",
-                                         "test/algebra/1349.json": r"\text{Evelyn}",
-                                         "test/geometry/615.json": r"106^\circ"}),
+    "math500_test.jsonl": (
+        "math",
+        500,
+        {
+            "test/precalculus/807.json": r"\left( 3, \frac{\pi}{2} \right)",
+            "test/algebra/1349.json": r"\text{Evelyn}",
+            "test/geometry/615.json": r"106^\circ",
+        },
+    ),
     "gsm8k_test.jsonl": ("gsm8k", 1319, {"gsm8k_test-000001": "18", "gsm8k_test-000612": "1450000"}),
     "aime2024_test.jsonl": ("aime", 30, {"60": "204", "75": "73", "84": "33", "89": "902"}),
     "aime2025_test.jsonl": ("aime", 30, {"0": "70", "1": "588", "2": "16", "29": "240"}),
@@ -64,20 +70,42 @@ def _write_jsonl(path: Path, *records: object) -> Path:
 
 def test_bad_records_of_each_format_name_their_record_and_field(tmp_path: Path) -> None:
     cases = {
-        "gsm8k": ([{"question": "q1", "answer": "2 + 2 = 4\n#### 4"}, {"question": "q2", "answer": "no marker"},
-                   {"question": "q3", "answer": "x\n#### four"}, {"answer": "#### 1"}],
-                  [(2, "answer", "#### <answer>"), (3, "answer", "number after '####'"), (4, "question", "missing")]),
-        "aime": ([{"id": 1, "problem": "p", "answer": "007"}, {"id": 2, "problem": "p", "answer": "1000"},
-                  {"id": 3, "problem": "p", "answer": 12.5}, {"id": 4, "problem": "p"}],
-                 [(2, "answer", "0-999"), (3, "answer", "integer"), (4, "answer", "missing")]),
-        "amc": ([{"id": 1, "problem": "p", "answer": 27.0}, {"id": 2, "problem": "p", "answer": "B"},
-                 {"id": 3, "problem": "p", "answer": True}, {"id": 1, "problem": "p", "answer": 3.0}],
-                [(2, "answer", "number"), (3, "answer", "number"), (4, "id", "duplicate id '1'")]),
-        "math": ([{"unique_id": "a", "problem": "p", "solution": r"so \boxed{\frac12}."},
-                  {"unique_id": "b", "problem": "p", "solution": "no box here"},
-                  {"unique_id": "c", "problem": "p", "solution": r"\boxed{1}", "answer": ""}, "{not json"],
-                 [(2, "solution", "no answer field 'answer'"), (3, "answer", "empty"),
-                  (4, "<line>", "not valid JSON")]),
+        "gsm8k": (
+            [
+                {"question": "q1", "answer": "2 + 2 = 4\n#### 4"},
+                {"question": "q2", "answer": "no marker"},
+                {"question": "q3", "answer": "x\n#### four"},
+                {"answer": "#### 1"},
+            ],
+            [(2, "answer", "#### <answer>"), (3, "answer", "number after '####'"), (4, "question", "missing")],
+        ),
+        "aime": (
+            [
+                {"id": 1, "problem": "p", "answer": "007"},
+                {"id": 2, "problem": "p", "answer": "1000"},
+                {"id": 3, "problem": "p", "answer": 12.5},
+                {"id": 4, "problem": "p"},
+            ],
+            [(2, "answer", "0-999"), (3, "answer", "integer"), (4, "answer", "missing")],
+        ),
+        "amc": (
+            [
+                {"id": 1, "problem": "p", "answer": 27.0},
+                {"id": 2, "problem": "p", "answer": "B"},
+                {"id": 3, "problem": "p", "answer": True},
+                {"id": 1, "problem": "p", "answer": 3.0},
+            ],
+            [(2, "answer", "number"), (3, "answer", "number"), (4, "id", "duplicate id '1'")],
+        ),
+        "math": (
+            [
+                {"unique_id": "a", "problem": "p", "solution": r"so \boxed{\frac12}."},
+                {"unique_id": "b", "problem": "p", "solution": "no box here"},
+                {"unique_id": "c", "problem": "p", "solution": r"\boxed{1}", "answer": ""},
+                "{not json",
+            ],
+            [(2, "solution", "no answer field 'answer'"), (3, "answer", "empty"), (4, "<line>", "not valid JSON")],
+        ),
     }
     for fmt, (records, expected) in cases.items():
         path = _write_jsonl(tmp_path / f"{fmt}.jsonl", *records)
@@ -91,17 +119,26 @@ def test_bad_records_of_each_format_name_their_record_and_field(tmp_path: Path) 
 
 
 def test_field_mapping_with_solution_fallback_and_metadata(tmp_path: Path) -> None:
-    path = _write_jsonl(tmp_path / "mine.jsonl",
-                        {"uid": "x1", "q": "What is 2+3?", "final": 5, "work": "2+3=5", "topic": "arith", "hard": 1},
-                        {"uid": "x2", "q": "Halve 1.", "work": r"It is \boxed{\frac{1}{2}}.", "topic": "frac"},
-                        {"uid": "x3", "q": "No answer anywhere.", "work": "I give up."})
-    cfg = ProblemsConfig(uri=str(path), id_field="uid", problem_field="q", answer_field="final",
-                         solution_field="work", metadata_fields=["topic", "hard"])
+    path = _write_jsonl(
+        tmp_path / "mine.jsonl",
+        {"uid": "x1", "q": "What is 2+3?", "final": 5, "work": "2+3=5", "topic": "arith", "hard": 1},
+        {"uid": "x2", "q": "Halve 1.", "work": r"It is \boxed{\frac{1}{2}}.", "topic": "frac"},
+        {"uid": "x3", "q": "No answer anywhere.", "work": "I give up."},
+    )
+    cfg = ProblemsConfig(
+        uri=str(path),
+        id_field="uid",
+        problem_field="q",
+        answer_field="final",
+        solution_field="work",
+        metadata_fields=["topic", "hard"],
+    )
     problems, rejects = load_problem_set(cfg)
     assert [(p.problem_id, p.answer, p.metadata) for p in problems] == [
-        ("x1", "5", {"topic": "arith", "hard": "1"}), ("x2", r"\frac{1}{2}", {"topic": "frac"})]
-    assert [str(r) for r in rejects] == [
-        "record 3: field 'work': no answer field 'final' and no \\boxed{} answer"]
+        ("x1", "5", {"topic": "arith", "hard": "1"}),
+        ("x2", r"\frac{1}{2}", {"topic": "frac"}),
+    ]
+    assert [str(r) for r in rejects] == ["record 3: field 'work': no answer field 'final' and no \\boxed{} answer"]
     plain, rejects = load_problem_set(cfg.model_copy(update={"solution_field": ""}))
     assert [p.problem_id for p in plain] == ["x1"] and str(rejects[0]) == "record 2: field 'final': missing"
 
@@ -111,14 +148,15 @@ def test_a_builtin_format_refuses_a_field_mapping() -> None:
         parse_config({"problems": {"format": "gsm8k", "problem_field": "q"}})
     with pytest.raises(ConfigError, match="problems.format"):
         parse_config({"problems": {"format": "numina"}})
-    cfg = parse_config({"problems": {"format": "math", "uri": "m.jsonl"},
-                        "evaluation": {"uri": "e.jsonl"}})
+    cfg = parse_config({"problems": {"format": "math", "uri": "m.jsonl"}, "evaluation": {"uri": "e.jsonl"}})
     assert HealConfig.model_validate(cfg.model_dump(mode="json")).problems.format == "math"  # survives a round trip
 
 
-RECORDS = [{"id": "a", "problem": "1+1?", "answer": "2", "level": 1},
-           {"id": "b", "problem": "2+2?", "answer": " 4 ", "level": 2},
-           {"id": "c", "problem": "3+3?", "answer": None, "level": 3}]
+RECORDS = [
+    {"id": "a", "problem": "1+1?", "answer": "2", "level": 1},
+    {"id": "b", "problem": "2+2?", "answer": " 4 ", "level": 2},
+    {"id": "c", "problem": "3+3?", "answer": None, "level": 3},
+]
 
 
 def _check_round_trip(uri: str, **keys: str) -> None:

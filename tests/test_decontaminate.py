@@ -38,8 +38,11 @@ def test_competition_boilerplate_is_not_a_copy(benchmarks_dir: Path) -> None:
     """AIME/AMC problems share phrases such as "m/n where m and n are relatively prime positive integers" with
     MATH-500 items but copy none of them: one shared 8-gram (min_overlap=0) flags many, the default none."""
     math500 = _load(benchmarks_dir, "math500_test", "math")
-    competition = [p for name, fmt in [("aime2024_test", "aime"), ("aime2025_test", "aime"), ("amc2023_test", "amc")]
-                   for p in _load(benchmarks_dir, name, fmt)]
+    competition = [
+        p
+        for name, fmt in [("aime2024_test", "aime"), ("aime2025_test", "aime"), ("amc2023_test", "amc")]
+        for p in _load(benchmarks_dir, name, fmt)
+    ]
     kept, dropped = decontaminate(competition, {"math500": math500})
     assert dropped == [] and len(kept) == 100
     _, any_gram = decontaminate(competition, {"math500": math500}, min_overlap=0.0)
@@ -50,8 +53,12 @@ def test_competition_boilerplate_is_not_a_copy(benchmarks_dir: Path) -> None:
 EVAL = {
     "bench": [
         Problem("short", "Evaluate $\\log_264$.", "6"),
-        Problem("long", "Let $x$ and $y$ be real numbers such that $x + y = 10$ and $xy = 21$. "
-                        "Find the value of $x^2 + y^2$ given these two conditions.", "58"),
+        Problem(
+            "long",
+            "Let $x$ and $y$ be real numbers such that $x + y = 10$ and $xy = 21$. "
+            "Find the value of $x^2 + y^2$ given these two conditions.",
+            "58",
+        ),
     ],
     "other": [Problem("o1", "A train leaves the station at noon traveling sixty miles per hour toward the city.", "1")],
 }
@@ -60,8 +67,12 @@ EVAL = {
 def test_copies_are_found_through_notation_case_and_spacing() -> None:
     train = [
         Problem("t1", "EVALUATE:  \\( \\log_264 \\) !", "6"),  # a short eval item, verbatim up to case and markup
-        Problem("t2", "Warm-up first. let x and y be real numbers such that x+y=10 and xy=21; find the value of "
-                      "x^2+y^2 given these two conditions. Then rest.", "58"),
+        Problem(
+            "t2",
+            "Warm-up first. let x and y be real numbers such that x+y=10 and xy=21; find the value of "
+            "x^2+y^2 given these two conditions. Then rest.",
+            "58",
+        ),
         Problem("t3", "Let $x$ and $y$ be real numbers such that $x - y = 4$. Find $x$.", "4"),  # one shared 8-gram
         Problem("t4", "Evaluate $\\log_3 81$.", "4"),
     ]
@@ -69,8 +80,13 @@ def test_copies_are_found_through_notation_case_and_spacing() -> None:
     assert [p.problem_id for p in kept] == ["t3", "t4"]
     assert [d.record() for d in dropped] == [
         {"problem_id": "t1", "eval_set": "bench", "eval_id": "short", "ngram": "evaluate log 264", "overlap": 1.0},
-        {"problem_id": "t2", "eval_set": "bench", "eval_id": "long", "ngram": "let x and y be real numbers such",
-         "overlap": 1.0},
+        {
+            "problem_id": "t2",
+            "eval_set": "bench",
+            "eval_id": "long",
+            "ngram": "let x and y be real numbers such",
+            "overlap": 1.0,
+        },
     ]
     kept, dropped = decontaminate(train, EVAL, min_overlap=0.0)
     assert [p.problem_id for p in kept] == ["t4"] and dropped[-1].problem.problem_id == "t3"

@@ -61,8 +61,9 @@ def test_solutions_never_trip_the_hint_leakage_filter():
 
 def test_training_runs_and_saves_a_loadable_model(tmp_path):
     teacher = T.train_teacher(tmp_path / "teacher", steps=2, examples=24, hidden_size=32, layers=1, batch_size=8)
-    student = T.train_student_base(tmp_path / "student", teacher, steps=2, examples=24, hidden_size=32, layers=1,
-                                   batch_size=8)
+    student = T.train_student_base(
+        tmp_path / "student", teacher, steps=2, examples=24, hidden_size=32, layers=1, batch_size=8
+    )
     for path in (teacher, student):
         assert {p.name for p in path.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json"}
         assert not any(p.name in {"_trainer", "training_args.bin"} for p in path.iterdir())
@@ -81,8 +82,12 @@ def committed_teacher():
 
 def test_committed_teacher_solves_easy_problems_and_hints_lift_its_ceiling(committed_teacher):
     problems = T.split("generation")
-    rows = {c.kind: c for c in T.calibrate(committed_teacher, [w for w in problems if not w.hard][:6]
-                                           + [w for w in problems if w.hard][:6])}
+    rows = {
+        c.kind: c
+        for c in T.calibrate(
+            committed_teacher, [w for w in problems if not w.hard][:6] + [w for w in problems if w.hard][:6]
+        )
+    }
     assert rows["easy"].pass_unaided >= 0.5
     assert rows["hard"].pass_hinted >= 1.5 * rows["hard"].pass_unaided + 0.2
 
@@ -95,5 +100,7 @@ def test_heal_demo_train_teacher_command(tmp_path):
 
     result = CliRunner().invoke(app, ["demo", "train-teacher", "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "teacher" / "model.safetensors").exists() and (tmp_path / "student" / "model.safetensors").exists()
+    assert (tmp_path / "teacher" / "model.safetensors").exists() and (
+        tmp_path / "student" / "model.safetensors"
+    ).exists()
     assert "| all | 2 |" in result.output  # the calibration table of the quick run

@@ -59,9 +59,13 @@ class Cluster:
         name = name or pool
         with open(self.logs / f"worker-{name}.log", "ab") as out:
             self.workers[name] = subprocess.Popen(
-                [HEAL, "worker", "--pool", pool, *extra], env=self.env, stdout=out, stderr=out,
+                [HEAL, "worker", "--pool", pool, *extra],
+                env=self.env,
+                stdout=out,
+                stderr=out,
                 start_new_session=own_session,
-                preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if own_session else None)
+                preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if own_session else None,
+            )
 
     def stop_worker(self, name: str) -> None:
         stop(self.workers.pop(name))
@@ -79,15 +83,28 @@ class CleanRun:
 def _reduced(tmp: Path) -> HealConfig:
     problems, held_out = tmp / "problems.jsonl", tmp / "eval.jsonl"
     for path, items in ((problems, demo_problems("generation")[:4]), (held_out, demo_problems("eval")[:2])):
-        path.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
-                                for p in items))
-    return parse_config(demo_defaults(), [
-        f"problems.uri={problems}", f"evaluation.uri={held_out}", "evaluation.samples=1",
-        f"storage.uri=s3://{BUCKET}/heal", "orchestration.shard_size=2", "orchestration.poll_seconds=1",
-        "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]", "teacher.sampling.n=4", "hints.n=4",
-        "orchestration.shard_retries=0",  # the S3 cut must fail the shard runs: they are retried as the UI does
-        "orchestration.heartbeat_timeout_seconds=60",  # a killed worker's runs turn CRASHED a minute after
-    ])
+        path.write_text(
+            "".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n" for p in items)
+        )
+    return parse_config(
+        demo_defaults(),
+        [
+            f"problems.uri={problems}",
+            f"evaluation.uri={held_out}",
+            "evaluation.samples=1",
+            f"storage.uri=s3://{BUCKET}/heal",
+            "orchestration.shard_size=2",
+            "orchestration.poll_seconds=1",
+            "pace.epochs=1",
+            "pace.batch_size=4",
+            "pace.seeds=[0]",
+            "pace.variants=[heal,rs_sft]",
+            "teacher.sampling.n=4",
+            "hints.n=4",
+            "orchestration.shard_retries=0",  # the S3 cut must fail the shard runs: they are retried as the UI does
+            "orchestration.heartbeat_timeout_seconds=60",  # a killed worker's runs turn CRASHED a minute after
+        ],
+    )
 
 
 def _start_workers(cluster: Cluster) -> None:
@@ -102,8 +119,14 @@ def _cluster(tmp: Path, s3_endpoint: str, database_url: str | None, cfg: HealCon
         api = server.api
         proxy = TcpProxy(int(s3_endpoint.rsplit(":", 1)[1]))
         proxy.up()
-        env = {**os.environ, "PREFECT_API_URL": api, "AWS_ENDPOINT_URL": proxy.url, "HEAL_CACHE_DIR": str(tmp / "cache"),
-               "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_HOME": str(home)}
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": api,
+            "AWS_ENDPOINT_URL": proxy.url,
+            "HEAL_CACHE_DIR": str(tmp / "cache"),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_HOME": str(home),
+        }
         (tmp / "config.yaml").write_text(cfg.to_yaml())
         deployed = subprocess.run([HEAL, "deploy", str(tmp / "config.yaml")], env=env, capture_output=True, text=True)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
@@ -220,8 +243,11 @@ def _assert_ran_once_more(cluster: Cluster, runs: list[dict]) -> None:
     died RUNNING did (1), and which of the two happens depends on timing."""
     for run in runs:
         again = _wait(cluster, run["id"], _completed)
-        assert again["id"] == run["id"] and again["run_count"] == run["run_count"] + 1, \
-            (run["name"], run["run_count"], again["run_count"])
+        assert again["id"] == run["id"] and again["run_count"] == run["run_count"] + 1, (
+            run["name"],
+            run["run_count"],
+            again["run_count"],
+        )
 
 
 def _datasets(cfg: HealConfig, run_id: str) -> dict[str, list[str]]:
@@ -251,8 +277,11 @@ def _click_retry(cluster: Cluster, flow_run: str) -> None:
 
     base = cluster.api.removesuffix("/api")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"],
+        )
         page = browser.new_page()
         page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base) else route.abort())
         sent = []
@@ -277,10 +306,13 @@ def _final(state: dict) -> bool:
 def test_parameters_are_validated_when_the_run_is_created(cluster):
     with cluster.client() as client:
         dep = _deployment_id(client, "heal-pipeline/heal-pipeline")
-        bad_key = client.post(f"/deployments/{dep}/create_flow_run",
-                              json={"parameters": {"config": {"teacher": {"bogus": 1}}}})
-        bad_type = client.post(f"/deployments/{dep}/create_flow_run",
-                               json={"parameters": {"config": {"teacher": {"sampling": {"n": "many"}}}}})
+        bad_key = client.post(
+            f"/deployments/{dep}/create_flow_run", json={"parameters": {"config": {"teacher": {"bogus": 1}}}}
+        )
+        bad_type = client.post(
+            f"/deployments/{dep}/create_flow_run",
+            json={"parameters": {"config": {"teacher": {"sampling": {"n": "many"}}}}},
+        )
         nightly = client.get("/deployments/name/heal-pipeline/heal-pipeline-nightly").raise_for_status().json()
     assert bad_key.status_code == 409 and "bogus" in bad_key.text
     assert bad_type.status_code == 409 and "config.teacher.sampling.n" in bad_type.text
@@ -291,13 +323,22 @@ def test_parameters_are_validated_when_the_run_is_created(cluster):
         "heal-shard/heal-shard": {"run_root": "runs/x", "shard": 0, "config": config},
         "heal-train/heal-train": {"run_root": "runs/x", "config": config},
         "heal-eval/heal-eval": {"run_root": "runs/x", "config": config, "trained": []},
-        "heal-derive/heal-derive": {"run_id": "x", "storage_uri": "s3://b/p", "kind": "train", "overrides": [],
-                                    "variants": []},
+        "heal-derive/heal-derive": {
+            "run_id": "x",
+            "storage_uri": "s3://b/p",
+            "kind": "train",
+            "overrides": [],
+            "variants": [],
+        },
     }
     with cluster.client() as client:
-        unknown = {name: client.post(f"/deployments/{_deployment_id(client, name)}/create_flow_run",
-                                     json={"parameters": {**parameters, "bogus_parameter": 1}})
-                   for name, parameters in complete.items()}
+        unknown = {
+            name: client.post(
+                f"/deployments/{_deployment_id(client, name)}/create_flow_run",
+                json={"parameters": {**parameters, "bogus_parameter": 1}},
+            )
+            for name, parameters in complete.items()
+        }
     for name, response in unknown.items():
         assert response.status_code == 409 and "bogus_parameter" in response.text, (name, response.text)
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
@@ -312,9 +353,13 @@ def test_triggered_run_fans_out_shard_deployment_runs(clean_cluster, clean_run):
     assert [s["name"] for s in shards] == ["clean-shard-00000", "clean-shard-00001"]
     assert all(s["deployment_id"] and s["state"]["type"] == "COMPLETED" for s in shards)
     assert {s["work_pool_name"] for s in shards} == {cluster.cfg.orchestration.gpu_pool}
-    assert [r["name"] for r in _children(cluster, "clean", "t")] == ["clean-train-heal-seed-0", "clean-train-rs_sft-seed-0"]
+    assert [r["name"] for r in _children(cluster, "clean", "t")] == [
+        "clean-train-heal-seed-0",
+        "clean-train-rs_sft-seed-0",
+    ]
     assert [r["name"] for r in _children(cluster, "clean", "e")] == [  # one per (model, set shard): a set is one here
-        f"clean-eval-{unit}-held_out-0-2" for unit in ("heal-seed-0", "rs_sft-seed-0", "student_base", "teacher")]
+        f"clean-eval-{unit}-held_out-0-2" for unit in ("heal-seed-0", "rs_sft-seed-0", "student_base", "teacher")
+    ]
 
     fs = s3fs.S3FileSystem()
     root = f"{cluster.cfg.storage.uri}/runs/clean"
@@ -378,8 +423,11 @@ def test_a_killed_worker_s_shards_turn_crashed_and_their_retry_equals_a_clean_ru
             with fs.open(path, "rb") as f:
                 pq.read_table(f)
     timeout = cluster.cfg.orchestration.heartbeat_timeout_seconds
-    crashed = [_wait(cluster, s["id"], _final, seconds=timeout + 180) for s in _children(cluster, "killed", "shard")
-               if s["state"]["type"] in ("RUNNING", "PENDING")]
+    crashed = [
+        _wait(cluster, s["id"], _final, seconds=timeout + 180)
+        for s in _children(cluster, "killed", "shard")
+        if s["state"]["type"] in ("RUNNING", "PENDING")
+    ]
     assert crashed and all(r["state"]["type"] == "CRASHED" for r in crashed), [r["state"] for r in crashed]
     assert all(r["run_count"] in (0, 1) for r in crashed), [(r["name"], r["run_count"]) for r in crashed]
     assert _wait(cluster, parent, _final)["state"]["type"] == "FAILED"
@@ -408,8 +456,11 @@ def test_ctrl_c_on_a_worker_ends_its_runs_and_their_retry_equals_a_clean_run(cle
     worker.wait(timeout=120)
 
     timeout = cluster.cfg.orchestration.heartbeat_timeout_seconds
-    ended = [_wait(cluster, s["id"], _final, seconds=timeout + 180) for s in _children(cluster, "interrupted", "shard")
-             if s["state"]["type"] in ("RUNNING", "PENDING")]
+    ended = [
+        _wait(cluster, s["id"], _final, seconds=timeout + 180)
+        for s in _children(cluster, "interrupted", "shard")
+        if s["state"]["type"] in ("RUNNING", "PENDING")
+    ]
     assert ended and all(r["state"]["type"] in ("CRASHED", "CANCELLED") for r in ended), [r["state"] for r in ended]
     assert _wait(cluster, parent, _final)["state"]["type"] in ("FAILED", "CRASHED", "CANCELLED")
 
@@ -432,8 +483,13 @@ def test_a_prefect_server_restart_mid_run_ends_in_the_same_datasets(clean_cluste
     cluster.server.restart(down_seconds=10)
 
     if _wait(cluster, parent, _final)["state"]["type"] != "COMPLETED":
-        resumed = subprocess.run([HEAL, "resume", "restart", "--storage", cluster.cfg.storage.uri, "--mode",
-                                  "deployments"], env=cluster.env, capture_output=True, text=True, timeout=900)
+        resumed = subprocess.run(
+            [HEAL, "resume", "restart", "--storage", cluster.cfg.storage.uri, "--mode", "deployments"],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert all(w.poll() is None for w in cluster.workers.values()), "a worker died with the server"
     assert {r["state"]["type"] for r in _children(cluster, "restart", "e")} == {"COMPLETED"}  # created after
@@ -459,7 +515,10 @@ def test_the_ui_retry_button_reruns_a_failed_shard(clean_cluster):
     root = f"{cluster.cfg.storage.uri}/runs/ui"
     with cluster.client() as client:
         dep = _deployment_id(client, "heal-shard/heal-shard")
-        body = {"parameters": {"run_root": root, "shard": 0, "config": cluster.cfg.model_dump(mode="json")}, "name": "ui-shard"}
+        body = {
+            "parameters": {"run_root": root, "shard": 0, "config": cluster.cfg.model_dump(mode="json")},
+            "name": "ui-shard",
+        }
         shard = client.post(f"/deployments/{dep}/create_flow_run", json=body).raise_for_status().json()["id"]
     failed = _wait(cluster, shard, _final)
     assert failed["state"]["type"] == "FAILED"
@@ -486,7 +545,8 @@ def _results(root: str, seeds: set[int | None]) -> list[dict]:
 
 @pytest.mark.timeout(1800)
 def test_students_and_evaluations_fan_out_over_two_workers_and_a_failed_one_is_retried_alone_from_the_ui(
-        clean_cluster, clean_run, monkeypatch):
+    clean_cluster, clean_run, monkeypatch
+):
     """2 variants x 2 seeds are 4 heal-train runs, executed by two GPU workers at once; the (heal, 0) one fails for a
     real reason (its record in storage is corrupt) and, once fixed, is retried alone with the UI's Retry button.
     Then one heal-eval run per (model, set shard): the one whose student a worker's cache holds broken fails naming

@@ -23,14 +23,17 @@ def test_a_child_run_that_disappears_fails_the_parent_naming_it(prefect_api):
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="unserved", type="process"), overwrite=True)
         flow_id = client.create_flow_from_name("heal-vanishing-child")
-        client.create_deployment(flow_id=flow_id, name="child", work_pool_name="unserved",
-                                 entrypoint="flows.shard:heal_shard")
+        client.create_deployment(
+            flow_id=flow_id, name="child", work_pool_name="unserved", entrypoint="flows.shard:heal_shard"
+        )
 
     def delete_them() -> None:
         with get_client(sync_client=True) as client:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["heal-run:gone"])))
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["heal-run:gone"]))
+                )
                 if len(runs) == 2:
                     for run in runs:
                         client.delete_flow_run(run.id)
@@ -39,8 +42,12 @@ def test_a_child_run_that_disappears_fails_the_parent_naming_it(prefect_api):
 
     @flow(name="heal-vanishing-parent")
     def parent() -> None:
-        run_children("heal-vanishing-child/child", [Child("gone-shard-0", "gone-0", {}), Child("gone-shard-1", "gone-1", {})],
-                     "gone", poll_seconds=0.2)
+        run_children(
+            "heal-vanishing-child/child",
+            [Child("gone-shard-0", "gone-0", {}), Child("gone-shard-1", "gone-1", {})],
+            "gone",
+            poll_seconds=0.2,
+        )
 
     deleter = threading.Thread(target=delete_them)
     deleter.start()
@@ -63,8 +70,12 @@ def test_waiting_costs_two_requests_a_poll_and_the_page_limit_hides_no_child(pre
 
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="paused", type="process", is_paused=True), overwrite=True)
-        deployment = client.create_deployment(flow_id=client.create_flow_from_name("heal-many-children"), name="child",
-                                              work_pool_name="paused", entrypoint="flows.shard:heal_shard")
+        deployment = client.create_deployment(
+            flow_id=client.create_flow_from_name("heal-many-children"),
+            name="child",
+            work_pool_name="paused",
+            entrypoint="flows.shard:heal_shard",
+        )
         children = [client.create_flow_run_from_deployment(deployment, name=f"many-{i}").id for i in range(250)]
         requests: list[str] = []
         client._client.event_hooks["request"].append(lambda request: requests.append(request.url.path))

@@ -40,8 +40,12 @@ def student(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory) -> list[dict]:
-    rows = [trajectory(f"{w.problem.problem_id}|1", 1, w.problem.problem_id, prompt=w.problem.problem,
-                       text=w.solution, kept=True) for w in make_problems(16, seed=1)]
+    rows = [
+        trajectory(
+            f"{w.problem.problem_id}|1", 1, w.problem.problem_id, prompt=w.problem.problem, text=w.solution, kept=True
+        )
+        for w in make_problems(16, seed=1)
+    ]
     return built_datasets(rows, HealConfig(), tmp_path_factory.mktemp("data"))["stage1"]
 
 
@@ -98,9 +102,24 @@ def test_two_nodes_over_loopback_train_the_one_process_weights(student, examples
     node1: list[subprocess.CompletedProcess] = []
 
     def second_node() -> None:
-        node1.append(subprocess.run([str(Path(sys.executable).parent / "heal"), "train-stage", "--follow",
-                                     str(tmp_path), "--machine-rank", "1", "--stages", "1"],
-                                    capture_output=True, text=True, timeout=300, check=False))
+        node1.append(
+            subprocess.run(
+                [
+                    str(Path(sys.executable).parent / "heal"),
+                    "train-stage",
+                    "--follow",
+                    str(tmp_path),
+                    "--machine-rank",
+                    "1",
+                    "--stages",
+                    "1",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+        )
 
     thread = threading.Thread(target=second_node)
     thread.start()
@@ -117,7 +136,8 @@ import sys
 from heal_core.config import PaceConfig
 from heal_core.train import train_stage
 import json
-student, examples, out, uri, cfg = sys.argv[1], json.loads(open(sys.argv[2]).read()), sys.argv[3], sys.argv[4], sys.argv[5]
+student, out, uri, cfg = sys.argv[1], sys.argv[3], sys.argv[4], sys.argv[5]
+examples = json.loads(open(sys.argv[2]).read())
 train_stage("stage1", student, examples, out, PaceConfig.model_validate_json(cfg), 0, 12, uri)
 """
 
@@ -135,8 +155,11 @@ def test_a_killed_stage_resumes_from_its_checkpoint(student, examples, tmp_path)
     uri = str(tmp_path / "storage" / "stage1.checkpoints")
     data = tmp_path / "examples.json"
     data.write_text(json.dumps(examples))
-    victim = subprocess.Popen([sys.executable, "-c", _VICTIM, student, str(data), str(tmp_path / "killed"), uri,
-                               cfg.model_dump_json()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        [sys.executable, "-c", _VICTIM, student, str(data), str(tmp_path / "killed"), uri, cfg.model_dump_json()],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and victim.poll() is None and len(checkpoints.complete(uri, {})) < 2:
         time.sleep(0.02)
@@ -200,8 +223,9 @@ def test_accelerate_accepts_the_shipped_config_files(strategy):
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     path = launch.config_file(DistributedConfig(strategy=strategy))
-    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(
-        ["--config_file", str(path), "--num_processes", "8", "train.py"]))
+    args, _, _ = _validate_launch_command(
+        launch_command_parser().parse_args(["--config_file", str(path), "--num_processes", "8", "train.py"])
+    )
     assert (args.use_fsdp, args.use_deepspeed) == (strategy == "fsdp", strategy.startswith("deepspeed"))
     if strategy.startswith("deepspeed"):
         assert int(args.zero_stage) == int(strategy[-1])

@@ -24,14 +24,20 @@ HELD_OUT = 5
 
 def _config(tmp_path: Path, tiny_model_dirs: dict[str, Path], store: str, shard_size: int) -> HealConfig:
     held_out = tmp_path / "held_out.jsonl"
-    held_out.write_text("".join(json.dumps({"id": f"h{i}", "problem": f"What is {i} + 7?", "answer": str(i + 7)}) + "\n"
-                                for i in range(HELD_OUT)))
-    return parse_config({
-        "teacher": {"model": str(tiny_model_dirs["qwen2"]), "sampling": {"max_new_tokens": 8}},
-        "student": {"model": str(tiny_model_dirs["llama"])},
-        "evaluation": {"uri": str(held_out), "samples": 2, "shard_size": shard_size},
-        "storage": {"uri": str(tmp_path / store)},
-    })
+    held_out.write_text(
+        "".join(
+            json.dumps({"id": f"h{i}", "problem": f"What is {i} + 7?", "answer": str(i + 7)}) + "\n"
+            for i in range(HELD_OUT)
+        )
+    )
+    return parse_config(
+        {
+            "teacher": {"model": str(tiny_model_dirs["qwen2"]), "sampling": {"max_new_tokens": 8}},
+            "student": {"model": str(tiny_model_dirs["llama"])},
+            "evaluation": {"uri": str(held_out), "samples": 2, "shard_size": shard_size},
+            "storage": {"uri": str(tmp_path / store)},
+        }
+    )
 
 
 def _parts(layout: Run) -> dict[str, int]:
@@ -43,15 +49,21 @@ def test_units_cover_each_set_in_order():
     sets = {"held_out": list("abcde"), "math": list("xy"), "empty": []}
     units = evaluation_units([("teacher", None), ("heal", 1)], sets, 2)
     assert [(u.model, u.benchmark, u.start, u.stop) for u in units[:4]] == [
-        ("teacher", "held_out", 0, 2), ("teacher", "held_out", 2, 4), ("teacher", "held_out", 4, 5),
-        ("teacher", "math", 0, 2)]
+        ("teacher", "held_out", 0, 2),
+        ("teacher", "held_out", 2, 4),
+        ("teacher", "held_out", 4, 5),
+        ("teacher", "math", 0, 2),
+    ]
     assert units[4].name == "heal-seed-1-held_out-0-2"
     assert [(u.benchmark, u.start, u.stop) for u in evaluation_units([("teacher", None)], sets, 0)] == [
-        ("held_out", 0, 5), ("math", 0, 2)]
+        ("held_out", 0, 5),
+        ("math", 0, 2),
+    ]
 
 
-def test_shards_give_an_uncut_evaluation_s_rows_and_a_broken_model_fails_alone(prefect_api, tiny_model_dirs, tmp_path,
-                                                                                monkeypatch):
+def test_shards_give_an_uncut_evaluation_s_rows_and_a_broken_model_fails_alone(
+    prefect_api, tiny_model_dirs, tmp_path, monkeypatch
+):
     from flows.evaluate import EvaluationFailed, heal_eval
     from tasks.training import TrainedModel
 
@@ -95,11 +107,11 @@ def test_openai_backend_serves_each_model_and_samples_as_transformers_does(prefe
     server outlives its evaluation, and every problem's draws are the in-process backend's (both draw choice j of a
     problem with its seed + j), problem by problem."""
     import psutil
+    from rows import problems_file
 
     from flows.evaluate import heal_eval
     from heal_core.backends.served import SERVED_NAME
     from heal_core.demo import bundled_model, demo_defaults
-    from rows import problems_file
     from tasks.training import TrainedModel
 
     monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
@@ -108,14 +120,24 @@ def test_openai_backend_serves_each_model_and_samples_as_transformers_does(prefe
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     rows = {}
     for backend in ("hf", "openai"):
-        cfg = parse_config(demo_defaults(), [f"evaluation.uri={held_out}", "evaluation.samples=4",
-                                             f"storage.uri={tmp_path / backend}", f"evaluation.backend={backend}"])
+        cfg = parse_config(
+            demo_defaults(),
+            [
+                f"evaluation.uri={held_out}",
+                "evaluation.samples=4",
+                f"storage.uri={tmp_path / backend}",
+                f"evaluation.backend={backend}",
+            ],
+        )
         layout = Run.of(cfg, backend)
         assert heal_eval(layout.root, cfg, students) == 3 * 8
         rows[backend] = pq.read_table(layout.evaluation).to_pylist()
     assert {r["backend"] for r in rows["openai"]} == {"openai"} and {r["backend"] for r in rows["hf"]} == {"hf"}
-    served = [p.cmdline() for p in psutil.Process().children(recursive=True)
-              if p.pid not in before and {"serve-teacher", SERVED_NAME} & set(p.cmdline())]
+    served = [
+        p.cmdline()
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and {"serve-teacher", SERVED_NAME} & set(p.cmdline())
+    ]
     assert not served, served  # every server an evaluation started is stopped
 
     def draws(table: list[dict]) -> list[tuple]:
@@ -142,9 +164,16 @@ def test_the_evaluation_store_keys_by_backend_and_keeps_heal_0_1_keys_at_the_def
     assert key("student_base") == students["hf"] and key("teacher") == key("teacher", "evaluation.backend=hf")
 
     cfg = parse_config(demo_defaults(), [f"storage.uri={tmp_path}"])  # the key as heal 0.1 computed it
-    old = {"evaluation": fingerprints.evaluation(cfg), "model": "model-id", "label": "student_base", "train_seed": None,
-           "backend": ("hf", cfg.student.dtype), "reasoning_format": cfg.student.reasoning_format, "set": "held_out",
-           "problems": [(p.problem_id, p.problem, p.answer, sorted(p.metadata.items())) for p in problems]}
+    old = {
+        "evaluation": fingerprints.evaluation(cfg),
+        "model": "model-id",
+        "label": "student_base",
+        "train_seed": None,
+        "backend": ("hf", cfg.student.dtype),
+        "reasoning_format": cfg.student.reasoning_format,
+        "set": "held_out",
+        "problems": [(p.problem_id, p.problem, p.answer, sorted(p.metadata.items())) for p in problems],
+    }
     assert key("student_base") == stores.evaluation_object(cfg, fingerprints.digest(old))
 
 

@@ -39,14 +39,17 @@ def first(prefect_api, tmp_path_factory):
 
 
 def _rows(store: Path, run_id: str) -> list:
-    return [r for path in sorted((store / "runs" / run_id / "samples").glob("*.parquet"))
-            for r in from_table(pq.read_table(path))]
+    return [
+        r
+        for path in sorted((store / "runs" / run_id / "samples").glob("*.parquet"))
+        for r in from_table(pq.read_table(path))
+    ]
 
 
 def test_a_run_with_ten_percent_new_problems_samples_only_those(first, teacher_calls, monkeypatch):
     from flows.pipeline import heal_pipeline
 
-    root, cfg, summary = first
+    root, _cfg, summary = first
     assert summary["generation"]["sampled"] == 10 and summary["generation"]["teacher_tokens"] > 0
     monkeypatch.setenv("HEAL_CACHE_DIR", str(root / "cache"))
     grown = _config(root, 11)
@@ -55,7 +58,10 @@ def test_a_run_with_ten_percent_new_problems_samples_only_those(first, teacher_c
     asked = [r for call in teacher_calls for r in call]
     assert asked and all(eleventh["problem"] in r.prompt for r in asked), "the teacher saw an old problem"
     assert {k: again["generation"][k] for k in ("reused", "reselected", "sampled")} == {
-        "reused": 10, "reselected": 0, "sampled": 1}
+        "reused": 10,
+        "reselected": 0,
+        "sampled": 1,
+    }
     old = {r.sample_id: r for r in _rows(root / "store", "first")}
     kept = [r for r in _rows(root / "store", "grown") if r.problem_id != eleventh["id"]]
     assert sorted(r.sample_id for r in kept) == sorted(old) and all(r == old[r.sample_id] for r in kept)
@@ -66,10 +72,11 @@ def test_a_run_with_ten_percent_new_problems_samples_only_those(first, teacher_c
 def test_a_learning_rate_change_trains_a_new_model_without_the_teacher(first, teacher_calls, monkeypatch):
     from flows.cli import app
 
-    root, cfg, _ = first
+    root, _cfg, _ = first
     monkeypatch.setenv("HEAL_CACHE_DIR", str(root / "cache"))
-    result = CliRunner().invoke(app, ["train", "first", "--storage", str(root / "store"),
-                                      "--set", "pace.learning_rate=1e-3"])
+    result = CliRunner().invoke(
+        app, ["train", "first", "--storage", str(root / "store"), "--set", "pace.learning_rate=1e-3"]
+    )
     assert result.exit_code == 0, result.output
     assert teacher_calls == []
     derived = [p for p in (root / "store" / "runs").iterdir() if p.name.startswith("first.train-")]
@@ -100,7 +107,10 @@ def test_a_learning_rate_change_trains_a_new_model_without_the_teacher(first, te
     before = {p.name: p.read_bytes() for p in sorted((parent / "samples").iterdir())}
     (derived[0] / "samples" / "shard-00001.json").unlink()  # as if interrupted while it recorded the parent's shards
     resumed = CliRunner().invoke(app, ["resume", derived[0].name, "--storage", str(root / "store")])
-    assert resumed.exit_code != 0 and "run the same heal train or heal eval again" in f"{resumed.output}{resumed.exception}"
+    assert (
+        resumed.exit_code != 0
+        and "run the same heal train or heal eval again" in f"{resumed.output}{resumed.exception}"
+    )
     shutil.rmtree(derived[0])
     assert {p.name: p.read_bytes() for p in sorted((parent / "samples").iterdir())} == before
     listing = CliRunner().invoke(app, ["report", "first", "--storage", str(root / "store")])
@@ -108,16 +118,28 @@ def test_a_learning_rate_change_trains_a_new_model_without_the_teacher(first, te
     assert derived[0].name not in listing.output  # its record stays with the parent; the listing passes it by
 
 
-def test_eval_adds_a_benchmark_asking_the_teacher_only_about_it_and_retraining_nothing(first, teacher_calls,
-                                                                                       monkeypatch):
+def test_eval_adds_a_benchmark_asking_the_teacher_only_about_it_and_retraining_nothing(
+    first, teacher_calls, monkeypatch
+):
     from flows.cli import app
 
     root, _, _ = first
     monkeypatch.setenv("HEAL_CACHE_DIR", str(root / "cache"))
-    extra = [json.loads(line) for line in problems_file(root / "all-eval.jsonl", "eval", 5).read_text().splitlines()][3:]
+    extra = [json.loads(line) for line in problems_file(root / "all-eval.jsonl", "eval", 5).read_text().splitlines()][
+        3:
+    ]
     (root / "extra.jsonl").write_text("".join(json.dumps(p) + "\n" for p in extra))
-    result = CliRunner().invoke(app, ["eval", "first", "--storage", str(root / "store"), "--set",
-                                      f"evaluation.benchmarks=[{{uri: {root / 'extra.jsonl'}}}]"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "first",
+            "--storage",
+            str(root / "store"),
+            "--set",
+            f"evaluation.benchmarks=[{{uri: {root / 'extra.jsonl'}}}]",
+        ],
+    )
     assert result.exit_code == 0, result.output
     asked = [r for call in teacher_calls for r in call]
     assert asked and all(any(p["problem"] in r.prompt for p in extra) for r in asked)  # the held-out set: stored
@@ -125,17 +147,19 @@ def test_eval_adds_a_benchmark_asking_the_teacher_only_about_it_and_retraining_n
     assert not list(derived.glob("models/*/seed-*/*/heal_stage.json"))  # every model adopted, none trained
     results = pq.read_table(derived / "eval" / "results.parquet").to_pylist()
     assert {(r["model"], r["benchmark"]) for r in results} == {
-        (m, b) for m in ("teacher", "student_base", "heal", "rs_sft") for b in ("held_out", "extra")}
+        (m, b) for m in ("teacher", "student_base", "heal", "rs_sft") for b in ("held_out", "extra")
+    }
     held_out = pq.read_table(root / "store" / "runs" / "first" / "eval" / "results.parquet").to_pylist()
     key = ("model", "train_seed", "problem_id", "pass_at_1")
     assert sorted(tuple(r[k] for k in key) for r in results if r["benchmark"] == "held_out") == sorted(
-        tuple(r[k] for k in key) for r in held_out)
+        tuple(r[k] for k in key) for r in held_out
+    )
 
 
 def test_a_new_lambda_makes_no_sampling_call_and_re_judges_where_r_crosses_it(first, teacher_calls, monkeypatch):
     from flows.pipeline import heal_pipeline
 
-    root, cfg, _ = first
+    root, _cfg, _ = first
     monkeypatch.setenv("HEAL_CACHE_DIR", str(root / "cache"))
     before = {r.sample_id: r for r in _rows(root / "store", "first") if r.pure is not None and r.pure.ratio is not None}
     ratios = sorted({r.pure.ratio for r in before.values()})

@@ -22,8 +22,16 @@ from heal_core.generation_store import GenerationStore, generate_stored
 from heal_core.shard import generate_shard
 from heal_core.trajectory import from_table, to_table
 
-SETTINGS = ["teacher.sampling.n=4", "hints.n=4", "hints.wave_samples=2", "hints.max_per_problem=1",
-            "gear.failed_paths=3", "gear.continuations=3", "gear.max_per_problem=2", "gear.wave_paths=1"]
+SETTINGS = [
+    "teacher.sampling.n=4",
+    "hints.n=4",
+    "hints.wave_samples=2",
+    "hints.max_per_problem=1",
+    "gear.failed_paths=3",
+    "gear.continuations=3",
+    "gear.max_per_problem=2",
+    "gear.wave_paths=1",
+]
 TEACHER = str(bundled_model("teacher"))
 
 
@@ -108,8 +116,10 @@ def test_a_new_lambda_re_judges_the_stored_scores_and_draws_only_missing_waves(t
     flipped = 0
     for row in again.trajectories:
         if row.pure is not None and row.sample_id in before and before[row.sample_id].ratio is not None:
-            assert row.pure.verdict == pure.judge(before[row.sample_id].answer_nll, before[row.sample_id].step_ppl,
-                                                  strict.pure).verdict
+            assert (
+                row.pure.verdict
+                == pure.judge(before[row.sample_id].answer_nll, before[row.sample_id].step_ppl, strict.pure).verdict
+            )
             assert (row.pure.verdict == "reject_ratio") == (row.pure.ratio > lam)
             flipped += row.pure.verdict != before[row.sample_id].verdict
     assert flipped, "no verdict crossed the new λ: the test no longer tests re-judging"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -9,12 +10,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from draw import draw
 
 from heal_core.backends import hf
 from heal_core.backends.base import PrefixQuery, Request, TeacherBackend, Trace
 from heal_core.backends.hf import HFBackend
 from heal_core.config import SamplingConfig, TeacherConfig
-from draw import draw
 
 ARCHS = ["llama", "qwen2"]
 PROMPTS = ["What is 2 + 3?", "Ann has 12 apples and buys 30 more. How many apples does she have now?", "x"]
@@ -159,7 +160,9 @@ def test_a_row_does_not_depend_on_its_batch(backend, monkeypatch):
     monkeypatch.setattr(backend, "batch_rows", 3)
     reversed_ = backend.generate(requests[::-1], sampling)[::-1]
     flat = [g for row in together for g in row]
-    assert [g.token_ids for g in flat] == [g.token_ids for g in alone] == [g.token_ids for row in reversed_ for g in row]
+    assert (
+        [g.token_ids for g in flat] == [g.token_ids for g in alone] == [g.token_ids for row in reversed_ for g in row]
+    )
     assert len({tuple(g.token_ids) for g in flat}) > 6  # rows differ from each other: seeds are not shared
     for g, h in zip(flat, alone, strict=True):
         np.testing.assert_allclose(g.entropy, h.entropy, atol=1e-5)
@@ -221,7 +224,8 @@ def test_continue_resumes_the_prefix(backend, monkeypatch):
     full = calls[0]["input_ids"][0].tolist()
     open_turn = tok.apply_chat_template(
         [{"role": "user", "content": prompt}, {"role": "assistant", "content": prefix}],
-        tokenize=False, continue_final_message=True,
+        tokenize=False,
+        continue_final_message=True,
     )
     assert full == prompt_ids(backend, prompt) + prefix_ids == tok.encode(open_turn, add_special_tokens=False)
     assert [g.seed for g in gens] == [3, 4, 5]
@@ -245,8 +249,10 @@ def test_score_matches_forward(backend):
 
 def _segments(k: int, words: int) -> list[str]:
     rng = np.random.default_rng(k)
-    return [("\n\n" if j else "") + " ".join(f"{rng.integers(2, 99)} + {rng.integers(2, 9)}" for _ in range(words))
-            for j in range(k)]
+    return [
+        ("\n\n" if j else "") + " ".join(f"{rng.integers(2, 99)} + {rng.integers(2, 9)}" for _ in range(words))
+        for j in range(k)
+    ]
 
 
 def naive_prefix_scores(backend, prompt, segments, lead, answer):
@@ -266,7 +272,7 @@ def naive_prefix_scores(backend, prompt, segments, lead, answer):
         first = next(i for i, (_, end) in enumerate(probe["offset_mapping"]) if end > start + len(lead))
         row = ids + probe["input_ids"]
         answers.append(logprobs(forced_logits(backend, row)[len(ids) + first - 1 : -1], probe["input_ids"][first:]))
-    return [lps[a:b] for a, b in zip(cuts, cuts[1:])], answers
+    return [lps[a:b] for a, b in itertools.pairwise(cuts)], answers
 
 
 def assert_matches_naive(backend, segments, lead, answer="42}"):

@@ -14,8 +14,13 @@ import yaml
 
 ROOT = Path(__file__).parents[1]
 INFRA = ROOT / "infra"
-SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "HEAL_S3_SECRET_KEY", "PREFECT_AUTH_PASSWORD",
-           "HEAL_TEACHER_API_KEY")
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "MINIO_ROOT_PASSWORD",
+    "HEAL_S3_SECRET_KEY",
+    "PREFECT_AUTH_PASSWORD",
+    "HEAL_TEACHER_API_KEY",
+)
 
 
 def _compose() -> dict:
@@ -67,15 +72,18 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     for pattern in patterns:
         bare = pattern.removeprefix("**/")
         for candidate in candidates:
-            if fnmatch.fnmatch(candidate, pattern) or (pattern.startswith("**/") and (
-                    fnmatch.fnmatch(candidate.rsplit("/", 1)[-1], bare) or fnmatch.fnmatch(candidate, bare))):
+            if fnmatch.fnmatch(candidate, pattern) or (
+                pattern.startswith("**/")
+                and (fnmatch.fnmatch(candidate.rsplit("/", 1)[-1], bare) or fnmatch.fnmatch(candidate, bare))
+            ):
                 return True
     return False
 
 
 def test_no_secret_can_enter_an_image():
-    patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     for secret in ("infra/.env", ".env", "configs/.env", ".venv/bin/python", "heal-data/runs/x/config.yaml"):
         assert _ignored(secret, patterns), secret
     assert not _ignored("heal_core/config.py", patterns) and not _ignored("infra/cluster.yaml", patterns)

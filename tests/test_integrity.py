@@ -21,8 +21,11 @@ def test_a_resume_after_the_problem_file_changed_is_refused_naming_what_changed(
     assert shard_problems(run, cfg) == 3  # the same file again: a resume goes on
 
     problems_file(tmp_path / "problems-5.jsonl", "generation", 7)  # the file grew between attempts
-    with pytest.raises(ProblemsChanged, match=r"started on 5 problems of .*problems-5.jsonl, which now gives 7: "
-                                              r"2 added \(\S+, \S+\)\. Resuming would drop or double problems"):
+    with pytest.raises(
+        ProblemsChanged,
+        match=r"started on 5 problems of .*problems-5.jsonl, which now gives 7: "
+        r"2 added \(\S+, \S+\)\. Resuming would drop or double problems",
+    ):
         shard_problems(run, cfg)
     result = CliRunner().invoke(app, ["resume", "r", "--storage", cfg.storage.uri])
     assert result.exit_code == 2 and "2 added" in result.output, result.output

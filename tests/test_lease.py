@@ -22,7 +22,7 @@ def run_root(request, tmp_path):
 
 
 def test_a_second_holder_is_refused_naming_the_first_until_it_releases(run_root):
-    with lease.held(run_root, {}, 60, "flow run first", "first"):
+    with lease.held(run_root, {}, 60, "flow run first", "first"):  # noqa: SIM117 (the second inside the first)
         with pytest.raises(lease.RunBusy, match=r"being worked on by .* pid \d+ \(flow run first\), since"):
             with lease.held(run_root, {}, 60, "flow run second", "second"):
                 pytest.fail("two holders")
@@ -49,13 +49,13 @@ def test_an_expired_lease_is_taken_over(run_root):
 
 def test_a_holder_whose_lease_was_taken_over_stops(tmp_path):
     root = str(tmp_path / "r")
-    with pytest.raises(lease.LeaseLost, match="took it over"):
-        with lease.held(root, {}, 0.6, "a paused holder", "a"):
-            # another process took over (as after a pause longer than the expiry): lease 2 exists
-            (tmp_path / "r" / "leases" / "lease-00000002.json").write_text(json.dumps(
-                {"holder": "other", "owner": "b", "acquired": time.time(), "expires": time.time() + 60}))
-            time.sleep(5)
-            pytest.fail("the lost holder went on")
+    with pytest.raises(lease.LeaseLost, match="took it over"), lease.held(root, {}, 0.6, "a paused holder", "a"):
+        # another process took over (as after a pause longer than the expiry): lease 2 exists
+        (tmp_path / "r" / "leases" / "lease-00000002.json").write_text(
+            json.dumps({"holder": "other", "owner": "b", "acquired": time.time(), "expires": time.time() + 60})
+        )
+        time.sleep(5)
+        pytest.fail("the lost holder went on")
 
 
 def test_a_lost_holder_stops_even_where_ctrl_c_is_ignored(tmp_path):

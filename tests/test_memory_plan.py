@@ -18,8 +18,12 @@ SMALL = "configs/qwen3-8b-vllm.yaml"  # Qwen2.5-1.5B-Instruct student, pace.max_
 LARGE = "configs/r1-distill-32b-server.yaml"  # Qwen2.5-7B-Instruct student, the same pace
 # The shipped configs' pace as it was before they were set to fit (one process, no checkpointing, Liger where
 # installed): the worked examples below start from it; test_the_shipped_configs_fit_one_node plans them as shipped.
-BEFORE = ("pace.distributed.strategy=ddp", "pace.distributed.processes_per_node=1",
-          "pace.gradient_checkpointing=false", "pace.liger_kernel=auto")
+BEFORE = (
+    "pace.distributed.strategy=ddp",
+    "pace.distributed.processes_per_node=1",
+    "pace.gradient_checkpointing=false",
+    "pace.liger_kernel=auto",
+)
 BEFORE_SETS = [arg for assignment in BEFORE for arg in ("--set", assignment)]
 
 # Ψ of each student, from its config.json (Qwen2: q/k/v biases; 0.5B and 1.5B tie lm_head to the embeddings)
@@ -43,8 +47,10 @@ def _plan(path: str, overrides: tuple[str, ...] = (), gpus: int = 1, memory: int
 
 
 def test_parameter_counts_are_the_published_ones():
-    shapes = {name: mp.shape_of(name) for name in
-              ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-7B-Instruct")}
+    shapes = {
+        name: mp.shape_of(name)
+        for name in ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-7B-Instruct")
+    }
     assert [s.parameters for s in shapes.values()] == [PSI_05B, PSI_15B, PSI_7B]
     assert (PSI_05B, PSI_15B, PSI_7B) == (494_032_768, 1_543_714_304, 7_615_616_512)
     assert [round(s.parameters / 1e9, 2) for s in shapes.values()] == [0.49, 1.54, 7.62]  # the model cards'
@@ -67,8 +73,14 @@ def test_shape_of_a_local_directory_and_an_unknown_model(tmp_path):
     from heal_core.demo import bundled_model
 
     demo = mp.shape_of(str(bundled_model("student")))
-    assert (demo.hidden, demo.layers, demo.heads, demo.kv_heads, demo.vocab, demo.tied_embeddings) == \
-        (96, 4, 4, 2, 340, True)
+    assert (demo.hidden, demo.layers, demo.heads, demo.kv_heads, demo.vocab, demo.tied_embeddings) == (
+        96,
+        4,
+        4,
+        2,
+        340,
+        True,
+    )
     with pytest.raises(ValueError, match="pass a local path"):
         mp.shape_of("nobody/no-such-model")
     with pytest.raises(ValueError, match="pass a local path"):
@@ -80,11 +92,19 @@ def test_ddp_on_one_gpu_by_hand():
     one process (it trains without DDP)."""
     small, large = _plan(SMALL), _plan(LARGE)
     assert (small.world, small.micro_batch) == (1, 8)
-    assert (small.parameters, small.gradients, small.optimizer, small.grad_buckets) == \
-        (4 * 1_543_714_304, 4 * 1_543_714_304, 8 * 1_543_714_304, 0)
+    assert (small.parameters, small.gradients, small.optimizer, small.grad_buckets) == (
+        4 * 1_543_714_304,
+        4 * 1_543_714_304,
+        8 * 1_543_714_304,
+        0,
+    )
     assert small.weight_copies == 2 * (1_543_714_304 - (2 * 28 + 1) * 1536)  # tied: all but the norms
-    assert (large.parameters, large.gradients, large.optimizer, large.grad_buckets) == \
-        (4 * 7_615_616_512, 4 * 7_615_616_512, 8 * 7_615_616_512, 0)
+    assert (large.parameters, large.gradients, large.optimizer, large.grad_buckets) == (
+        4 * 7_615_616_512,
+        4 * 7_615_616_512,
+        8 * 7_615_616_512,
+        0,
+    )
     assert large.weight_copies == 2 * (7_615_616_512 - 152064 * 3584 - (2 * 28 + 1) * 3584)  # not the input embedding
     two = _plan(LARGE, ("pace.distributed.processes_per_node=2",), gpus=2)
     assert two.grad_buckets == 4 * 7_615_616_512
@@ -96,15 +116,25 @@ def test_sharded_strategies_over_four_gpus_by_hand():
     gathered in bf16."""
     zero3 = _plan(LARGE, ("pace.distributed.strategy=deepspeed_zero3", "pace.distributed.processes_per_node=4"), 4)
     assert (zero3.world, zero3.micro_batch) == (4, 2)
-    assert (zero3.parameters, zero3.gradients, zero3.optimizer) == \
-        (2 * 7_615_616_512 // 4, 2 * 7_615_616_512 // 4, 12 * 7_615_616_512 // 4)
+    assert (zero3.parameters, zero3.gradients, zero3.optimizer) == (
+        2 * 7_615_616_512 // 4,
+        2 * 7_615_616_512 // 4,
+        12 * 7_615_616_512 // 4,
+    )
     assert zero3.weight_copies == 2 * (2 * 233_057_792 + 2 * 152064 * 3584) and LAYER_7B == 233_057_792
     zero2 = _plan(LARGE, ("pace.distributed.strategy=deepspeed_zero2", "pace.distributed.processes_per_node=4"), 4)
-    assert (zero2.parameters, zero2.gradients, zero2.optimizer, zero2.weight_copies) == \
-        (2 * 7_615_616_512, 2 * 7_615_616_512 // 4, 12 * 7_615_616_512 // 4, 0)
+    assert (zero2.parameters, zero2.gradients, zero2.optimizer, zero2.weight_copies) == (
+        2 * 7_615_616_512,
+        2 * 7_615_616_512 // 4,
+        12 * 7_615_616_512 // 4,
+        0,
+    )
     fsdp = _plan(LARGE, ("pace.distributed.strategy=fsdp", "pace.distributed.processes_per_node=4"), 4)
-    assert (fsdp.parameters, fsdp.gradients, fsdp.optimizer) == \
-        (4 * 7_615_616_512 // 4, 4 * 7_615_616_512 // 4, 8 * 7_615_616_512 // 4)
+    assert (fsdp.parameters, fsdp.gradients, fsdp.optimizer) == (
+        4 * 7_615_616_512 // 4,
+        4 * 7_615_616_512 // 4,
+        8 * 7_615_616_512 // 4,
+    )
 
 
 def test_logits_at_20480_tokens_by_hand():
@@ -132,8 +162,14 @@ def test_small_config_plan_by_hand():
     head = 10 * 1536 + 4
     assert plan.activations == 20480 * (28 * 4 * 1536 + layer + head)  # each layer's fp32 input + one recomputed
     assert plan.activations_other == 20480 * (28 * layer + head)
-    assert plan.total == (4 + 4 + 8) * 1_543_714_304 + 2 * (1_543_714_304 - 57 * 1536) + plan.activations \
-        + 20480 * 151936 * 10 + 2 * 2**30
+    assert (
+        plan.total
+        == (4 + 4 + 8) * 1_543_714_304
+        + 2 * (1_543_714_304 - 57 * 1536)
+        + plan.activations
+        + 20480 * 151936 * 10
+        + 2 * 2**30
+    )
     assert plan.fits and plan.total <= 0.9 * GB80
 
 
@@ -154,8 +190,16 @@ def test_the_activation_count_is_what_autograd_saves():
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2,
-                         num_hidden_layers=2, vocab_size=100, tie_word_embeddings=True, attn_implementation="sdpa")
+    config = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=160,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=100,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     shape = mp.ModelShape.from_config(config.to_dict())
     length = 32
     for dtype, strategy, gpus in (("fp32", "ddp", 0), ("autocast", "ddp", 1), ("bf16", "deepspeed_zero3", 1)):
@@ -170,8 +214,12 @@ def test_the_activation_count_is_what_autograd_saves():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "autocast"):
                 loss = model(input_ids=ids, attention_mask=mask if batch > 1 else None, labels=ids).loss
             activations, casts = _saved_bytes(loss, {p.untyped_storage().data_ptr() for p in model.parameters()})
-            pace = PaceConfig(batch_size=batch, max_length=length, liger_kernel="off",
-                              distributed=DistributedConfig(strategy=strategy))
+            pace = PaceConfig(
+                batch_size=batch,
+                max_length=length,
+                liger_kernel="off",
+                distributed=DistributedConfig(strategy=strategy),
+            )
             plan = mp.plan(shape, pace, gpus, GB80)
             boolean_mask = batch * length * length if batch > 1 else 0
             rope = 2 * length * shape.head_dim * (2 if dtype == "bf16" else 4)
@@ -211,8 +259,10 @@ def test_large_config_is_refused_on_one_80gb_gpu_and_the_suggestion_fits():
     plan = mp.plan(shape, cfg.pace, 1, GB80, cfg.student.model)
     assert not plan.fits
     suggestion = mp.suggest(shape, cfg.pace, 1, GB80)
-    assert suggestion == ("pace.distributed.strategy=deepspeed_zero3 pace.distributed.processes_per_node=4 "
-                          "pace.gradient_checkpointing=true pace.liger_kernel=on")
+    assert suggestion == (
+        "pace.distributed.strategy=deepspeed_zero3 pace.distributed.processes_per_node=4 "
+        "pace.gradient_checkpointing=true pace.liger_kernel=on"
+    )
     with pytest.raises(mp.MemoryPlanError) as refused:
         mp.check(plan, suggestion)
     message = str(refused.value)
@@ -292,18 +342,39 @@ def test_config_check_without_gpus_only_validates_and_plans_a_cpu_or_the_demo_st
 def test_train_plan_prints_the_stored_config_plan_without_training(tmp_path):
     from heal_core.run import Run
 
-    for run_id, extra in (("big", []), ("sharded", mp.suggest(mp.shape_of("Qwen/Qwen2.5-7B-Instruct"),
-                                                               load_config(LARGE, list(BEFORE)).pace, 1, GB80).split())):
+    for run_id, extra in (
+        ("big", []),
+        (
+            "sharded",
+            mp.suggest(mp.shape_of("Qwen/Qwen2.5-7B-Instruct"), load_config(LARGE, list(BEFORE)).pace, 1, GB80).split(),
+        ),
+    ):
         cfg = load_config(LARGE, [f"storage.uri={tmp_path}", *BEFORE, *extra])
         Run.of(cfg, run_id).pin(cfg)
-    refused = runner.invoke(app, ["train", "big", "--storage", str(tmp_path), "--plan", "--gpus", "1",
-                                  "--gpu-memory", "80GB"])
+    refused = runner.invoke(
+        app, ["train", "big", "--storage", str(tmp_path), "--plan", "--gpus", "1", "--gpu-memory", "80GB"]
+    )
     assert refused.exit_code == 2 and "--set pace.distributed.strategy=deepspeed_zero3" in refused.output
-    fits = runner.invoke(app, ["train", "sharded", "--storage", str(tmp_path), "--plan", "--gpus", "1",
-                               "--gpu-memory", "80GB"])
+    fits = runner.invoke(
+        app, ["train", "sharded", "--storage", str(tmp_path), "--plan", "--gpus", "1", "--gpu-memory", "80GB"]
+    )
     assert fits.exit_code == 0 and ": fits" in fits.output
-    shorter = runner.invoke(app, ["train", "sharded", "--storage", str(tmp_path), "--plan", "--gpus", "1",
-                                  "--gpu-memory", "80GB", "--set", "pace.max_length=4096"])
+    shorter = runner.invoke(
+        app,
+        [
+            "train",
+            "sharded",
+            "--storage",
+            str(tmp_path),
+            "--plan",
+            "--gpus",
+            "1",
+            "--gpu-memory",
+            "80GB",
+            "--set",
+            "pace.max_length=4096",
+        ],
+    )
     assert shorter.exit_code == 0 and "x 4096 tokens" in shorter.output
     assert not (tmp_path / "runs" / "sharded.train").exists() and len(list((tmp_path / "runs").iterdir())) == 2
     stray = runner.invoke(app, ["train", "big", "--storage", str(tmp_path), "--gpus", "1"])

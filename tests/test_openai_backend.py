@@ -19,6 +19,8 @@ import pytest
 import torch
 import uvicorn
 import yaml
+from draw import draw
+from servers import free_port, stop, wait_http
 from starlette.applications import Starlette
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
@@ -30,8 +32,6 @@ from heal_core.backends.hf import HFBackend
 from heal_core.backends.openai import LogprobsUnsupported, OpenAIBackend, ServerError
 from heal_core.backends.serve import create_app
 from heal_core.config import SamplingConfig, TeacherConfig
-from draw import draw
-from servers import free_port, stop, wait_http
 
 NAME = "tiny-teacher"
 MAX_LOGPROBS = 1024  # above the tiny vocabulary: a top-k that holds every token makes the entropy bound exact
@@ -108,8 +108,12 @@ class FaultProxy:
             if fault == "slow":
                 await asyncio.sleep(self.slow_seconds)
             async with httpx.AsyncClient(timeout=60) as client:
-                answer = await client.request(request.method, f"{self.upstream}/{request.path_params['path']}",
-                                              content=body, headers={"content-type": "application/json"})
+                answer = await client.request(
+                    request.method,
+                    f"{self.upstream}/{request.path_params['path']}",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
         finally:
             self.in_flight -= 1
         data = answer.json()
@@ -144,8 +148,13 @@ def proxy(server) -> Iterator[FaultProxy]:
 
 
 def teacher(url: str, model_dir: Path, top_logprobs: int = MAX_LOGPROBS, **server: object) -> TeacherConfig:
-    return TeacherConfig(backend="openai", entropy="topk", model=str(model_dir), top_logprobs=top_logprobs,
-                         server={"url": f"{url}/v1", "model_name": NAME, "backoff_seconds": 0.05, **server})
+    return TeacherConfig(
+        backend="openai",
+        entropy="topk",
+        model=str(model_dir),
+        top_logprobs=top_logprobs,
+        server={"url": f"{url}/v1", "model_name": NAME, "backoff_seconds": 0.05, **server},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +172,9 @@ def test_samples_continuations_and_scores_match_the_hf_backend(client, hf):
     for i, prompt in enumerate(PROMPTS):
         [local] = hf.generate([Request(prompt, 3, 5 + 1000 * i)], SAMPLING)
         assert [g.token_ids for g in served[i]] == [g.token_ids for g in local]
-        assert [(g.text, g.finish_reason, g.seed) for g in served[i]] == [(g.text, g.finish_reason, g.seed) for g in local]
+        assert [(g.text, g.finish_reason, g.seed) for g in served[i]] == [
+            (g.text, g.finish_reason, g.seed) for g in local
+        ]
         for a, b in zip(served[i], local, strict=True):
             np.testing.assert_allclose(a.entropy, b.entropy, atol=2e-4)
     prefix = "First, 2 + 3 = 5.\n\n"
@@ -175,8 +186,11 @@ def test_samples_continuations_and_scores_match_the_hf_backend(client, hf):
     query = PrefixQuery(PROMPTS[0], tuple(segments), "\n\nThe final answer is \\boxed{", "5")
     (ours, twice), (reference, _) = (b.score_prefixes([query, query]) for b in (client, hf))
     for scores in (ours, twice):  # two queries in one call: each scored as its own
-        for a, b in zip(scores.segment_logprobs + scores.answer_logprobs,
-                        reference.segment_logprobs + reference.answer_logprobs, strict=True):
+        for a, b in zip(
+            scores.segment_logprobs + scores.answer_logprobs,
+            reference.segment_logprobs + reference.answer_logprobs,
+            strict=True,
+        ):
             np.testing.assert_allclose(a, b, atol=1e-4)
 
 
@@ -192,8 +206,11 @@ def test_probes_through_a_prefix_cache_score_as_the_rows_do(server, model_dir, h
         query = PrefixQuery(PROMPTS[0], tuple(segments), "\n\nThe final answer is \\boxed{", "9}")
         [ours], [reference] = backend.score_prefixes([query]), hf.score_prefixes([query])
         assert len(ours.answer_logprobs) == len(reference.answer_logprobs) == 4
-        for a, b in zip(ours.segment_logprobs + ours.answer_logprobs,
-                        reference.segment_logprobs + reference.answer_logprobs, strict=True):
+        for a, b in zip(
+            ours.segment_logprobs + ours.answer_logprobs,
+            reference.segment_logprobs + reference.answer_logprobs,
+            strict=True,
+        ):
             np.testing.assert_allclose(a, b, atol=1e-4)
     finally:
         backend.close()
@@ -228,8 +245,11 @@ def test_retries_a_timeout_and_gives_up_after_its_patience(proxy, model_dir):
         proxy.reset("slow")
         assert len(draw(backend, PROMPTS[:1], 2, SAMPLING)[0]) == 2 and proxy.posts == 2
         proxy.reset("slow", "slow")
-        with pytest.raises(ServerError, match=r"failed 2 times in 1 s \(teacher.server.patience_seconds\), last: "
-                                              "ReadTimeout"):
+        with pytest.raises(
+            ServerError,
+            match=r"failed 2 times in 1 s \(teacher.server.patience_seconds\), last: "
+            "ReadTimeout",
+        ):
             draw(backend, PROMPTS[:1], 2, SAMPLING)
         proxy.reset(*["503"] * 100)
         with pytest.raises(ServerError, match="in 1 s .*last: HTTP 503: overloaded"):
@@ -272,12 +292,20 @@ def test_wrong_model_name_fails_before_any_work(server, model_dir):
         OpenAIBackend(teacher(server, model_dir, model_name="other"))
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"stop": ["\n\n"]}, "stop"), ({"temperature": 0.0}, "temperature"), ({"stream": True}, "stream"),
-    ({"repetition_penalty": 1.1}, "repetition_penalty"), ({"stop_token_ids": [5]}, "stop_token_ids"),
-    ({"n": 0}, "n"), ({"prompt": [10**6]}, "prompt"), ({"allowed_token_ids": [1, 2], "max_tokens": 1}, "allowed_token_ids"),
-    ({"allowed_token_ids": [1]}, "allowed_token_ids"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"stop": ["\n\n"]}, "stop"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"stream": True}, "stream"),
+        ({"repetition_penalty": 1.1}, "repetition_penalty"),
+        ({"stop_token_ids": [5]}, "stop_token_ids"),
+        ({"n": 0}, "n"),
+        ({"prompt": [10**6]}, "prompt"),
+        ({"allowed_token_ids": [1, 2], "max_tokens": 1}, "allowed_token_ids"),
+        ({"allowed_token_ids": [1]}, "allowed_token_ids"),
+    ],
+)
 def test_server_refuses_what_it_would_not_do_exactly(server, change, field):
     payload = {"model": NAME, "prompt": [1, 2, 3], "max_tokens": 2, **change}
     answer = httpx.post(f"{server}/v1/completions", json=payload, timeout=30)
@@ -292,14 +320,37 @@ def test_serve_teacher_cli_serves_the_configured_teacher_to_those_with_its_key(m
 
     port = free_port()
     config = tmp_path / "teacher.yaml"
-    config.write_text(yaml.safe_dump({"teacher": {"model": str(model_dir), "dtype": "float32", "device": "cpu",
-                                                  "server": {"model_name": NAME,
-                                                             "api_key_env": "HEAL_TEACHER_API_KEY"}}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "teacher": {
+                    "model": str(model_dir),
+                    "dtype": "float32",
+                    "device": "cpu",
+                    "server": {"model_name": NAME, "api_key_env": "HEAL_TEACHER_API_KEY"},
+                }
+            }
+        )
+    )
     monkeypatch.setenv("HEAL_TEACHER_API_KEY", "k-123")
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", "from flows.cli import app; app()", "serve-teacher", str(config),
-                                 "--backend", "hf", "--port", str(port)], stdout=out, stderr=out, env=os.environ)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from flows.cli import app; app()",
+                "serve-teacher",
+                str(config),
+                "--backend",
+                "hf",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=out,
+            env=os.environ,
+        )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, log, seconds=120)
         url = f"http://127.0.0.1:{port}/v1/completions"
@@ -308,8 +359,9 @@ def test_serve_teacher_cli_serves_the_configured_teacher_to_those_with_its_key(m
         assert httpx.post(url, json=payload, headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
         greedy = httpx.post(url, json={**payload, "n": 31}, headers={"Authorization": "Bearer k-123"}, timeout=30)
         assert greedy.status_code == 400 and greedy.json()["error"]["param"] == "n"  # the config asks for 30 at most
-        backend = OpenAIBackend(teacher(f"http://127.0.0.1:{port}", model_dir, top_logprobs=20,
-                                        api_key_env="HEAL_TEACHER_API_KEY"))
+        backend = OpenAIBackend(
+            teacher(f"http://127.0.0.1:{port}", model_dir, top_logprobs=20, api_key_env="HEAL_TEACHER_API_KEY")
+        )
         try:
             [[generation]] = draw(backend, PROMPTS[:1], 1, SAMPLING)
         finally:
@@ -334,15 +386,47 @@ def test_serve_teacher_vllm_prints_the_vllm_server_command(model_dir, tmp_path):
     from flows.cli import app
 
     config = tmp_path / "teacher.yaml"
-    config.write_text(yaml.safe_dump({"teacher": {"model": str(model_dir), "top_logprobs": 16, "device": "cpu",
-                                                  "vllm": {"tensor_parallel_size": 2}}}))
-    result = CliRunner().invoke(app, ["serve-teacher", str(config), "--backend", "vllm", "--print-only",
-                                      "--vllm-python", "/opt/vllm/bin/python", "--port", "8123"])
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "teacher": {
+                    "model": str(model_dir),
+                    "top_logprobs": 16,
+                    "device": "cpu",
+                    "vllm": {"tensor_parallel_size": 2},
+                }
+            }
+        )
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "serve-teacher",
+            str(config),
+            "--backend",
+            "vllm",
+            "--print-only",
+            "--vllm-python",
+            "/opt/vllm/bin/python",
+            "--port",
+            "8123",
+        ],
+    )
     assert result.exit_code == 0, result.output
     command = result.output.strip().split()
-    assert command[:5] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
-    assert {"--max-logprobs": "16", "--tensor-parallel-size": "2", "--port": "8123", "--dtype": "float32"}.items() <= dict(
-        zip(command[5::2], command[6::2])).items()
+    assert command[:5] == [
+        "/opt/vllm/bin/python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+    ]
+    assert {
+        "--max-logprobs": "16",
+        "--tensor-parallel-size": "2",
+        "--port": "8123",
+        "--dtype": "float32",
+    }.items() <= dict(zip(command[5::2], command[6::2])).items()
     assert "--enable-prefix-caching" in command and "--no-enable-chunked-prefill" in command
 
 
@@ -351,8 +435,9 @@ def test_serve_teacher_vllm_names_a_python_without_vllm(model_dir, tmp_path):
 
     config = tmp_path / "teacher.yaml"
     config.write_text(yaml.safe_dump({"teacher": {"model": str(model_dir)}}))
-    result = CliRunner().invoke(app, ["serve-teacher", str(config), "--backend", "vllm", "--print-only",
-                                      "--vllm-python", sys.executable])
+    result = CliRunner().invoke(
+        app, ["serve-teacher", str(config), "--backend", "vllm", "--print-only", "--vllm-python", sys.executable]
+    )
     assert result.exit_code == 2 and "cannot import vLLM" in " ".join(result.output.split())
 
 
@@ -388,12 +473,26 @@ def _shard_config(url: str, model_dir: Path, store: Path, **server: object):
     from heal_core.config import parse_config
     from heal_core.demo import demo_defaults
 
-    return parse_config(demo_defaults(), [
-        "teacher.backend=openai", "teacher.entropy=topk", f"teacher.top_logprobs={MAX_LOGPROBS}",
-        f"teacher.model={model_dir}", f"teacher.server.url={url}/v1", f"teacher.server.model_name={NAME}",
-        "teacher.server.backoff_seconds=0.05", *(f"teacher.server.{k}={v}" for k, v in server.items()),
-        "teacher.sampling.n=4", "teacher.sampling.max_new_tokens=12", "hints.n=4", "hints.wave_samples=4",
-        "gear.failed_paths=1", "gear.continuations=2", f"storage.uri={store}"])
+    return parse_config(
+        demo_defaults(),
+        [
+            "teacher.backend=openai",
+            "teacher.entropy=topk",
+            f"teacher.top_logprobs={MAX_LOGPROBS}",
+            f"teacher.model={model_dir}",
+            f"teacher.server.url={url}/v1",
+            f"teacher.server.model_name={NAME}",
+            "teacher.server.backoff_seconds=0.05",
+            *(f"teacher.server.{k}={v}" for k, v in server.items()),
+            "teacher.sampling.n=4",
+            "teacher.sampling.max_new_tokens=12",
+            "hints.n=4",
+            "hints.wave_samples=4",
+            "gear.failed_paths=1",
+            "gear.continuations=2",
+            f"storage.uri={store}",
+        ],
+    )
 
 
 def _shard(cfg, model_dir: Path):
@@ -402,8 +501,15 @@ def _shard(cfg, model_dir: Path):
     from heal_core.generation_store import GenerationStore, generate_stored
 
     store = GenerationStore.under(cfg.storage.uri, {}, "generation")
-    return generate_stored(demo_problems("generation")[:3], cfg, store, "selection", str(model_dir),
-                           lambda: OpenAIBackend(cfg.teacher, str(model_dir)), lambda: None)
+    return generate_stored(
+        demo_problems("generation")[:3],
+        cfg,
+        store,
+        "selection",
+        str(model_dir),
+        lambda: OpenAIBackend(cfg.teacher, str(model_dir)),
+        lambda: None,
+    )
 
 
 def _rows(shard):

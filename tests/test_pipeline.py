@@ -18,8 +18,6 @@ from heal_core.schema import CURRICULUM_SCHEMA, EVALUATION_SCHEMA, EVALUATION_SU
 from heal_core.stages import Stage
 from heal_core.trajectory import from_table
 
-
-
 # One line of each kind of hostile record (tests/reliability/test_hostile_input.py fuzzes the parser with them),
 # with the field its quarantine entry must name: the flow runs to completion around all of them.
 HOSTILE = [
@@ -50,11 +48,20 @@ def reduced(tmp_path_factory):
     problems_file, eval_file = root / "problems.jsonl", root / "eval.jsonl"
     _write_problems(problems_file, demo_problems("generation")[:6], bad=True)
     _write_problems(eval_file, demo_problems("eval")[:3], bad=False)
-    cfg = parse_config(demo_defaults(), [
-        f"problems.uri={problems_file}", f"evaluation.uri={eval_file}", "evaluation.samples=2",
-        f"storage.uri={root / 'store'}", "orchestration.shard_size=3",
-        "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]",
-    ])
+    cfg = parse_config(
+        demo_defaults(),
+        [
+            f"problems.uri={problems_file}",
+            f"evaluation.uri={eval_file}",
+            "evaluation.samples=2",
+            f"storage.uri={root / 'store'}",
+            "orchestration.shard_size=3",
+            "pace.epochs=1",
+            "pace.batch_size=4",
+            "pace.seeds=[0]",
+            "pace.variants=[heal,rs_sft]",
+        ],
+    )
     return cfg
 
 
@@ -67,6 +74,7 @@ def _fingerprint(run: Path) -> dict[str, str]:
     own bytes also carry the version of pyarrow that wrote them. Floats are rounded to 3 decimals: the teacher's
     scores differ in their last bits between CPUs (a PURE ratio of 5e-05 is a ratio of two float32 NLLs), seen
     as a different hash of every PURE-judged dataset on a second box, where the datasets without PURE ratios matched."""
+
     def rounded(value: Any) -> Any:
         if isinstance(value, float):
             return round(value, 3)
@@ -79,14 +87,21 @@ def _fingerprint(run: Path) -> dict[str, str]:
         text = json.dumps(rounded(rows), sort_keys=True, default=str)
         return text.replace(str(Path(__file__).parents[1]), "<repo>").encode()
 
-    files = sorted((run / "curriculum").glob("*.parquet")) + [run / "eval" / "results.parquet", run / "eval" / "summary.parquet"]
+    files = [
+        *sorted((run / "curriculum").glob("*.parquet")),
+        run / "eval" / "results.parquet",
+        run / "eval" / "summary.parquet",
+    ]
     return {str(f.relative_to(run)): hashlib.sha256(canonical(pq.read_table(f))).hexdigest() for f in files}
 
 
 def _mtimes(directory: Path) -> dict[str, int]:
     """Modification times of what a step made, less the model cards: the report step rewrites them, as report.md."""
-    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != "README.md"}
+    return {
+        str(p.relative_to(directory)): p.stat().st_mtime_ns
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != "README.md"
+    }
 
 
 def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypatch):
@@ -124,9 +139,15 @@ def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypa
     evaluation = pq.read_table(run / "eval" / "results.parquet")
     assert evaluation.schema.equals(EVALUATION_SCHEMA, check_metadata=False)
     assert set(zip(evaluation.column("model").to_pylist(), evaluation.column("train_seed").to_pylist())) == {
-        ("teacher", None), ("student_base", None), ("heal", 0), ("rs_sft", 0)}
+        ("teacher", None),
+        ("student_base", None),
+        ("heal", 0),
+        ("rs_sft", 0),
+    }
     assert set(evaluation.column("benchmark").to_pylist()) == {"held_out"}
-    assert pq.read_table(run / "eval" / "summary.parquet").schema.equals(EVALUATION_SUMMARY_SCHEMA, check_metadata=False)
+    assert pq.read_table(run / "eval" / "summary.parquet").schema.equals(
+        EVALUATION_SUMMARY_SCHEMA, check_metadata=False
+    )
     report = (run / "report.md").read_text()
     assert report.startswith("# HEAL run e2e")
     assert "| held_out | all | 3 |" in report.split("## Evaluation per benchmark", 1)[1]
@@ -182,8 +203,10 @@ def _export_loads_as_it_is(run: Path, dest: Path, summary: dict) -> None:
     result = CliRunner().invoke(app, ["export", "e2e", str(dest), "--storage", str(run.parent.parent)])
     assert result.exit_code == 0, result.output
     loaded = datasets.load_dataset("parquet", data_dir=str(dest / "dataset"))
-    sizes = {name: pq.read_metadata(run / "curriculum" / f"{name}.parquet").num_rows
-             for name in ("stage1", "stage2", "stage3", "stage2_no_pure", "stage3_no_pure", "mixed", "rs_sft", "keep_all")}
+    sizes = {
+        name: pq.read_metadata(run / "curriculum" / f"{name}.parquet").num_rows
+        for name in ("stage1", "stage2", "stage3", "stage2_no_pure", "stage3_no_pure", "mixed", "rs_sft", "keep_all")
+    }
     assert {name: split.num_rows for name, split in loaded.items()} == sizes
     assert loaded["stage3"][0]["completion"][0]["role"] == "assistant"
     card = (dest / "dataset" / "README.md").read_text()
@@ -202,8 +225,10 @@ def _export_loads_as_it_is(run: Path, dest: Path, summary: dict) -> None:
 def test_missing_model_path_fails_before_any_work(prefect_api, reduced, tmp_path):
     from flows.pipeline import heal_pipeline
 
-    cfg = parse_config(reduced.model_dump(mode="json"),
-                       [f"teacher.model={tmp_path / 'no-such-model'}", f"storage.uri={tmp_path / 'store'}"])
+    cfg = parse_config(
+        reduced.model_dump(mode="json"),
+        [f"teacher.model={tmp_path / 'no-such-model'}", f"storage.uri={tmp_path / 'store'}"],
+    )
     with pytest.raises(FileNotFoundError, match="teacher model path .*no-such-model does not exist"):
         heal_pipeline(cfg.model_dump(mode="json"), "missing")
     assert not os.path.exists(tmp_path / "store")
@@ -222,8 +247,15 @@ def test_two_resumes_at_once_one_works_and_the_other_names_the_holder(reduced, t
 
     Run.of(reduced, "twice").pin(reduced)
     env = {**os.environ, "HEAL_CACHE_DIR": str(tmp_path / "cache")}
-    resume = [sys.executable, "-c", "from flows.cli import app; app()", "resume", "twice", "--storage",
-              reduced.storage.uri]
+    resume = [
+        sys.executable,
+        "-c",
+        "from flows.cli import app; app()",
+        "resume",
+        "twice",
+        "--storage",
+        reduced.storage.uri,
+    ]
     first = subprocess.Popen(resume, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     leases = Path(reduced.storage.uri) / "runs" / "twice" / "leases"
     deadline = time.monotonic() + 300

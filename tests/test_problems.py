@@ -68,7 +68,9 @@ def test_a_file_without_any_usable_problem_is_one_clear_error():
         require_problems([], rejects, "problems.jsonl")
 
 
-@pytest.mark.parametrize(("value", "expected"), [(27.0, "27"), (-1.0, "-1"), (0.5, "0.5"), (" 3/4 ", "3/4"), (70, "70")])
+@pytest.mark.parametrize(
+    ("value", "expected"), [(27.0, "27"), (-1.0, "-1"), (0.5, "0.5"), (" 3/4 ", "3/4"), (70, "70")]
+)
 def test_canonical_answer(value, expected):
     assert canonical_answer(value) == expected
 

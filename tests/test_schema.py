@@ -11,7 +11,9 @@ from heal_core.trajectory import to_table as to_trajectory_table
 
 def test_to_table_names_record_and_field():
     with pytest.raises(SchemaError, match="record 1: required field 'answer'"):
-        to_table([{"problem_id": "a", "problem": "p", "answer": "1"}, {"problem_id": "b", "problem": "p"}], PROBLEM_SCHEMA)
+        to_table(
+            [{"problem_id": "a", "problem": "p", "answer": "1"}, {"problem_id": "b", "problem": "p"}], PROBLEM_SCHEMA
+        )
     with pytest.raises(SchemaError, match=r"record 0: unknown field\(s\) \['colour'\]"):
         to_table([{"problem_id": "a", "problem": "p", "answer": "1", "colour": "red"}], PROBLEM_SCHEMA)
     with pytest.raises(SchemaError, match="record 0: field 'problem'"):
@@ -19,8 +21,15 @@ def test_to_table_names_record_and_field():
 
 
 def test_conform_reorders_and_rejects_missing_columns():
-    table = pa.table({"answer": ["1"], "source": [None], "problem": ["p"], "problem_id": ["a"],
-                      "metadata": pa.array([None], pa.map_(pa.string(), pa.string()))})
+    table = pa.table(
+        {
+            "answer": ["1"],
+            "source": [None],
+            "problem": ["p"],
+            "problem_id": ["a"],
+            "metadata": pa.array([None], pa.map_(pa.string(), pa.string())),
+        }
+    )
     assert conform(table, PROBLEM_SCHEMA).column_names == PROBLEM_SCHEMA.names
     with pytest.raises(SchemaError, match=r"x.parquet: missing column\(s\) \['answer'\]"):
         conform(table.drop_columns(["answer"]), PROBLEM_SCHEMA, source="x.parquet")
@@ -39,14 +48,19 @@ def test_each_stage_carries_its_own_lineage_groups_and_no_other():
     with pytest.raises(SchemaError, match="stage II row without 'hint'"):
         replace(hinted, hint=None)
     check_kept_judged([replace(base, kept=True), hinted, replace(repaired, kept=True)], pure_enabled=True)
-    with pytest.raises(SchemaError, match=r"record 1 \(s2\): stage II row without 'pure_verdict'"):  # PURE must judge it
+    with pytest.raises(
+        SchemaError, match=r"record 1 \(s2\): stage II row without 'pure_verdict'"
+    ):  # PURE must judge it
         check_kept_judged([base, replace(hinted, kept=True)], pure_enabled=True)
     check_kept_judged([replace(hinted, kept=True)], pure_enabled=False)
 
 
 def test_a_row_round_trips_through_its_table_and_a_broken_record_names_record_and_field():
-    rows = [trajectory("s1", 1, kept=True, token_ids=[5, 6], entropy=[0.5, 0.25]), trajectory("s2", 2, pure="keep"),
-            trajectory("s3", 3, judge_verdict="equivalent")]
+    rows = [
+        trajectory("s1", 1, kept=True, token_ids=[5, 6], entropy=[0.5, 0.25]),
+        trajectory("s2", 2, pure="keep"),
+        trajectory("s3", 3, judge_verdict="equivalent"),
+    ]
     table = to_trajectory_table(rows)
     assert table.schema.equals(TRAJECTORY_SCHEMA) and table.column("num_tokens").to_pylist() == [2, 0, 0]
     assert from_table(table) == rows

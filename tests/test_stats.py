@@ -8,8 +8,11 @@ from heal_core.stats import bootstrap, pass_at_1_matrix
 
 def _rows(model: str, table: dict[int, list[float]]) -> list[dict]:
     """Evaluation rows of one model: training seed -> pass@1 of problems p0, p1, ..."""
-    return [{"model": model, "train_seed": seed, "problem_id": f"p{j}", "pass_at_1": value}
-            for seed, values in table.items() for j, value in enumerate(values)]
+    return [
+        {"model": model, "train_seed": seed, "problem_id": f"p{j}", "pass_at_1": value}
+        for seed, values in table.items()
+        for j, value in enumerate(values)
+    ]
 
 
 def _scores(tables: dict[str, dict[int, list[float]]]) -> dict[str, np.ndarray]:
@@ -19,8 +22,10 @@ def _scores(tables: dict[str, dict[int, list[float]]]) -> dict[str, np.ndarray]:
 
 def _mixed(problems: int, offset: float = 0.0, seeds: int = 3) -> dict[int, list[float]]:
     """Problems alternating hard and easy, each seed a little different."""
-    return {s: [min(1.0, (0.75 if j % 2 else 0.0) + offset + 0.25 * ((j + s) % 2) * (j % 3 == 0))
-                for j in range(problems)] for s in range(seeds)}
+    return {
+        s: [min(1.0, (0.75 if j % 2 else 0.0) + offset + 0.25 * ((j + s) % 2) * (j % 3 == 0)) for j in range(problems)]
+        for s in range(seeds)
+    }
 
 
 def test_rows_become_a_seeds_by_problems_matrix_and_a_missing_cell_is_an_error():
@@ -35,7 +40,7 @@ def test_the_interval_holds_the_estimate_and_is_deterministic():
     level, delta = bootstrap(scores, "rs_sft", resamples=2000, confidence=0.95)
     heal = level["heal"]
     assert heal.estimate == pytest.approx(scores["heal"].mean())
-    assert heal.low < heal.estimate < heal.high and 0.0 <= heal.low and heal.high <= 1.0
+    assert heal.low < heal.estimate < heal.high and heal.low >= 0.0 and heal.high <= 1.0
     assert set(delta) == {"heal"}
     again = bootstrap(scores, "rs_sft", resamples=2000, confidence=0.95)
     assert (level, delta) == again

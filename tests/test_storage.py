@@ -150,12 +150,16 @@ def test_a_scan_names_a_bad_shard_before_it_yields_a_row(root: str, damage: str)
         storage.write_bytes(data[: len(data) // 2], uris[1])
     else:
         table = _trajectories()
-        storage.write_parquet(table.set_column(table.schema.get_field_index("verified"), "verified",
-                                               pa.array(["yes"] * table.num_rows)), uris[1])
+        storage.write_parquet(
+            table.set_column(table.schema.get_field_index("verified"), "verified", pa.array(["yes"] * table.num_rows)),
+            uris[1],
+        )
     with pytest.raises(StorageError) as err:
         storage.scan(uris, TRAJECTORY_SCHEMA, ["sample_id", "verified"])
     assert uris[1] in str(err.value)
-    assert ("not a readable Parquet file" if damage == "truncated" else "column verified is string, not bool") in str(err.value)
+    assert ("not a readable Parquet file" if damage == "truncated" else "column verified is string, not bool") in str(
+        err.value
+    )
 
 
 def test_missing_object_names_the_uri(root: str) -> None:
@@ -183,7 +187,9 @@ def test_missing_bucket_is_one_clear_message(s3_endpoint: str, op) -> None:
     assert err.value.__cause__ is None and err.value.__suppress_context__  # no botocore traceback attached
 
 
-def test_storage_options_carry_the_endpoint_and_env_references(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_storage_options_carry_the_endpoint_and_env_references(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for key in ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]:
         monkeypatch.delenv(key)
     options = {"endpoint_url": s3_endpoint, "key": "${HEAL_TEST_KEY}", "secret": "${HEAL_TEST_SECRET}"}
@@ -365,9 +371,17 @@ def _wide_shard(rows: int, tokens: int, shard: int) -> pa.Table:
     """Trajectory rows whose texts, token ids and entropy traces are most of their bytes, as a run's are."""
     rng = np.random.default_rng(shard)
     base = _trajectories().slice(0, 1).to_pylist()[0]
-    records = [{**base, "sample_id": f"s{shard}-{i}", "text": " ".join(map(str, rng.integers(0, 10**6, tokens))),
-                "token_ids": rng.integers(0, 150_000, tokens).tolist(), "num_tokens": tokens,
-                "entropy": rng.random(tokens, dtype=np.float32).tolist()} for i in range(rows)]
+    records = [
+        {
+            **base,
+            "sample_id": f"s{shard}-{i}",
+            "text": " ".join(map(str, rng.integers(0, 10**6, tokens))),
+            "token_ids": rng.integers(0, 150_000, tokens).tolist(),
+            "num_tokens": tokens,
+            "entropy": rng.random(tokens, dtype=np.float32).tolist(),
+        }
+        for i in range(rows)
+    ]
     return to_table(records, TRAJECTORY_SCHEMA)
 
 
@@ -381,8 +395,13 @@ def test_reading_some_columns_fetches_those_and_a_constant_number_of_requests_pe
         proxy = TcpProxy(int(url.rsplit(":", 1)[1]))
         proxy.up()
         options = {"endpoint_url": proxy.url, "key": "testing", "secret": "testing"}
-        boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                     region_name="us-east-1").create_bucket(Bucket="wide")
+        boto3.client(
+            "s3",
+            endpoint_url=url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="wide")
         uris = [f"s3://wide/samples/shard-{s:05d}.parquet" for s in range(4)]
         for shard, uri in enumerate(uris):
             storage.write_parquet(_wide_shard(64, 2000, shard), uri, options)

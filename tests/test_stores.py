@@ -49,8 +49,9 @@ def test_a_model_download_killed_half_way_is_fetched_again(tmp_path, monkeypatch
     remote = tmp_path / "store" / "model"
     remote.mkdir(parents=True)
     (remote / "model.safetensors").write_bytes(b"w" * 100)
-    (remote / MARKER).write_text(json.dumps({"name": "stage1", "model_dir": "x", "examples": 1, "steps": 1,
-                                             "train_loss": 0.1}))
+    (remote / MARKER).write_text(
+        json.dumps({"name": "stage1", "model_dir": "x", "examples": 1, "steps": 1, "train_loss": 0.1})
+    )
     monkeypatch.setenv("HEAL_CACHE_DIR", str(tmp_path / "cache"))
     cfg = parse_config({"storage": {"uri": str(tmp_path / "store")}})
     real = storage._place_local  # where each downloaded file is written (streamed from storage)

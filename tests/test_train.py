@@ -17,8 +17,17 @@ def _weights(model_dir: str) -> dict[str, torch.Tensor]:
 
 
 def _rows(count: int, stage: int):
-    return [trajectory(f"{w.problem.problem_id}|{stage}", stage, w.problem.problem_id, prompt=w.problem.problem,
-                       text=w.solution, kept=True) for w in make_problems(count, seed=stage)]
+    return [
+        trajectory(
+            f"{w.problem.problem_id}|{stage}",
+            stage,
+            w.problem.problem_id,
+            prompt=w.problem.problem,
+            text=w.solution,
+            kept=True,
+        )
+        for w in make_problems(count, seed=stage)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +63,7 @@ def test_three_stages_chain_and_resume(student, tmp_path):
     args = torch.load(Path(results[0].model_dir) / "training_args.bin", weights_only=False)
     assert args.run_name == "heal-seed0-stage1" and args.report_to in ([], "none", ["none"])
     assert result.model_dir == str(dirs["stage3"])
-    base, w1, w2, w3 = (_weights(p) for p in (student, *(r.model_dir for r in results)))
+    base, w1, w2, _w3 = (_weights(p) for p in (student, *(r.model_dir for r in results)))
     key = next(k for k in base if "layers.0.mlp" in k)
     assert not torch.equal(base[key], w1[key]) and not torch.equal(w1[key], w2[key])
 

@@ -16,8 +16,21 @@ from heal_core.problems import Problem
 from heal_core.pure import PureResult, judge, shortcut_score
 from heal_core.truth import Truth, auroc, breakpoint_audit, checker_for, pure_audit, wrong_step_share
 
-CHAIN = Chain(46, (Op(HARD_SYMBOL, 1), Op("+", 3), Op("-", 5), Op("+", 8), Op("-", 10), Op("-", 2), Op("+", 1),
-                   Op("-", 1), Op("-", 15), Op("-", 13)))
+CHAIN = Chain(
+    46,
+    (
+        Op(HARD_SYMBOL, 1),
+        Op("+", 3),
+        Op("-", 5),
+        Op("+", 8),
+        Op("-", 10),
+        Op("-", 2),
+        Op("+", 1),
+        Op("-", 1),
+        Op("-", 15),
+        Op("-", 13),
+    ),
+)
 PROBLEM = Problem("p", CHAIN.problem_text(), str(CHAIN.values()[-1]), source="arithmetic")
 
 
@@ -57,10 +70,26 @@ def _char_decode(ids):  # one token per character: a position is a character off
 TRUTH = Truth({"p": PROBLEM}, first_wrong_step, _char_decode)
 
 
-def _row(sample_id: str, stage: int, text: str, verified: bool, index: int = 0, breakpoint_step: int = 0,
-         parent: str = "", pure: tuple[str, list[float], list[float]] | None = None):
-    row = trajectory(sample_id, stage, "p", sample_index=index, text=text, token_ids=[ord(c) for c in text],
-                     verified=verified, parent=parent)
+def _row(
+    sample_id: str,
+    stage: int,
+    text: str,
+    verified: bool,
+    index: int = 0,
+    breakpoint_step: int = 0,
+    parent: str = "",
+    pure: tuple[str, list[float], list[float]] | None = None,
+):
+    row = trajectory(
+        sample_id,
+        stage,
+        "p",
+        sample_index=index,
+        text=text,
+        token_ids=[ord(c) for c in text],
+        verified=verified,
+        parent=parent,
+    )
     if row.repair is not None:
         row = replace(row, repair=replace(row.repair, breakpoint_step=breakpoint_step))
     return row if pure is None else replace(row, pure=PureResult(pure[0], "", pure[1], pure[2], None))
@@ -70,10 +99,14 @@ def test_breakpoint_audit_counts_hits_against_the_first_wrong_step_and_the_rando
     cfg = HealConfig.model_validate({"teacher": {"sampling": {"n": 4}}, "gear": {"failed_paths": 2}})
     slipped = solution(CHAIN, CHAIN.values(first=47))
     late = solution(CHAIN).replace("50-15=35.", "50-15=36.").replace("\\boxed{22}", "\\boxed{21}")
-    rows = [_row("a", 1, slipped, False, 0), _row("b", 1, slipped, False, 1), _row("c", 1, late, False, 2),
-            _row("d", 1, slipped, False, 3),
-            _row("a-r", 3, "x", True, parent="a", breakpoint_step=1),  # in the wrong step: a hit
-            _row("b-r", 3, "x", True, parent="b", breakpoint_step=4)]  # three steps late: a miss
+    rows = [
+        _row("a", 1, slipped, False, 0),
+        _row("b", 1, slipped, False, 1),
+        _row("c", 1, late, False, 2),
+        _row("d", 1, slipped, False, 3),
+        _row("a-r", 3, "x", True, parent="a", breakpoint_step=1),  # in the wrong step: a hit
+        _row("b-r", 3, "x", True, parent="b", breakpoint_step=4),
+    ]  # three steps late: a miss
     result = breakpoint_audit(rows, TRUTH, cfg)
     assert (result.failed, result.failed_located) == (4, 3)  # "late" goes wrong at step 9, past the first third
     assert (result.paths, result.hits, result.hit_rate) == (2, 1, 0.5)
@@ -105,18 +138,22 @@ def test_pure_audit_grades_rejections_and_ranks_by_the_shortcut_score():
 
 def test_the_shortcut_score_crosses_one_exactly_where_pure_rejects():
     cfg = PureConfig()
-    cases = [([2.0, 1.9, 1.8, 0.01], [1.0, 1.1, 1.0, 1.2]),  # supported
-             ([2.0, 1.9, 1.8, 1.2], [1.0, 1.1, 1.0, 1.2]),  # answer still uncertain: ratio
-             ([2.0, 1.9, 1.8, 0.01], [1.0, 1.1, 5.0, 1.2]),  # one implausible step makes the drop: leap
-             ([2.0, 1.9, 1.8, 0.01], [1.0, 1.1, 2.0, 1.2])]  # the same step, plausible enough
+    cases = [
+        ([2.0, 1.9, 1.8, 0.01], [1.0, 1.1, 1.0, 1.2]),  # supported
+        ([2.0, 1.9, 1.8, 1.2], [1.0, 1.1, 1.0, 1.2]),  # answer still uncertain: ratio
+        ([2.0, 1.9, 1.8, 0.01], [1.0, 1.1, 5.0, 1.2]),  # one implausible step makes the drop: leap
+        ([2.0, 1.9, 1.8, 0.01], [1.0, 1.1, 2.0, 1.2]),
+    ]  # the same step, plausible enough
     for nll, ppl in cases:
         assert (shortcut_score(nll, ppl, cfg) > 1) == (judge(nll, ppl, cfg).verdict != "keep"), (nll, ppl)
     assert shortcut_score([1.0], [2.0], cfg) == math.inf
 
 
 def test_wrong_step_share_of_training_examples():
-    examples = [{"problem_id": "p", "completion": [{"role": "assistant", "content": text}]}
-                for text in (solution(CHAIN), solution(CHAIN, CHAIN.values(first=47), boxed=22), solution(CHAIN))]
+    examples = [
+        {"problem_id": "p", "completion": [{"role": "assistant", "content": text}]}
+        for text in (solution(CHAIN), solution(CHAIN, CHAIN.values(first=47), boxed=22), solution(CHAIN))
+    ]
     assert wrong_step_share(examples, TRUTH) == pytest.approx(1 / 3)
     assert wrong_step_share([], TRUTH) is None
 

@@ -25,14 +25,34 @@ from heal_core.settings import Introduced, Role, setting
 from tasks.generate import read_shard_problems, teacher_backend
 
 pytestmark = pytest.mark.slow
-ROLE = {"SamplingConfig": Role.GENERATION, "VLLMConfig": Role.GENERATION, "ServerConfig": Role.EXECUTION,
-        "TeacherConfig": Role.GENERATION, "HintsConfig": Role.GENERATION, "GearConfig": Role.SELECTION,
-        "PureConfig": Role.GENERATION, "PaceConfig": Role.TRAINING, "DistributedConfig": Role.EXECUTION,
-        "StudentConfig": Role.TRAINING, "StorageConfig": Role.EXECUTION, "OrchestrationConfig": Role.EXECUTION, "ProblemsConfig": Role.PROBLEMS,
-        "DecontaminationConfig": Role.PROBLEMS, "JudgeConfig": Role.GENERATION, "EvaluationConfig": Role.EVALUATION}
-LATER = [Added(cls, "later_knob", int, setting(3, role=ROLE[cls.__name__], introduced=Introduced("9.9.9", 3),
-                                               description="added by a later heal"))
-         for cls in MODELS if cls is not config.HealConfig]
+ROLE = {
+    "SamplingConfig": Role.GENERATION,
+    "VLLMConfig": Role.GENERATION,
+    "ServerConfig": Role.EXECUTION,
+    "TeacherConfig": Role.GENERATION,
+    "HintsConfig": Role.GENERATION,
+    "GearConfig": Role.SELECTION,
+    "PureConfig": Role.GENERATION,
+    "PaceConfig": Role.TRAINING,
+    "DistributedConfig": Role.EXECUTION,
+    "StudentConfig": Role.TRAINING,
+    "StorageConfig": Role.EXECUTION,
+    "OrchestrationConfig": Role.EXECUTION,
+    "ProblemsConfig": Role.PROBLEMS,
+    "DecontaminationConfig": Role.PROBLEMS,
+    "JudgeConfig": Role.GENERATION,
+    "EvaluationConfig": Role.EVALUATION,
+}
+LATER = [
+    Added(
+        cls,
+        "later_knob",
+        int,
+        setting(3, role=ROLE[cls.__name__], introduced=Introduced("9.9.9", 3), description="added by a later heal"),
+    )
+    for cls in MODELS
+    if cls is not config.HealConfig
+]
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +104,15 @@ def test_store_ls_and_gc_see_which_runs_use_what(before, monkeypatch):
     orphan = fingerprints.generation(other, fingerprints.model_identity(teacher))
     stores.describe(other, Role.GENERATION, orphan, teacher=teacher)
     problems = read_shard_problems(Run.stored("before", store)[0], 0)[:1]
-    generate_stored(problems, other, GenerationStore.under(store, {}, orphan), fingerprints.selection(other), teacher,
-                    lambda: teacher_backend(other.teacher, teacher), lambda: None)
+    generate_stored(
+        problems,
+        other,
+        GenerationStore.under(store, {}, orphan),
+        fingerprints.selection(other),
+        teacher,
+        lambda: teacher_backend(other.teacher, teacher),
+        lambda: None,
+    )
 
     listing = CliRunner().invoke(app, ["store", "ls", "--storage", store, "--json"])
     assert listing.exit_code == 0, listing.output
@@ -94,7 +121,9 @@ def test_store_ls_and_gc_see_which_runs_use_what(before, monkeypatch):
     assert found[("generation", used)]["problems"] == 10 and "before" in found[("generation", used)]["runs"]
     assert found[("generation", orphan)]["problems"] == 1 and found[("generation", orphan)]["runs"] == []
     assert found[("generation", orphan)]["settings"]["teacher"]["sampling"]["seed"] == 7
-    assert found[("evaluation", fingerprints.evaluation(reduced_config(root, 10)))]["objects"] >= 2  # teacher, base, ...
+    assert (
+        found[("evaluation", fingerprints.evaluation(reduced_config(root, 10)))]["objects"] >= 2
+    )  # teacher, base, ...
     shown = CliRunner().invoke(app, ["store", "ls", "--storage", store])
     assert f"{orphan}: teacher.sampling.seed=7" in shown.output  # the setting that tells the two apart
 

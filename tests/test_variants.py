@@ -62,8 +62,9 @@ def test_budget_split_invariants(weights, extra):
 
 
 def test_every_variant_gets_heals_steps():
-    sizes = _sizes(stage1=10, stage2=16, stage3=20, stage2_no_pure=24, stage3_no_pure=30, mixed=20, rs_sft=10,
-                   keep_all=40)
+    sizes = _sizes(
+        stage1=10, stage2=16, stage3=20, stage2_no_pure=24, stage3_no_pure=30, mixed=20, rs_sft=10, keep_all=40
+    )
     budget = step_budget(sizes, CFG)
     assert budget == stage_steps(10, CFG) + stage_steps(16, CFG) + stage_steps(20, CFG) == 6 + 8 + 10
     plans = {name: plan(name, sizes, CFG) for name in VARIANTS}
@@ -87,4 +88,6 @@ def test_empty_data_is_a_skip_with_its_reason_and_an_empty_stage_keeps_the_previ
     assert nothing.skip_reason == "no step budget: HEAL's datasets (stage1, stage2, stage3) are all empty"
     assert plan("heal", _sizes(), CFG).skip_reason == "no training examples: stage1, stage2, stage3 are all empty"
     tight = plan("heal_no_pure", _sizes(stage1=1, stage2_no_pure=1, stage3_no_pure=1), PaceConfig(epochs=0.1))
-    assert tight.budget == 1 and "budget of 1" in tight.skip_reason and "below its 3 non-empty stages" in tight.skip_reason
+    assert (
+        tight.budget == 1 and "budget of 1" in tight.skip_reason and "below its 3 non-empty stages" in tight.skip_reason
+    )

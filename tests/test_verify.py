@@ -119,8 +119,10 @@ def test_math500_solutions_verify_against_their_answers(benchmarks_dir: Path) ->
     verdicts = check_many([(r["solution"], r["answer"]) for r in records], workers=WORKERS)
     disagree = [(r["unique_id"], v.status) for r, v in zip(records, verdicts) if not v.correct]
     agreement = 1 - len(disagree) / len(records)
-    print(f"\nMATH-500 solution vs answer: {agreement:.1%} agree ({len(records) - len(disagree)}/{len(records)}), "
-          f"{time.monotonic() - start:.1f} s; disagreeing: {disagree}")
+    print(
+        f"\nMATH-500 solution vs answer: {agreement:.1%} agree ({len(records) - len(disagree)}/{len(records)}), "
+        f"{time.monotonic() - start:.1f} s; disagreeing: {disagree}"
+    )
     assert agreement >= 0.97
 
     rng = random.Random(0)
@@ -148,7 +150,9 @@ def test_pool_created_and_used_from_a_thread() -> None:
     result: list[list[Verdict]] = []
     # A size no other test uses, so this thread creates a new pool.
     thread = threading.Thread(
-        target=lambda: result.append(check_many([(r"\boxed{\frac{1}{2}}", "0.5"), (r"\boxed{3}", "4")], workers=WORKERS + 1))
+        target=lambda: result.append(
+            check_many([(r"\boxed{\frac{1}{2}}", "0.5"), (r"\boxed{3}", "4")], workers=WORKERS + 1)
+        )
     )
     thread.start()
     thread.join(timeout=60)
@@ -166,8 +170,12 @@ def test_pathological_input_times_out_from_a_thread_and_pool_recovers() -> None:
     timeout = 2.0
     # The same check without our limit, to show the input really runs past it.
     unbounded = subprocess.Popen(
-        [sys.executable, "-c", "from math_verify import parse, verify; "
-         f"verify(parse('$1$', parsing_timeout=None), parse(r'{SLOW}', parsing_timeout=None), timeout_seconds=None)"],
+        [
+            sys.executable,
+            "-c",
+            "from math_verify import parse, verify; "
+            f"verify(parse('$1$', parsing_timeout=None), parse(r'{SLOW}', parsing_timeout=None), timeout_seconds=None)",
+        ],
         stderr=subprocess.DEVNULL,
     )
     try:
@@ -219,8 +227,14 @@ def test_ctrl_c_while_a_worker_starts_leaves_it_running_and_prints_no_traceback(
     KeyboardInterrupt traceback from the middle of a CLI's imports, and killed the worker (seen in CI)."""
     script = tmp_path / "caller.py"
     script.write_text(_SLOW_STARTING_CALLER)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                          start_new_session=True, cwd=Path(__file__).parent.parent)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+        cwd=Path(__file__).parent.parent,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines() == ["caller interrupted", "['correct', 'wrong']"], done.stdout + done.stderr
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr

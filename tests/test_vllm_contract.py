@@ -22,14 +22,14 @@ if not torch.cuda.is_available():  # vLLM's argument parsing asks for a platform
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 pytest.importorskip("vllm", reason="vLLM is not installed here: the vLLM contract runs in the GPU-worker environment")
 
-from vllm import LLM, SamplingParams  # noqa: E402
-from vllm.engine.arg_utils import EngineArgs  # noqa: E402
-from vllm.inputs import TokensPrompt  # noqa: E402
-from vllm.logprobs import Logprob  # noqa: E402
-from vllm.outputs import CompletionOutput, RequestOutput  # noqa: E402
+from vllm import LLM, SamplingParams
+from vllm.engine.arg_utils import EngineArgs
+from vllm.inputs import TokensPrompt
+from vllm.logprobs import Logprob
+from vllm.outputs import CompletionOutput, RequestOutput
 
-from heal_core.backends.openai import next_token_payload, sample_payload, score_payload  # noqa: E402
-from heal_core.backends.vllm import (  # noqa: E402
+from heal_core.backends.openai import next_token_payload, sample_payload, score_payload
+from heal_core.backends.vllm import (
     completion_generation,
     engine_kwargs,
     next_token_kwargs,
@@ -38,7 +38,8 @@ from heal_core.backends.vllm import (  # noqa: E402
     scoring_kwargs,
     serve_command,
 )
-from heal_core.config import SamplingConfig, parse_config  # noqa: E402
+from heal_core.config import SamplingConfig, parse_config
+
 
 def first(name: str, *modules: str) -> Any:
     """``name`` from the first of ``modules`` that has it: vLLM moves its server modules between releases."""
@@ -50,15 +51,40 @@ def first(name: str, *modules: str) -> Any:
     raise ImportError(f"{name} is in none of {modules}")
 
 
-CompletionRequest = first("CompletionRequest", "vllm.entrypoints.openai.completion.protocol",
-                          "vllm.entrypoints.openai.protocol")
+CompletionRequest = first(
+    "CompletionRequest", "vllm.entrypoints.openai.completion.protocol", "vllm.entrypoints.openai.protocol"
+)
 SAMPLING = SamplingConfig(n=8, temperature=0.6, top_p=0.95, top_k=0, max_new_tokens=512, seed=11)
-TEACHER = parse_config({"teacher": {"backend": "vllm", "model": "Qwen/Qwen3-32B", "dtype": "bfloat16", "top_logprobs": 20,
-                                    "vllm": {"tensor_parallel_size": 2, "data_parallel_size": 2,
-                                             "max_model_len": 32768}}}).teacher
-SHAPING = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "stop", "stop_token_ids", "ignore_eos",
-           "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs", "prompt_logprobs",
-           "skip_special_tokens", "include_stop_str_in_output")
+TEACHER = parse_config(
+    {
+        "teacher": {
+            "backend": "vllm",
+            "model": "Qwen/Qwen3-32B",
+            "dtype": "bfloat16",
+            "top_logprobs": 20,
+            "vllm": {"tensor_parallel_size": 2, "data_parallel_size": 2, "max_model_len": 32768},
+        }
+    }
+).teacher
+SHAPING = (
+    "n",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "max_tokens",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logprobs",
+    "prompt_logprobs",
+    "skip_special_tokens",
+    "include_stop_str_in_output",
+)
 
 
 def test_sampling_params_take_every_field_as_given():
@@ -96,8 +122,12 @@ def test_vllm_serve_parses_our_flags():
 
     if not current_platform.device_type:  # vLLM < 0.33 on a machine without a GPU
         pytest.skip("vLLM finds no device platform here, and its argument parser needs one")
-    make_arg_parser = first("make_arg_parser", "vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.common.cli_args",
-                            "vllm.entrypoints.openai.cli_args")
+    make_arg_parser = first(
+        "make_arg_parser",
+        "vllm.entrypoints.launchers.cli_args",
+        "vllm.entrypoints.common.cli_args",
+        "vllm.entrypoints.openai.cli_args",
+    )
     FlexibleArgumentParser = first("FlexibleArgumentParser", "vllm.utils.argparse_utils", "vllm.utils")
     command, _ = serve_command(TEACHER, "/models/qwen3", "Qwen/Qwen3-32B", "0.0.0.0", 8000, "python", cpu=False)
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(command[3:])
@@ -128,12 +158,22 @@ def test_outputs_translate():
         return Logprob(logprob=value, rank=rank, decoded_token=None)
 
     completion = CompletionOutput(
-        index=0, text="", token_ids=[5, 2, 9], cumulative_logprob=None, finish_reason="stop",
+        index=0,
+        text="",
+        token_ids=[5, 2, 9],
+        cumulative_logprob=None,
+        finish_reason="stop",
         logprobs=[{5: lp(-0.1, 1), 7: lp(-2.5, 2)}, {2: lp(-0.3, 1), 4: lp(-1.5, 2)}, {9: lp(-0.2, 1)}],
     )
     generation = completion_generation(completion, 27, 0.7, stop_ids=[2], k=2, vocab_size=32, decode=str)
     assert generation.token_ids == [5, 2] and generation.finish_reason == "stop" and generation.seed == 27
     assert generation.entropy.shape == (2,) and np.all(generation.entropy > 0)
-    output = RequestOutput(request_id="r", prompt=None, prompt_token_ids=[3, 4], outputs=[completion], finished=True,
-                           prompt_logprobs=[None, {4: lp(-0.7, 3)}])
+    output = RequestOutput(
+        request_id="r",
+        prompt=None,
+        prompt_token_ids=[3, 4],
+        outputs=[completion],
+        finished=True,
+        prompt_logprobs=[None, {4: lp(-0.7, 3)}],
+    )
     assert prompt_positions(output) == [None, {4: -0.7}]

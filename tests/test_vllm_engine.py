@@ -15,13 +15,13 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here: tests/test_vllm_paths.py runs this in .venv-vllm")
 
-from heal_core import pure  # noqa: E402
-from heal_core.backends.base import BackendUnavailable, PrefixQuery, Request, Trace  # noqa: E402
-from heal_core.backends.hf import HFBackend  # noqa: E402
-from heal_core.backends.vllm import VLLMBackend  # noqa: E402
-from heal_core.config import parse_config  # noqa: E402
-from heal_core.demo import bundled_model, demo_defaults, demo_problems  # noqa: E402
-from heal_core.shard import generate_shard  # noqa: E402
+from heal_core import pure
+from heal_core.backends.base import BackendUnavailable, PrefixQuery, Request, Trace
+from heal_core.backends.hf import HFBackend
+from heal_core.backends.vllm import VLLMBackend
+from heal_core.config import parse_config
+from heal_core.demo import bundled_model, demo_defaults, demo_problems
+from heal_core.shard import generate_shard
 
 PROMPT = "What is 12 + 30?"
 
@@ -29,8 +29,17 @@ PROMPT = "What is 12 + 30?"
 @pytest.fixture(scope="module")
 def cfg():
     model = str(bundled_model("teacher"))
-    return parse_config(demo_defaults(), [f"teacher.model={model}", "teacher.backend=vllm", "teacher.sampling.n=4",
-                                          "hints.n=4", "teacher.vllm.kv_cache_gib=1", "teacher.entropy=topk"])
+    return parse_config(
+        demo_defaults(),
+        [
+            f"teacher.model={model}",
+            "teacher.backend=vllm",
+            "teacher.sampling.n=4",
+            "hints.n=4",
+            "teacher.vllm.kv_cache_gib=1",
+            "teacher.entropy=topk",
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +90,12 @@ def test_probes_through_the_prefix_cache_score_as_rows_and_as_hf(engine, hf):
     finally:
         engine.prefix_cache = True
     assert len(cached.answer_logprobs) == len(reference.answer_logprobs) == 4
-    for ours, plain, theirs in zip(cached.segment_logprobs + cached.answer_logprobs, rows.segment_logprobs +
-                                   rows.answer_logprobs, reference.segment_logprobs + reference.answer_logprobs,
-                                   strict=True):
+    for ours, plain, theirs in zip(
+        cached.segment_logprobs + cached.answer_logprobs,
+        rows.segment_logprobs + rows.answer_logprobs,
+        reference.segment_logprobs + reference.answer_logprobs,
+        strict=True,
+    ):
         np.testing.assert_allclose(ours, theirs, atol=1e-4)
         np.testing.assert_allclose(plain, theirs, atol=1e-4)
 
@@ -114,7 +126,7 @@ def test_a_model_evaluated_on_the_engine_scores_within_noise_of_transformers(eng
         scores[name] = sum(r.correct for r in results) / sum(r.samples for r in results)
     n = 16 * sampling.n
     (p, q) = scores["vllm"], scores["hf"]
-    assert 0 < p and 0 < q, scores
+    assert p > 0 and q > 0, scores
     assert abs(p - q) <= 3 * ((p * (1 - p) / n + q * (1 - q) / n) ** 0.5), scores
 
 

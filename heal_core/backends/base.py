@@ -21,9 +21,9 @@ Prompts are user-message strings; a backend applies the model's chat template wh
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from abc import ABC, abstractmethod
 from typing import ClassVar, Literal, Self
 
 import numpy as np
@@ -111,8 +111,9 @@ def require_usable(batches: Sequence[Sequence[Generation]], call: str) -> Sequen
     with empty content, a checkpoint whose stop tokens end every reply)."""
     generations = [g for batch in batches for g in batch]
     if len(generations) > 1 and not any(g.text.strip() for g in generations):
-        raise BackendUnavailable(f"{call}: the backend returned {len(generations)} generations without text for "
-                                 f"{len(batches)} prompts")
+        raise BackendUnavailable(
+            f"{call}: the backend returned {len(generations)} generations without text for {len(batches)} prompts"
+        )
     return batches
 
 

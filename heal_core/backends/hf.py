@@ -12,6 +12,7 @@ of accelerator memory, without changing a single output.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -95,7 +96,9 @@ class RowSampler(LogitsProcessor):
             before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # probability of the likelier tokens
             drop = torch.empty_like(before, dtype=torch.bool).scatter(-1, order, before >= self.top_p)
             logits = logits.masked_fill(drop, -torch.inf)
-        uniform = torch.stack([torch.rand(logits.shape[-1], generator=g, device=logits.device) for g in self.generators])
+        uniform = torch.stack(
+            [torch.rand(logits.shape[-1], generator=g, device=logits.device) for g in self.generators]
+        )
         choice = (logits - (-uniform.log()).log()).argmax(-1, keepdim=True)
         return torch.full_like(scores, -torch.inf).scatter(-1, choice, 0.0)
 
@@ -193,8 +196,9 @@ class HFBackend(TeacherBackend):
             try:
                 generations = self._generate_call([rows[i] for i in take], sampling)
             except torch.OutOfMemoryError as exc:
-                self._shrink(len(take), exc, f"{len(rows[take[0]][0])} prompt tokens + max_new_tokens="
-                             f"{sampling.max_new_tokens}")
+                self._shrink(
+                    len(take), exc, f"{len(rows[take[0]][0])} prompt tokens + max_new_tokens={sampling.max_new_tokens}"
+                )
                 continue
             for i, generation in zip(take, generations, strict=True):
                 out[i] = generation
@@ -205,8 +209,10 @@ class HFBackend(TeacherBackend):
     def _shrink(self, tried: int, exc: torch.OutOfMemoryError, row: str, limit: str = "batch_rows") -> None:
         """Halve the ``limit`` attribute below the ``tried`` rows that ran out of memory, or fail where one row did."""
         if tried == 1:
-            raise torch.OutOfMemoryError(f"one row of {row} does not fit in accelerator memory: lower "
-                                         f"teacher.sampling.max_new_tokens or use a larger device") from exc
+            raise torch.OutOfMemoryError(
+                f"one row of {row} does not fit in accelerator memory: lower "
+                f"teacher.sampling.max_new_tokens or use a larger device"
+            ) from exc
         setattr(self, limit, tried // 2)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -274,8 +280,12 @@ class HFBackend(TeacherBackend):
             top_logprobs.append(values)
             top_ids.append(indices)
         if not entropy:  # start == len(ids): nothing to predict
-            return ForcedStats(np.zeros(0, np.float32), np.zeros(0, np.float32),
-                               np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
+            return ForcedStats(
+                np.zeros(0, np.float32),
+                np.zeros(0, np.float32),
+                np.zeros((0, k), np.int64),
+                np.zeros((0, k), np.float32),
+            )
         return ForcedStats(*(torch.cat(parts).cpu().numpy() for parts in (entropy, logprobs, top_ids, top_logprobs)))
 
     # ---- scoring --------------------------------------------------------------------------------------
@@ -299,8 +309,10 @@ class HFBackend(TeacherBackend):
         attention = self.model.config._attn_implementation
         if attention not in ("sdpa", "eager"):
             raise NotImplementedError(f"score_prefixes needs custom masks (sdpa or eager attention), not {attention}")
-        items = [(self._prompt_ids(q.prompt), tokens.prefix_plan(self.tokenizer, q.segments, q.answer_lead, q.answer))
-                 for q in queries]
+        items = [
+            (self._prompt_ids(q.prompt), tokens.prefix_plan(self.tokenizer, q.segments, q.answer_lead, q.answer))
+            for q in queries
+        ]
         length = [len(prompt) + len(plan.ids) for prompt, plan in items]
         order = sorted(range(len(items)), key=lambda i: -length[i])
         out: list[PrefixScores | None] = [None] * len(items)
@@ -335,17 +347,26 @@ class HFBackend(TeacherBackend):
             input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
             attention_mask[r, : len(row)] = 1
         cache = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                            **{self._cache_kw: cache}, use_cache=True).logits
+        logits = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            **{self._cache_kw: cache},
+            use_cache=True,
+        ).logits
         segments = []
         for r, (prompt, plan) in enumerate(items):
             flat = _target_logprobs(logits[r, len(prompt) - 1 : len(rows[r]) - 1], plan.ids)
             bounds = plan.segment_bounds
-            segments.append([flat[a:b] for a, b in zip(bounds, bounds[1:])])
+            segments.append([flat[a:b] for a, b in itertools.pairwise(bounds)])
         del logits
 
-        pending = [[(len(prompt) + cut, probe, start) for cut, probe, start in
-                    zip(plan.cuts, plan.probes, plan.answer_starts, strict=True)] for prompt, plan in items]
+        pending = [
+            [
+                (len(prompt) + cut, probe, start)
+                for cut, probe, start in zip(plan.cuts, plan.probes, plan.answer_starts, strict=True)
+            ]
+            for prompt, plan in items
+        ]
         answers: list[list[np.ndarray]] = [[] for _ in items]
         budget = max(1, _PACKED_QUERY_TOKENS // len(items))  # query tokens per trajectory per packed forward
         while any(pending):
@@ -377,11 +398,19 @@ class HFBackend(TeacherBackend):
         positions = torch.zeros_like(input_ids)
         for r, (query, copies) in enumerate(zip(queries, takes, strict=True)):
             input_ids[r, : len(query)] = torch.tensor(query, dtype=torch.long)
-            positions[r, : len(query)] = torch.tensor([b - 1 + j for b, probe, _ in copies for j in range(1 + len(probe))],
-                                                      dtype=torch.long)
-        mask = torch.stack([self._packed_mask([(b, 1 + len(p)) for b, p, _ in copies], width, span) for copies in takes])
-        logits = self.model(input_ids=input_ids.to(self.device), position_ids=positions.to(self.device),
-                            attention_mask=mask, **{self._cache_kw: cache}, use_cache=True).logits
+            positions[r, : len(query)] = torch.tensor(
+                [b - 1 + j for b, probe, _ in copies for j in range(1 + len(probe))], dtype=torch.long
+            )
+        mask = torch.stack(
+            [self._packed_mask([(b, 1 + len(p)) for b, p, _ in copies], width, span) for copies in takes]
+        )
+        logits = self.model(
+            input_ids=input_ids.to(self.device),
+            position_ids=positions.to(self.device),
+            attention_mask=mask,
+            **{self._cache_kw: cache},
+            use_cache=True,
+        ).logits
         cache.crop(-span)  # 5.x crop takes only a negative count: tokens to drop
         out = []
         for r, copies in enumerate(takes):

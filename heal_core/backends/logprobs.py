@@ -25,18 +25,19 @@ and its normaliser are all known only within bounds. ``topk_entropy_bounds`` der
 
 The backends store the lower bound as ``Generation.entropy``: it is exact when the tail is empty, never above
 the truth, and its error (at most upper - lower) shrinks with the tail mass, which is small wherever the teacher
-is confident (``tests/test_backend_translation.py`` checks both bounds against the exact entropy). ``teacher.entropy: exact`` recomputes
+is confident (``tests/test_backend_translation.py`` checks both bounds against the exact entropy).
+``teacher.entropy: exact`` recomputes
 the traces GEAR cuts with a teacher-forced pass instead.
 """
 
 from __future__ import annotations
 
+import itertools
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from transformers import PreTrainedTokenizerBase
 
 from heal_core.backends import tokens
@@ -104,9 +105,7 @@ def topk_entropy_bounds(top_logprobs: np.ndarray, temperature: float, vocab_size
     return lower(r_lo), upper(r_star)
 
 
-def topk_entropy(
-    positions: Sequence[TokenLogprobs | None], k: int, temperature: float, vocab_size: int
-) -> np.ndarray:
+def topk_entropy(positions: Sequence[TokenLogprobs | None], k: int, temperature: float, vocab_size: int) -> np.ndarray:
     """The entropy HEAL stores from top-k log-probs: the lower bound of ``topk_entropy_bounds`` (float32)."""
     if not positions:
         return np.zeros(0, dtype=np.float32)
@@ -193,7 +192,7 @@ def _segments(layout: _Layout, positions: Sequence[TokenLogprobs | None]) -> lis
     """Each segment's token log-probs, from the whole row's per-position maps."""
     flat = target_logprobs(positions[layout.prompt_len : len(layout.row)], layout.plan.ids)
     bounds = layout.plan.segment_bounds
-    return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [flat[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def score_prefixes(
@@ -215,8 +214,9 @@ def score_prefixes(
         after = positions[first + 1 : first + 1 + len(layout.heads)]
         answers = [
             target_logprobs(p[head + start : head + len(probe)], probe[start:])
-            for head, probe, start, p in zip(layout.heads, layout.plan.probes, layout.plan.answer_starts, after,
-                                             strict=True)
+            for head, probe, start, p in zip(
+                layout.heads, layout.plan.probes, layout.plan.answer_starts, after, strict=True
+            )
         ]
         out.append(PrefixScores(segment_logprobs=_segments(layout, positions[first]), answer_logprobs=answers))
         first += 1 + len(layout.heads)

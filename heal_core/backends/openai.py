@@ -27,8 +27,8 @@ import os
 import random
 import time
 import weakref
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -54,6 +54,8 @@ def _retry_after(header: str | None) -> float | None:
     with contextlib.suppress(TypeError, ValueError, IndexError):
         return max(0.0, (email.utils.parsedate_to_datetime(header) - datetime.now(UTC)).total_seconds())
     return None
+
+
 TOKEN_ID_PREFIX = "token_id:"
 
 
@@ -126,8 +128,13 @@ def next_token_payload(model: str, contexts: Sequence[Sequence[int]], token: int
     cache: ``allowed_token_ids`` makes ``token`` the one drawn, and vLLM's log-probs (``--logprobs-mode
     raw_logprobs``, as ``heal serve-teacher`` starts it) are the model's own, taken before that mask. Otherwise a
     scoring request (``score_payload``), without the echo."""
-    return {**score_payload(model, []), "prompt": [list(c) for c in contexts], "echo": False, "logprobs": 0,
-            "allowed_token_ids": [token]}
+    return {
+        **score_payload(model, []),
+        "prompt": [list(c) for c in contexts],
+        "echo": False,
+        "logprobs": 0,
+        "allowed_token_ids": [token],
+    }
 
 
 NEXT_TOKEN_BATCH = 64  # contexts per next-token request (16 to 1,024 cost the same on the demo: BENCHMARKS.md, V)
@@ -262,8 +269,10 @@ class CompletionsClient:
                 deadline = deadline or now + self.settings.patience_seconds
                 if now >= deadline:
                     said = f"; the server first answered {first_said}" if first_said and first_said != problem else ""
-                    raise ServerError(f"{method} {url} failed {attempt + 1} times in {self.settings.patience_seconds:.0f}"
-                                      f" s (teacher.server.patience_seconds), last: {problem}{said}")
+                    raise ServerError(
+                        f"{method} {url} failed {attempt + 1} times in {self.settings.patience_seconds:.0f}"
+                        f" s (teacher.server.patience_seconds), last: {problem}{said}"
+                    )
                 delay = min(MAX_BACKOFF_SECONDS, self.settings.backoff_seconds * 2**attempt) * random.uniform(0.5, 1.0)
                 if retry_after is not None:
                     delay = min(retry_after, self.settings.max_retry_after_seconds)
@@ -316,8 +325,15 @@ class OpenAIBackend(logprobs.RowScoringBackend):
         request's seed + j, as vLLM does."""
         k = self.config.top_logprobs
         payloads = [
-            sample_payload(self.served, tokens.request_ids(self.tokenizer, r.prompt, r.prefix), r.n,
-                           sampling, r.seed, self.stop_ids, k)
+            sample_payload(
+                self.served,
+                tokens.request_ids(self.tokenizer, r.prompt, r.prefix),
+                r.n,
+                sampling,
+                r.seed,
+                self.stop_ids,
+                k,
+            )
             for r in requests
         ]
         try:
@@ -338,8 +354,14 @@ class OpenAIBackend(logprobs.RowScoringBackend):
     def _generation(self, choice: dict[str, Any], seed: int, temperature: float) -> Generation:
         ids, positions = choice_tokens(choice)
         return logprobs.sampled_generation(
-            ids, positions, stopped_by_server=choice.get("finish_reason") == "stop", stop_ids=self.stop_ids,
-            k=self.config.top_logprobs, temperature=temperature, vocab_size=self.vocab_size, seed=seed,
+            ids,
+            positions,
+            stopped_by_server=choice.get("finish_reason") == "stop",
+            stop_ids=self.stop_ids,
+            k=self.config.top_logprobs,
+            temperature=temperature,
+            vocab_size=self.vocab_size,
+            seed=seed,
             decode=self.decode,
         )
 
@@ -366,8 +388,11 @@ class OpenAIBackend(logprobs.RowScoringBackend):
         by_token: dict[int, list[int]] = {}
         for i, (_, token) in enumerate(items):
             by_token.setdefault(token, []).append(i)
-        batches = [(token, at[i : i + NEXT_TOKEN_BATCH]) for token, at in by_token.items()
-                   for i in range(0, len(at), NEXT_TOKEN_BATCH)]
+        batches = [
+            (token, at[i : i + NEXT_TOKEN_BATCH])
+            for token, at in by_token.items()
+            for i in range(0, len(at), NEXT_TOKEN_BATCH)
+        ]
         payloads = [next_token_payload(self.served, [items[i][0] for i in at], token) for token, at in batches]
         try:
             responses = self.client.post_all("completions", payloads)
@@ -407,6 +432,8 @@ def server_identity(config: TeacherConfig, model: str) -> str:
     needs the key, not the teacher)."""
     client = CompletionsClient(config.server)
     try:
-        return served_identity(served_entry(client, config.server.model_name or config.model or model, config.server.url))
+        return served_identity(
+            served_entry(client, config.server.model_name or config.model or model, config.server.url)
+        )
     finally:
         client.close()

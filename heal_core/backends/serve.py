@@ -70,7 +70,7 @@ class BadRequest(ValueError):
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
-    kind = "BadRequestError" if status == 400 else "InternalServerError"
+    kind = {400: "BadRequestError", 401: "AuthenticationError"}.get(status, "InternalServerError")
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
 
 
@@ -85,12 +85,15 @@ class CompletionService:
         """Reject what this server would not do exactly as asked, or what is more than it serves (one request
         must not hold the model for an hour)."""
         if request.model != self.served_name:
-            raise BadRequest(f"model {request.model!r} is not served here; this server serves {self.served_name!r}", "model")
+            raise BadRequest(
+                f"model {request.model!r} is not served here; this server serves {self.served_name!r}", "model"
+            )
         if request.n > self.max_n:
             raise BadRequest(f"n={request.n}: this server draws at most {self.max_n} completions a request", "n")
         if request.max_tokens > self.max_tokens:
-            raise BadRequest(f"max_tokens={request.max_tokens}: this server generates at most {self.max_tokens}",
-                             "max_tokens")
+            raise BadRequest(
+                f"max_tokens={request.max_tokens}: this server generates at most {self.max_tokens}", "max_tokens"
+            )
         unsupported = {
             "stream": request.stream,
             "stop": bool(request.stop),
@@ -107,17 +110,26 @@ class CompletionService:
         if request.temperature == 0.0:
             raise BadRequest("greedy decoding (temperature 0) is not supported; use a temperature > 0", "temperature")
         if request.logprobs is not None and request.logprobs > self.max_logprobs:
-            raise BadRequest(f"Requested sample logprobs of {request.logprobs}, which is greater than max allowed: "
-                             f"{self.max_logprobs}", "logprobs")
+            raise BadRequest(
+                f"Requested sample logprobs of {request.logprobs}, which is greater than max allowed: "
+                f"{self.max_logprobs}",
+                "logprobs",
+            )
         if request.allowed_token_ids is not None and (len(request.allowed_token_ids) != 1 or request.max_tokens != 1):
-            raise BadRequest("allowed_token_ids is served for one token and max_tokens=1 only (a next-token "
-                             "log-prob)", "allowed_token_ids")
+            raise BadRequest(
+                "allowed_token_ids is served for one token and max_tokens=1 only (a next-token log-prob)",
+                "allowed_token_ids",
+            )
         if request.allowed_token_ids and not 0 <= request.allowed_token_ids[0] < self.backend.model.config.vocab_size:
-            raise BadRequest(f"allowed token {request.allowed_token_ids[0]} is not in the vocabulary", "allowed_token_ids")
+            raise BadRequest(
+                f"allowed token {request.allowed_token_ids[0]} is not in the vocabulary", "allowed_token_ids"
+            )
         extra = set(request.stop_token_ids or []) - set(self.backend.eos_ids)
         if extra:
-            raise BadRequest(f"stop_token_ids {sorted(extra)} are not the model's stop tokens {self.backend.eos_ids}",
-                             "stop_token_ids")
+            raise BadRequest(
+                f"stop_token_ids {sorted(extra)} are not the model's stop tokens {self.backend.eos_ids}",
+                "stop_token_ids",
+            )
 
     def rows(self, prompt: str | list[int] | list[str] | list[list[int]]) -> list[list[int]]:
         """Prompts as token ids; text is tokenised with the tokenizer's special tokens, as vLLM does."""
@@ -134,7 +146,10 @@ class CompletionService:
         self.check(request)
         rows = self.rows(request.prompt)
         sampling = SamplingConfig(
-            n=request.n, temperature=request.temperature, top_p=request.top_p, top_k=max(request.top_k, 0),
+            n=request.n,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=max(request.top_k, 0),
             max_new_tokens=request.max_tokens,
         )
         seed = request.seed if request.seed is not None else secrets.randbits(62)
@@ -159,12 +174,16 @@ class CompletionService:
             "created": int(time.time()),
             "model": self.served_name,
             "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
 
-    def _choice(self, index: int, row: list[int], generated: list[int], finish: str, request: CompletionRequest
-                ) -> dict[str, Any]:
+    def _choice(
+        self, index: int, row: list[int], generated: list[int], finish: str, request: CompletionRequest
+    ) -> dict[str, Any]:
         text = self.backend.decode(generated)
         ids = generated
         if request.echo:
@@ -196,8 +215,14 @@ class CompletionService:
         return {"tokens": names, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": offsets}
 
 
-def create_app(backend: HFBackend, served_name: str, max_logprobs: int = 20, api_key: str | None = None,
-               max_n: int = 64, max_tokens: int = 32768) -> FastAPI:
+def create_app(
+    backend: HFBackend,
+    served_name: str,
+    max_logprobs: int = 20,
+    api_key: str | None = None,
+    max_n: int = 64,
+    max_tokens: int = 32768,
+) -> FastAPI:
     """The ASGI app: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``; with ``api_key``, every
     ``/v1`` request must carry it as a bearer token (as ``vllm serve --api-key`` asks), else HTTP 401."""
     service = CompletionService(backend, served_name, max_logprobs, max_n, max_tokens)
@@ -206,12 +231,35 @@ def create_app(backend: HFBackend, served_name: str, max_logprobs: int = 20, api
     expected = f"Bearer {api_key}".encode() if api_key else None
 
     @app.middleware("http")
-    async def authenticated(request: Request, call_next):  # noqa: ANN202 - Starlette's middleware signature
+    async def authenticated(request: Request, call_next):
         given = request.headers.get("authorization", "").encode()
         if expected and request.url.path.startswith("/v1") and not secrets.compare_digest(given, expected):
-            return JSONResponse({"error": {"message": "a valid bearer token is required", "type":
-                                           "AuthenticationError", "param": None, "code": 401}}, 401)
+            return _error(401, "a valid bearer token is required")
         return await call_next(request)
+
+    _answer_errors(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    identity = model_identity(backend.model_path)  # what heal's clients key the generation store by
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        model = {"id": served_name, "object": "model", "owned_by": "heal", "root": backend.model_path}
+        return {"object": "list", "data": [{**model, "heal_identity": identity}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: CompletionRequest) -> dict[str, Any]:
+        async with one_at_a_time:
+            return await anyio.to_thread.run_sync(service.complete, request)
+
+    return app
+
+
+def _answer_errors(app: FastAPI) -> None:
+    """Every failure answered in OpenAI's error shape, which the OpenAI client (and heal's) reads the reason from."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -226,27 +274,20 @@ def create_app(backend: HFBackend, served_name: str, max_logprobs: int = 20, api
     async def failed(_: Request, exc: Exception) -> JSONResponse:
         return _error(500, f"{type(exc).__name__}: {exc}")
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
 
-    identity = model_identity(backend.model_path)  # what heal's clients key the generation store by
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": served_name, "object": "model", "owned_by": "heal",
-                                            "root": backend.model_path, "heal_identity": identity}]}
-
-    @app.post("/v1/completions")
-    async def completions(request: CompletionRequest) -> dict[str, Any]:
-        async with one_at_a_time:
-            return await anyio.to_thread.run_sync(service.complete, request)
-
-    return app
-
-
-def serve(model: str, served_name: str, host: str, port: int, dtype: str, device: str, max_logprobs: int,
-          max_batch_sequences: int, api_key: str | None, max_n: int, max_tokens: int) -> None:
+def serve(
+    model: str,
+    served_name: str,
+    host: str,
+    port: int,
+    dtype: str,
+    device: str,
+    max_logprobs: int,
+    max_batch_sequences: int,
+    api_key: str | None,
+    max_n: int,
+    max_tokens: int,
+) -> None:
     """Load the model and serve it until interrupted."""
     import uvicorn
 

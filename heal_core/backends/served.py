@@ -54,17 +54,25 @@ def served(cfg: HealConfig, model: str, dtype: str) -> Iterator[TeacherConfig]:
     """Serve ``model`` (a local path) in ``dtype`` on 127.0.0.1 and yield the teacher settings that reach it (backend
     openai), the rest of ``cfg.teacher`` unchanged; stop the server on exit."""
     port = _free_port()
-    server = ServerConfig(url=f"http://127.0.0.1:{port}/v1", model_name=SERVED_NAME,
-                          max_concurrency=cfg.teacher.server.max_concurrency,
-                          timeout_seconds=cfg.teacher.server.timeout_seconds,
-                          patience_seconds=min(cfg.teacher.server.patience_seconds, 60.0))  # ours: dead, not restarting
+    server = ServerConfig(
+        url=f"http://127.0.0.1:{port}/v1",
+        model_name=SERVED_NAME,
+        max_concurrency=cfg.teacher.server.max_concurrency,
+        timeout_seconds=cfg.teacher.server.timeout_seconds,
+        patience_seconds=min(cfg.teacher.server.patience_seconds, 60.0),
+    )  # ours: dead, not restarting
     own = cfg.teacher.model_copy(update={"model": model, "dtype": dtype, "server": server})
     with tempfile.TemporaryDirectory(prefix="heal-served-") as tmp:
         config_file, log = Path(tmp) / "config.yaml", Path(tmp) / "server.log"
         config_file.write_text(cfg.model_copy(update={"teacher": own}).to_yaml())
         with log.open("wb") as out:
-            proc = subprocess.Popen(_command(cfg, config_file, port), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                _command(cfg, config_file, port),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         try:
             _wait_ready(f"http://127.0.0.1:{port}", proc, log, model)
             yield own.model_copy(update={"backend": "openai", "entropy": "topk"})
@@ -90,12 +98,19 @@ def _wait_ready(base: str, proc: subprocess.Popen, log: Path, model: str) -> Non
             raise ServerStartError(f"the server for {model} did not answer in {STARTUP_SECONDS:.0f} s: {_tail(log)}")
         time.sleep(0.5)
     try:
-        answer = httpx.post(f"{base}/v1/completions", json={"model": SERVED_NAME, "prompt": "1", "max_tokens": 1},
-                            timeout=STARTUP_SECONDS)
+        answer = httpx.post(
+            f"{base}/v1/completions",
+            json={"model": SERVED_NAME, "prompt": "1", "max_tokens": 1},
+            timeout=STARTUP_SECONDS,
+        )
     except httpx.HTTPError as err:
-        raise ServerStartError(f"the server for {model} did not complete a first request ({err}): {_tail(log)}") from None
+        raise ServerStartError(
+            f"the server for {model} did not complete a first request ({err}): {_tail(log)}"
+        ) from None
     if answer.status_code != 200:
-        raise ServerStartError(f"the server for {model} cannot run it: {answer.text[:300]}\n{_tail(log, 5, errors=True)}")
+        raise ServerStartError(
+            f"the server for {model} cannot run it: {answer.text[:300]}\n{_tail(log, 5, errors=True)}"
+        )
 
 
 def _tail(log: Path, lines: int = 15, errors: bool = False) -> str:

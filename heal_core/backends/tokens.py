@@ -57,7 +57,9 @@ class PrefixPlan:
     answer_starts: list[int]  # per boundary: index of the probe's first token holding answer characters
 
 
-def prefix_plan(tokenizer: PreTrainedTokenizerBase, segments: Sequence[str], answer_lead: str, answer: str) -> PrefixPlan:
+def prefix_plan(
+    tokenizer: PreTrainedTokenizerBase, segments: Sequence[str], answer_lead: str, answer: str
+) -> PrefixPlan:
     text = "".join(segments)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, spans = list(encoded["input_ids"]), [tuple(span) for span in encoded["offset_mapping"]]

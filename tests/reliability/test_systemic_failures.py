@@ -21,9 +21,9 @@ from heal_core.backends.hf import HFBackend
 from heal_core.config import JudgeConfig, parse_config
 from heal_core.demo import bundled_model, demo_defaults, demo_problems
 from heal_core.judge import judge_rows
+from heal_core.run import Run
 from heal_core.verify import VerifierUnavailable, check_many
 from tasks.generate import run_shard, shard_done, write_shards
-from heal_core.run import Run
 
 SLOW = r"So the answer is \boxed{9^{9^{9^{9^{9}}}}}."  # sympy evaluates this tower for minutes
 
@@ -41,12 +41,15 @@ def _done(layout: Run, cfg) -> bool:
 
 def _config(tmp_path):
     """The bundled teacher: its answers finish, so the verifier is used (a cut-off sample is never checked)."""
-    return parse_config(demo_defaults(), [f"storage.uri={tmp_path}", "teacher.sampling.n=2", "hints.n=2",
-                                          "orchestration.shard_retries=0"])
+    return parse_config(
+        demo_defaults(),
+        [f"storage.uri={tmp_path}", "teacher.sampling.n=2", "hints.n=2", "orchestration.shard_retries=0"],
+    )
 
 
 def test_a_verifier_pool_that_cannot_start_fails_the_shard_and_a_retry_equals_a_clean_run(
-        prefect_api, tmp_path, monkeypatch):
+    prefect_api, tmp_path, monkeypatch
+):
     clean_cfg, cfg = _config(tmp_path / "clean"), _config(tmp_path / "broken")  # two stores: no row is re-used
     clean_layout = Run.of(clean_cfg, "clean")
     _shard(clean_layout, clean_cfg)
@@ -93,8 +96,9 @@ def test_one_dead_check_is_that_samples_error_but_a_call_of_dead_checks_fails():
 
 
 def _generation(text: str) -> Generation:
-    return Generation(token_ids=[1] if text else [], text=text, entropy=np.zeros(1 if text else 0),
-                      finish_reason="stop", seed=0)
+    return Generation(
+        token_ids=[1] if text else [], text=text, entropy=np.zeros(1 if text else 0), finish_reason="stop", seed=0
+    )
 
 
 def test_a_whole_batch_without_text_is_a_backend_failure_one_empty_reply_is_data():

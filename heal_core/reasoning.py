@@ -42,13 +42,6 @@ def answer_part(text: str, fmt: ReasoningFormat) -> str | None:
     return None if end is None else text[end + len(THINK_END) :]
 
 
-def reasoning_part(text: str, fmt: ReasoningFormat) -> str:
-    """The reasoning: the thinking block (everything before ``</think>``; all of a trace whose block never
-    closes) for ``think_tags``, the whole trace for ``none``."""
-    end = thinking_end(text, fmt)
-    return text if end is None else text[:end]
-
-
 def template_thinks(chat_template: str) -> bool:
     """Whether a chat template handles thinking blocks (opens one, or strips them from assistant messages)."""
     return "<think>" in chat_template or THINK_END in chat_template

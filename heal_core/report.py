@@ -18,6 +18,7 @@ import pyarrow as pa
 from heal_core import truth
 from heal_core.config import HealConfig
 from heal_core.evaluate import HELD_OUT
+from heal_core.sampling import teacher_ceiling
 from heal_core.schema import SAMPLING_COLUMNS
 from heal_core.stages import Dataset
 from heal_core.stats import Interval, bootstrap, pass_at_1_matrix
@@ -89,7 +90,7 @@ def summarize(
     summary: dict[str, Any] = {
         "problems": len(stats),
         "samples": figures["samples"],
-        "teacher_ceiling": sum(s["correct"] == 0 for s in stats),
+        "teacher_ceiling": teacher_ceiling(s["correct"] for s in stats),
         "hard_problems": sum(s["bucket"] == "hard" for s in stats),
         "extremely_hard_problems": sum(s["bucket"] == "extremely_hard" for s in stats),
         **{

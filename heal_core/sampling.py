@@ -149,9 +149,10 @@ def problem_stats(rows: Iterable[Trajectory], cfg: HealConfig) -> dict[str, Prob
     }
 
 
-def teacher_ceiling(stats: dict[str, ProblemStats]) -> float:
-    """Share of problems the unaided teacher never solved: what hints and repair must attack."""
-    return sum(s.correct == 0 for s in stats.values()) / len(stats) if stats else 0.0
+def teacher_ceiling(correct: Iterable[int]) -> int:
+    """Problems the unaided teacher never solved, from each problem's count of verified samples: what hints
+    and repair must attack (the report's "teacher ceiling")."""
+    return sum(c == 0 for c in correct)
 
 
 def select_stage1(rows: Sequence[Trajectory], cap_per_problem: int) -> list[Trajectory]:

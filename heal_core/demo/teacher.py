@@ -158,8 +158,8 @@ def _tokenizer_corpus(rows: Sequence[dict]) -> list[str]:
     return [re.sub(r"\d", "", t) for t in texts]
 
 
-def _sft(model_dir: Path, rows: list[dict], steps: int, lr: float, batch_size: int, seed: int) -> float:
-    """TRL SFT from the random init in ``model_dir`` back into it; returns the final-epoch training loss.
+def _sft(model_dir: Path, rows: list[dict], steps: int, lr: float, batch_size: int, seed: int) -> None:
+    """TRL SFT from the random init in ``model_dir`` back into it.
 
     A from-scratch model needs a far higher learning rate than PACE's fine-tuning default, with warmup and
     cosine decay. Nothing but the model and tokenizer is saved (no optimizer state, no checkpoints).
@@ -186,12 +186,11 @@ def _sft(model_dir: Path, rows: list[dict], steps: int, lr: float, batch_size: i
         train_dataset=Dataset.from_list(rows),
         processing_class=AutoTokenizer.from_pretrained(model_dir),
     )
-    loss = float(trainer.train().training_loss)
+    trainer.train()
     trainer.save_model(str(model_dir))
     shutil.rmtree(model_dir / "_trainer", ignore_errors=True)
     for leftover in ("README.md", "training_args.bin"):  # TRL's model card and pickled args
         (model_dir / leftover).unlink(missing_ok=True)
-    return loss
 
 
 def train_teacher(
@@ -290,7 +289,9 @@ def calibrate(model_dir: str | Path, problems: Sequence[Worked]) -> list[Calibra
             for w in problems
         ]
         samples = backend.generate(requests, cfg.teacher.sampling)
-        verdicts = iter(check_many([(g.text, w.problem.answer) for w, gens in zip(problems, samples) for g in gens]))
+        pairs = [(g.text, w.problem.answer) for w, gens in zip(problems, samples) for g in gens]
+        cut = [g.finish_reason == "length" for gens in samples for g in gens]  # as heal_core/sampling.py grades
+        verdicts = iter(check_many(pairs, truncated=cut))
         graded[hinted] = [
             [grade(w, g, next(verdicts).correct) for g in gens] for w, gens in zip(problems, samples, strict=True)
         ]

@@ -130,8 +130,8 @@ def config_explain(
         bool, typer.Option("--markdown", help="the whole reference as docs/config.md holds it")
     ] = False,
 ) -> None:
-    """Describe config keys: type, default, role (the step it shapes, so the fingerprints it enters), the paper's
-    value and what each does (generated from the model)."""
+    """Describe config keys: type, constraints, default, role (the step it shapes, so the fingerprints it enters),
+    the paper's value and what each does (generated from the config's JSON schema)."""
     from heal_core.config_reference import keys
     from heal_core.config_reference import markdown as reference
 
@@ -146,11 +146,23 @@ def config_explain(
         )
         raise typer.Exit(2)
     table = Table(show_lines=True)
-    for column in ("key", "type", "default", "role", "paper", "description"):
+    for column in ("key", "type", "constraints", "default", "role", "paper", "description"):
         table.add_column(column, overflow="fold")
     for d in docs:
-        table.add_row(d.key, d.type, d.default, d.role, d.paper, d.description)
+        table.add_row(d.key, d.type, d.constraints, d.default, d.role, d.paper, d.description)
     console.print(table)
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the config's JSON schema: every key with its type, bounds, choices, default, role and the paper's
+    value. For editors: save it and point a YAML language server at it (``# yaml-language-server: $schema=...``
+    on a config's first line), and a config is checked as it is typed."""
+    import json
+
+    from heal_core.config_reference import schema
+
+    print(json.dumps(schema(), indent=2, ensure_ascii=False))  # plain print: a file, byte for byte
 
 
 @config_app.command("migrate")

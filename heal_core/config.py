@@ -57,13 +57,14 @@ class SamplingConfig(_Section):
     R1-distillation setting (0.7 / 0.95); the paper does not state them.
     """
 
-    n: int = setting(30, role=Role.GENERATION, ge=1, description="samples per problem (paper: 30)")
+    n: int = setting(30, role=Role.GENERATION, ge=1, paper="30", description="samples per problem")
     temperature: float = setting(
         0.7,
         role=Role.GENERATION,
         gt=0.0,
         le=2.0,
-        description="sampling temperature of the training data (paper: silent)",
+        paper="silent",
+        description="sampling temperature of the training data",
     )
     top_p: float = setting(0.95, role=Role.GENERATION, gt=0.0, le=1.0, description="nucleus sampling; 1.0 disables it")
     top_k: int = setting(0, role=Role.GENERATION, also=(Role.EVALUATION,), ge=0, description="0 = disabled")
@@ -243,7 +244,7 @@ class HintsConfig(_Section):
     """Stage II, global hindsight: regenerate hard problems with the gold answer in the prompt."""
 
     pass_rate_below: float = setting(
-        0.5, role=Role.GENERATION, ge=0.0, le=1.0, description="problems below this pass rate get hints"
+        0.5, role=Role.GENERATION, ge=0.0, le=1.0, paper="0.5", description="problems below this pass rate get hints"
     )
     template: str = setting(
         "{problem}\n\nHint: the final answer is {answer}. Derive it step by step without mentioning "
@@ -252,7 +253,7 @@ class HintsConfig(_Section):
         description="hinted user message; {problem} and {answer} are replaced",
     )
     n: int = setting(
-        30, role=Role.GENERATION, ge=1, description="hinted samples per hard problem (paper: same N as Stage I)"
+        30, role=Role.GENERATION, ge=1, paper="same N as Stage I", description="hinted samples per hard problem"
     )
     leakage_patterns: list[str] = setting(
         role=Role.GENERATION,
@@ -269,8 +270,9 @@ class HintsConfig(_Section):
         8,
         role=Role.SELECTION,
         ge=1,
+        paper="silent",
         description="hinted samples drawn per problem per wave; a problem with max_per_problem kept gets "
-        "no further wave (paper: silent; all n at once when >= n)",
+        "no further wave (all n at once when >= n)",
     )
 
     @field_validator("leakage_patterns")
@@ -288,18 +290,19 @@ class GearConfig(_Section):
     """Stage III, GEAR: entropy-guided repair of failed trajectories of extremely hard problems."""
 
     extreme_max_correct: int = setting(
-        1, role=Role.GENERATION, ge=0, description="<= this many correct of N is 'extremely hard' (paper: 1)"
+        1, role=Role.GENERATION, ge=0, paper="1", description="<= this many correct of N is 'extremely hard'"
     )
     failed_paths: int = setting(
-        10, role=Role.GENERATION, ge=1, description="failed trajectories repaired per problem (paper: 10)"
+        10, role=Role.GENERATION, ge=1, paper="10", description="failed trajectories repaired per problem"
     )
-    continuations: int = setting(20, role=Role.GENERATION, ge=1, description="continuations per breakpoint (paper: 20)")
+    continuations: int = setting(20, role=Role.GENERATION, ge=1, paper="20", description="continuations per breakpoint")
     search_fraction: float = setting(
         1 / 3,
         role=Role.GENERATION,
         gt=0.0,
         le=1.0,
-        description="breakpoint searched in this leading share of tokens (paper: first third)",
+        paper="first third",
+        description="breakpoint searched in this leading share of tokens",
     )
     surge_window: int = setting(
         16,
@@ -319,8 +322,9 @@ class GearConfig(_Section):
         1,
         role=Role.SELECTION,
         ge=1,
+        paper="silent",
         description="failed paths repaired per problem per wave; a problem with max_per_problem kept "
-        "repairs gets no further wave (paper: silent)",
+        "repairs gets no further wave",
     )
 
 
@@ -328,10 +332,10 @@ class PureConfig(_Section):
     """PURE shortcut filter; see heal_core/pure.py for the formulation."""
 
     lam: float = setting(
-        0.2, role=Role.SELECTION, ge=0.0, description="lambda: reject when forced-answer ratio R > lam (paper: 0.2)"
+        0.2, role=Role.SELECTION, ge=0.0, paper="0.2", description="lambda: reject when forced-answer ratio R > lam"
     )
     eps: float = setting(
-        0.01, role=Role.GENERATION, gt=0.0, description="epsilon in R = U_{K-1} / (U_0 + eps) (paper: 0.01)"
+        0.01, role=Role.GENERATION, gt=0.0, paper="0.01", description="epsilon in R = U_{K-1} / (U_0 + eps)"
     )
     answer_lead: str = setting(
         "\n\nThe final answer is \\boxed{",
@@ -429,9 +433,11 @@ class PaceConfig(_Section):
     seed noise: its intervals resample seeds as well as problems.
     """
 
-    epochs: float = setting(5.0, role=Role.TRAINING, gt=0.0, description="per stage (paper: 5)")
-    learning_rate: float = setting(1e-5, role=Role.TRAINING, gt=0.0, description="paper: 1e-5")
-    batch_size: int = setting(8, role=Role.TRAINING, ge=1, description="effective batch size (paper: 8)")
+    epochs: float = setting(5.0, role=Role.TRAINING, gt=0.0, paper="5", description="per stage")
+    learning_rate: float = setting(
+        1e-5, role=Role.TRAINING, gt=0.0, paper="1e-5", description="peak learning rate (of the scheduler below)"
+    )
+    batch_size: int = setting(8, role=Role.TRAINING, ge=1, paper="8", description="effective batch size")
     gradient_accumulation_steps: int = setting(
         1,
         role=Role.TRAINING,

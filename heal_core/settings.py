@@ -135,14 +135,19 @@ def setting(
     keyed: bool = True,
     introduced: Introduced | None = None,
     renamed_from: tuple[str, ...] = (),
+    paper: str = "",
     **field: Any,
 ) -> Any:
     """A pydantic ``Field`` that declares its role (kept JSON-able in ``json_schema_extra``, where Prefect's
-    parameter schemas show it too). Every leaf setting of the config is declared with this."""
+    parameter schemas and ``heal config schema`` show it too), and ``paper``, the paper's value where it gives
+    one ("silent" where the method needs one and the paper gives none). Every leaf setting is declared with this."""
     if any(r not in FINGERPRINTED for r in also):
         raise ValueError(f"also={also}: only {', '.join(FINGERPRINTED)} have fingerprints")
     declaration = Declaration(role, tuple(also), keyed, introduced, tuple(renamed_from))
-    return Field(default, description=description, json_schema_extra={"heal": declaration.as_json()}, **field)
+    extra: dict[str, Any] = {"heal": declaration.as_json(), **({"paper": paper} if paper else {})}
+    if "default_factory" in field:  # pydantic leaves a factory's default out of the schema; editors want it
+        extra["default"] = field["default_factory"]()
+    return Field(default, description=description, json_schema_extra=extra, **field)
 
 
 # ---- the leaves of a config model ----------------------------------------------------------------------------

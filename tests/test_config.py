@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,31 @@ def test_every_key_is_described_and_docs_config_md_is_current():
     assert len(docs) > 90 and [d.key for d in docs if not d.description] == []
     assert [name for name, doc in sections() if not doc] == []  # its own docstring, not one pydantic's BaseModel lends
     assert {d.key: d.paper for d in docs}["teacher.sampling.n"] == "30"
+    constraints = {d.key: d.constraints for d in docs}
+    assert constraints["teacher.sampling.temperature"] == "> 0.0, ≤ 2.0" and constraints["pace.seeds"].endswith("≥ 0")
+    assert {d.key: d.type for d in docs}["evaluation.backend"] == "hf | vllm | openai | None"
     committed = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text(encoding="utf-8")
     assert committed == markdown() + "\n", (
         "docs/config.md is out of date: heal config explain --markdown > docs/config.md"
     )
+
+
+def test_config_schema_checks_a_config_as_the_model_does(tmp_path):
+    """``heal config schema`` is what an editor validates a YAML config against: the embedded default passes it,
+    and a value the model refuses (a bound, a choice, a misspelt key) fails it too."""
+    import jsonschema
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from heal_core.demo import demo_defaults
+
+    printed = CliRunner().invoke(app, ["config", "schema"])
+    assert printed.exit_code == 0
+    schema = json.loads(printed.output)
+    jsonschema.validate(demo_defaults(), schema)
+    assert schema["$defs"]["SamplingConfig"]["properties"]["n"]["paper"] == "30"
+    for bad in ({"teacher": {"sampling": {"temperature": 3}}}, {"pace": {"variants": ["hael"]}}, {"gaer": {}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+        with pytest.raises(ConfigError):
+            parse_config(bad)

@@ -2,8 +2,10 @@
 
 The dataset card is an HF datasets ``README.md`` (YAML metadata first) for the run's curriculum, one split per
 dataset (``data/<name>-00000-of-00001.parquet``, the file names ``datasets.load_dataset("parquet",
-data_dir=...)`` takes split names from). The model card is an HF model ``README.md`` for one trained student.
-Both are written by the run's report step, from what the run stored, and copied by ``heal export``.
+data_dir=...)`` takes split names from). The model card is an HF model ``README.md`` for one trained student,
+its evaluation results in the metadata as ``model-index`` (what the Hub shows as a results table). Both are built
+with ``huggingface_hub``'s card classes, so the metadata is what the Hub parses; both are written by the run's
+report step, from what the run stored, and copied by ``heal export``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import yaml
+from huggingface_hub import DatasetCardData, EvalResult, ModelCardData
 
 from heal_core.config import HealConfig
+from heal_core.evaluate import HELD_OUT
 from heal_core.report import interval_text
 from heal_core.schema import CURRICULUM_SCHEMA
 from heal_core.stages import Dataset
@@ -29,8 +32,9 @@ def _named(model: str, role: str) -> str:
     return f"`{model}`" if model else f"the bundled demo {role}"
 
 
-def _front_matter(metadata: Mapping[str, Any]) -> list[str]:
-    return ["---", yaml.safe_dump(dict(metadata), sort_keys=False).rstrip(), "---", ""]
+def _card_text(data: DatasetCardData | ModelCardData, body: list[str]) -> str:
+    """A card's README: the card data's YAML as ``huggingface_hub`` writes it, then the Markdown body."""
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
 
 
 def _lineage(summary: Mapping[str, Any]) -> list[str]:
@@ -49,19 +53,18 @@ def _lineage(summary: Mapping[str, Any]) -> list[str]:
 
 def dataset_card(run_id: str, summary: Mapping[str, Any], sizes: Mapping[str, int], cfg: HealConfig) -> str:
     """``sizes``: examples per dataset (every ``Dataset``)."""
-    metadata = {
-        "pretty_name": f"HEAL curriculum, run {run_id}",
-        "task_categories": ["text-generation"],
-        "tags": ["heal", "distillation", "math", "reasoning"],
-        "configs": [
+    data = DatasetCardData(
+        pretty_name=f"HEAL curriculum, run {run_id}",
+        task_categories=["text-generation"],
+        tags=["heal", "distillation", "math", "reasoning"],
+        configs=[
             {
                 "config_name": "default",
                 "data_files": [{"split": str(name), "path": split_file(name)} for name in Dataset],
             }
         ],
-    }
+    )
     lines = [
-        *_front_matter(metadata),
         f"# HEAL curriculum of run {run_id}",
         "",
         f"Teacher {_named(cfg.teacher.model, 'teacher')} (reasoning format "
@@ -78,7 +81,7 @@ def dataset_card(run_id: str, summary: Mapping[str, Any], sizes: Mapping[str, in
     ]
     lines += ["", "## Lineage", "", *_lineage(summary), "", "## Features", "", "| column | type |", "|---|---|"]
     lines += [f"| {field.name} | {field.type} |" for field in CURRICULUM_SCHEMA]
-    return "\n".join(lines) + "\n"
+    return _card_text(data, lines)
 
 
 def _evaluation_lines(variant: str, summary: Mapping[str, Any], benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -114,13 +117,16 @@ def model_card(
     seeds per benchmark); the held-out intervals are the report's (``summary["variants"]``). ``base_model`` is
     in the metadata only for a hub or local checkpoint, not for the bundled demo student."""
     pace = cfg.pace
-    metadata = {
-        **({"base_model": cfg.student.model} if cfg.student.model else {}),
-        "library_name": "transformers",
-        "tags": list(dict.fromkeys(["heal", "distillation", "math", "reasoning", result.variant])),
-    }
+    title = f"{result.variant} student of HEAL run {run_id} (seed {result.seed})"
+    data = ModelCardData(
+        base_model=cfg.student.model or None,  # a hub or local checkpoint; not the bundled demo student
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=list(dict.fromkeys(["heal", "distillation", "math", "reasoning", result.variant])),
+        model_name=title,
+        eval_results=eval_results(result.variant, summary, benchmarks) or None,
+    )
     lines = [
-        *_front_matter(metadata),
         f"# {result.variant} student of HEAL run {run_id} (seed {result.seed})",
         "",
         f"Fine-tuned from {_named(cfg.student.model, 'student')} with TRL's SFTTrainer, stage after stage, "
@@ -150,4 +156,33 @@ def model_card(
         f"The run's curriculum splits {', '.join(s.name for s in result.stages)} "
         "(its dataset card says how each was made).",
     ]
-    return "\n".join(lines) + "\n"
+    return _card_text(data, lines)
+
+
+def eval_results(variant: str, summary: Mapping[str, Any], benchmarks: Sequence[Mapping[str, Any]]) -> list[EvalResult]:
+    """The card's ``model-index``: per benchmark, pass@1 (the mean over samples and the variant's seeds) and
+    pass@k; on the held-out set's hard problems, the report's pass@1 estimate. Each names the benchmark as its
+    dataset (heal's names: a benchmark file is not a Hub dataset id)."""
+
+    def result(dataset: str, metric: str, value: float, split: str | None = None) -> EvalResult:
+        return EvalResult(
+            task_type="text-generation",
+            task_name="math reasoning",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split=split,
+            metric_type=metric,
+            metric_name=metric,
+            metric_value=round(float(value), 4),
+        )
+
+    out = []
+    for row in (r for r in benchmarks if r["model"] == variant and r["group_field"] is None):
+        out += [
+            result(row["benchmark"], "pass@1", row["pass_at_1"]),
+            result(row["benchmark"], f"pass@{row['samples']}", row["pass_at_k"]),
+        ]
+    held_out = ((summary.get("variants") or {}).get("by_variant") or {}).get(variant)
+    if held_out is not None and held_out["pass_at_1_hard"] is not None:
+        out.append(result(HELD_OUT, "pass@1", held_out["pass_at_1_hard"]["estimate"], split="hard"))
+    return out

@@ -195,6 +195,7 @@ def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypa
 def _export_loads_as_it_is(run: Path, dest: Path, summary: dict) -> None:
     """``heal export``: datasets and transformers load the folder as it is, and the cards hold the run's counts."""
     import datasets
+    from huggingface_hub import DatasetCard, ModelCard
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from typer.testing import CliRunner
 
@@ -212,12 +213,24 @@ def _export_loads_as_it_is(run: Path, dest: Path, summary: dict) -> None:
     card = (dest / "dataset" / "README.md").read_text()
     assert card.startswith("---\n") and all(f"| {name} | {n} |" in card for name, n in sizes.items())
     assert f"rejected by PURE: {summary['pure_rejections']}" in card
+    dataset_card = DatasetCard.load(dest / "dataset" / "README.md")  # parses as the Hub's library reads it
+    assert [f["split"] for f in dataset_card.data.configs[0]["data_files"]] == list(sizes)
     model = AutoModelForCausalLM.from_pretrained(dest / "model")
     assert model.num_parameters() > 0 and AutoTokenizer.from_pretrained(dest / "model").chat_template
     assert not (dest / "model" / "checkpoints").exists()
     heal = json.loads((run / "models" / "heal" / "seed-0" / "variant.json").read_text())
     model_card = (dest / "model" / "README.md").read_text()
     assert all(f"| {s['name']} | {s['examples']} | {s['steps']} |" in model_card for s in heal["stages"])
+    results = ModelCard.load(dest / "model" / "README.md").data.eval_results  # its model-index
+    held_out = pq.read_table(run / "eval" / "summary.parquet").to_pylist()
+    mine = next(r for r in held_out if r["model"] == "heal" and r["benchmark"] == "held_out" and not r["group_field"])
+    assert {(r.dataset_name, r.dataset_split, r.metric_type): r.metric_value for r in results} == {
+        ("held_out", None, "pass@1"): round(mine["pass_at_1"], 4),
+        ("held_out", None, f"pass@{mine['samples']}"): round(mine["pass_at_k"], 4),
+        ("held_out", "hard", "pass@1"): round(
+            summary["variants"]["by_variant"]["heal"]["pass_at_1_hard"]["estimate"], 4
+        ),
+    }
     again = CliRunner().invoke(app, ["export", "e2e", str(dest), "--storage", str(run.parent.parent)])
     assert again.exit_code == 2 and "exists: export writes a new folder" in again.output
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from draw import draw
 
-from heal_core.backends import hf
+from heal_core.backends import hf, prefix_scoring
 from heal_core.backends.base import PrefixQuery, Request, TeacherBackend, Trace
 from heal_core.backends.hf import HFBackend
 from heal_core.config import SamplingConfig, TeacherConfig
@@ -290,7 +290,7 @@ def test_score_prefixes_of_many_trajectories_is_each_ones(backend, pack, scored,
     trajectory gets the scores it gets alone, and the scores the naive reference gives."""
     queries = [PrefixQuery(p, tuple(_segments(3, k + 1)), LEAD, f"{k}}}") for k, p in enumerate(PROMPTS)]
     queries.append(PrefixQuery(PROMPTS[0], (), LEAD, "7}"))
-    monkeypatch.setattr(hf, "_PACKED_QUERY_TOKENS", pack)
+    monkeypatch.setattr(prefix_scoring, "PACKED_QUERY_TOKENS", pack)
     monkeypatch.setattr(hf, "_SCORED_TOKENS", scored)
     together = backend.score_prefixes(queries)
     seg_lps, answers = naive_prefix_scores(backend, PROMPTS[1], list(queries[1].segments), LEAD, "1}")
@@ -305,7 +305,7 @@ def test_score_prefixes_of_many_trajectories_is_each_ones(backend, pack, scored,
 @pytest.mark.parametrize("pack", [4096, 10])  # 10: a few boundaries per packed forward, cache cropped between
 @pytest.mark.parametrize("lead", [LEAD, ""])
 def test_score_prefixes_matches_naive(backend, lead, pack, monkeypatch):
-    monkeypatch.setattr(hf, "_PACKED_QUERY_TOKENS", pack)
+    monkeypatch.setattr(prefix_scoring, "PACKED_QUERY_TOKENS", pack)
     assert_matches_naive(backend, _segments(8, 3), lead)
     assert_matches_naive(backend, ["", "Step one.", "", "\n\nStep two."], lead)  # empty segments: equal boundaries
     assert_matches_naive(backend, ["So 2 + 3 = 5.", "\n\n5 * 2 = 10.", "\n\nThe answer is 10."], lead)

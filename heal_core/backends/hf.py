@@ -11,8 +11,6 @@ of accelerator memory, without changing a single output.
 
 from __future__ import annotations
 
-import inspect
-import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -24,21 +22,18 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from transformers import (
     AutoModelForCausalLM,
-    DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
 )
 
 from heal_core import progress
-from heal_core.backends import tokens
+from heal_core.backends import prefix_scoring, tokens
 from heal_core.backends.base import Generation, PrefixQuery, PrefixScores, Request, TeacherBackend
 from heal_core.config import SamplingConfig, TeacherConfig
 
 logger = logging.getLogger(__name__)
 
-_LOGPROB_CHUNK = 1024  # rows of [rows, V] float32 log-softmax at a time: bounds memory at V ~ 152k
-_PACKED_QUERY_TOKENS = 4096  # answer tokens per packed forward: bounds the [queries, keys] attention mask
 _SCORED_TOKENS = 4096  # padded trajectory tokens per scoring forward: bounds its [tokens, V] logits
 
 
@@ -121,16 +116,6 @@ def _require_local(model: str) -> None:
         )
 
 
-def _target_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
-    """log softmax(logits[i])[targets[i]] for each row, computed in float32 chunks."""
-    target = torch.as_tensor(list(targets), device=logits.device, dtype=torch.long)
-    parts = [
-        logits[s : s + _LOGPROB_CHUNK].float().log_softmax(-1).gather(-1, target[s : s + _LOGPROB_CHUNK, None])
-        for s in range(0, len(target), _LOGPROB_CHUNK)
-    ]
-    return torch.cat(parts).squeeze(-1).cpu().numpy() if parts else np.zeros(0, dtype=np.float32)
-
-
 @dataclass(frozen=True)
 class ForcedStats:
     """Per predicted token of a teacher-forced pass: what the vLLM backend's exact mode and the HTTP server need."""
@@ -160,8 +145,7 @@ class HFBackend(TeacherBackend):
         # generate() fills every unset GenerationConfig field from model.generation_config, so a checkpoint's
         # generation_config.json (repetition_penalty, top_k, min_p, ...) would silently change sampling.
         self.model.generation_config = GenerationConfig(eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
-        params = inspect.signature(self.model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.24
+        self.transformers = prefix_scoring.Transformers(self.model)
 
     @classmethod
     def from_config(cls, config: TeacherConfig, model: str | None = None, dtype: str | None = None) -> HFBackend:
@@ -271,11 +255,11 @@ class HFBackend(TeacherBackend):
         targets = torch.as_tensor(list(ids[start:]), device=self.device, dtype=torch.long)
         k = min(top_k, logits.shape[-1])
         entropy, logprobs, top_ids, top_logprobs = [], [], [], []
-        for s in range(0, len(targets), _LOGPROB_CHUNK):
-            chunk = logits[s : s + _LOGPROB_CHUNK]
+        for s in range(0, len(targets), prefix_scoring.LOGPROB_CHUNK):
+            chunk = logits[s : s + prefix_scoring.LOGPROB_CHUNK]
             entropy.append(token_entropy(chunk, temperature))
             logp = chunk.float().log_softmax(-1)
-            logprobs.append(logp.gather(-1, targets[s : s + _LOGPROB_CHUNK, None]).squeeze(-1))
+            logprobs.append(logp.gather(-1, targets[s : s + prefix_scoring.LOGPROB_CHUNK, None]).squeeze(-1))
             values, indices = logp.topk(k, dim=-1)
             top_logprobs.append(values)
             top_ids.append(indices)
@@ -299,16 +283,15 @@ class HFBackend(TeacherBackend):
     def score(self, prompt: str, continuation: str) -> np.ndarray:
         prompt_ids, ids = self._prompt_ids(prompt), self._encode(continuation)
         logits = self._forward(prompt_ids + ids)
-        return _target_logprobs(logits[len(prompt_ids) - 1 : -1], ids)
+        return prefix_scoring.target_logprobs(logits[len(prompt_ids) - 1 : -1], ids)
 
     def score_prefixes(self, queries: Sequence[PrefixQuery]) -> list[PrefixScores]:
-        """Trajectories are scored in groups, longest first (``_score_group``): at most ``score_rows`` of them and
-        ``_SCORED_TOKENS`` padded tokens per group, which bounds the group's [tokens, V] logits. A group that runs
-        out of accelerator memory is split as a generation call is (``_shrink``); the scores do not change.
+        """Trajectories are scored in groups, longest first (``prefix_scoring.score_group``): at most ``score_rows``
+        of them and ``_SCORED_TOKENS`` padded tokens per group, which bounds the group's [tokens, V] logits. A group
+        that runs out of accelerator memory is split as a generation call is (``_shrink``); the scores do not
+        change.
         """
-        attention = self.model.config._attn_implementation
-        if attention not in ("sdpa", "eager"):
-            raise NotImplementedError(f"score_prefixes needs custom masks (sdpa or eager attention), not {attention}")
+        self.transformers.check_masks()
         items = [
             (self._prompt_ids(q.prompt), tokens.prefix_plan(self.tokenizer, q.segments, q.answer_lead, q.answer))
             for q in queries
@@ -321,7 +304,7 @@ class HFBackend(TeacherBackend):
             fits = max(1, _SCORED_TOKENS // max(1, length[order[done]]))  # the first of a group is its longest
             take = order[done : done + min(self.score_rows, fits)]
             try:
-                scores = self._score_group([items[i] for i in take])
+                scores = prefix_scoring.score_group(self.transformers, [items[i] for i in take], self.pad_id)
             except torch.OutOfMemoryError as exc:
                 self._shrink(len(take), exc, f"{length[take[0]]} scored tokens", "score_rows")
                 continue
@@ -329,114 +312,3 @@ class HFBackend(TeacherBackend):
                 out[i] = score
             done += len(take)
         return out  # type: ignore[return-value]
-
-    @torch.inference_mode()
-    def _score_group(self, items: Sequence[tuple[list[int], tokens.PrefixPlan]]) -> list[PrefixScores]:
-        """One right-padded pass over every prompt + trajectory of the group fills a KV cache; packed passes over it
-        score every answer probe of every trajectory (``_answer_pass``).
-
-        Token ids come from ``tokens.prefix_plan`` (whole strings, as the model saw them). Cost: O(L + K * A)
-        tokens per trajectory in 1 + a few forwards per group, instead of O(K * L) tokens in K + 1 forwards per
-        trajectory. Packing matters on a GPU, where a short forward costs about as much as a long one.
-        """
-        rows = [prompt + plan.ids for prompt, plan in items]
-        width = max(map(len, rows))
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for r, row in enumerate(rows):
-            input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[r, : len(row)] = 1
-        cache = DynamicCache(config=self.model.config)
-        logits = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            **{self._cache_kw: cache},
-            use_cache=True,
-        ).logits
-        segments = []
-        for r, (prompt, plan) in enumerate(items):
-            flat = _target_logprobs(logits[r, len(prompt) - 1 : len(rows[r]) - 1], plan.ids)
-            bounds = plan.segment_bounds
-            segments.append([flat[a:b] for a, b in itertools.pairwise(bounds)])
-        del logits
-
-        pending = [
-            [
-                (len(prompt) + cut, probe, start)
-                for cut, probe, start in zip(plan.cuts, plan.probes, plan.answer_starts, strict=True)
-            ]
-            for prompt, plan in items
-        ]
-        answers: list[list[np.ndarray]] = [[] for _ in items]
-        budget = max(1, _PACKED_QUERY_TOKENS // len(items))  # query tokens per trajectory per packed forward
-        while any(pending):
-            takes = []
-            for r, copies in enumerate(pending):
-                n, used = 0, 0
-                while n < len(copies) and (n == 0 or used + 1 + len(copies[n][1]) <= budget):
-                    used += 1 + len(copies[n][1])
-                    n += 1
-                takes.append(copies[:n])
-                pending[r] = copies[n:]
-            for r, scores in enumerate(self._answer_pass(rows, takes, cache, width)):
-                answers[r] += scores
-        return [PrefixScores(segment_logprobs=s, answer_logprobs=a) for s, a in zip(segments, answers, strict=True)]
-
-    def _answer_pass(
-        self, rows: list[list[int]], takes: list[list[tuple[int, list[int], int]]], cache: DynamicCache, width: int
-    ) -> list[list[np.ndarray]]:
-        """Answer log-probs of each row's probes, from ONE forward over each row's copies packed after its cached
-        tokens (the cache is ``width`` wide, right-padded).
-
-        A copy (b, probe, start) is [row[b - 1], *probe] at positions b - 1, b, ...; it sees the cached row[:b - 1]
-        and itself, causally. Re-feeding row[b - 1] makes its logits predict the probe's first token, so a probe
-        is scored from its first token on. The answer is probe[start:]. The cache is cropped back to ``width``.
-        """
-        queries = [[t for b, probe, _ in copies for t in (row[b - 1], *probe)] for row, copies in zip(rows, takes)]
-        span = max(1, max(map(len, queries)))
-        input_ids = torch.full((len(rows), span), self.pad_id, dtype=torch.long)
-        positions = torch.zeros_like(input_ids)
-        for r, (query, copies) in enumerate(zip(queries, takes, strict=True)):
-            input_ids[r, : len(query)] = torch.tensor(query, dtype=torch.long)
-            positions[r, : len(query)] = torch.tensor(
-                [b - 1 + j for b, probe, _ in copies for j in range(1 + len(probe))], dtype=torch.long
-            )
-        mask = torch.stack(
-            [self._packed_mask([(b, 1 + len(p)) for b, p, _ in copies], width, span) for copies in takes]
-        )
-        logits = self.model(
-            input_ids=input_ids.to(self.device),
-            position_ids=positions.to(self.device),
-            attention_mask=mask,
-            **{self._cache_kw: cache},
-            use_cache=True,
-        ).logits
-        cache.crop(-span)  # 5.x crop takes only a negative count: tokens to drop
-        out = []
-        for r, copies in enumerate(takes):
-            scores, offset = [], 0
-            for _, probe, start in copies:
-                scores.append(_target_logprobs(logits[r, offset + start : offset + len(probe)], probe[start:]))
-                offset += 1 + len(probe)
-            out.append(scores)
-        return out
-
-    def _packed_mask(self, copies: list[tuple[int, int]], context: int, span: int) -> torch.Tensor:
-        """Additive [1, span, context + span] mask (0 = attend) of one row for ``_answer_pass``'s copies, each given as
-        (boundary b, width): a copy sees the cached keys before b - 1 and its own earlier queries. Query slots past
-        the copies are padding and see key 0 only (a row with nothing to attend to would be undefined)."""
-        widths = torch.tensor([w for _, w in copies], dtype=torch.long, device=self.device)
-        copy = torch.repeat_interleave(torch.arange(len(copies), device=self.device), widths)
-        first = torch.cumsum(widths, 0) - widths  # each copy's first query index
-        boundary = torch.tensor([b for b, _ in copies], dtype=torch.long, device=self.device)[copy]
-        queries = torch.arange(len(copy), device=self.device)
-        keys = torch.arange(context + span, device=self.device)
-        packed = keys[None, :] - context  # key index within the packed copies; negative for cached keys
-        allowed = torch.zeros((span, context + span), dtype=torch.bool, device=self.device)
-        allowed[: len(copy)] = (keys[None, :] < boundary[:, None] - 1) | (
-            (packed >= first[copy][:, None]) & (packed <= queries[:, None])
-        )
-        allowed[len(copy) :, 0] = True
-        dtype = self.model.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed, torch.finfo(dtype).min)
-        return mask[None]

@@ -69,6 +69,7 @@ def instrument(clock: Clock) -> None:
     import transformers
 
     import heal_core.evaluate
+    import heal_core.plots
     import heal_core.report
     import heal_core.sampling
     import heal_core.train
@@ -96,8 +97,9 @@ def instrument(clock: Clock) -> None:
         "get_dir",
     ):
         clock.wrap(storage, name, "storage")
-    for name in ("markdown", "pass_rate_histogram", "entropy_trace", "pure_ratio_plot"):
-        clock.wrap(heal_core.report, name, "report")
+    clock.wrap(heal_core.report, "markdown", "report")
+    for name in ("pass_rate_histogram", "entropy_trace", "pure_ratio_plot"):
+        clock.wrap(heal_core.plots, name, "report")
 
 
 def main() -> None:

@@ -237,8 +237,9 @@ def _table(title: str, rows: list[tuple[str, object]]) -> Table:
 def _summary_table(title: str, summary: dict) -> Table:
     """A run's ``summary.json`` as the report labels it."""
     from heal_core.report import flat_summary
+    from heal_core.summary import Summary
 
-    return _table(title, flat_summary(summary))
+    return _table(title, flat_summary(Summary.model_validate(summary)))
 
 
 @contextlib.contextmanager
@@ -599,6 +600,7 @@ def compare(
     """Finished runs side by side: the settings that differ, every summary figure, pass@1 per variant."""
     from heal_core import storage
     from heal_core.compare import config_differences, pass_at_1_plot, summary_rows
+    from heal_core.summary import Summary
 
     if len(runs) < 2:
         raise _fail("compare needs two runs or more")
@@ -606,7 +608,7 @@ def compare(
     missing = [run.root for run, _ in opened if not storage.exists(run.summary, run.options)]
     if missing:
         raise _fail(f"not finished (no summary.json): {', '.join(missing)}")
-    summaries = [storage.read_json(run.summary, run.options) for run, _ in opened]
+    summaries = [Summary.model_validate(storage.read_json(run.summary, run.options)) for run, _ in opened]
     names = [run.run_id for run, _ in opened]
     if len(set(names)) < len(names):
         names = [run.root for run, _ in opened]

@@ -20,6 +20,7 @@ from heal_core.evaluate import HELD_OUT
 from heal_core.report import interval_text
 from heal_core.schema import CURRICULUM_SCHEMA
 from heal_core.stages import Dataset
+from heal_core.summary import Summary, VariantFigures
 from heal_core.train import VariantResult
 from heal_core.variants import VARIANTS
 
@@ -37,21 +38,20 @@ def _card_text(data: DatasetCardData | ModelCardData, body: list[str]) -> str:
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
 
 
-def _lineage(summary: Mapping[str, Any]) -> list[str]:
-    stage2, gear = summary["stage2_samples"], summary["gear_samples"]
+def _lineage(summary: Summary) -> list[str]:
+    stage2, gear = summary.stage2_samples, summary.gear_samples
     return [
-        f"- problems: {summary['problems']}, teacher samples: {summary['samples']}",
-        f"- never solved by the unaided teacher: {summary['teacher_ceiling']}; rescued by hints or GEAR: "
-        f"{summary['problems_rescued']}",
-        f"- Stage II (hinted) samples generated / kept: {stage2['generated']} / {stage2['kept']}; GEAR repairs: "
-        f"{gear['generated']} / {gear['kept']}",
-        f"- rejected for leaking the hint: {summary['hint_leaks_rejected']}; rejected by PURE: "
-        f"{summary['pure_rejections']}",
-        f"- training problems dropped as copies of evaluation items: {summary.get('contaminated_dropped', 0)}",
+        f"- problems: {summary.problems}, teacher samples: {summary.samples}",
+        f"- never solved by the unaided teacher: {summary.teacher_ceiling}; rescued by hints or GEAR: "
+        f"{summary.problems_rescued}",
+        f"- Stage II (hinted) samples generated / kept: {stage2.generated} / {stage2.kept}; GEAR repairs: "
+        f"{gear.generated} / {gear.kept}",
+        f"- rejected for leaking the hint: {summary.hint_leaks_rejected}; rejected by PURE: {summary.pure_rejections}",
+        f"- training problems dropped as copies of evaluation items: {summary.contaminated_dropped or 0}",
     ]
 
 
-def dataset_card(run_id: str, summary: Mapping[str, Any], sizes: Mapping[str, int], cfg: HealConfig) -> str:
+def dataset_card(run_id: str, summary: Summary, sizes: Mapping[str, int], cfg: HealConfig) -> str:
     """``sizes``: examples per dataset (every ``Dataset``)."""
     data = DatasetCardData(
         pretty_name=f"HEAL curriculum, run {run_id}",
@@ -84,16 +84,19 @@ def dataset_card(run_id: str, summary: Mapping[str, Any], sizes: Mapping[str, in
     return _card_text(data, lines)
 
 
-def _evaluation_lines(variant: str, summary: Mapping[str, Any], benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
+def _held_out(variant: str, summary: Summary) -> VariantFigures | None:
+    return summary.variants.by_variant.get(variant) if summary.variants else None
+
+
+def _evaluation_lines(variant: str, summary: Summary, benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
     """The variant's held-out intervals (the report's) and its per-benchmark rows (mean over its seeds)."""
     lines = []
-    held_out = ((summary.get("variants") or {}).get("by_variant") or {}).get(variant)
-    if held_out is not None:
-        confidence = summary["variants"]["confidence"]
+    held_out = _held_out(variant, summary)
+    if held_out is not None and summary.variants is not None:
         lines += [
-            f"Held-out pass@1, all seeds of the variant ({confidence:.0%} CI over problems and seeds): "
-            f"{interval_text(held_out['pass_at_1_held_out'])}; "
-            f"hard problems: {interval_text(held_out['pass_at_1_hard'])}.",
+            f"Held-out pass@1, all seeds of the variant ({summary.variants.confidence:.0%} CI over problems and "
+            f"seeds): {interval_text(held_out.pass_at_1_held_out)}; hard problems: "
+            f"{interval_text(held_out.pass_at_1_hard)}.",
             "",
         ]
     rows = [r for r in benchmarks if r["model"] == variant and r["group_field"] is None]
@@ -109,12 +112,12 @@ def _evaluation_lines(variant: str, summary: Mapping[str, Any], benchmarks: Sequ
 def model_card(
     run_id: str,
     result: VariantResult,
-    summary: Mapping[str, Any],
+    summary: Summary,
     benchmarks: Sequence[Mapping[str, Any]],
     cfg: HealConfig,
 ) -> str:
     """One trained student: ``benchmarks`` are rows of EVALUATION_SUMMARY_SCHEMA (the variant's mean over its
-    seeds per benchmark); the held-out intervals are the report's (``summary["variants"]``). ``base_model`` is
+    seeds per benchmark); the held-out intervals are the report's (``summary.variants``). ``base_model`` is
     in the metadata only for a hub or local checkpoint, not for the bundled demo student."""
     pace = cfg.pace
     title = f"{result.variant} student of HEAL run {run_id} (seed {result.seed})"
@@ -159,7 +162,7 @@ def model_card(
     return _card_text(data, lines)
 
 
-def eval_results(variant: str, summary: Mapping[str, Any], benchmarks: Sequence[Mapping[str, Any]]) -> list[EvalResult]:
+def eval_results(variant: str, summary: Summary, benchmarks: Sequence[Mapping[str, Any]]) -> list[EvalResult]:
     """The card's ``model-index``: per benchmark, pass@1 (the mean over samples and the variant's seeds) and
     pass@k; on the held-out set's hard problems, the report's pass@1 estimate. Each names the benchmark as its
     dataset (heal's names: a benchmark file is not a Hub dataset id)."""
@@ -182,7 +185,7 @@ def eval_results(variant: str, summary: Mapping[str, Any], benchmarks: Sequence[
             result(row["benchmark"], "pass@1", row["pass_at_1"]),
             result(row["benchmark"], f"pass@{row['samples']}", row["pass_at_k"]),
         ]
-    held_out = ((summary.get("variants") or {}).get("by_variant") or {}).get(variant)
-    if held_out is not None and held_out["pass_at_1_hard"] is not None:
-        out.append(result(HELD_OUT, "pass@1", held_out["pass_at_1_hard"]["estimate"], split="hard"))
+    held_out = _held_out(variant, summary)
+    if held_out is not None and held_out.pass_at_1_hard is not None:
+        out.append(result(HELD_OUT, "pass@1", held_out.pass_at_1_hard.estimate, split="hard"))
     return out

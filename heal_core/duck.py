@@ -2,7 +2,7 @@
 
 A connection holds at most ``orchestration.memory_limit`` and spills its sorts, joins and tables to a scratch
 directory, so the curriculum's deduplication and order (``heal_core/pace.py``) and the report's aggregates
-(``heal_core/report.py``) run in bounded memory whatever the run's size. DuckDB reads the Arrow streams heal's
+(``heal_core/summary.py``) run in bounded memory whatever the run's size. DuckDB reads the Arrow streams heal's
 storage layer scans (``storage.scan``) by their Python variable's name.
 """
 

@@ -187,5 +187,5 @@ def generate_stored(
 
 
 def lineage_sources(reused: int, reselected: int, sampled: int, usage: Usage) -> dict:
-    """Where a shard's problems came from, as its lineage record holds it (``report.generation_sources`` sums it)."""
+    """Where a shard's problems came from, as its lineage record holds it (``summary.generation_sources`` sums it)."""
     return {"reused": reused, "reselected": reselected, "sampled": sampled, "teacher": asdict(usage)}

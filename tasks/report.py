@@ -13,7 +13,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from heal_core import cards, duck, report, storage, truth
+from heal_core import cards, duck, plots, report, storage, truth
+from heal_core import summary as summaries
 from heal_core.config import HealConfig
 from heal_core.run import Run
 from heal_core.schema import CURRICULUM_SCHEMA, EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, TRAJECTORY_SCHEMA
@@ -103,7 +104,7 @@ def repaired(run: Run, shards: int) -> dict[str, Any] | None:
     return first
 
 
-def plots(
+def draw_plots(
     run: Run,
     shards: int,
     figures: dict[str, Any],
@@ -115,19 +116,19 @@ def plots(
     breakpoint. The breakpoint plot shows the first kept GEAR repair's parent
     (or the first repair's, when none was kept), with the truth's wrong tokens where the task has a checker."""
     pngs = {
-        "pass_rate_histogram": report.pass_rate_histogram(stats),
-        "pure_ratio": report.pure_ratio_plot(figures["pure_ratios"], cfg.pure.lam),
+        "pass_rate_histogram": plots.pass_rate_histogram(stats),
+        "pure_ratio": plots.pure_ratio_plot(figures["pure_ratios"], cfg.pure.lam),
     }
     repair = repaired(run, shards)
     if repair is not None:
         parent = trajectory(run, shards, repair["parent_sample_id"])
-        pngs["entropy_breakpoint"] = report.entropy_trace(
+        pngs["entropy_breakpoint"] = plots.entropy_trace(
             parent.entropy,
             repair["breakpoint_token"],
             cfg.gear.search_fraction,
             graded.wrong_tokens(parent) if graded is not None else None,
         )
-    curves = report.training_curves(run.variants(cfg))
+    curves = plots.training_curves(run.variants(cfg))
     if curves is not None:
         pngs["training_curves"] = curves
     for name, png in pngs.items():
@@ -136,7 +137,7 @@ def plots(
 
 
 def write_cards(
-    run: Run, summary: dict[str, Any], sizes: dict[str, int], benchmarks: list[dict[str, Any]], cfg: HealConfig
+    run: Run, summary: summaries.Summary, sizes: dict[str, int], benchmarks: list[dict[str, Any]], cfg: HealConfig
 ) -> None:
     """The curriculum's dataset card and every trained student's model card (``heal_core/cards.py``)."""
     storage.write_bytes(cards.dataset_card(run.run_id, summary, sizes, cfg).encode(), run.dataset_card, run.options)
@@ -182,26 +183,26 @@ def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) 
     storage.cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="report-", dir=storage.cache_dir()) as work:
         con = duck.connect(Path(work), cfg.orchestration.memory_limit)
-        figures = report.sample_figures(
-            read_samples(run, shards, report.REPORTED), {s["problem_id"] for s in stats if s["correct"] == 0}, con
+        figures = summaries.sample_figures(
+            read_samples(run, shards, summaries.REPORTED), {s["problem_id"] for s in stats if s["correct"] == 0}, con
         )
         con.close()
-    summary = report.summarize(figures, stats, sizes, evaluation)
-    summary["generation"] = report.generation_sources(records)
-    pngs = plots(run, shards, figures, stats, graded, cfg)
+    summary = summaries.summarize(figures, stats, sizes, evaluation)
+    summary.generation = summaries.generation_sources(records)
+    pngs = draw_plots(run, shards, figures, stats, graded, cfg)
     contaminated = (
         storage.read_json(run.contamination, run.options) if storage.exists(run.contamination, run.options) else []
     )
     if contaminated:
-        summary["contaminated_dropped"] = len(contaminated)
-    summary["variants"] = report.variant_summary(run.variants(cfg), evaluation, sizes, cfg)
+        summary.contaminated_dropped = len(contaminated)
+    summary.variants = summaries.variant_summary(run.variants(cfg), evaluation, sizes, cfg)
     audit = truth.audit(shard_rows(run, shards), training_sets(run, cfg), graded, cfg) if graded is not None else None
     if audit is not None:
-        summary["ground_truth"] = audit.summary()
+        summary.ground_truth = audit.summary()
         create_table_artifact(
             key="heal-ground-truth",
             description=f"HEAL run {run.run_id}: components against the truth",
-            table=[{"check": k, "value": v} for k, v in truth.figures(summary["ground_truth"])],
+            table=[{"check": k, "value": v} for k, v in truth.figures(summary.ground_truth)],
         )
 
     def page(images: dict[str, str]) -> str:
@@ -215,15 +216,15 @@ def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) 
             audit.markdown() if audit is not None else (),
         )
 
-    storage.write_bytes(page(report.plot_files(list(pngs))).encode(), run.report, run.options)
+    storage.write_bytes(page(plots.plot_files(list(pngs))).encode(), run.report, run.options)
     write_cards(run, summary, sizes, benchmarks, cfg)
-    storage.write_json(summary, run.summary, run.options)
+    storage.write_json(summary.to_json(), run.summary, run.options)
     create_table_artifact(
         key="heal-run-summary",
         table=[{"metric": k, "value": v} for k, v in report.flat_summary(summary)],
         description=f"HEAL run {run.run_id}",
     )
     create_markdown_artifact(
-        key="heal-run-report", markdown=page(report.inline_plots(pngs)), description=f"HEAL run {run.run_id}"
+        key="heal-run-report", markdown=page(plots.inline_plots(pngs)), description=f"HEAL run {run.run_id}"
     )
-    return summary
+    return summary.to_json()

@@ -1,17 +1,19 @@
 import pytest
 
 from heal_core import report
+from heal_core import summary as summaries
 from heal_core.evaluate import pass_at_k, summarize
 from heal_core.schema import EVALUATION_SCHEMA, EVALUATION_SUMMARY_SCHEMA, to_table
 
 
 def _no_samples() -> dict:
-    """``report.sample_figures`` of a run without samples."""
+    """``summary.sample_figures`` of a run without samples."""
     import duckdb
 
     from heal_core.schema import TRAJECTORY_SCHEMA
 
-    return report.sample_figures(TRAJECTORY_SCHEMA.empty_table().select(list(report.REPORTED)), set(), duckdb.connect())
+    empty = TRAJECTORY_SCHEMA.empty_table().select(list(summaries.REPORTED))
+    return summaries.sample_figures(empty, set(), duckdb.connect())
 
 
 def test_pass_at_k_estimator():
@@ -101,9 +103,9 @@ def test_headline_accuracy_is_the_held_out_set_and_the_report_compares_models_pe
         _row("teacher", "aime2024_test", "x", 1),
         _row("teacher", "held_out", "h1", 1),
     ]
-    assert report.accuracy(rows) == {"rs_sft": 0.0, "heal": 1.0, "teacher": 0.5}
+    assert summaries.accuracy(rows) == {"rs_sft": 0.0, "heal": 1.0, "teacher": 0.5}
     text = report.markdown(
-        "r1", "/store/runs/r1", report.summarize(_no_samples(), [], {}, rows), benchmarks=summarize(rows)
+        "r1", "/store/runs/r1", summaries.summarize(_no_samples(), [], {}, rows), benchmarks=summarize(rows)
     )
     assert "| held-out pass@1 heal | 1.0 |" in text
     section = text.split("## Evaluation per benchmark", 1)[1]

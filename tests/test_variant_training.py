@@ -15,6 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from heal_core import report, storage
+from heal_core import summary as summaries
 from heal_core.config import HealConfig, parse_config
 from heal_core.run import Run
 from heal_core.schema import CURRICULUM_SCHEMA, to_table
@@ -25,12 +26,13 @@ SIZES = {"stage1": 4, "stage2": 6, "stage3": 8}  # cumulative: 4 -> +2 -> +2; at
 
 
 def _no_samples() -> dict:
-    """``report.sample_figures`` of a run without samples."""
+    """``summary.sample_figures`` of a run without samples."""
     import duckdb
 
     from heal_core.schema import TRAJECTORY_SCHEMA
 
-    return report.sample_figures(TRAJECTORY_SCHEMA.empty_table().select(list(report.REPORTED)), set(), duckdb.connect())
+    empty = TRAJECTORY_SCHEMA.empty_table().select(list(summaries.REPORTED))
+    return summaries.sample_figures(empty, set(), duckdb.connect())
 
 
 def _examples(count: int, stage: int) -> list[dict]:
@@ -165,19 +167,18 @@ def test_variants_by_seeds_train_evaluate_and_resume(prefect_api, tiny_model_dir
     assert len({(r["model"], r["train_seed"], r["problem_id"]) for r in rows}) == len(rows)
     assert {(r["temperature"], r["seed"], r["samples"]) for r in rows} == {(0.6, 0, 1)}  # evaluation.temperature, all
 
-    summary = report.variant_summary(results, rows, _sizes(layout), cfg)
-    assert summary["step_budget"] == 5 and summary["held_out_problems"] == 3
-    heal = summary["by_variant"]["heal"]
-    assert heal["seeds"] == [0, 1] and heal["steps"] == 5 and heal["skip_reason"] is None
-    figures = heal["pass_at_1_held_out"]
-    assert figures["low"] <= figures["estimate"] <= figures["high"]
+    summary = summaries.variant_summary(results, rows, _sizes(layout), cfg)
+    assert summary.step_budget == 5 and summary.held_out_problems == 3
+    heal = summary.by_variant["heal"]
+    assert heal.seeds == [0, 1] and heal.steps == 5 and heal.skip_reason is None
+    figures = heal.pass_at_1_held_out
+    assert figures.low <= figures.estimate <= figures.high
     assert (
-        heal["delta_vs_baseline_held_out"] is not None
-        and summary["by_variant"]["rs_sft"]["delta_vs_baseline_held_out"] is None
+        heal.delta_vs_baseline_held_out is not None and summary.by_variant["rs_sft"].delta_vs_baseline_held_out is None
     )
-    assert summary["hard_problems"] == 3  # a random tiny teacher solves none
-    assert heal["delta_vs_heal_hard"] is None  # each ablation is also compared with HEAL itself
-    assert summary["by_variant"]["heal_mixed"]["delta_vs_heal_hard"] is not None
+    assert summary.hard_problems == 3  # a random tiny teacher solves none
+    assert heal.delta_vs_heal_hard is None  # each ablation is also compared with HEAL itself
+    assert summary.by_variant["heal_mixed"].delta_vs_heal_hard is not None
     assert "| heal | 0, 1 | stage1 4 → stage2 6 → stage3 8 | 1 + 2 + 2 |" in "\n".join(report.variants_section(summary))
 
 
@@ -206,15 +207,13 @@ def test_a_variant_without_data_is_a_recorded_skip_shown_in_the_report(
     assert [m.variant for m in trained] == ["heal_no_gear"]
     heal_eval(layout.root, cfg, trained)
     rows = pq.read_table(layout.evaluation).to_pylist()
-    summary = {
-        **report.summarize(_no_samples(), [], _sizes(layout), rows),
-        "variants": report.variant_summary(stored, rows, _sizes(layout), cfg),
-    }
-    by_variant = summary["variants"]["by_variant"]
-    assert by_variant["rs_sft"]["skip_reason"] == "no training examples: rs_sft is empty"
-    assert by_variant["rs_sft"]["seeds"] == [] and by_variant["rs_sft"]["pass_at_1_held_out"] is None
-    assert by_variant["heal_no_gear"]["notes"] == ["stage1 is empty: keeps the student base"]
-    assert by_variant["heal_no_gear"]["delta_vs_baseline_held_out"] is None  # no baseline to compare with
+    summary = summaries.summarize(_no_samples(), [], _sizes(layout), rows)
+    summary.variants = summaries.variant_summary(stored, rows, _sizes(layout), cfg)
+    by_variant = summary.variants.by_variant
+    assert by_variant["rs_sft"].skip_reason == "no training examples: rs_sft is empty"
+    assert by_variant["rs_sft"].seeds == [] and by_variant["rs_sft"].pass_at_1_held_out is None
+    assert by_variant["heal_no_gear"].notes == ["stage1 is empty: keeps the student base"]
+    assert by_variant["heal_no_gear"].delta_vs_baseline_held_out is None  # no baseline to compare with
     text = report.markdown("skip", layout.root, summary)
     assert "skipped: no training examples: rs_sft is empty" in text
     assert "| heal_no_gear | 0 | stage1 0 → stage2 4 | 2 |" in text and "| rs_sft | — | rs_sft 0 | 0 |" in text

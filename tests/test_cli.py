@@ -1,3 +1,5 @@
+import re
+
 from typer.testing import CliRunner
 
 import heal_core
@@ -55,3 +57,15 @@ def test_resume_refuses_an_unknown_mode_naming_the_option(tmp_path):
     result = runner.invoke(app, ["resume", "r1", "--storage", str(tmp_path), "--mode", "bogus"])
     assert result.exit_code == 2
     assert "--mode" in result.output and "orchestration.mode" in result.output and "bogus" in result.output
+
+
+def test_help_groups_the_commands_by_topic_and_a_refusal_is_one_line_with_exit_2(tmp_path):
+    """``heal --help`` shows every command once, under its topic; a command's refusal (here: a run that is not
+    there) is a message and exit status 2, never a traceback (``flows.cli.common.refusing``)."""
+    shown = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    headings = ["Runs", "Setup", "Storage", "Cluster", "Tools"]
+    assert [shown.index(f"─ {h} ") for h in headings] == sorted(shown.index(f"─ {h} ") for h in headings)
+    for command in ("run", "resume", "config", "store", "deploy", "serve-teacher", "audit-verifier", "demo"):
+        assert len(re.findall(rf"│ {command} ", shown)) == 1, command
+    refused = runner.invoke(app, ["export", "nope", str(tmp_path / "out"), "--storage", str(tmp_path)])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output and "nope" in refused.output

@@ -19,7 +19,7 @@ import posixpath
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -193,18 +193,24 @@ def exists(uri: str, storage_options: dict[str, Any] | None = None) -> bool:
         return fs.exists(path)
 
 
+def _listing(uri: str, fs: Any, path: str, list_call: Callable[..., Any]) -> Any:
+    """``list_call(path, detail=True)`` (fsspec's ls or find) as it is now, or None where nothing is there; a
+    missing bucket is an error, not an empty listing."""
+    fs.invalidate_cache(path)  # another process (a shard worker) may have written there since s3fs last listed
+    with _errors(uri):
+        try:
+            return list_call(path, detail=True)
+        except FileNotFoundError as exc:
+            if _missing_bucket(exc):
+                raise
+            return None
+
+
 def _entries(uri: str, storage_options: dict[str, Any] | None, kind: str) -> list[str]:
     """Sorted names of the entries of ``kind`` (file or directory) directly under ``uri``, hidden names (in-flight
     temp files) left out; none when nothing is there (on S3 an empty "directory" does not exist at all)."""
     fs, path = _fs(uri, storage_options)
-    fs.invalidate_cache(path)  # another process (a shard worker) may have written there since s3fs last listed
-    with _errors(uri):
-        try:
-            entries = fs.ls(path, detail=True)
-        except FileNotFoundError as exc:
-            if _missing_bucket(exc):
-                raise
-            return []
+    entries = _listing(uri, fs, path, fs.ls) or []
     names = (posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == kind)
     return sorted(n for n in names if not n.startswith("."))
 
@@ -223,14 +229,7 @@ def sizes(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, 
     """{path relative to ``uri``: bytes} of every file at any depth under ``uri`` (one listing, paginated on S3),
     hidden names left out; ``{}`` when nothing is there."""
     fs, path = _fs(uri, storage_options)
-    fs.invalidate_cache(path)
-    with _errors(uri):
-        try:
-            found = fs.find(path, detail=True)
-        except FileNotFoundError as exc:
-            if _missing_bucket(exc):
-                raise
-            return {}
+    found = _listing(uri, fs, path, fs.find) or {}
     root = path.rstrip("/")
     out = {}
     for name, info in found.items():

@@ -27,6 +27,13 @@ console = Console()
 ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config; the embedded default when omitted")]
 
 
+GpuMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gpu-memory",
+        help="the memory plan's GPU memory, e.g. 80GB (10^9 bytes) or 80GiB (default: this machine's GPU 0)",
+    ),
+]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set teacher.sampling.n=8")]
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli.common import ConfigArg, SetOpt, console, fail, load, refusing
+from flows.cli.common import ConfigArg, GpuMemoryOpt, SetOpt, console, fail, load, refusing
 
 app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=True)
 
@@ -108,12 +108,7 @@ def config_check(
             "GPUs (pace.distributed.processes_per_node 0 = one per GPU)",
         ),
     ] = None,
-    gpu_memory: Annotated[
-        str | None,
-        typer.Option(
-            "--gpu-memory", help="each GPU's memory, e.g. 80GB (10^9 bytes) or 80GiB (default: this machine's GPU 0)"
-        ),
-    ] = None,
+    gpu_memory: GpuMemoryOpt = None,
 ) -> None:
     """Validate a config file; exit 2 with the offending key named when it is invalid. With --gpus (or
     --gpu-memory), also print the student's training memory plan, and exit 2 naming a setting that fits when

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from flows.cli.common import (
     ConfigArg,
+    GpuMemoryOpt,
     SetOpt,
     StorageOpt,
     console,
@@ -170,12 +171,7 @@ def train(
             "--gpus", help="with --plan: GPUs per worker (default: those torch sees; none: a plan for this CPU)"
         ),
     ] = None,
-    gpu_memory: Annotated[
-        str | None,
-        typer.Option(
-            "--gpu-memory", help="with --plan: each GPU's memory, e.g. 80GB or 80GiB (default: this machine's GPU 0)"
-        ),
-    ] = None,
+    gpu_memory: GpuMemoryOpt = None,
 ) -> None:
     """Train students again on a finished run's curriculum (--set pace.* or student.*, --variant), without the
     teacher; the models land in run RUN_ID.train-<hash> beside it, and models trained as before are adopted.

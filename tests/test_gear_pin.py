@@ -5,7 +5,8 @@ repairs, and in the demo world a repair's text is a hinted sample's, so deduplic
 add (issue S). Here Stage II's prompt carries no hint (``hints.template: "{problem}"``): it samples as Stage I
 does and rescues little, and GEAR's hinted repairs rescue the rest, new rows of the curriculum. The pin holds
 every Stage III row of one shard on the bundled teacher: which failed path it repairs, where that path was cut,
-the continuation, its verdicts and whether it was kept. Breaking GEAR's choice on purpose (it keeps what PURE rejected) changes the pin.
+the continuation, its verdicts and whether it was kept. Breaking GEAR's choice on purpose (it keeps what PURE
+rejected) changes the pin.
 
 After an intended change of GEAR's behaviour, ``HEAL_UPDATE_GOLDEN=1`` rewrites the pin (review its diff).
 """

@@ -10,7 +10,7 @@ from typing import Any
 
 from heal_core import truth
 from heal_core.schema import SAMPLING_COLUMNS
-from heal_core.summary import Figures, Summary, VariantFigures, Variants
+from heal_core.summary import Figures, Repairs, Summary, VariantFigures, Variants
 
 # Report columns: the models a HEAL run compares, in reading order; any other label follows as it is.
 _MODEL_NAMES = {
@@ -24,6 +24,16 @@ _MODEL_NAMES = {
     "heal_mixed": "HEAL mixed (no curriculum)",
 }
 
+
+def _text(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _repairs(gear: Repairs) -> str:
+    verified = "—" if gear.verified is None else gear.verified
+    return f"{gear.generated} / {verified} / {gear.kept}"
+
+
 _HEADLINE: list[tuple[str, Callable[[Summary], str | None]]] = [
     ("problems", lambda s: str(s.problems)),
     ("samples", lambda s: str(s.samples)),
@@ -31,7 +41,9 @@ _HEADLINE: list[tuple[str, Callable[[Summary], str | None]]] = [
     ("hard problems", lambda s: str(s.hard_problems)),
     ("extremely hard problems", lambda s: str(s.extremely_hard_problems)),
     ("stage II samples generated / kept", lambda s: f"{s.stage2_samples.generated} / {s.stage2_samples.kept}"),
-    ("GEAR samples generated / kept", lambda s: f"{s.gear_samples.generated} / {s.gear_samples.kept}"),
+    ("GEAR repairs generated / verified / kept", lambda s: _repairs(s.gear_samples)),
+    ("GEAR's new examples in PACE stage3 (after deduplication)", lambda s: _text(s.gear_samples.new_examples)),
+    ("problems only GEAR rescued (no kept Stage II sample)", lambda s: _text(s.gear_samples.rescued_beyond_hints)),
     ("hint leaks rejected", lambda s: str(s.hint_leaks_rejected)),
     ("PURE rejections", lambda s: str(s.pure_rejections)),
     ("problems rescued (0 correct -> kept)", lambda s: str(s.problems_rescued)),
@@ -40,10 +52,7 @@ _HEADLINE: list[tuple[str, Callable[[Summary], str | None]]] = [
 """The headline's rows in order: a row whose value is None is one the run does not have."""
 
 _SOURCES: list[tuple[str, Callable[[Summary], str | None]]] = [
-    (
-        "contaminated problems dropped",
-        lambda s: None if s.contaminated_dropped is None else str(s.contaminated_dropped),
-    ),
+    ("contaminated problems dropped", lambda s: _text(s.contaminated_dropped)),
     (
         "problems re-used / re-selected / sampled",
         lambda s: s.generation and f"{s.generation.reused} / {s.generation.reselected} / {s.generation.sampled}",

@@ -37,6 +37,14 @@ class Counts(_Part):
     kept: int
 
 
+class Repairs(Counts):
+    """GEAR's repairs, from drawn to what the curriculum gained (None in a summary from before heal 0.2)."""
+
+    verified: int | None = None
+    new_examples: int | None = None  # kept repairs left in PACE's stage3 dataset after deduplication
+    rescued_beyond_hints: int | None = None  # problems with a kept repair and no kept Stage II sample
+
+
 class Judged(_Part):
     judged: int  # the verifier's rejections the judge saw
     accepted: int  # of those, the ones it judged equivalent
@@ -114,7 +122,7 @@ class Summary(_Part):
     hard_problems: int
     extremely_hard_problems: int
     stage2_samples: Counts
-    gear_samples: Counts
+    gear_samples: Repairs
     hint_leaks_rejected: int
     pure_rejections: int
     problems_rescued: int
@@ -146,28 +154,38 @@ def sample_figures(
     PURE's ratios (float32, for ``pure_ratio_plot``): memory holds counts and one float per PURE-scored row, not the
     rows. ``zero``: the problems the unaided teacher never solved."""
     unsolved = pa.table({"problem_id": pa.array(sorted(zero), pa.string())})  # noqa: F841 (read by name)
-    row = con.sql("""SELECT count(*), count(*) FILTER (stage = 2), count(*) FILTER (stage = 2 AND kept),
-                       count(*) FILTER (stage = 3), count(*) FILTER (stage = 3 AND kept),
-                       count(*) FILTER (coalesce(leaked_hint, false) AND verified),
-                       count(*) FILTER (coalesce(pure_verdict, 'keep') <> 'keep'),
-                       count(*) FILTER (judge_verdict IS NOT NULL), count(*) FILTER (judge_verdict = 'equivalent'),
-                       count(DISTINCT problem_id) FILTER (stage > 1 AND kept AND problem_id IN (
-                         SELECT problem_id FROM unsolved)),
-                       list(pure_ratio) FILTER (pure_ratio IS NOT NULL AND pure_verdict = 'keep'),
-                       list(pure_ratio) FILTER (pure_ratio IS NOT NULL AND pure_verdict <> 'keep')
-                     FROM samples""").fetchall()[0]
+    # One pass over the stream (a reader is read once), per problem; then the run's totals over the problems.
+    per_problem = """SELECT problem_id, count(*) AS n,
+                       count(*) FILTER (stage = 2) AS hinted, count(*) FILTER (stage = 2 AND kept) AS hinted_kept,
+                       count(*) FILTER (stage = 3) AS repairs, count(*) FILTER (stage = 3 AND kept) AS repairs_kept,
+                       count(*) FILTER (stage = 3 AND verified) AS repairs_verified,
+                       count(*) FILTER (coalesce(leaked_hint, false) AND verified) AS leaks,
+                       count(*) FILTER (coalesce(pure_verdict, 'keep') <> 'keep') AS pure_rejected,
+                       count(*) FILTER (judge_verdict IS NOT NULL) AS judged,
+                       count(*) FILTER (judge_verdict = 'equivalent') AS accepted,
+                       bool_or(stage > 1 AND kept) AS rescued,
+                       list(pure_ratio) FILTER (pure_ratio IS NOT NULL AND pure_verdict = 'keep') AS ratios_kept,
+                       list(pure_ratio) FILTER (pure_ratio IS NOT NULL AND pure_verdict <> 'keep') AS ratios_rejected
+                     FROM samples GROUP BY problem_id"""
+    row = con.sql(f"""SELECT sum(n), sum(hinted), sum(hinted_kept), sum(repairs), sum(repairs_kept),
+                       sum(repairs_verified), count(*) FILTER (repairs_kept > 0 AND hinted_kept = 0),
+                       sum(leaks), sum(pure_rejected), sum(judged), sum(accepted),
+                       count(*) FILTER (rescued AND problem_id IN (SELECT problem_id FROM unsolved)),
+                       flatten(list(ratios_kept)), flatten(list(ratios_rejected))
+                     FROM ({per_problem})""").fetchall()[0]
+    row = [int(v or 0) for v in row[:12]] + list(row[12:])
     return {
         "samples": row[0],
         "stage2_samples": {"generated": row[1], "kept": row[2]},
-        "gear_samples": {"generated": row[3], "kept": row[4]},
-        "hint_leaks_rejected": row[5],
-        "pure_rejections": row[6],
-        "judged": row[7],
-        "accepted": row[8],
-        "problems_rescued": row[9],
+        "gear_samples": {"generated": row[3], "kept": row[4], "verified": row[5], "rescued_beyond_hints": row[6]},
+        "hint_leaks_rejected": row[7],
+        "pure_rejections": row[8],
+        "judged": row[9],
+        "accepted": row[10],
+        "problems_rescued": row[11],
         "pure_ratios": {
-            "kept": np.asarray(row[10] or [], np.float32),
-            "rejected": np.asarray(row[11] or [], np.float32),
+            "kept": np.asarray(row[12] or [], np.float32),
+            "rejected": np.asarray(row[13] or [], np.float32),
         },
     }
 

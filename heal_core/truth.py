@@ -275,12 +275,20 @@ def figures(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+_NEW_EXAMPLES = {
+    "stage1": "Stage I's kept samples",
+    "stage2": "Stage II's new examples",
+    "stage3": "GEAR's new examples",
+}
+
+
 def set_label(name: str) -> str:
-    """A training set's name as people read it: ``stage2_no_pure`` is "stage II examples (no PURE)" (the
-    examples Stage II added, selected without PURE), ``heal`` is "variant heal" (all a variant trains on)."""
+    """A training set's name as people read it: ``stage3`` is "GEAR's new examples" (the examples Stage III
+    added to PACE's stage3 dataset, not that dataset), ``stage2_no_pure`` "Stage II's new examples (no PURE)"
+    (selected without PURE), ``heal`` "variant heal" (all a variant trains on)."""
     stage, _, rest = name.partition("_")
-    if stage in {s.key for s in Stage}:
-        return f"stage {Stage(int(stage[-1])).roman} examples{' (no PURE)' if rest == 'no_pure' else ''}"
+    if stage in _NEW_EXAMPLES:
+        return f"{_NEW_EXAMPLES[stage]}{' (no PURE)' if rest == 'no_pure' else ''}"
     return f"variant {name}"
 
 

@@ -136,6 +136,13 @@ def draw_plots(
     return pngs
 
 
+def gear_examples(run: Run) -> int:
+    """GEAR's examples in PACE's stage3 dataset: its kept repairs that deduplication left new."""
+    where = ds.field("stage") == int(Stage.REPAIR)
+    found = storage.scan([run.curriculum(Dataset.STAGE3)], CURRICULUM_SCHEMA, ["stage"], run.options, where)
+    return sum(batch.num_rows for batch in found)
+
+
 def write_cards(
     run: Run, summary: summaries.Summary, sizes: dict[str, int], benchmarks: list[dict[str, Any]], cfg: HealConfig
 ) -> None:
@@ -188,6 +195,7 @@ def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) 
         )
         con.close()
     summary = summaries.summarize(figures, stats, sizes, evaluation)
+    summary.gear_samples.new_examples = gear_examples(run)
     summary.generation = summaries.generation_sources(records)
     pngs = draw_plots(run, shards, figures, stats, graded, cfg)
     contaminated = (

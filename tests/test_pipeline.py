@@ -166,7 +166,10 @@ def test_pipeline_end_to_end_and_resume(prefect_api, reduced, tmp_path, monkeypa
     truth = summary["ground_truth"]  # the demo task has a step checker: the run grades its components
     assert {"breakpoint_hit_rate", "breakpoint_hit_rate_random", "pure_auroc"} <= set(truth)
     assert {"heal", "stage2_no_pure"} <= set(truth["wrong_step_share"])
-    assert "| stage II examples (no PURE) |" in report
+    assert "| Stage II's new examples (no PURE) |" in report
+    gear = summary["gear_samples"]  # what GEAR did, from drawn to what the curriculum gained
+    assert gear["kept"] <= gear["verified"] <= gear["generated"] and 0 <= gear["new_examples"] <= gear["kept"]
+    assert f"| GEAR's new examples in PACE stage3 (after deduplication) | {gear['new_examples']} |" in report
     assert "## Ground truth (step checker)" in report
 
     # Behaviour is pinned: the datasets and the evaluation are the ones this config has always produced.

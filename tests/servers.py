@@ -10,32 +10,19 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from heal_core.servers import free_port, wait_healthy
+
 OFFLINE = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer within {seconds} s: {log.read_text()[-3000:]}") from None
-            time.sleep(0.2)
+    why = wait_healthy(url, proc, seconds, every=0.2)
+    if why is not None:
+        raise RuntimeError(f"{proc.args} ({url}) {why}: {log.read_text()[-3000:]}")
 
 
 def stop(proc: subprocess.Popen, grace: float = 15) -> None:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from heal_core.config import HealConfig, ServerConfig, TeacherConfig
+from heal_core.servers import free_port, wait_healthy
 
 STARTUP_SECONDS = 900.0
 """How long a server may take to answer: vLLM compiles and profiles for minutes on a large model."""
@@ -33,12 +32,6 @@ SERVED_NAME = "heal-evaluated"
 
 class ServerStartError(RuntimeError):
     """The server exited or did not answer in time; the message holds the end of its log."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _command(cfg: HealConfig, config_file: Path, port: int) -> list[str]:
@@ -53,7 +46,7 @@ def _command(cfg: HealConfig, config_file: Path, port: int) -> list[str]:
 def served(cfg: HealConfig, model: str, dtype: str) -> Iterator[TeacherConfig]:
     """Serve ``model`` (a local path) in ``dtype`` on 127.0.0.1 and yield the teacher settings that reach it (backend
     openai), the rest of ``cfg.teacher`` unchanged; stop the server on exit."""
-    port = _free_port()
+    port = free_port()
     server = ServerConfig(
         url=f"http://127.0.0.1:{port}/v1",
         model_name=SERVED_NAME,
@@ -85,18 +78,9 @@ def _wait_ready(base: str, proc: subprocess.Popen, log: Path, model: str) -> Non
     run the model once (vLLM's CPU build starts, then fails the first request of a model whose head size its
     attention kernels lack), and a model that cannot run must fail here, as a model that cannot be loaded, with the
     server's reason, not after the client's patience on a dead server."""
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while True:
-        if proc.poll() is not None:
-            raise ServerStartError(f"the server for {model} exited with {proc.returncode}: {_tail(log)}")
-        try:
-            if httpx.get(f"{base}/health", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise ServerStartError(f"the server for {model} did not answer in {STARTUP_SECONDS:.0f} s: {_tail(log)}")
-        time.sleep(0.5)
+    why = wait_healthy(f"{base}/health", proc, STARTUP_SECONDS)
+    if why is not None:
+        raise ServerStartError(f"the server for {model} {why}: {_tail(log)}")
     try:
         answer = httpx.post(
             f"{base}/v1/completions",

@@ -74,7 +74,7 @@ def test_disagreements_and_rejects_of_a_small_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["audit-verifier", str(path), "--set", "problems.solution_field=worked"])
     assert result.exit_code == 0 and "1/3" in result.output and "typo" in result.output
     result = runner.invoke(app, ["audit-verifier", str(path), "--format", "numina"])
-    assert result.exit_code == 2 and "problems.format" in result.output
+    assert result.exit_code == 2 and "--format" in result.output and "'gsm8k'" in result.output
     result = runner.invoke(app, ["audit-verifier", str(tmp_path / "missing.jsonl")])
     assert result.exit_code == 2 and "missing.jsonl" in result.output
 

@@ -56,7 +56,17 @@ def test_resume_refuses_an_unknown_mode_naming_the_option(tmp_path):
     Run.of(cfg, "r1").pin(cfg)
     result = runner.invoke(app, ["resume", "r1", "--storage", str(tmp_path), "--mode", "bogus"])
     assert result.exit_code == 2
-    assert "--mode" in result.output and "orchestration.mode" in result.output and "bogus" in result.output
+    assert "--mode" in result.output and "bogus" in result.output and "'deployments'" in result.output
+
+
+def test_the_clis_choices_are_the_config_models():
+    import typing
+
+    from flows.cli.common import Layout, Mode
+    from heal_core.config import OrchestrationConfig, ProblemFormat
+
+    assert [m.value for m in Mode] == list(typing.get_args(OrchestrationConfig.model_fields["mode"].annotation))
+    assert [layout.value for layout in Layout] == list(typing.get_args(ProblemFormat))
 
 
 def test_help_groups_the_commands_by_topic_and_a_refusal_is_one_line_with_exit_2(tmp_path):

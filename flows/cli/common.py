@@ -3,6 +3,7 @@ errors into a message and exit status 2 (``refusing``), and tables."""
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,26 @@ GpuMemoryOpt = Annotated[
         help="the memory plan's GPU memory, e.g. 80GB (10^9 bytes) or 80GiB (default: this machine's GPU 0)",
     ),
 ]
+
+
+class Mode(enum.StrEnum):
+    """``orchestration.mode``'s choices (a test holds them to the config model's)."""
+
+    auto = "auto"
+    embedded = "embedded"
+    deployments = "deployments"
+
+
+class Layout(enum.StrEnum):
+    """``problems.format``'s choices (a test holds them to the config model's)."""
+
+    fields = "fields"
+    gsm8k = "gsm8k"
+    math = "math"
+    aime = "aime"
+    amc = "amc"
+
+
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set teacher.sampling.n=8")]
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from flows.cli.common import (
     ConfigArg,
     GpuMemoryOpt,
+    Mode,
     SetOpt,
     StorageOpt,
     console,
@@ -88,7 +89,7 @@ def run(
 
 
 ModeOpt = Annotated[
-    str | None, typer.Option("--mode", help="orchestration.mode for this attempt: embedded or deployments")
+    Mode | None, typer.Option("--mode", help="orchestration.mode for this attempt (its config hash stays)")
 ]
 
 
@@ -100,7 +101,7 @@ def resume(run_id: str, storage_uri: StorageOpt = "./heal-data", mode: ModeOpt =
 
     _, cfg = stored_run(run_id, storage_uri)
     if mode is not None:  # execution-only: the run's config hash does not change
-        cfg = parse_config(cfg.model_dump(mode="json"), [f"orchestration.mode={mode}"], source="--mode")
+        cfg = parse_config(cfg.model_dump(mode="json"), [f"orchestration.mode={mode.value}"], source="--mode")
     _run_pipeline(cfg, run_id)
 
 

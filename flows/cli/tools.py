@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import heal_core
-from flows.cli.common import SetOpt, console, fail, metric_table, refusing
+from flows.cli.common import Layout, SetOpt, console, fail, metric_table, refusing
 
 app = typer.Typer()
 demo = typer.Typer(help="The embedded demo's bundled models.", no_args_is_help=True)
@@ -43,7 +43,7 @@ def demo_train_teacher(
 @refusing()
 def audit_verifier(
     file: Annotated[str, typer.Argument(help="benchmark: JSONL or Parquet file, or HF datasets directory")],
-    format_: Annotated[str, typer.Option("--format", help="layout: fields, gsm8k, math, aime or amc")] = "fields",
+    format_: Annotated[Layout, typer.Option("--format", help="the file's layout (problems.format)")] = Layout.fields,
     split: Annotated[str, typer.Option(help="split of an HF DatasetDict directory")] = "",
     json_path: Annotated[Path | None, typer.Option("--json", help="also write the audit as JSON to this file")] = None,
     set_: SetOpt = None,
@@ -57,11 +57,13 @@ def audit_verifier(
     from heal_core.audit import audit_verifier as run_audit
     from heal_core.config import parse_config
 
-    cfg = parse_config({}, [*(set_ or []), f"problems.format={format_}", f"problems.split={split}"])
+    cfg = parse_config({}, [*(set_ or []), f"problems.format={format_.value}", f"problems.split={split}"])
     audit = run_audit(cfg.problems.model_copy(update={"uri": file}), cfg.storage.storage_options)
     if not audit.audited:
-        hint = "; name it with --set problems.solution_field=FIELD" if format_ == "fields" else ""
-        raise fail(f"{file}: none of its {audit.problems} problems has a reference solution (format {format_!r}){hint}")
+        hint = "; name it with --set problems.solution_field=FIELD" if format_ is Layout.fields else ""
+        raise fail(
+            f"{file}: none of its {audit.problems} problems has a reference solution (format {format_.value!r}){hint}"
+        )
     console.print(
         metric_table(
             f"verifier audit of {audit.name}",

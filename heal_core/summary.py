@@ -135,9 +135,10 @@ class Summary(_Part):
     ground_truth: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """As ``summary.json`` holds it: a section the run does not have is left out, not null."""
-        optional = {"judge", "generation", "contaminated_dropped", "variants", "ground_truth"}
-        return {k: v for k, v in self.model_dump(mode="json").items() if not (k in optional and v is None)}
+        """As ``summary.json`` holds it: a section the run does not have (an optional field, None) is left out,
+        not null."""
+        absent = {name for name, field in type(self).model_fields.items() if field.default is None}
+        return {k: v for k, v in self.model_dump(mode="json").items() if not (k in absent and v is None)}
 
 
 # ---- the arithmetic ------------------------------------------------------------------------------------------------

@@ -226,7 +226,8 @@ def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) 
 
     storage.write_bytes(page(plots.plot_files(list(pngs))).encode(), run.report, run.options)
     write_cards(run, summary, sizes, benchmarks, cfg)
-    storage.write_json(summary.to_json(), run.summary, run.options)
+    written = summary.to_json()
+    storage.write_json(written, run.summary, run.options)
     create_table_artifact(
         key="heal-run-summary",
         table=[{"metric": k, "value": v} for k, v in report.flat_summary(summary)],
@@ -235,4 +236,4 @@ def write_report(run: Run, shards: int, sizes: dict[str, int], cfg: HealConfig) 
     create_markdown_artifact(
         key="heal-run-report", markdown=page(plots.inline_plots(pngs)), description=f"HEAL run {run.run_id}"
     )
-    return summary.to_json()
+    return written
